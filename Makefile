@@ -1,0 +1,68 @@
+# ttcp — see README.md. Everything here runs as root on Debian 12 or newer.
+PYTHON  ?= python3
+VENV    ?= .venv
+VPY      = $(VENV)/bin/python
+CLANG   ?= clang
+STRIP   ?= llvm-strip
+PORT    ?= 8090
+IMAGE   ?= ttcp
+BPF_SRC  = bpf/tcprtt.bpf.c
+BPF_OBJ  = ttcp/data/tcprtt.bpf.o
+# Reproducible: no absolute paths, no compiler ident; DWARF stripped, BTF kept.
+BPF_CFLAGS = -O2 -g -target bpf -mcpu=v3 -Wall -Werror \
+	-fdebug-prefix-map=$(CURDIR)=. -fno-ident
+APT_BUILD  = clang llvm libbpf-dev
+APT_TEST   = bpftool iproute2 libcap2-bin curl
+
+.PHONY: all bpf deps venv run test lint fuzz bench build clean mounts
+
+all: bpf
+
+bpf: $(BPF_OBJ)
+
+$(BPF_OBJ): $(BPF_SRC)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(STRIP) -g $@
+
+# Debian packages the build and the tests need (only what is missing).
+deps:
+	@missing=$$(for p in $(APT_BUILD) $(APT_TEST); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+mounts:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+
+run: venv mounts
+	$(VENV)/bin/ttcp --port $(PORT) $(ARGS)
+
+test: deps venv mounts
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+fuzz: venv
+	TTCP_FUZZ_EXAMPLES=$${TTCP_FUZZ_EXAMPLES:-20000} $(VPY) -m pytest -q -m fuzz tests/
+
+bench: deps venv mounts
+	$(VPY) bench/run.py
+
+build:
+	docker build -t $(IMAGE) .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tcprtt: report the smoothed RTT of TCP connections as they end, for
+ * connections whose local (source) address is in the `filter` hash map.
+ *
+ * Kernel structures are declared here with only the fields we read, marked
+ * preserve_access_index: the loader relocates every access against the
+ * running kernel's BTF (CO-RE), so no kernel headers are needed anywhere.
+ *
+ * Three entry points share report():
+ *   fentry/tcp_close              - the user closes the socket (exact TCP_INFO RTT)
+ *   tp_btf/tcp_destroy_sock       - the kernel frees the socket
+ *   tracepoint/sock/inet_sock_set_state - classic tracepoint, transition to CLOSE
+ */
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+/* UAPI constants (values fixed by the kernel ABI). */
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_RINGBUF 27
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+enum {
+	TCP_ESTABLISHED = 1,
+	TCP_SYN_SENT = 2,
+	TCP_SYN_RECV = 3,
+	TCP_FIN_WAIT1 = 4,
+	TCP_FIN_WAIT2 = 5,
+	TCP_TIME_WAIT = 6,
+	TCP_CLOSE = 7,
+	TCP_CLOSE_WAIT = 8,
+	TCP_LAST_ACK = 9,
+	TCP_LISTEN = 10,
+	TCP_CLOSING = 11,
+	TCP_NEW_SYN_RECV = 12,
+};
+
+/* Which entry point produced an event (events carry it for diagnosis). */
+enum hook {
+	HOOK_FENTRY = 1,
+	HOOK_TP_BTF = 2,
+	HOOK_TRACEPOINT = 3,
+};
+
+/* ---- kernel structures: only what we read, relocated by name ---- */
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+	possible_net_t skc_net;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+struct inet_sock {
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 srtt_us;
+	__u32 mdev_us;
+	__u32 total_retrans;
+	__u64 bytes_acked;
+	__u64 bytes_received;
+} __attribute__((preserve_access_index));
+
+struct trace_event_raw_inet_sock_set_state {
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 protocol;
+} __attribute__((preserve_access_index));
+
+/* ---- maps and the event ABI (mirrored in ttcp/events.py) ---- */
+
+struct addr_key {
+	__u8 addr[16]; /* IPv6, or IPv4 as ::ffff:a.b.c.d */
+};
+
+struct filter_stats {
+	__u64 matches;      /* events sent or dropped for this address */
+	__u64 last_match_ns; /* bpf_ktime_get_ns() of the latest match */
+};
+
+struct event {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u64 ts_ns;          /* bpf_ktime_get_ns() when the connection ended */
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u32 srtt_us;        /* smoothed RTT, microseconds (srtt_us >> 3) */
+	__u32 rttvar_us;      /* RTT variance, microseconds (mdev_us >> 2) */
+	__u32 total_retrans;
+	__u32 netns;          /* inode of the socket's network namespace */
+	__u16 sport;          /* host byte order */
+	__u16 dport;
+	__u16 family;         /* AF_INET or AF_INET6 */
+	__u8 hook;            /* enum hook */
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct addr_key);
+	__type(value, struct filter_stats);
+} filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Read the socket's local address as a 16-byte key (IPv4 v4-mapped). */
+static __always_inline void local_addr(struct sock *sk, __u16 family,
+				       struct addr_key *key)
+{
+	if (family == AF_INET) {
+		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+
+		__builtin_memset(key->addr, 0, 10);
+		key->addr[10] = 0xff;
+		key->addr[11] = 0xff;
+		__builtin_memcpy(&key->addr[12], &a, 4);
+	} else {
+		/* Whole 16 bytes: BPF_CORE_READ_INTO would copy sizeof(*dst) = 1. */
+		bpf_core_read(key->addr, sizeof(struct in6_addr),
+			      &sk->__sk_common.skc_v6_rcv_saddr);
+	}
+}
+
+static __always_inline void remote_addr(struct sock *sk, __u16 family, __u8 *out)
+{
+	if (family == AF_INET) {
+		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memset(out, 0, 10);
+		out[10] = 0xff;
+		out[11] = 0xff;
+		__builtin_memcpy(&out[12], &a, 4);
+	} else {
+		bpf_core_read(out, sizeof(struct in6_addr), &sk->__sk_common.skc_v6_daddr);
+	}
+}
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+
+	if (n)
+		*n += 1; /* per-CPU slot: no other writer */
+}
+
+/*
+ * The shared body. `established` says the connection reached ESTABLISHED
+ * (each hook knows it its own way); everything else is read from the socket.
+ */
+static __always_inline int report(struct sock *sk, enum hook hook)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct inet_sock *inet = (struct inet_sock *)sk;
+	struct filter_stats *stats;
+	struct addr_key key;
+	struct event *e;
+	__u16 family;
+	__u64 now;
+
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	local_addr(sk, family, &key);
+	stats = bpf_map_lookup_elem(&filter, &key);
+	if (!stats)
+		return 0;
+
+	now = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&stats->matches, 1);
+	stats->last_match_ns = now;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	__builtin_memcpy(e->saddr, key.addr, 16);
+	remote_addr(sk, family, e->daddr);
+	e->ts_ns = now;
+	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	e->rttvar_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	e->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->family = family;
+	e->hook = hook;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/*
+ * At tcp_close and at destruction the state no longer tells whether the
+ * connection was ever established (it may already be CLOSE after a reset),
+ * but a connection that reached ESTABLISHED has taken an RTT sample from its
+ * handshake, and listeners or failed connects have none (tcp_disconnect
+ * also clears it).
+ */
+static __always_inline int was_established(struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	if (state == TCP_LISTEN || state == TCP_SYN_SENT)
+		return 0;
+	return BPF_CORE_READ(tp, srtt_us) != 0;
+}
+
+#ifndef TCPRTT_NO_FENTRY /* for tools that load every program, e.g. bpftool where ftrace is locked */
+SEC("fentry/tcp_close")
+int tcprtt_fentry(unsigned long long *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[0];
+
+	if (!was_established(sk))
+		return 0;
+	return report(sk, HOOK_FENTRY);
+}
+#endif
+
+SEC("tp_btf/tcp_destroy_sock")
+int tcprtt_tp_btf(unsigned long long *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[0];
+
+	if (!was_established(sk))
+		return 0;
+	return report(sk, HOOK_TP_BTF);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int tcprtt_tracepoint(struct trace_event_raw_inet_sock_set_state *args)
+{
+	int oldstate = args->oldstate;
+
+	/* The context is the tracepoint record: direct, relocated reads. */
+	if (args->protocol != IPPROTO_TCP || args->newstate != TCP_CLOSE)
+		return 0;
+	/* Only connections that got past the handshake end with a report. */
+	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV ||
+	    oldstate == TCP_LISTEN || oldstate == TCP_CLOSE ||
+	    oldstate == TCP_NEW_SYN_RECV)
+		return 0;
+	return report((struct sock *)args->skaddr, HOOK_TRACEPOINT);
+}

@@ -1,0 +1,180 @@
+"""Shared test setup: the `kernel` marker and BPF leak guards.
+
+Tests marked `kernel` need root and a working bpf(2). Where that is missing
+they are skipped, unless TTCP_REQUIRE_KERNEL=1 (CI), where a skip would hide
+a broken environment, so it is an error instead.
+
+Leak checks are based on this process's own file descriptors (what a test
+forgot to close) plus, at session end, BPF objects created during the session
+that are still alive and held by no other process (e.g. pinned or leaked via
+a kernel reference). Objects of other processes running at the same time are
+ignored by looking them up in /proc/*/fdinfo.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ttcp import syscalls
+from ttcp.errors import BpfError
+
+_BPF_LINK_TARGETS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
+                     "anon_inode:bpf-link", "anon_inode:[perf_event]", "anon_inode:btf")
+_GRACE_S = 3.0  # the kernel frees closed objects asynchronously (RCU, workqueues)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kernel: needs root and a usable bpf(2) (skipped otherwise, "
+                            "an error when TTCP_REQUIRE_KERNEL=1)")
+
+
+@functools.cache
+def kernel_unusable_reason() -> str | None:
+    """None if this process can create BPF maps, else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    try:
+        fd = syscalls.map_create(syscalls.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="ttcp_probe")
+    except BpfError as e:
+        return f"bpf(2) unusable: {e}"
+    syscalls.close(fd)
+    return None
+
+
+def _require_kernel() -> None:
+    reason = kernel_unusable_reason()
+    if reason is None:
+        return
+    if os.environ.get("TTCP_REQUIRE_KERNEL") == "1":
+        pytest.fail(f"kernel test cannot run ({reason}) but TTCP_REQUIRE_KERNEL=1", pytrace=False)
+    pytest.skip(f"kernel test needs root and bpf(2): {reason}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") is not None:
+        _require_kernel()
+
+
+# ---- leak detection ---------------------------------------------------------------
+
+
+def bpf_fds() -> dict[int, str]:
+    """This process's fds that refer to BPF objects or perf events: fd -> kind."""
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc/self/fd"):
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            continue  # closed while we looked (e.g. the scandir fd itself)
+        if target.startswith(_BPF_LINK_TARGETS):
+            found[int(entry.name)] = target
+    return found
+
+
+def _all_ids() -> dict[str, set[int]]:
+    return {
+        "prog": set(syscalls.prog_ids()),
+        "map": set(syscalls.map_ids()),
+        "link": set(syscalls.link_ids()),
+    }
+
+
+_FDINFO_ID = re.compile(r"^(prog|map|link)_id:\s+(\d+)$", re.MULTILINE)
+
+
+def _ids_held_by_other_processes() -> dict[str, set[int]]:
+    """Ids referenced from the fdinfo of every other process's fds."""
+    held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or proc.name == me:
+            continue
+        try:
+            infos = list((proc / "fdinfo").iterdir())
+        except OSError:
+            continue
+        for info in infos:
+            try:
+                text = info.read_text()
+            except OSError:
+                continue
+            for kind, num in _FDINFO_ID.findall(text):
+                held[kind].add(int(num))
+    return held
+
+
+def _describe(kind: str, obj_id: int) -> str | None:
+    """A readable name for a leaked object; None if it is gone by now."""
+    opener = {"prog": syscalls.prog_get_fd_by_id, "map": syscalls.map_get_fd_by_id,
+              "link": syscalls.link_get_fd_by_id}[kind]
+    try:
+        fd = opener(obj_id)
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        return f"{kind} {obj_id} ({errno.errorcode.get(e.errno, e.errno)})"
+    try:
+        if kind == "prog":
+            return f"prog {obj_id} {syscalls.prog_info(fd).name!r}"
+        if kind == "map":
+            return f"map {obj_id} {syscalls.map_info(fd).name!r}"
+        return f"link {obj_id} -> prog {syscalls.link_info(fd).prog_id}"
+    finally:
+        syscalls.close(fd)
+
+
+def leaked_objects(before: dict[str, set[int]]) -> list[str]:
+    """Objects absent from `before`, still alive after a grace period and not
+    held by another process; [] when nothing leaked."""
+    deadline = time.monotonic() + _GRACE_S
+    while True:
+        now = _all_ids()
+        new = {k: now[k] - before[k] for k in now}
+        if any(new.values()):
+            foreign = _ids_held_by_other_processes()
+            new = {k: ids - foreign[k] for k, ids in new.items()}
+        if not any(new.values()):
+            return []
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    described = (_describe(k, i) for k in sorted(new) for i in sorted(new[k]))
+    return [d for d in described if d is not None]
+
+
+def _fd_leaks(before: dict[int, str]) -> list[str]:
+    return [f"fd {fd} -> {kind}" for fd, kind in sorted(bpf_fds().items()) if before.get(fd) != kind]
+
+
+@pytest.fixture
+def no_bpf_leaks() -> Iterator[None]:
+    """Fail the test if it leaves BPF/perf fds open or BPF objects alive."""
+    if kernel_unusable_reason() is not None:
+        _require_kernel()
+    fds_before = bpf_fds()
+    ids_before = _all_ids()
+    yield
+    problems = _fd_leaks(fds_before) + leaked_objects(ids_before)
+    assert not problems, "BPF leaks: " + ", ".join(problems)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_leak_guard() -> Iterator[None]:
+    """At session end, no BPF fd opened or object created during the session may remain."""
+    usable = os.geteuid() == 0 and kernel_unusable_reason() is None
+    fds_before = bpf_fds() if usable else {}
+    ids_before = _all_ids() if usable else {}
+    yield
+    if not usable:
+        return
+    problems = _fd_leaks(fds_before) + leaked_objects(ids_before)
+    if problems:
+        pytest.fail("BPF leaks at end of session: " + ", ".join(problems), pytrace=False)

@@ -1,0 +1,80 @@
+"""Event decoding and formatting, and filter-address parsing, on bytes."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from ttcp import addresses, events
+from ttcp.errors import FormatError
+
+
+def record(saddr="127.0.0.2", daddr="127.0.0.1", ts=5_000_000_000, srtt=412, family=2, hook=2,
+           sport=47090, dport=80, netns=4026531840) -> bytes:
+    return struct.pack("<16s16sQQQIIIIHHHBx", addresses.key_of(saddr), addresses.key_of(daddr), ts,
+                       1234, 5678, srtt, 99, 3, netns, sport, dport, family, hook)
+
+
+def test_event_size_matches_the_c_struct():
+    assert events.EVENT_SIZE == 80
+
+
+def test_decode_every_field():
+    ev = events.decode(record())
+    assert (ev.saddr, ev.daddr, ev.sport, ev.dport) == ("127.0.0.2", "127.0.0.1", 47090, 80)
+    assert (ev.rtt_us, ev.rttvar_us, ev.retrans, ev.bytes_acked, ev.bytes_received) == (412, 99, 3, 1234, 5678)
+    assert (ev.netns, ev.family, ev.hook, ev.ts_ns) == (4026531840, 2, 2, 5_000_000_000)
+
+
+def test_decode_refuses_short_records():
+    with pytest.raises(FormatError, match="79 bytes"):
+        events.decode(record()[:79])
+
+
+def test_table_line_matches_the_seed_columns():
+    ev = events.decode(record(saddr="10.178.0.5", daddr="172.217.161.206"))
+    line = events.format_table(ev, 0)
+    assert line[19:] == " 10.178.0.5      47090  -> 172.217.161.206 80     0.412"
+    assert events.HEADER == ("YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)")
+
+
+@pytest.mark.parametrize("us,text", [(0, "0.000"), (48, "0.048"), (1000, "1.000"), (123456, "123.456")])
+def test_rtt_is_milliseconds_with_microsecond_precision(us, text):
+    assert events.format_ms(us) == text
+
+
+def test_ipv6_addresses_widen_the_column():
+    ev = events.decode(record(saddr="2001:db8::1234:5678", daddr="::1", family=10))
+    assert " 2001:db8::1234:5678 47090  -> ::1             80 " in events.format_table(ev, 0)
+
+
+def test_json_line_round_trips():
+    ev = events.decode(record(family=10, saddr="::ffff:127.0.0.2"))
+    d = json.loads(events.format_json(ev, 1_700_000_000_000_000_000 - 5_000_000_000))
+    assert d["saddr"] == "127.0.0.2" and d["family"] == "inet6" and d["rtt_us"] == 412
+    assert d["rtt_ms"] == 0.412 and d["hook"] == "tp_btf" and d["netns"] == 4026531840
+    assert d["time"] == "2023-11-14T22:13:20.000000Z"
+
+
+@pytest.mark.parametrize("text,canon", [
+    ("10.0.0.1", "10.0.0.1"), (" 10.0.0.1\n", "10.0.0.1"), ("::ffff:10.0.0.1", "10.0.0.1"),
+    ("2001:DB8::1", "2001:db8::1"), ("::1", "::1"),
+])
+def test_canonical_addresses(text, canon):
+    assert addresses.canonical(text) == canon
+
+
+@pytest.mark.parametrize("text,why", [
+    ("10.0.0.0/8", "network"), ("fe80::1%eth0", "zone"), ("10.0.0.256", "not an IPv4"),
+    ("", "empty"), ("x" * 500, "not an IPv4"),
+])
+def test_bad_addresses_are_named(text, why):
+    with pytest.raises(addresses.AddressError, match=why):
+        addresses.key_of(text)
+
+
+def test_ipv4_keys_are_v4_mapped():
+    assert addresses.key_of("1.2.3.4") == bytes(10) + b"\xff\xff\x01\x02\x03\x04"
+    assert addresses.from_key(addresses.key_of("1.2.3.4")) == "1.2.3.4"

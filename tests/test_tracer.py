@@ -1,0 +1,189 @@
+"""End to end against the real kernel: the shipped object, loaded by our own
+loader, attached in each mode this kernel allows, fed real loopback traffic."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import time
+
+import pytest
+
+from tests.traffic import Server, connect_many, connect_once
+from ttcp import addresses, events, syscalls
+from ttcp.errors import BpfError
+from ttcp.tracer import Tracer
+
+pytestmark = pytest.mark.kernel
+
+N = 200
+MODES_HERE = ["tp_btf", "tracepoint"]  # fentry loads with EPERM on this kernel (ftrace locked)
+
+
+def collect(tracer: Tracer, settle_s: float = 0.3, limit_s: float = 10.0) -> list[events.Event]:
+    """Drain the ring until no new record arrived for `settle_s`."""
+    got: list[events.Event] = []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not tracer.ring.wait(settle_s):
+            break
+        tracer.ring.consume(lambda raw: got.append(events.decode(raw)))
+    return got
+
+
+@pytest.fixture(params=MODES_HERE)
+def tracer(request, no_bpf_leaks):
+    with Tracer() as t:
+        t.open_maps()
+        t.attach(request.param, log=lambda msg: None)
+        assert t.report.mode == request.param
+        collect(t, settle_s=0.05)  # whatever other sockets closed meanwhile
+        yield t
+
+
+def test_exactly_n_events_from_filtered_source(tracer):
+    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    with Server("127.0.0.1") as srv:
+        conns = connect_many(srv, "127.0.0.2", N)
+    got = collect(tracer)
+    assert len(got) == N
+    # Ports may repeat: the client closes last, so it never holds TIME_WAIT.
+    assert sorted(e.sport for e in got) == sorted(c.sport for c in conns)
+    by_port = {c.sport: c for c in conns}
+    netns = os.stat("/proc/self/ns/net").st_ino
+    for e in got:
+        assert e.sport in by_port
+        assert (e.saddr, e.daddr, e.dport) == ("127.0.0.2", "127.0.0.1", srv.port)
+        assert e.family == events.AF_INET
+        assert e.netns == netns
+        assert e.hook == {"tp_btf": 2, "tracepoint": 3}[tracer.report.mode]
+        assert e.rtt_us > 0 and e.bytes_acked > 0 and e.bytes_received > 0
+    assert tracer.drops() == 0
+
+
+def test_rtt_agrees_with_tcp_info(tracer):
+    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    with Server("127.0.0.1") as srv:
+        conns = connect_many(srv, "127.0.0.2", 50)
+    got = collect(tracer)
+    assert len(got) == 50
+    assert [e.sport for e in got] == [c.sport for c in conns]  # in order, one each
+    diffs = []
+    for e, c in zip(got, conns, strict=True):
+        before = c.rtt_us
+        # One more RTT sample (the ACK of our FIN) moves srtt by 1/8 of its
+        # distance from that sample; loopback samples stay well under 1 ms.
+        assert abs(e.rtt_us - before) <= before // 8 + 1000, (e, before)
+        diffs.append(abs(e.rtt_us - before))
+    assert statistics.median(diffs) <= statistics.median(c.rtt_us for c in conns) // 4 + 5
+
+
+def test_unfiltered_source_gives_nothing(tracer):
+    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    with Server("127.0.0.1") as srv:
+        connect_many(srv, "127.0.0.3", 50)
+    assert collect(tracer) == []
+
+
+def test_adding_and_removing_switches_events(tracer):
+    key = addresses.key_of("127.0.0.3")
+    with Server("127.0.0.1") as srv:
+        connect_many(srv, "127.0.0.3", 20)
+        assert collect(tracer) == []
+        tracer.add_filters([key])
+        connect_many(srv, "127.0.0.3", 20)
+        assert len(collect(tracer)) == 20
+        assert tracer.filters.delete(key)
+        connect_many(srv, "127.0.0.3", 20)
+        assert collect(tracer) == []
+    # The map counted the matches itself.
+    assert tracer.filters.get(key) is None
+
+
+def test_match_counters_in_filter_map(tracer):
+    key = addresses.key_of("127.0.0.2")
+    tracer.add_filters([key])
+    with Server("127.0.0.1") as srv:
+        connect_many(srv, "127.0.0.2", 10)
+    assert len(collect(tracer)) == 10
+    matches, last_ns = tracer.filters.get(key)
+    assert matches == 10
+    assert 0 < time.monotonic_ns() - last_ns < 60e9
+
+
+def test_ipv6_loopback_both_ends(tracer):
+    tracer.add_filters([addresses.key_of("::1")])
+    with Server("::1", socket.AF_INET6) as srv:
+        conns = connect_many(srv, "::1", 20)
+    got = collect(tracer)
+    # Both the client and the accepted socket have local address ::1.
+    assert len(got) == 40
+    client_ports = {c.sport for c in conns}
+    clients = [e for e in got if e.sport in client_ports]
+    servers = [e for e in got if e.sport == srv.port]
+    assert len(clients) == 20 and len(servers) == 20
+    assert all(e.family == events.AF_INET6 and e.saddr == "::1" and e.daddr == "::1" for e in got)
+    assert {e.dport for e in servers} == client_ports
+
+
+def test_dual_stack_socket_matches_ipv4_entry(tracer):
+    tracer.add_filters([addresses.key_of("127.0.0.4")])
+    with Server("::", socket.AF_INET6, dual_stack=True) as srv:
+        conns = connect_many(srv, "::ffff:127.0.0.4", 10, dst="::ffff:127.0.0.1")
+    got = collect(tracer)
+    assert len(got) == 10
+    assert {e.sport for e in got} == {c.sport for c in conns}
+    assert all(e.family == events.AF_INET6 and e.saddr == "127.0.0.4" and e.daddr == "127.0.0.1"
+               for e in got)
+
+
+def test_listeners_and_failed_connects_give_nothing(tracer):
+    tracer.add_filters([addresses.key_of("127.0.0.5")])
+    srv = Server("127.0.0.5")
+    port = srv.port
+    srv.close()  # a listener that never accepted anything
+    for _ in range(10):  # refused: SYN_SENT -> CLOSE, never established
+        s = socket.socket()
+        s.bind(("127.0.0.5", 0))
+        with pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.5", port))
+        s.close()
+    assert collect(tracer) == []
+    # ... while an established one from the same address is reported.
+    with Server("127.0.0.1") as other:
+        connect_once(other, "127.0.0.5")
+    assert len(collect(tracer)) == 1
+
+
+def test_auto_lands_on_a_working_mode_and_says_why(no_bpf_leaks):
+    said: list[str] = []
+    with Tracer() as t:
+        report = t.attach("auto", log=said.append)
+        assert report.mode in ("fentry", "tp_btf", "tracepoint")
+        assert said[-1].startswith(f"ttcp: attached via {report.mode}")
+        for mode, reason in report.skipped:
+            assert mode == "fentry" and "EPERM" in reason
+        prog_id = syscalls.prog_info(t.prog_fd()).id
+        assert prog_id in syscalls.prog_ids()
+    assert prog_id not in syscalls.prog_ids() or _freed_soon(prog_id)
+
+
+def _freed_soon(prog_id: int) -> bool:
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if prog_id not in syscalls.prog_ids():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_forced_fentry_fails_clearly_here(no_bpf_leaks):
+    with Tracer() as t:
+        try:
+            t.attach("fentry", log=lambda m: None)
+        except BpfError as e:
+            assert "PROG_LOAD" in e.step and e.errno
+            assert "CAP_BPF" in str(e) or e.log_tail()
+        else:  # a kernel where fentry works: it must then be the mode in use
+            assert t.report.mode == "fentry"

@@ -1,0 +1,80 @@
+"""Real TCP traffic for tests: loopback connections with known addresses,
+ports and TCP_INFO RTTs, so events can be checked field by field."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Self
+
+TCP_INFO_RTT_OFFSET = 68  # struct tcp_info: tcpi_rtt (µs), then tcpi_rttvar
+
+
+@dataclass(frozen=True)
+class Conn:
+    """One finished connection as the client saw it."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    rtt_us: int  # TCP_INFO tcpi_rtt read just before close
+
+
+def tcp_info_rtt(sock: socket.socket) -> int:
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("<I", raw, TCP_INFO_RTT_OFFSET)[0]
+
+
+class Server:
+    """A listening socket on (host, ephemeral port)."""
+
+    def __init__(self, host: str = "127.0.0.1", family: int = socket.AF_INET, dual_stack: bool = False):
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        if family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(1024)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.family = family
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_once(server: Server, src: str, dst: str | None = None,
+                 family: int | None = None, payload: bytes = b"ping") -> Conn:
+    """Connect from `src` to the server, exchange a few bytes, close both ends.
+
+    The server side closes first, so the client's final RTT sample comes only
+    from its own FIN being acknowledged.
+    """
+    fam = family or server.family
+    dst = dst or server.host
+    cli = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        cli.bind((src, 0))
+        cli.connect((dst, server.port))
+        child, _ = server.sock.accept()
+        with child:
+            cli.sendall(payload)
+            child.recv(len(payload))
+            child.sendall(payload)
+            cli.recv(len(payload))
+        sport = cli.getsockname()[1]
+        rtt = tcp_info_rtt(cli)
+    finally:
+        cli.close()
+    return Conn(src, sport, dst, server.port, rtt)
+
+
+def connect_many(server: Server, src: str, n: int, **kw) -> list[Conn]:
+    return [connect_once(server, src, **kw) for _ in range(n)]

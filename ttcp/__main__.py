@@ -1,0 +1,7 @@
+"""`python -m ttcp`: the same as the `ttcp` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

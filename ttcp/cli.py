@@ -1,0 +1,235 @@
+"""The `ttcp` command: load and attach, serve the filter API, print events.
+
+Start-up order: the filters are loaded and the program attached first, then
+the API listens, then the header is printed — so a header on stdout means
+ttcp is fully ready. Events go to stdout, diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import TextIO
+
+from . import addresses, events
+from .errors import TtcpError
+from .tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
+
+EPILOG = """\
+output (stdout), one line per TCP connection that ended, whose local address is a filter:
+  YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)
+  RTT is the kernel's smoothed RTT (srtt) with microsecond precision. With
+  --format json each line is an object with every field (rtt_us, rttvar_us,
+  retrans, bytes_acked, bytes_received, netns, hook, ...).
+
+filter API (see README / GET /openapi.json):
+  curl -L http://localhost:8090 -XGET
+  curl -L http://localhost:8090 -XPUT -d 192.168.0.1
+  curl -L http://localhost:8090 -XDELETE -d 192.168.0.1
+
+attach modes: fentry (exact RTT at close(); needs ftrace), tp_btf
+(tcp_destroy_sock), tracepoint (sock/inet_sock_set_state via perf events).
+auto tries them in that order and says on stderr which one it uses.
+
+needs: root (or CAP_BPF + CAP_PERFMON), a kernel with BTF
+(/sys/kernel/btf/vmlinux). On SIGINT/SIGTERM ttcp drains the ring buffer,
+prints a summary on stderr and exits 0.
+"""
+
+
+def _size(text: str) -> int:
+    """Sizes like 4194304, 4096K or 4M."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(t[:-1]) * units[t[-1]]
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 4194304, 4096K, 4M)") from None
+
+
+def _filter(text: str) -> bytes:
+    try:
+        return addresses.key_of(text)
+    except addresses.AddressError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535)")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ttcp",
+        description="Report the round-trip time of TCP connections as they close, for the "
+                    "local addresses you choose; change the list at runtime over HTTP.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the filter API listens on (default: %(default)s; "
+                        "the container image uses 0.0.0.0)")
+    p.add_argument("--port", type=_port, default=8090,
+                   help="port of the filter API (default: %(default)s)")
+    p.add_argument("--filter", dest="filters", metavar="ADDR", type=_filter, action="append",
+                   default=[], help="report connections whose local address is ADDR (IPv4 or "
+                                    "IPv6); repeatable; loaded before the program attaches")
+    p.add_argument("--max-filters", type=_positive, default=DEFAULT_MAX_FILTERS, metavar="N",
+                   help="size of the filter table (default: %(default)s)")
+    p.add_argument("--attach", choices=("auto",) + MODES, default="auto",
+                   help="kernel hook: auto tries fentry, tp_btf, tracepoint in order "
+                        "(default: %(default)s)")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table: the header and aligned columns; json: one JSON object per line "
+                        "(default: %(default)s)")
+    p.add_argument("--ringbuf-size", type=_size, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
+                   help="kernel ring buffer for events, a power of two (default: 4M)")
+    p.add_argument("--no-api", action="store_true",
+                   help="do not start the HTTP API (filters come only from --filter)")
+    return p
+
+
+class Printer:
+    """Decodes ring-buffer records and writes lines; flushes once per drain."""
+
+    def __init__(self, fmt: str, out: TextIO) -> None:
+        self.out = out
+        self.printed = 0
+        self.undecodable = 0
+        self._offset = events.wall_clock_offset_ns()
+        self._format = events.format_json if fmt == "json" else events.format_table
+        self._pending: list[str] = []
+
+    def record(self, raw: bytes) -> None:
+        try:
+            ev = events.decode(raw)
+        except TtcpError:
+            self.undecodable += 1
+            return
+        self._pending.append(self._format(ev, self._offset))
+        self.printed += 1
+
+    def flush(self) -> None:
+        if self._pending:
+            self.out.write("\n".join(self._pending) + "\n")
+            self._pending.clear()
+            self.out.flush()
+
+
+def _preload_server() -> threading.Thread:
+    """Import aiohttp while the kernel verifies our program (ctypes drops the GIL)."""
+    def work() -> None:
+        # An ImportError here is raised again, properly, when the server starts.
+        with contextlib.suppress(ImportError):
+            from . import server  # noqa: F401
+    t = threading.Thread(target=work, name="preload-aiohttp", daemon=True)
+    t.start()
+    return t
+
+
+async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
+                 preload: threading.Thread | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    if not args.no_api:
+        if preload is not None:
+            preload.join()
+        from . import server
+        app = server.create_app(tracer.filters, health=lambda: _health(tracer, printer),
+                                mono_to_wall=tracer.monotonic_to_wall)
+        runner = await server.start(app, args.host, args.port)
+    ring = tracer.ring
+    assert ring is not None
+
+    def drain() -> None:
+        ring.consume(printer.record)
+        printer.flush()
+
+    if args.format == "table":
+        printer.out.write(events.HEADER + "\n")
+        printer.out.flush()
+    loop.add_reader(ring.fileno(), drain)
+    try:
+        drain()
+        await stop.wait()
+    finally:
+        loop.remove_reader(ring.fileno())
+        if runner is not None:
+            from . import server
+            await server.stop(runner)
+        drain()
+
+
+def _health(tracer: Tracer, printer: Printer) -> dict:
+    return {
+        "status": "ok",
+        "attach_mode": tracer.report.mode,
+        "attach_method": tracer.report.method,
+        "events": printer.printed,
+        "dropped": tracer.drops(),
+        "filters": len(tracer.filters) if tracer.filters is not None else 0,
+        "max_filters": tracer.filters.max_entries if tracer.filters is not None else 0,
+    }
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    preload = None if args.no_api else _preload_server()
+    printer = Printer(args.format, out)
+    with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size) as tracer:
+        tracer.open_maps()
+        if len(set(args.filters)) > args.max_filters:
+            raise TtcpError(f"{len(set(args.filters))} --filter addresses exceed --max-filters "
+                            f"{args.max_filters}")
+        tracer.add_filters(args.filters)
+        tracer.attach(args.attach)
+        asyncio.run(_serve(tracer, args, printer, preload))
+        dropped = tracer.drops()
+    print(f"ttcp: {printer.printed} events printed, {dropped} dropped"
+          + (f", {printer.undecodable} undecodable" if printer.undecodable else ""),
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except TtcpError as e:  # BpfError included: errno, step and verifier log tail
+        print(f"ttcp: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `ttcp | head`: the reader left; exit quietly like other filters.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The event record the BPF program sends, and how ttcp prints it (pure).
+
+The layout mirrors `struct event` in bpf/tcprtt.bpf.c; RTTs are kept in
+microseconds end to end and only formatted as milliseconds at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass
+
+from .addresses import from_key
+from .errors import FormatError
+
+AF_INET = 2
+AF_INET6 = 10
+HOOKS = {1: "fentry", 2: "tp_btf", 3: "tracepoint"}
+
+_EVENT = struct.Struct("<16s16sQQQIIIIHHHBx")
+EVENT_SIZE = _EVENT.size  # 80
+
+HEADER = f"{'YYYY/MM/DD HH:MM:SS'} {'Src addr':<15} {'Port':<6} -> {'Dest addr':<15} {'Port':<6} RTT(ms)"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One TCP connection that ended, as the kernel saw it."""
+
+    saddr: str
+    daddr: str
+    ts_ns: int  # CLOCK_MONOTONIC when the connection ended
+    bytes_acked: int
+    bytes_received: int
+    rtt_us: int
+    rttvar_us: int
+    retrans: int
+    netns: int
+    sport: int
+    dport: int
+    family: int
+    hook: int
+
+
+def decode(record: bytes | memoryview) -> Event:
+    """Decode one ring-buffer record; FormatError if it is not an event."""
+    if len(record) < EVENT_SIZE:
+        raise FormatError("event", f"record of {len(record)} bytes, expected {EVENT_SIZE}")
+    (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
+     sport, dport, family, hook) = _EVENT.unpack_from(record)
+    return Event(from_key(saddr), from_key(daddr), ts, acked, received, srtt, rttvar,
+                 retrans, netns, sport, dport, family, hook)
+
+
+def wall_clock_offset_ns() -> int:
+    """Add to a CLOCK_MONOTONIC stamp (bpf_ktime_get_ns) to get Unix time."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def format_ms(us: int) -> str:
+    """Microseconds as milliseconds with exactly three decimals, no float."""
+    return f"{us // 1000}.{us % 1000:03d}"
+
+
+def format_table(ev: Event, offset_ns: int) -> str:
+    """The seed's line: time, source, ports, destination, RTT in ms."""
+    stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime((ev.ts_ns + offset_ns) / 1e9))
+    return (f"{stamp} {ev.saddr:<15} {ev.sport:<6} -> {ev.daddr:<15} {ev.dport:<6} "
+            f"{format_ms(ev.rtt_us)}")
+
+
+def to_dict(ev: Event, offset_ns: int) -> dict:
+    """The JSON-lines object: every field, units in the names."""
+    wall_ns = ev.ts_ns + offset_ns
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ns // 1_000_000_000))
+    return {
+        "time": f"{stamp}.{wall_ns % 1_000_000_000 // 1000:06d}Z",
+        "family": "inet6" if ev.family == AF_INET6 else "inet",
+        "saddr": ev.saddr,
+        "sport": ev.sport,
+        "daddr": ev.daddr,
+        "dport": ev.dport,
+        "rtt_us": ev.rtt_us,
+        "rtt_ms": float(format_ms(ev.rtt_us)),
+        "rttvar_us": ev.rttvar_us,
+        "retrans": ev.retrans,
+        "bytes_acked": ev.bytes_acked,
+        "bytes_received": ev.bytes_received,
+        "netns": ev.netns,
+        "hook": HOOKS.get(ev.hook, str(ev.hook)),
+    }
+
+
+def format_json(ev: Event, offset_ns: int) -> str:
+    return json.dumps(to_dict(ev, offset_ns), separators=(",", ":"))

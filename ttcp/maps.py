@@ -1,0 +1,406 @@
+"""Typed views over BPF maps and a BPF ring-buffer reader.
+
+Pure Python over `ttcp.syscalls`: keys and values go through codecs so callers
+deal in addresses and records rather than raw bytes, and kernel errors that a
+caller must handle (map full, key exists) get their own exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import mmap
+import select
+import struct
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from ttcp import syscalls
+from ttcp.errors import BpfError, FormatError
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; only type checkers need it
+    from typing import Self
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class MapFullError(BpfError):
+    """A hash map has max_entries elements: the kernel refuses a new key (E2BIG)."""
+
+
+class KeyExistsError(BpfError):
+    """`put(..., only_new=True)` for a key that is already present (EEXIST)."""
+
+
+class KeyMissingError(BpfError):
+    """`put(..., only_existing=True)` for a key that is absent (ENOENT)."""
+
+
+# ---- codecs ------------------------------------------------------------------------
+
+
+class Codec(Protocol[V]):
+    """Fixed-size conversion between Python objects and map key/value bytes."""
+
+    size: int
+
+    def encode(self, obj: V) -> bytes: ...
+
+    def decode(self, data: bytes) -> V: ...
+
+
+class RawCodec:
+    """Bytes as they are, checked for length."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def encode(self, obj: bytes) -> bytes:
+        if len(obj) != self.size:
+            raise ValueError(f"expected {self.size} bytes, got {len(obj)}")
+        return bytes(obj)
+
+    def decode(self, data: bytes) -> bytes:
+        return bytes(data)
+
+
+class StructCodec:
+    """A `struct` format; one-field formats encode/decode a bare value."""
+
+    def __init__(self, fmt: str) -> None:
+        self._struct = struct.Struct(fmt)
+        self.size = self._struct.size
+        self._single = len(self._struct.unpack(bytes(self.size))) == 1
+
+    def encode(self, obj: Any) -> bytes:
+        return self._struct.pack(obj) if self._single else self._struct.pack(*obj)
+
+    def decode(self, data: bytes) -> Any:
+        fields = self._struct.unpack(data)
+        return fields[0] if self._single else fields
+
+
+# ---- hash map ----------------------------------------------------------------------
+
+
+class HashMap(Generic[K, V]):
+    """A BPF_MAP_TYPE_HASH seen through key/value codecs."""
+
+    def __init__(
+        self,
+        fd: int,
+        key_codec: Codec[K],
+        value_codec: Codec[V],
+        max_entries: int,
+        name: str = "",
+        owns_fd: bool = True,
+    ) -> None:
+        self._fd: int | None = fd
+        self.key_codec = key_codec
+        self.value_codec = value_codec
+        self._max_entries = max_entries
+        self.name = name
+        self._owns_fd = owns_fd
+
+    @classmethod
+    def create(
+        cls, key_codec: Codec[K], value_codec: Codec[V], max_entries: int, name: str = "", *, flags: int = 0
+    ) -> HashMap[K, V]:
+        fd = syscalls.map_create(
+            syscalls.BPF_MAP_TYPE_HASH, key_codec.size, value_codec.size, max_entries, flags=flags, name=name
+        )
+        return cls(fd, key_codec, value_codec, max_entries, name)
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"map {self.name or '(unnamed)'} is closed")
+        return self._fd
+
+    @property
+    def max_entries(self) -> int:
+        return self._max_entries
+
+    def get(self, key: K) -> V | None:
+        raw = syscalls.map_lookup(self.fd, self.key_codec.encode(key), self.value_codec.size, name=self.name)
+        return None if raw is None else self.value_codec.decode(raw)
+
+    def put(self, key: K, value: V, *, only_new: bool = False, only_existing: bool = False) -> None:
+        """Insert or replace; `only_new`/`only_existing` make it insert-only/replace-only."""
+        if only_new and only_existing:
+            raise ValueError("only_new and only_existing exclude each other")
+        flags = syscalls.BPF_ANY
+        if only_new:
+            flags = syscalls.BPF_NOEXIST
+        elif only_existing:
+            flags = syscalls.BPF_EXIST
+        try:
+            syscalls.map_update(
+                self.fd, self.key_codec.encode(key), self.value_codec.encode(value), flags, name=self.name
+            )
+        except BpfError as e:
+            raise self._translate(e) from None
+
+    def _translate(self, e: BpfError) -> BpfError:
+        if e.errno == errno.E2BIG:
+            return MapFullError(e.step, e.errno, hint=f"map is full ({self._max_entries} entries)")
+        if e.errno == errno.EEXIST:
+            return KeyExistsError(e.step, e.errno, hint="key already present")
+        if e.errno == errno.ENOENT:
+            return KeyMissingError(e.step, e.errno, hint="key not present")
+        return e
+
+    def delete(self, key: K) -> bool:
+        """Remove `key`; False if it was absent."""
+        return syscalls.map_delete(self.fd, self.key_codec.encode(key), name=self.name)
+
+    def _raw_keys(self) -> Iterator[bytes]:
+        # The kernel restarts from the first key when the previous one has
+        # vanished (deleted meanwhile), so remember what was yielded: each key
+        # comes out once, and the walk still ends because restarts only
+        # follow deletions.
+        seen: set[bytes] = set()
+        prev: bytes | None = None
+        while True:
+            nxt = syscalls.map_get_next_key(self.fd, prev, self.key_codec.size, name=self.name)
+            if nxt is None:
+                return
+            prev = nxt
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            yield nxt
+
+    def keys(self) -> Iterator[K]:
+        for raw in self._raw_keys():
+            yield self.key_codec.decode(raw)
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        for raw in self._raw_keys():
+            value = syscalls.map_lookup(self.fd, raw, self.value_codec.size, name=self.name)
+            if value is not None:  # deleted since it was listed
+                yield self.key_codec.decode(raw), self.value_codec.decode(value)
+
+    def __iter__(self) -> Iterator[K]:
+        return self.keys()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._raw_keys())
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Release the fd (idempotent); a program using the map keeps it alive."""
+        fd, self._fd = self._fd, None
+        if fd is not None and self._owns_fd:
+            syscalls.close(fd)
+
+    def __enter__(self) -> HashMap[K, V]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- per-CPU array -------------------------------------------------------------------
+
+
+class PerCpuArray:
+    """A BPF_MAP_TYPE_PERCPU_ARRAY: one value per possible CPU per index."""
+
+    def __init__(
+        self, fd: int, value_size: int, max_entries: int, name: str = "", owns_fd: bool = True
+    ) -> None:
+        self._fd: int | None = fd
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.name = name
+        self._owns_fd = owns_fd
+
+    @classmethod
+    def create(cls, value_size: int, max_entries: int, name: str = "") -> PerCpuArray:
+        fd = syscalls.map_create(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, max_entries, name=name)
+        return cls(fd, value_size, max_entries, name)
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"map {self.name or '(unnamed)'} is closed")
+        return self._fd
+
+    def _key(self, index: int) -> bytes:
+        if not 0 <= index < self.max_entries:
+            raise IndexError(f"index {index} outside 0..{self.max_entries - 1}")
+        return struct.pack("=I", index)
+
+    def values(self, index: int) -> list[bytes]:
+        """The value of `index` on each possible CPU."""
+        raw = syscalls.map_lookup(self.fd, self._key(index), self.value_size, percpu=True, name=self.name)
+        if raw is None:  # arrays always have every index; be explicit anyway
+            raise BpfError(f"MAP_LOOKUP_ELEM {self.name}", errno.ENOENT)
+        stride = (self.value_size + 7) & ~7
+        return [raw[i : i + self.value_size] for i in range(0, len(raw), stride)]
+
+    def put_all(self, index: int, value: bytes) -> None:
+        """Set `index` to `value` on every CPU (e.g. reset a counter)."""
+        if len(value) != self.value_size:
+            raise ValueError(f"expected {self.value_size} bytes, got {len(value)}")
+        stride = (self.value_size + 7) & ~7
+        slot = value + bytes(stride - self.value_size)
+        syscalls.map_update(self.fd, self._key(index), slot * syscalls.possible_cpus(), name=self.name)
+
+    def sum_u64(self, index: int) -> int:
+        """Sum over CPUs of the little/native-endian u64 at the start of each value."""
+        return sum(struct.unpack_from("=Q", v)[0] for v in self.values(index))
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and self._owns_fd:
+            syscalls.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- ring buffer ----------------------------------------------------------------------
+
+_BUSY = 1 << 31
+_DISCARD = 1 << 30
+_HDR = 8
+
+RecordCallback = Callable[[bytes], Any]
+
+
+class RingBuffer:
+    """Single consumer of a BPF_MAP_TYPE_RINGBUF.
+
+    The kernel publishes records by advancing the producer position; we read
+    each record header with one aligned 32-bit load (BUSY: not committed yet,
+    stop; DISCARD: skip), hand the payload to the callback, and only then
+    publish the new consumer position so the kernel cannot reuse the space
+    while we still read it.
+    """
+
+    def __init__(self, map_fd: int, data_size: int | None = None) -> None:
+        if data_size is None:  # the map knows its own size
+            data_size = syscalls.map_info(map_fd).max_entries
+        self.map_fd = map_fd
+        self.data_size = data_size
+        self._mask = data_size - 1
+        self._cons_map, self._prod_map = syscalls.mmap_ringbuf(map_fd, data_size)
+        page = mmap.PAGESIZE
+        self._cons_pos = memoryview(self._cons_map).cast("Q")  # native, aligned u64 stores
+        prod_view = memoryview(self._prod_map)
+        self._prod_pos = prod_view[:8].cast("Q")
+        self._data = prod_view[page:]  # data area, mapped twice
+        self._hdr_words = self._data.cast("I")  # aligned u32 loads of headers
+        self._views = [self._cons_pos, self._prod_pos, self._hdr_words, self._data, prod_view]
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def fileno(self) -> int:
+        """The map fd: level-triggered readable while data is pending."""
+        return self.map_fd
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("ring buffer is closed")
+
+    def producer_pos(self) -> int:
+        return self._prod_pos[0]
+
+    def consumer_pos(self) -> int:
+        return self._cons_pos[0]
+
+    def pending_bytes(self) -> int:
+        """Bytes the kernel has reserved or committed that we have not consumed."""
+        self._check_open()
+        return self._prod_pos[0] - self._cons_pos[0]
+
+    def consume(self, callback: RecordCallback, limit: int | None = None) -> int:
+        """Deliver every committed record (at most `limit`); returns how many.
+
+        If the callback raises, its record still counts as consumed (a record
+        that always fails must not wedge the ring) and the exception propagates.
+        """
+        self._check_open()
+        delivered = 0
+        cons = self._cons_pos[0]
+        while limit is None or delivered < limit:
+            prod = self._prod_pos[0]
+            if cons >= prod:
+                break
+            off = cons & self._mask
+            length = self._hdr_words[off >> 2]
+            if length & _BUSY:
+                break
+            size = length & ~(_BUSY | _DISCARD)
+            step = (size + _HDR + 7) & ~7
+            if step > prod - cons:
+                raise FormatError("ring buffer", f"record of {size} bytes at {cons} passes producer {prod}")
+            new_cons = cons + step
+            if length & _DISCARD:
+                self._cons_pos[0] = cons = new_cons
+                continue
+            payload = bytes(self._data[off + _HDR : off + _HDR + size])
+            try:
+                callback(payload)
+            finally:
+                self._cons_pos[0] = cons = new_cons
+            delivered += 1
+        return delivered
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """Block until data is pending or the timeout passes; True if readable."""
+        self._check_open()
+        poller = select.poll()
+        poller.register(self.map_fd, select.POLLIN)
+        ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
+        return bool(poller.poll(ms))
+
+    # -- asyncio -------------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop, callback: RecordCallback) -> None:
+        """Drain fully into `callback` each time the loop sees the fd readable."""
+        self._check_open()
+        if self._loop is not None:
+            raise ValueError("ring buffer already attached to a loop")
+        loop.add_reader(self.map_fd, self.consume, callback)
+        self._loop = loop
+
+    def detach(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.map_fd)
+
+    async def run(self, callback: RecordCallback, stop: asyncio.Event) -> None:
+        """Deliver records until `stop` is set, then drain what is left."""
+        self.attach(asyncio.get_running_loop(), callback)
+        try:
+            self.consume(callback)  # data that arrived before we attached
+            await stop.wait()
+        finally:
+            self.detach()
+        self.consume(callback)
+
+    def close(self) -> None:
+        """Unmap (idempotent). The map fd belongs to the caller."""
+        if self._closed:
+            return
+        self.detach()
+        self._closed = True
+        for view in self._views:
+            view.release()
+        self._cons_map.close()
+        self._prod_map.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

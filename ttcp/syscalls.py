@@ -1,0 +1,708 @@
+"""Thin, typed wrappers over bpf(2), perf_event_open(2) and friends.
+
+This is the only module in ttcp that talks to the kernel. Every call builds a
+zeroed attribute buffer of the command's size (the kernel rejects non-zero
+bytes past a command's last field), retries EINTR, and turns a failure into a
+`BpfError` naming the command and the object, so callers never see a bare
+OSError or a negative return code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import platform
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ttcp.errors import BpfError, privilege_hint
+
+# ---- constants (kernel UAPI values) ---------------------------------------
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_RINGBUF = 27
+
+BPF_PROG_TYPE_SOCKET_FILTER = 1
+BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_PROG_TYPE_TRACING = 26
+
+BPF_TRACE_RAW_TP = 23
+BPF_TRACE_FENTRY = 24
+BPF_TRACE_FEXIT = 25
+BPF_PERF_EVENT = 41
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_F_NO_PREALLOC = 1 << 0
+BPF_F_RDONLY_PROG = 1 << 7
+BPF_F_MMAPABLE = 1 << 10
+
+BPF_PSEUDO_MAP_FD = 1
+BPF_PSEUDO_MAP_VALUE = 2
+
+BPF_STATS_RUN_TIME = 0
+
+PERCPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY})
+
+# bpf(2) commands
+_MAP_CREATE = 0
+_MAP_LOOKUP_ELEM = 1
+_MAP_UPDATE_ELEM = 2
+_MAP_DELETE_ELEM = 3
+_MAP_GET_NEXT_KEY = 4
+_PROG_LOAD = 5
+_PROG_TEST_RUN = 10
+_PROG_GET_NEXT_ID = 11
+_MAP_GET_NEXT_ID = 12
+_PROG_GET_FD_BY_ID = 13
+_MAP_GET_FD_BY_ID = 14
+_OBJ_GET_INFO_BY_FD = 15
+_RAW_TRACEPOINT_OPEN = 17
+_BTF_LOAD = 18
+_MAP_FREEZE = 22
+_LINK_CREATE = 28
+_LINK_GET_FD_BY_ID = 30
+_LINK_GET_NEXT_ID = 31
+_ENABLE_STATS = 32
+
+# perf_event_open(2)
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
+PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
+_PERF_ATTR_SIZE = 128  # PERF_ATTR_SIZE_VER7; every field we leave alone is 0
+
+_SYSCALL_NUMBERS = {
+    "x86_64": (321, 298),  # (bpf, perf_event_open)
+    "aarch64": (280, 241),
+    "arm64": (280, 241),
+}
+
+# Verifier log: start at 1 MiB, grow up to 16 MiB (the kernel caps log_size
+# near UINT32_MAX >> 2; 16 MiB holds any log a human will read).
+_LOG_INITIAL = 1 << 20
+_LOG_MAX = 16 << 20
+_LOAD_EAGAIN_RETRIES = 5
+
+_OBJ_NAME_LEN = 16  # BPF_OBJ_NAME_LEN, including the terminating NUL
+
+# ---- libc plumbing ---------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syscall_numbers() -> tuple[int, int]:
+    machine = platform.machine()
+    try:
+        return _SYSCALL_NUMBERS[machine]
+    except KeyError:
+        raise BpfError("bpf(2) setup", errno.ENOSYS, hint=f"unsupported architecture {machine}") from None
+
+
+_NR_BPF, _NR_PERF_EVENT_OPEN = _syscall_numbers()
+
+# Separate function objects (CDLL.__getitem__ returns a fresh one) so each
+# call site has exact argtypes: a bare Python int through the variadic
+# syscall() would be truncated to 32 bits.
+_bpf_fn = _libc["syscall"]
+_bpf_fn.restype = ctypes.c_long
+_bpf_fn.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_ulong]
+
+_perf_fn = _libc["syscall"]
+_perf_fn.restype = ctypes.c_long
+_perf_fn.argtypes = [
+    ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_ulong,
+]
+
+_mount_fn = _libc["mount"]
+_mount_fn.restype = ctypes.c_int
+_mount_fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+
+
+class _Buf:
+    """A C-addressable copy of some bytes (or a zeroed area) kept alive while
+    the kernel may read or write it."""
+
+    def __init__(self, data: bytes | int) -> None:
+        if isinstance(data, int):
+            self.size = data
+            self.c = ctypes.create_string_buffer(data) if data else None
+        else:
+            self.size = len(data)
+            self.c = ctypes.create_string_buffer(bytes(data), self.size) if data else None
+
+    @property
+    def addr(self) -> int:
+        """The address, or 0 (NULL) for an empty buffer."""
+        return ctypes.addressof(self.c) if self.c is not None else 0
+
+    def raw(self, n: int | None = None) -> bytes:
+        if self.c is None:
+            return b""
+        return self.c.raw[: self.size if n is None else n]
+
+
+class _Attr:
+    """A zeroed `union bpf_attr` prefix of exactly the size a command needs."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self._c = (ctypes.c_char * size).from_buffer(self.data)
+
+    @property
+    def addr(self) -> int:
+        return ctypes.addressof(self._c)
+
+    def u32(self, off: int, value: int) -> None:
+        struct.pack_into("=I", self.data, off, value & 0xFFFFFFFF)
+
+    def u64(self, off: int, value: int) -> None:
+        struct.pack_into("=Q", self.data, off, value & 0xFFFFFFFFFFFFFFFF)
+
+    def put(self, off: int, raw: bytes) -> None:
+        self.data[off : off + len(raw)] = raw
+
+    def get_u32(self, off: int) -> int:
+        return struct.unpack_from("=I", self.data, off)[0]
+
+
+def _bpf_raw(cmd: int, attr: _Attr) -> tuple[int, int]:
+    """bpf(cmd, attr): (result, 0) on success, (-1, errno) on failure; EINTR is retried."""
+    while True:
+        ret = _bpf_fn(_NR_BPF, cmd, attr.addr, len(attr.data))
+        if ret >= 0:
+            return ret, 0
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            return -1, err
+
+
+def _bpf(cmd: int, attr: _Attr, step: str) -> int:
+    ret, err = _bpf_raw(cmd, attr)
+    if ret < 0:
+        raise BpfError(step, err, hint=privilege_hint(err))
+    return ret
+
+
+def _obj_name(name: str) -> bytes:
+    """The kernel accepts [A-Za-z0-9_.] and at most 15 bytes; map anything else to '_'."""
+    clean = re.sub(r"[^A-Za-z0-9_.]", "_", name)
+    return clean.encode()[: _OBJ_NAME_LEN - 1]
+
+
+def _label(name: str, fd: int) -> str:
+    return name if name else f"fd {fd}"
+
+
+def close(fd: int) -> None:
+    """Close a BPF object / perf event fd."""
+    os.close(fd)
+
+
+# ---- CPUs --------------------------------------------------------------------
+
+
+def _parse_cpu_list(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: per-CPU map values hold one slot per possible CPU."""
+    return len(_parse_cpu_list(Path("/sys/devices/system/cpu/possible").read_text()))
+
+
+def online_cpus() -> list[int]:
+    """Ids of online CPUs (perf events are opened per online CPU)."""
+    return _parse_cpu_list(Path("/sys/devices/system/cpu/online").read_text())
+
+
+def percpu_value_size(value_size: int) -> int:
+    """Bytes a per-CPU lookup returns: each CPU's slot is 8-byte aligned."""
+    return ((value_size + 7) & ~7) * possible_cpus()
+
+
+# ---- maps ----------------------------------------------------------------------
+
+
+def map_create(
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    *,
+    flags: int = 0,
+    name: str = "",
+    btf_fd: int = 0,
+    btf_key_type_id: int = 0,
+    btf_value_type_id: int = 0,
+) -> int:
+    """BPF_MAP_CREATE; returns the map fd."""
+    a = _Attr(60)
+    a.u32(0, map_type)
+    a.u32(4, key_size)
+    a.u32(8, value_size)
+    a.u32(12, max_entries)
+    a.u32(16, flags)
+    a.put(28, _obj_name(name))
+    a.u32(48, btf_fd)
+    a.u32(52, btf_key_type_id)
+    a.u32(56, btf_value_type_id)
+    return _bpf(_MAP_CREATE, a, f"MAP_CREATE {name or '(unnamed)'}")
+
+
+def _elem_attr(fd: int, key: _Buf, value: _Buf | None, flags: int = 0, size: int = 32) -> _Attr:
+    a = _Attr(size)
+    a.u32(0, fd)
+    a.u64(8, key.addr)
+    if value is not None:
+        a.u64(16, value.addr)
+    if size >= 32:
+        a.u64(24, flags)
+    return a
+
+
+def map_lookup(fd: int, key: bytes, value_size: int, *, percpu: bool = False, name: str = "") -> bytes | None:
+    """The value for `key`, or None when absent.
+
+    With `percpu=True` the result holds every possible CPU's value, each in an
+    8-byte-aligned slot (see `percpu_value_size`).
+    """
+    size = percpu_value_size(value_size) if percpu else value_size
+    k, v = _Buf(key), _Buf(size)
+    ret, err = _bpf_raw(_MAP_LOOKUP_ELEM, _elem_attr(fd, k, v))
+    if ret < 0:
+        if err == errno.ENOENT:
+            return None
+        raise BpfError(f"MAP_LOOKUP_ELEM {_label(name, fd)}", err, hint=privilege_hint(err))
+    return v.raw()
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY, *, name: str = "") -> None:
+    """Insert or replace (per `flags`: BPF_ANY / BPF_NOEXIST / BPF_EXIST)."""
+    k, v = _Buf(key), _Buf(value)
+    _bpf(_MAP_UPDATE_ELEM, _elem_attr(fd, k, v, flags), f"MAP_UPDATE_ELEM {_label(name, fd)}")
+
+
+def map_delete(fd: int, key: bytes, *, name: str = "") -> bool:
+    """Delete `key`; False if it was not there."""
+    k = _Buf(key)
+    ret, err = _bpf_raw(_MAP_DELETE_ELEM, _elem_attr(fd, k, None))
+    if ret < 0:
+        if err == errno.ENOENT:
+            return False
+        raise BpfError(f"MAP_DELETE_ELEM {_label(name, fd)}", err, hint=privilege_hint(err))
+    return True
+
+
+def map_get_next_key(fd: int, key: bytes | None, key_size: int, *, name: str = "") -> bytes | None:
+    """The key after `key` (the first key when `key` is None), or None at the end."""
+    k = _Buf(key if key is not None else b"")
+    nxt = _Buf(key_size)
+    ret, err = _bpf_raw(_MAP_GET_NEXT_KEY, _elem_attr(fd, k, nxt, size=24))
+    if ret < 0:
+        if err == errno.ENOENT:
+            return None
+        raise BpfError(f"MAP_GET_NEXT_KEY {_label(name, fd)}", err, hint=privilege_hint(err))
+    return nxt.raw()
+
+
+def map_freeze(fd: int, *, name: str = "") -> None:
+    """BPF_MAP_FREEZE: no more writes from user space (e.g. .rodata)."""
+    a = _Attr(4)
+    a.u32(0, fd)
+    _bpf(_MAP_FREEZE, a, f"MAP_FREEZE {_label(name, fd)}")
+
+
+# ---- programs and BTF ------------------------------------------------------------
+
+
+def _load_with_log(cmd: int, build, step: str) -> int:
+    """Run a load command fast (no log); on failure rerun with a verifier log
+    that grows until it fits, then raise with the real errno and the log.
+
+    `build(log: _Buf | None, level)` returns (attr, offset of log_true_size).
+    """
+    err = 0
+    for _ in range(_LOAD_EAGAIN_RETRIES):
+        attr, _ = build(None, 0)
+        ret, err = _bpf_raw(cmd, attr)
+        if ret >= 0:
+            return ret
+        if err != errno.EAGAIN:
+            break
+    real_err, log = err, ""
+    size = _LOG_INITIAL
+    while True:
+        buf = _Buf(size)
+        attr, true_size_off = build(buf, 1)
+        ret, err2 = _bpf_raw(cmd, attr)
+        if ret >= 0:  # passed on the retry (e.g. a transient EAGAIN): keep it
+            return ret
+        log = buf.raw().split(b"\0", 1)[0].decode(errors="replace")
+        if err2 != errno.ENOSPC or size >= _LOG_MAX:
+            if err2 != errno.ENOSPC:
+                real_err = err2
+            break
+        wanted = attr.get_u32(true_size_off)
+        size = min(_LOG_MAX, wanted if wanted > size else size * 2)
+    hint = "" if log.strip() else privilege_hint(real_err)
+    raise BpfError(step, real_err, log=log, hint=hint)
+
+
+def _check_records(prog: str, what: str, blob: bytes, rec_size: int) -> None:
+    if blob and (rec_size <= 0 or len(blob) % rec_size):
+        raise BpfError(f"PROG_LOAD {prog}", errno.EINVAL,
+                       hint=f"{what} is not a whole number of {rec_size}-byte records")
+
+
+def prog_load(
+    prog_type: int,
+    insns: bytes,
+    license: str,
+    *,
+    name: str = "",
+    expected_attach_type: int = 0,
+    attach_btf_id: int = 0,
+    attach_btf_obj_fd: int = 0,
+    prog_btf_fd: int = 0,
+    func_info: bytes = b"",
+    func_info_rec_size: int = 0,
+    line_info: bytes = b"",
+    line_info_rec_size: int = 0,
+    prog_flags: int = 0,
+) -> int:
+    """BPF_PROG_LOAD; returns the program fd. On rejection the BpfError
+    carries the verifier log."""
+    if len(insns) % 8 or not insns:
+        raise BpfError(f"PROG_LOAD {name}", errno.EINVAL,
+                       hint="instructions must be a non-empty multiple of 8 bytes")
+    _check_records(name, "func_info", func_info, func_info_rec_size)
+    _check_records(name, "line_info", line_info, line_info_rec_size)
+    code = _Buf(insns)
+    lic = _Buf(license.encode() + b"\0")
+    finfo, linfo = _Buf(func_info), _Buf(line_info)
+
+    def build(log: _Buf | None, level: int) -> tuple[_Attr, int]:
+        a = _Attr(144)
+        a.u32(0, prog_type)
+        a.u32(4, len(insns) // 8)
+        a.u64(8, code.addr)
+        a.u64(16, lic.addr)
+        if log is not None:
+            a.u32(24, level)
+            a.u32(28, log.size)
+            a.u64(32, log.addr)
+        a.u32(44, prog_flags)
+        a.put(48, _obj_name(name))
+        a.u32(68, expected_attach_type)
+        a.u32(72, prog_btf_fd)
+        if func_info:
+            a.u32(76, func_info_rec_size)
+            a.u64(80, finfo.addr)
+            a.u32(88, len(func_info) // func_info_rec_size)
+        if line_info:
+            a.u32(92, line_info_rec_size)
+            a.u64(96, linfo.addr)
+            a.u32(104, len(line_info) // line_info_rec_size)
+        a.u32(108, attach_btf_id)
+        a.u32(112, attach_btf_obj_fd)
+        return a, 140
+
+    return _load_with_log(_PROG_LOAD, build, f"PROG_LOAD {name or '(unnamed)'}")
+
+
+def btf_load(data: bytes, *, name: str = "") -> int:
+    """BPF_BTF_LOAD; returns the BTF fd. On rejection the BpfError carries the BTF log."""
+    blob = _Buf(data)
+
+    def build(log: _Buf | None, level: int) -> tuple[_Attr, int]:
+        a = _Attr(32)
+        a.u64(0, blob.addr)
+        a.u32(16, len(data))
+        if log is not None:
+            a.u64(8, log.addr)
+            a.u32(20, log.size)
+            a.u32(24, level)
+        return a, 28
+
+    return _load_with_log(_BTF_LOAD, build, f"BTF_LOAD {name}".rstrip())
+
+
+# ---- attaching ---------------------------------------------------------------------
+
+
+def link_create(
+    prog_fd: int, target_fd: int, attach_type: int, *, flags: int = 0, target_btf_id: int = 0, name: str = ""
+) -> int:
+    """BPF_LINK_CREATE; returns the link fd (closing it detaches)."""
+    a = _Attr(24)
+    a.u32(0, prog_fd)
+    a.u32(4, target_fd)
+    a.u32(8, attach_type)
+    a.u32(12, flags)
+    a.u32(16, target_btf_id)
+    return _bpf(_LINK_CREATE, a, f"LINK_CREATE {_label(name, prog_fd)}")
+
+
+def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
+    """BPF_RAW_TRACEPOINT_OPEN; `name` None for tp_btf/fentry (target from load time)."""
+    tp = _Buf(name.encode() + b"\0" if name else b"")
+    a = _Attr(16)
+    a.u64(0, tp.addr)
+    a.u32(8, prog_fd)
+    return _bpf(_RAW_TRACEPOINT_OPEN, a, f"RAW_TRACEPOINT_OPEN {name or _label('', prog_fd)}")
+
+
+def perf_event_open_tracepoint(tp_id: int, cpu: int) -> int:
+    """A perf event for tracepoint `tp_id` on one CPU, all processes."""
+    attr = _Attr(_PERF_ATTR_SIZE)
+    attr.u32(0, PERF_TYPE_TRACEPOINT)
+    attr.u32(4, _PERF_ATTR_SIZE)
+    attr.u64(8, tp_id)
+    attr.u64(16, 1)  # sample_period
+    attr.u32(48, 1)  # wakeup_events
+    while True:
+        ret = _perf_fn(_NR_PERF_EVENT_OPEN, attr.addr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+        if ret >= 0:
+            return ret
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise BpfError(f"PERF_EVENT_OPEN tracepoint {tp_id} cpu {cpu}", err, hint=privilege_hint(err))
+
+
+def _ioctl(fd: int, request: int, arg: int, step: str) -> None:
+    try:
+        fcntl.ioctl(fd, request, arg)
+    except OSError as e:
+        raise BpfError(step, e.errno or errno.EIO, hint=privilege_hint(e.errno or 0)) from None
+
+
+def perf_event_set_bpf(fd: int, prog_fd: int) -> None:
+    """Attach a program to a perf event (the pre-link way)."""
+    _ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd, f"PERF_EVENT_IOC_SET_BPF fd {fd}")
+
+
+def perf_event_enable(fd: int) -> None:
+    _ioctl(fd, PERF_EVENT_IOC_ENABLE, 0, f"PERF_EVENT_IOC_ENABLE fd {fd}")
+
+
+# ---- tracefs -------------------------------------------------------------------------
+
+_TRACEFS = Path("/sys/kernel/tracing")
+_DEBUG_TRACING = Path("/sys/kernel/debug/tracing")
+_TP_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def _events_dir() -> Path | None:
+    for root in (_TRACEFS, _DEBUG_TRACING):
+        if (root / "events").is_dir():
+            return root / "events"
+    return None
+
+
+def mount_tracefs() -> Path:
+    """Mount tracefs at /sys/kernel/tracing unless some tracefs is reachable already."""
+    found = _events_dir()
+    if found is not None:
+        return found
+    ret = _mount_fn(b"tracefs", str(_TRACEFS).encode(), b"tracefs", 0, None)
+    err = ctypes.get_errno() if ret != 0 else 0
+    if ret != 0 and err != errno.EBUSY:
+        raise BpfError(f"MOUNT tracefs on {_TRACEFS}", err, hint=privilege_hint(err))
+    found = _events_dir()
+    if found is None:
+        raise BpfError(f"MOUNT tracefs on {_TRACEFS}", errno.ENOENT, hint="tracefs has no events directory")
+    return found
+
+
+def tracepoint_id(category: str, name: str) -> int:
+    """The id of a classic tracepoint, from tracefs (mounted on demand)."""
+    step = f"TRACEPOINT {category}/{name}"
+    if not (_TP_NAME.match(category) and _TP_NAME.match(name)):
+        raise BpfError(step, errno.EINVAL, hint="tracepoint names are [A-Za-z0-9_]+")
+    path = mount_tracefs() / category / name / "id"
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        raise BpfError(step, errno.ENOENT, hint=f"no such tracepoint ({path} is missing)") from None
+    except OSError as e:
+        raise BpfError(step, e.errno or errno.EIO, hint=privilege_hint(e.errno or 0)) from None
+
+
+# ---- object info ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    id: int
+    type: int
+    name: str
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    id: int
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    name: str
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    id: int
+    type: int
+    prog_id: int
+
+
+def _obj_info(fd: int, size: int, what: str) -> bytes:
+    info = _Buf(size)
+    a = _Attr(16)
+    a.u32(0, fd)
+    a.u32(4, size)
+    a.u64(8, info.addr)
+    _bpf(_OBJ_GET_INFO_BY_FD, a, f"OBJ_GET_INFO_BY_FD {what} fd {fd}")
+    return info.raw()
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def prog_info(fd: int) -> ProgInfo:
+    raw = _obj_info(fd, 232, "prog")
+    ptype, pid = struct.unpack_from("=II", raw, 0)
+    run_time_ns, run_cnt, misses = struct.unpack_from("=QQQ", raw, 192)
+    return ProgInfo(pid, ptype, _cstr(raw[64:80]), run_time_ns, run_cnt, misses)
+
+
+def map_info(fd: int) -> MapInfo:
+    raw = _obj_info(fd, 88, "map")
+    mtype, mid, ks, vs, me, mf = struct.unpack_from("=IIIIII", raw, 0)
+    return MapInfo(mid, mtype, ks, vs, me, mf, _cstr(raw[24:40]))
+
+
+def link_info(fd: int) -> LinkInfo:
+    raw = _obj_info(fd, 64, "link")
+    ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
+    return LinkInfo(lid, ltype, prog_id)
+
+
+def enable_stats(stats_type: int = BPF_STATS_RUN_TIME) -> int:
+    """BPF_ENABLE_STATS: run_time_ns/run_cnt are counted while the returned fd is open."""
+    a = _Attr(4)
+    a.u32(0, stats_type)
+    return _bpf(_ENABLE_STATS, a, "ENABLE_STATS")
+
+
+# ---- id iteration (leak checks, diagnostics) --------------------------------------------
+
+
+def _ids(cmd: int, what: str) -> list[int]:
+    ids: list[int] = []
+    start = 0
+    while True:
+        a = _Attr(12)
+        a.u32(0, start)
+        ret, err = _bpf_raw(cmd, a)
+        if ret < 0:
+            if err == errno.ENOENT:
+                return ids
+            raise BpfError(f"{what}_GET_NEXT_ID", err, hint=privilege_hint(err))
+        start = a.get_u32(4)
+        ids.append(start)
+
+
+def prog_ids() -> list[int]:
+    return _ids(_PROG_GET_NEXT_ID, "PROG")
+
+
+def map_ids() -> list[int]:
+    return _ids(_MAP_GET_NEXT_ID, "MAP")
+
+
+def link_ids() -> list[int]:
+    return _ids(_LINK_GET_NEXT_ID, "LINK")
+
+
+def _fd_by_id(cmd: int, obj_id: int, what: str) -> int:
+    a = _Attr(12)
+    a.u32(0, obj_id)
+    return _bpf(cmd, a, f"{what}_GET_FD_BY_ID {obj_id}")
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    return _fd_by_id(_PROG_GET_FD_BY_ID, prog_id, "PROG")
+
+
+def map_get_fd_by_id(map_id: int) -> int:
+    return _fd_by_id(_MAP_GET_FD_BY_ID, map_id, "MAP")
+
+
+def link_get_fd_by_id(link_id: int) -> int:
+    return _fd_by_id(_LINK_GET_FD_BY_ID, link_id, "LINK")
+
+
+# ---- test runs ---------------------------------------------------------------------------
+
+
+def prog_test_run(prog_fd: int, data_in: bytes = b"", repeat: int = 1, ctx_in: bytes = b"") -> int:
+    """BPF_PROG_TEST_RUN; returns the program's return value (of the last run)."""
+    data, ctx = _Buf(data_in), _Buf(ctx_in)
+    a = _Attr(72)
+    a.u32(0, prog_fd)
+    a.u32(8, len(data_in))
+    a.u64(16, data.addr)
+    a.u32(32, repeat)
+    a.u32(40, len(ctx_in))
+    a.u64(48, ctx.addr)
+    _bpf(_PROG_TEST_RUN, a, f"PROG_TEST_RUN fd {prog_fd}")
+    return a.get_u32(4)
+
+
+# ---- ring buffer mapping --------------------------------------------------------------------
+
+
+def mmap_ringbuf(map_fd: int, data_size: int) -> tuple[mmap.mmap, mmap.mmap]:
+    """Map a BPF ring buffer: (consumer page RW, producer page + data twice RO).
+
+    The data area is mapped twice back to back so a record that wraps past the
+    end is still contiguous in memory.
+    """
+    page = mmap.PAGESIZE
+    if data_size <= 0 or data_size & (data_size - 1) or data_size % page:
+        raise BpfError(f"MMAP ringbuf fd {map_fd}", errno.EINVAL,
+                       hint="size must be a power-of-two multiple of the page size")
+    try:
+        cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+    except OSError as e:
+        raise BpfError(f"MMAP ringbuf consumer fd {map_fd}", e.errno or errno.EIO) from None
+    try:
+        prod = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+    except OSError as e:
+        cons.close()
+        raise BpfError(f"MMAP ringbuf producer fd {map_fd}", e.errno or errno.EIO) from None
+    return cons, prod
