@@ -798,24 +798,29 @@ class Btf:
                      symbol_offsets: dict[str, int], hidden: set[str]) -> None:
         off = self._local_offset(sec.id)
         entries = [list(v) for v in sec.datasec_vars]
-        if sec.size == 0 and sec.name in section_sizes:
-            size = section_sizes[sec.name]
-            if not 0 < size <= _U32:
-                raise _bad(f"DATASEC '{sec.name}': ELF section size {size} invalid")
-            struct.pack_into("<I", out, off + 8, size)
+        if sec.name in section_sizes:
+            fill = sec.size == 0  # a linked object already has sizes and offsets
+            if fill:
+                size = section_sizes[sec.name]
+                if not 0 < size <= _U32:
+                    raise _bad(f"DATASEC '{sec.name}': ELF section size {size} invalid")
+                struct.pack_into("<I", out, off + 8, size)
             for i, entry in enumerate(entries):
-                var = self.type(entry[0])
-                if var.kind != KIND_VAR:
-                    raise _bad(f"DATASEC '{sec.name}': entry #{i} is {var.describe()}, "
-                               "not a VAR")
-                if var.linkage in (LINKAGE_STATIC, LINKAGE_EXTERN):
-                    continue
-                if var.name not in symbol_offsets:
-                    raise _bad(f"DATASEC '{sec.name}': no ELF symbol for VAR '{var.name}'")
-                entry[1] = symbol_offsets[var.name] & _U32
-                if var.name in hidden and var.id >= self._start_id:
-                    var_off = self._local_offset(var.id)
-                    struct.pack_into("<I", out, var_off + 12, LINKAGE_STATIC)
+                self._fix_var(out, sec.name, i, entry, fill, symbol_offsets, hidden)
         entries.sort(key=lambda e: e[1])
         for i, (vtype, voff, vsize) in enumerate(entries):
             struct.pack_into("<III", out, off + 12 + 12 * i, vtype, voff, vsize)
+
+    def _fix_var(self, out: bytearray, sec_name: str, i: int, entry: list[int], fill: bool,
+                 symbol_offsets: dict[str, int], hidden: set[str]) -> None:
+        var = self.type(entry[0])
+        if var.kind != KIND_VAR:
+            raise _bad(f"DATASEC '{sec_name}': entry #{i} is {var.describe()}, not a VAR")
+        if var.linkage in (LINKAGE_STATIC, LINKAGE_EXTERN):
+            return
+        if fill:
+            if var.name not in symbol_offsets:
+                raise _bad(f"DATASEC '{sec_name}': no ELF symbol for VAR '{var.name}'")
+            entry[1] = symbol_offsets[var.name] & _U32
+        if var.name in hidden and var.id >= self._start_id:
+            struct.pack_into("<I", out, self._local_offset(var.id) + 12, LINKAGE_STATIC)

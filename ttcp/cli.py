@@ -14,9 +14,11 @@ import os
 import signal
 import sys
 import threading
-from typing import TextIO
+from pathlib import Path
+from typing import NoReturn, TextIO
 
 from . import addresses, events
+from .elf_loader import VMLINUX_BTF
 from .errors import TtcpError
 from .tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 
@@ -81,8 +83,15 @@ def _positive(text: str) -> int:
     return n
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ttcp",
         description="Report the round-trip time of TCP connections as they close, for the "
                     "local addresses you choose; change the list at runtime over HTTP.",
@@ -107,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--ringbuf-size", type=_size, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                    help="kernel ring buffer for events, a power of two (default: 4M)")
+    p.add_argument("--btf", type=Path, default=VMLINUX_BTF, metavar="PATH",
+                   help="kernel BTF to relocate against (default: %(default)s; e.g. a BTFHub "
+                        "file for a kernel without built-in BTF)")
     p.add_argument("--no-api", action="store_true",
                    help="do not start the HTTP API (filters come only from --filter)")
     return p
@@ -198,10 +210,17 @@ def _health(tracer: Tracer, printer: Printer) -> dict:
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Before the event loop runs, SIGTERM unwinds like Ctrl-C, releasing what was created."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     preload = None if args.no_api else _preload_server()
     printer = Printer(args.format, out)
-    with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size) as tracer:
+    with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
+                btf_path=args.btf) as tracer:
         tracer.open_maps()
         if len(set(args.filters)) > args.max_filters:
             raise TtcpError(f"{len(set(args.filters))} --filter addresses exceed --max-filters "
@@ -228,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        print("ttcp: interrupted during start-up; everything created was released", file=sys.stderr)
         return 130
 
 

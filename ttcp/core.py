@@ -70,7 +70,7 @@ ENUMVAL_KINDS = frozenset({ENUMVAL_EXISTS, ENUMVAL_VALUE})
 POISON_IMM = 0xBAD2310  # libbpf's "bad relo" helper id: verifier says unknown#195896080
 SPEC_MAX_LEN = 64  # BPF_CORE_SPEC_MAX_LEN
 _MAX_DEPTH = 32  # libbpf's recursion depth for type compat/match
-_MAX_WORK = 200_000  # member visits per relocation before giving up (hostile BTF)
+_MAX_WORK = 50_000  # member visits per relocation before giving up (hostile BTF)
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 

@@ -20,7 +20,7 @@ from typing import Self
 from . import syscalls
 from .addresses import KEY_SIZE
 from .attach import Link, attach
-from .elf_loader import ObjectLoader
+from .elf_loader import VMLINUX_BTF, ObjectLoader
 from .errors import BpfError, TtcpError
 from .maps import HashMap, PerCpuArray, RawCodec, RingBuffer, StructCodec
 
@@ -62,10 +62,11 @@ class Tracer:
         *,
         max_filters: int = DEFAULT_MAX_FILTERS,
         ringbuf_size: int = DEFAULT_RINGBUF_SIZE,
+        btf_path: Path = VMLINUX_BTF,
     ) -> None:
         if max_filters < 1:
             raise TtcpError(f"--max-filters must be at least 1 (got {max_filters})")
-        self.loader = ObjectLoader(str(obj_path or default_object()))
+        self.loader = ObjectLoader(str(obj_path or default_object()), btf_path=btf_path)
         self.loader.set_max_entries("filter", max_filters)
         self.loader.set_max_entries("events", check_ringbuf_size(ringbuf_size))
         self.link: Link | None = None
@@ -115,9 +116,9 @@ class Tracer:
         else:
             assert last is not None
             raise last
-        skipped = "; ".join(f"{m}: {r}" for m, r in self.report.skipped)
+        skipped = ", ".join(m for m, _ in self.report.skipped)
         say(f"ttcp: attached via {self.report.mode} ({self.report.method})"
-            + (f" — skipped {skipped}" if skipped else ""))
+            + (f" after skipping {skipped}" if skipped else ""))
         return self.report
 
     def _attach_mode(self, mode: str) -> None:

@@ -1,0 +1,166 @@
+"""The `ttcp` command as users run it: a real process, real curl, real traffic."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli_process import REPO, TtcpProcess, free_port
+from tests.traffic import Server, connect_many
+from ttcp import syscalls
+from ttcp.errors import BpfError
+
+pytestmark = pytest.mark.kernel
+
+LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\S+)\s+(\d+)\s+-> (\S+)\s+(\d+)\s+(\d+\.\d{3})$")
+SUMMARY = re.compile(r"ttcp: (\d+) events printed, (\d+) dropped")
+
+
+def our_prog_ids() -> set[int]:
+    """Ids of loaded programs named like ours (the kernel keeps 15 characters)."""
+    ids = set()
+    for pid in syscalls.prog_ids():
+        with contextlib.suppress(BpfError):  # freed between listing and opening
+            fd = syscalls.prog_get_fd_by_id(pid)
+            try:
+                if syscalls.prog_info(fd).name.startswith("tcprtt_"):
+                    ids.add(pid)
+            finally:
+                syscalls.close(fd)
+    return ids
+
+
+def test_header_lines_and_clean_sigterm():
+    with TtcpProcess("--filter", "127.0.1.2") as t:
+        assert t.header == "YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)"
+        assert "attached via" in t.stderr
+        with Server("127.0.0.1") as srv:
+            conns = connect_many(srv, "127.0.1.2", 5)
+            connect_many(srv, "127.0.1.3", 5)  # not a filter
+        lines = t.lines_until_quiet()
+        assert len(lines) == 5
+        for line, c in zip(lines, conns, strict=True):
+            m = LINE.match(line)
+            assert m, line
+            assert (m[1], int(m[2]), m[3], int(m[4])) == ("127.0.1.2", c.sport, "127.0.0.1", srv.port)
+            assert float(m[5]) > 0
+        assert t.stop(signal.SIGTERM) == 0
+        assert SUMMARY.search(t.stderr).groups() == ("5", "0")
+
+
+def test_seed_curl_lines_and_api_switch_events():
+    curl = shutil.which("curl")
+    assert curl, "curl is needed (make deps installs it)"
+    with TtcpProcess() as t, Server("127.0.0.1") as srv:
+        url = f"http://localhost:{t.port}"
+
+        def sh(*args: str) -> str:
+            return subprocess.run([curl, "-sS", "-L", url, *args], check=True,
+                                  capture_output=True, text=True, timeout=10).stdout
+
+        assert json.loads(sh("-XGET")) == []
+        connect_many(srv, "127.0.1.4", 3)
+        assert t.lines_until_quiet(0.3) == []
+        sh("-XPUT", "-d", "127.0.1.4")
+        assert json.loads(sh("-XGET")) == ["127.0.1.4"]
+        connect_many(srv, "127.0.1.4", 3)
+        assert len(t.lines_until_quiet()) == 3
+        sh("-XDELETE", "-d", "127.0.1.4")
+        assert json.loads(sh("-XGET")) == []
+        connect_many(srv, "127.0.1.4", 3)
+        assert t.lines_until_quiet(0.3) == []
+        assert t.stop(signal.SIGINT) == 0
+        assert SUMMARY.search(t.stderr).groups() == ("3", "0")
+
+
+def test_json_output_parses_back():
+    with TtcpProcess("--format", "json", "--filter", "127.0.1.5", "--filter", "::1") as t:
+        with Server("127.0.0.1") as srv:
+            conns = connect_many(srv, "127.0.1.5", 4)
+        events = [json.loads(line) for line in t.lines_until_quiet()]
+        assert [e["sport"] for e in events] == [c.sport for c in conns]
+        netns = os.stat("/proc/self/ns/net").st_ino
+        for e in events:
+            assert (e["saddr"], e["daddr"], e["dport"], e["family"]) == ("127.0.1.5", "127.0.0.1", srv.port, "inet")
+            assert e["rtt_us"] > 0 and e["rtt_ms"] == e["rtt_us"] / 1000 and e["netns"] == netns
+            assert e["hook"] in ("fentry", "tp_btf", "tracepoint")
+        status, body = t.api("GET", "/healthz")
+        health = json.loads(body)
+        assert status == 200 and health["events"] == 4 and health["dropped"] == 0
+        assert health["attach_mode"] == e["hook"]
+        assert t.stop() == 0
+
+
+@pytest.mark.parametrize("mode", ["tp_btf", "tracepoint"])
+def test_forced_modes_and_nothing_left_behind(mode):
+    before = our_prog_ids()
+    with TtcpProcess("--attach", mode, "--filter", "127.0.1.6", "--no-api") as t:
+        assert f"attached via {mode}" in t.stderr
+        assert len(our_prog_ids() - before) == 1
+        with Server("127.0.0.1") as srv:
+            connect_many(srv, "127.0.1.6", 3)
+        assert len(t.lines_until_quiet()) == 3
+        assert t.stop() == 0
+    assert our_prog_ids() - before == set()
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ttcp", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, check=False, env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert r.returncode == code, r
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("ttcp: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[-1], r.stderr
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ("10.0.0.0/8", "network"), ("300.1.1.1", "not an IPv4 or IPv6"), ("fe80::1%eth0", "zone"),
+])
+def test_invalid_filter_is_one_line(bad, needle):
+    r = run_cli("--filter", bad)
+    assert_one_line_error(r, 2, needle, "--filter")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_port_in_use_is_one_line_and_releases_everything():
+    before = our_prog_ids()
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        r = run_cli("--port", str(port))
+    assert_one_line_error(r, 1, str(port))
+    assert our_prog_ids() - before == set()
+
+
+def test_missing_btf_is_one_line():
+    assert_one_line_error(run_cli("--btf", "/nonexistent/vmlinux", "--no-api"), 1, "/nonexistent/vmlinux")
+
+
+def test_bad_sizes_are_one_line():
+    assert_one_line_error(run_cli("--ringbuf-size", "3000", "--no-api"), 1, "power of two")
+    assert_one_line_error(run_cli("--max-filters", "0"), 2, "positive")
+    assert_one_line_error(run_cli("--port", "70000"), 2, "port")
+
+
+def test_help_explains_everything():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for option in ("--host", "--port", "--filter", "--max-filters", "--attach", "--format",
+                   "--ringbuf-size", "--btf", "--no-api", "RTT(ms)", "curl", "SIGTERM"):
+        assert option in r.stdout
