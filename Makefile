@@ -11,10 +11,11 @@ BPF_OBJ  = ttcp/data/tcprtt.bpf.o
 # Reproducible: no absolute paths, no compiler ident; DWARF stripped, BTF kept.
 BPF_CFLAGS = -O2 -g -target bpf -mcpu=v3 -Wall -Werror \
 	-fdebug-prefix-map=$(CURDIR)=. -fno-ident
+APT_RUN    = python3-venv
 APT_BUILD  = clang llvm libbpf-dev
 APT_TEST   = bpftool iproute2 libcap2-bin curl
 
-.PHONY: all bpf deps venv run test lint fuzz bench build clean mounts
+.PHONY: all bpf deps deps-run venv run test lint fuzz bench build clean mounts
 
 all: bpf
 
@@ -24,15 +25,23 @@ $(BPF_OBJ): $(BPF_SRC)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@
 
-# Debian packages the build and the tests need (only what is missing).
-deps:
-	@missing=$$(for p in $(APT_BUILD) $(APT_TEST); do \
+# Debian packages (only the missing ones are installed). deps-run: what
+# running ttcp from a checkout needs; deps: also the build and test tools.
+define apt_install
+	@missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+deps-run:
+	$(call apt_install,$(APT_RUN))
+
+deps:
+	$(call apt_install,$(APT_RUN) $(APT_BUILD) $(APT_TEST))
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +55,7 @@ mounts:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 
-run: venv mounts
+run: deps-run venv mounts
 	$(VENV)/bin/ttcp --port $(PORT) $(ARGS)
 
 test: deps venv mounts

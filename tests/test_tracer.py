@@ -79,6 +79,46 @@ def test_rtt_agrees_with_tcp_info(tracer):
     assert statistics.median(diffs) <= statistics.median(c.rtt_us for c in conns) // 4 + 5
 
 
+def test_client_closing_first_is_reported_once(tracer):
+    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    with Server("127.0.0.1") as srv:
+        conns = connect_many(srv, "127.0.0.2", 30, client_first=True)
+    got = collect(tracer)
+    assert sorted(e.sport for e in got) == sorted(c.sport for c in conns)
+
+
+def test_both_closing_orders_from_the_server_side(tracer):
+    """The accepted socket is reported too when its address is a filter, once,
+    whichever side closes first."""
+    tracer.add_filters([addresses.key_of("127.0.0.6")])
+    with Server("127.0.0.6") as srv:
+        a = connect_many(srv, "127.0.0.1", 10)
+        b = connect_many(srv, "127.0.0.1", 10, client_first=True)
+    got = collect(tracer)
+    assert len(got) == 20
+    assert all(e.saddr == "127.0.0.6" and e.sport == srv.port for e in got)
+    assert sorted(e.dport for e in got) == sorted(c.sport for c in a + b)
+
+
+def test_modes_yield_the_same_events(no_bpf_leaks):
+    """tp_btf and the classic tracepoint, attached side by side, see the same connections."""
+    key = addresses.key_of("127.0.0.7")
+    with Tracer() as t1, Tracer() as t2:
+        t1.open_maps()
+        t1.add_filters([key])
+        t2.open_maps()
+        t2.add_filters([key])
+        t1.attach("tp_btf", log=lambda m: None)
+        t2.attach("tracepoint", log=lambda m: None)
+        with Server("127.0.0.1") as srv:
+            connect_many(srv, "127.0.0.7", 20)
+            connect_many(srv, "127.0.0.7", 20, client_first=True)
+        a, b = collect(t1), collect(t2)
+    assert len(a) == len(b) == 40
+    same = sorted((e.saddr, e.sport, e.daddr, e.dport, e.family, e.netns) for e in a)
+    assert same == sorted((e.saddr, e.sport, e.daddr, e.dport, e.family, e.netns) for e in b)
+
+
 def test_unfiltered_source_gives_nothing(tracer):
     tracer.add_filters([addresses.key_of("127.0.0.2")])
     with Server("127.0.0.1") as srv:

@@ -51,11 +51,12 @@ class Server:
 
 
 def connect_once(server: Server, src: str, dst: str | None = None,
-                 family: int | None = None, payload: bytes = b"ping") -> Conn:
+                 family: int | None = None, payload: bytes = b"ping",
+                 client_first: bool = False) -> Conn:
     """Connect from `src` to the server, exchange a few bytes, close both ends.
 
-    The server side closes first, so the client's final RTT sample comes only
-    from its own FIN being acknowledged.
+    By default the server side closes first (the client never holds
+    TIME_WAIT); `client_first` makes the client the active closer.
     """
     fam = family or server.family
     dst = dst or server.host
@@ -64,13 +65,19 @@ def connect_once(server: Server, src: str, dst: str | None = None,
         cli.bind((src, 0))
         cli.connect((dst, server.port))
         child, _ = server.sock.accept()
-        with child:
+        try:
             cli.sendall(payload)
             child.recv(len(payload))
             child.sendall(payload)
             cli.recv(len(payload))
-        sport = cli.getsockname()[1]
-        rtt = tcp_info_rtt(cli)
+            if client_first:
+                sport, rtt = cli.getsockname()[1], tcp_info_rtt(cli)
+                cli.close()
+                child.recv(1)  # the client's FIN
+        finally:
+            child.close()
+        if not client_first:
+            sport, rtt = cli.getsockname()[1], tcp_info_rtt(cli)
     finally:
         cli.close()
     return Conn(src, sport, dst, server.port, rtt)

@@ -1,0 +1,92 @@
+"""`python -m ttcp.elf_loader OBJ --explain` makes libbpf's decisions.
+
+Ground truth is libbpf itself: `bpftool -d prog loadall` logs every CO-RE
+patch ("patched insn #N (LDX/ST/STX) off A -> B") and every poisoning
+("substituting insn #N w/ invalid insn"), per program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.objects import SOURCE, compile_bpf
+from ttcp.elf_object import read_object
+
+LD_IMM64 = 0x18
+
+pytestmark = pytest.mark.kernel
+
+PATCHED = re.compile(r"libbpf: prog '([^']+)': relo #\d+: patched insn #(\d+) \(([^)]+)\) (\w+) (\d+) -> (\d+)")
+POISONED = re.compile(r"libbpf: prog '([^']+)': relo #\d+: substituting insn #(\d+) w/ invalid insn")
+
+
+def libbpf(obj: Path) -> set[tuple]:
+    assert shutil.which("bpftool"), "run `make deps` (bpftool)"
+    pin = Path("/sys/fs/bpf") / f"ttcp_explain_{os.getpid()}"
+    try:
+        r = subprocess.run(["bpftool", "-d", "prog", "loadall", str(obj), str(pin)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(pin, ignore_errors=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = set()
+    for line in r.stderr.splitlines():
+        if m := PATCHED.match(line):
+            if m[4] != "mem_sz":  # a size change of the same insn, not a separate decision
+                out.add((m[1], int(m[2]), int(m[5]), int(m[6])))
+        elif m := POISONED.match(line):
+            out.add((m[1], int(m[2]), "poisoned"))
+    return out
+
+
+def explain(obj: Path) -> set[tuple]:
+    """Our decisions; a poisoned ldimm64 covers its second slot too, as libbpf logs it."""
+    elf = read_object(str(obj))
+    r = subprocess.run([sys.executable, "-m", "ttcp.elf_loader", str(obj), "--explain"],
+                       capture_output=True, text=True, timeout=60, check=True)
+    out = set()
+    for line in r.stdout.splitlines():
+        d = json.loads(line)
+        assert set(d) >= {"program", "insn", "kind", "spec", "old"}
+        if d.get("poisoned"):
+            out.add((d["program"], d["insn"], "poisoned"))
+            if _opcode(elf, d["program"], d["insn"]) == LD_IMM64:
+                out.add((d["program"], d["insn"] + 1, "poisoned"))
+        else:
+            out.add((d["program"], d["insn"], d["old"], d["new"]))
+    return out
+
+
+def _opcode(elf, program: str, insn: int) -> int:
+    """The opcode clang emitted at a program's instruction (before any patching)."""
+    func = next(f for f in elf.programs if f.name == program)
+    return elf.exec_sections[func.section].data[(func.start + insn) * 8]
+
+
+@pytest.mark.parametrize("name", ["core_kinds.bpf.c", "tcprtt.bpf.c"])
+def test_explain_equals_libbpf(name):
+    # bpftool loads every program, and fentry cannot load here: leave it out.
+    obj = compile_bpf("core_kinds.bpf.c") if name == "core_kinds.bpf.c" else \
+        compile_bpf(SOURCE, "TCPRTT_NO_FENTRY")
+    theirs, ours = libbpf(obj), explain(obj)
+    assert len(theirs) >= 20
+    assert ours == theirs
+
+
+def test_explain_reports_poisoned_fields():
+    """A field this kernel lacks is poisoned, not guessed: the line says so."""
+    obj = compile_bpf("core_kinds.bpf.c")
+    lines = [json.loads(x) for x in subprocess.run(
+        [sys.executable, "-m", "ttcp.elf_loader", str(obj), "--explain"],
+        capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()]
+    poisoned = [d for d in lines if d.get("poisoned")]
+    assert poisoned and all("new" not in d for d in poisoned)
+    assert all(re.match(r"^(struct|union|enum|typedef|int|\w+) ", d["spec"]) for d in lines)
