@@ -162,36 +162,28 @@ struct {
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Read the socket's local address as a 16-byte key (IPv4 v4-mapped). */
-static __always_inline void local_addr(struct sock *sk, __u16 family,
-				       struct addr_key *key)
+/* Store an IPv4 address as ::ffff:a.b.c.d. */
+static __always_inline void v4_mapped(__u8 *out, __be32 a)
 {
-	if (family == AF_INET) {
-		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-
-		__builtin_memset(key->addr, 0, 10);
-		key->addr[10] = 0xff;
-		key->addr[11] = 0xff;
-		__builtin_memcpy(&key->addr[12], &a, 4);
-	} else {
-		/* Whole 16 bytes: BPF_CORE_READ_INTO would copy sizeof(*dst) = 1. */
-		bpf_core_read(key->addr, sizeof(struct in6_addr),
-			      &sk->__sk_common.skc_v6_rcv_saddr);
-	}
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &a, 4);
 }
 
-static __always_inline void remote_addr(struct sock *sk, __u16 family, __u8 *out)
+/*
+ * The socket's local (or remote) address as 16 bytes. For IPv6 the whole
+ * in6_addr is copied: BPF_CORE_READ_INTO would copy only sizeof(*out) = 1.
+ */
+static __always_inline void sock_addr(struct sock *sk, __u16 family, int local, __u8 *out)
 {
-	if (family == AF_INET) {
-		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-
-		__builtin_memset(out, 0, 10);
-		out[10] = 0xff;
-		out[11] = 0xff;
-		__builtin_memcpy(&out[12], &a, 4);
-	} else {
+	if (family == AF_INET)
+		v4_mapped(out, local ? BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr)
+				     : BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	else if (local)
+		bpf_core_read(out, sizeof(struct in6_addr), &sk->__sk_common.skc_v6_rcv_saddr);
+	else
 		bpf_core_read(out, sizeof(struct in6_addr), &sk->__sk_common.skc_v6_daddr);
-	}
 }
 
 static __always_inline void count_drop(void)
@@ -220,7 +212,7 @@ static __always_inline int report(struct sock *sk, enum hook hook)
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	local_addr(sk, family, &key);
+	sock_addr(sk, family, 1, key.addr);
 	stats = bpf_map_lookup_elem(&filter, &key);
 	if (!stats)
 		return 0;
@@ -235,7 +227,7 @@ static __always_inline int report(struct sock *sk, enum hook hook)
 		return 0;
 	}
 	__builtin_memcpy(e->saddr, key.addr, 16);
-	remote_addr(sk, family, e->daddr);
+	sock_addr(sk, family, 0, e->daddr);
 	e->ts_ns = now;
 	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 	e->rttvar_us = BPF_CORE_READ(tp, mdev_us) >> 2;
@@ -269,26 +261,28 @@ static __always_inline int was_established(struct sock *sk)
 	return BPF_CORE_READ(tp, srtt_us) != 0;
 }
 
-#ifndef TCPRTT_NO_FENTRY /* for tools that load every program, e.g. bpftool where ftrace is locked */
-SEC("fentry/tcp_close")
-int tcprtt_fentry(unsigned long long *ctx)
+/* fentry and tp_btf get the socket as their first argument. */
+static __always_inline int on_socket_end(unsigned long long *ctx, enum hook hook)
 {
 	struct sock *sk = (struct sock *)ctx[0];
 
 	if (!was_established(sk))
 		return 0;
-	return report(sk, HOOK_FENTRY);
+	return report(sk, hook);
+}
+
+#ifndef TCPRTT_NO_FENTRY /* for tools that load every program, e.g. bpftool where ftrace is locked */
+SEC("fentry/tcp_close")
+int tcprtt_fentry(unsigned long long *ctx)
+{
+	return on_socket_end(ctx, HOOK_FENTRY);
 }
 #endif
 
 SEC("tp_btf/tcp_destroy_sock")
 int tcprtt_tp_btf(unsigned long long *ctx)
 {
-	struct sock *sk = (struct sock *)ctx[0];
-
-	if (!was_established(sk))
-		return 0;
-	return report(sk, HOOK_TP_BTF);
+	return on_socket_end(ctx, HOOK_TP_BTF);
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")

@@ -181,6 +181,23 @@ class BtfType:
 VOID = BtfType(id=0, kind=KIND_UNKN)
 
 
+def check_header(data: bytes, min_hdr_len: int, what: str, unit: str) -> int:
+    """Validate the magic/version/flags/hdr_len prefix that .BTF and .BTF.ext
+    share; returns hdr_len. The caller has checked that 8 bytes exist."""
+    magic, version, flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+    if magic == 0x9FEB:
+        raise FormatError(what, f"big-endian {what} is not supported")
+    if magic != BTF_MAGIC:
+        raise FormatError(what, f"bad magic 0x{magic:04x}, expected 0x{BTF_MAGIC:04x}")
+    if version != 1:
+        raise FormatError(what, f"unsupported version {version}")
+    if flags:
+        raise FormatError(what, f"unsupported flags 0x{flags:02x}")
+    if hdr_len < min_hdr_len or hdr_len > len(data):
+        raise FormatError(what, f"header length {hdr_len} invalid for a {len(data)}-byte {unit}")
+    return hdr_len
+
+
 def essential_name(name: str) -> str:
     """Drop a CO-RE flavor suffix: "sock___v2" → "sock" (libbpf's rule: cut at
     the last "X___Y" where X and Y are not underscores)."""
@@ -322,19 +339,10 @@ class Btf:
         data = self._data
         if len(data) < HEADER_SIZE:
             raise _bad(f"truncated header: {len(data)} bytes, need {HEADER_SIZE}")
-        magic, version, flags, hdr_len, type_off, type_len, str_off, str_len = (
+        _, _, _, hdr_len, type_off, type_len, str_off, str_len = (
             struct.unpack_from("<HBBIIIII", data, 0)
         )
-        if magic == 0x9FEB:
-            raise _bad("big-endian BTF is not supported")
-        if magic != BTF_MAGIC:
-            raise _bad(f"bad magic 0x{magic:04x}, expected 0x{BTF_MAGIC:04x}")
-        if version != 1:
-            raise _bad(f"unsupported version {version}")
-        if flags:
-            raise _bad(f"unsupported flags 0x{flags:02x}")
-        if hdr_len < HEADER_SIZE or hdr_len > len(data):
-            raise _bad(f"header length {hdr_len} invalid for a {len(data)}-byte blob")
+        check_header(data, HEADER_SIZE, _WHAT, "blob")
         if type_off % 4 or type_len % 4:
             raise _bad(f"type section (off {type_off}, len {type_len}) not 4-byte aligned")
         if type_off + type_len > str_off:

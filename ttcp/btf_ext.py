@@ -18,10 +18,9 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ttcp.btf import Btf
+from ttcp.btf import Btf, check_header
 from ttcp.errors import FormatError
 
-BTF_EXT_MAGIC = 0xEB9F
 HEADER_MIN = 24  # up to line_info_len
 HEADER_CORE = 32  # up to core_relo_len
 FUNC_INFO_MIN = 8
@@ -102,17 +101,7 @@ class BtfExt:
         data = bytes(data)
         if len(data) < 8:
             raise _bad(f"truncated header: {len(data)} bytes")
-        magic, version, flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
-        if magic == 0x9FEB:
-            raise _bad("big-endian .BTF.ext is not supported")
-        if magic != BTF_EXT_MAGIC:
-            raise _bad(f"bad magic 0x{magic:04x}, expected 0x{BTF_EXT_MAGIC:04x}")
-        if version != 1:
-            raise _bad(f"unsupported version {version}")
-        if flags:
-            raise _bad(f"unsupported flags 0x{flags:02x}")
-        if hdr_len < HEADER_MIN or hdr_len > len(data):
-            raise _bad(f"header length {hdr_len} invalid for a {len(data)}-byte section")
+        hdr_len = check_header(data, HEADER_MIN, _WHAT, "section")
         ext = cls()
         fi_off, fi_len, li_off, li_len = struct.unpack_from("<IIII", data, 8)
         size, parts = ext._part(data, hdr_len, fi_off, fi_len, FUNC_INFO_MIN, "func_info", btf)
