@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
@@ -59,6 +60,11 @@ CLIENT_TIMEOUT_S = 15.0
 HTTP_RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
 
 Log = Callable[[str], None]
+
+
+def say(text: str) -> None:
+    """The default log: print and flush, so `| tee` and a reading test see each line at once."""
+    print(text, flush=True)
 
 
 class ScenarioError(Exception):
@@ -110,19 +116,24 @@ def connect(dst: str, port: int, source: str | None = None) -> dict:
         reply = b""
         while chunk := sock.recv(4096):
             reply += chunk
-    _wait_socket_gone(sport, port)
+    _wait_socket_gone(saddr, sport, port)
     return {"saddr": saddr, "sport": sport, "daddr": dst, "dport": port,
             "netns": os.stat("/proc/self/ns/net").st_ino,
             "status": reply.split(b"\r\n", 1)[0].decode(errors="replace")}
 
 
-def _wait_socket_gone(sport: int, dport: int, limit_s: float = 5.0) -> None:
-    """Wait until no socket but a TIME_WAIT one has these ports in this namespace."""
-    local, remote = f"{sport:04X}", f"{dport:04X}"
+def _proc_net_addr(addr: str) -> str:
+    """An IPv4 address as /proc/net/tcp shows it: the raw 32-bit word in host byte order."""
+    return f"{int.from_bytes(socket.inet_aton(addr), sys.byteorder):08X}"
+
+
+def _wait_socket_gone(saddr: str, sport: int, dport: int, limit_s: float = 5.0) -> None:
+    """Wait until no socket but a TIME_WAIT one has this local address and these ports here."""
+    local, remote = f"{_proc_net_addr(saddr)}:{sport:04X}", f":{dport:04X}"
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         rows = [r.split() for r in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-        if not any(r[1].endswith(":" + local) and r[2].endswith(":" + remote) and r[3] != "06"
+        if not any(r[1] == local and r[2].endswith(remote) and r[3] != "06"
                    for r in rows):
             return
         time.sleep(0.01)
@@ -134,29 +145,32 @@ def _wait_socket_gone(sport: int, dport: int, limit_s: float = 5.0) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """Names and addresses of one run, all derived from its tag and /24."""
+    """Names and addresses of one run, all derived from its tag and its /24:
+    clients in the lower /25 (bridged), the web server in the upper one (routed)."""
 
     tag: str
     net: ipaddress.IPv4Network  # a /24 inside 198.18.0.0/15
+    host: str  # .1, the host's client (root namespace)
+    agent: str  # .2, where ttcp's API listens
+    container: str  # .3
+    operator: str  # .4, root namespace: the API caller, never filtered
+    control: str  # .5, root namespace: filtered throughout; its line marks "printed so far"
+    gateway: str  # .126, the bridge in the gw namespace
+    server_gw: str  # .129, the gw namespace's side of the server link
+    server: str  # .130
+
+    @classmethod
+    def of(cls, tag: str, net: ipaddress.IPv4Network) -> Plan:
+        hosts = {"host": 1, "agent": 2, "container": 3, "operator": 4, "control": 5,
+                 "gateway": 126, "server_gw": 129, "server": 130}
+        return cls(tag, net, **{name: str(net[n]) for name, n in hosts.items()})
 
     def ns(self, role: str) -> str:
         return f"{NS_PREFIX}{self.tag}-{role}"
 
-    def addr(self, host: int) -> str:
-        return str(self.net[host])
-
     @property
     def host_link(self) -> str:
         return f"{LINK_PREFIX}{self.tag}h"
-
-    host = property(lambda self: self.addr(1))
-    agent = property(lambda self: self.addr(2))
-    container = property(lambda self: self.addr(3))
-    operator = property(lambda self: self.addr(4))  # the API caller, never filtered
-    control = property(lambda self: self.addr(5))  # filtered throughout; marks "printed so far"
-    gateway = property(lambda self: self.addr(126))
-    server_gw = property(lambda self: self.addr(129))
-    server = property(lambda self: self.addr(130))
 
 
 def pick_network(tag: str) -> ipaddress.IPv4Network:
@@ -213,6 +227,10 @@ class Teardown:
         self.log = log
         self._undo: list[tuple[str, Callable[[], None]]] = []
 
+    def _say(self, text: str) -> None:
+        with contextlib.suppress(OSError):  # a closed stdout (`| head`) must not stop the cleanup
+            self.log(text)
+
     def push(self, what: str, undo: Callable[[], None]) -> None:
         self._undo.append((what, undo))
 
@@ -224,11 +242,11 @@ class Teardown:
         try:
             while self._undo:
                 what, undo = self._undo.pop()
-                self.log(f"cleanup: {what}")
+                self._say(f"cleanup: {what}")
                 try:
                     undo()
                 except Exception as e:  # noqa: BLE001 - keep cleaning, report at the end
-                    self.log(f"cleanup: {what} FAILED: {e}")
+                    self._say(f"cleanup: {what} FAILED: {e}")
                     failed.append(f"{what}: {e}")
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -311,12 +329,14 @@ def build_topology(plan: Plan, teardown: Teardown, log: Log, record: Record) -> 
     gw = plan.ns("gw")
     for role in ROLES:
         name = plan.ns(role)
-        run(["ip", "netns", "add", name], log)
+        # Registered first: an interrupt between the two must not leak it (the undo is idempotent
+        # and also ends any process left inside, so every child we start is covered too).
         teardown.push(f"delete namespace {name}", lambda n=name: delete_namespace(n))
+        run(["ip", "netns", "add", name], log)
         record.netns[role] = os.stat(f"/run/netns/{name}").st_ino
         run(["ip", "-n", name, "link", "set", "lo", "up"], log)
-    run(["ip", "link", "add", plan.host_link, "type", "veth", "peer", "name", "p-host", "netns", gw], log)
     teardown.push(f"delete link {plan.host_link}", lambda: delete_link(plan.host_link))
+    run(["ip", "link", "add", plan.host_link, "type", "veth", "peer", "name", "p-host", "netns", gw], log)
     for role in ("agent", "ctr", "srv"):
         run(["ip", "link", "add", "eth0", "netns", plan.ns(role), "type", "veth",
              "peer", "name", f"p-{role}", "netns", gw], log)
@@ -390,9 +410,11 @@ class Agent:
         self._err_reader = threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True)
         self._err_reader.start()
 
-    def _pump(self, stream: object, is_stdout: bool) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            self.log(f"  ttcp{'' if is_stdout else ' (stderr)'} | {line.rstrip()}")
+    def _pump(self, stream: IO[str], is_stdout: bool) -> None:
+        """Echo ttcp's lines and keep them; runs until ttcp closes the stream."""
+        for line in stream:
+            with contextlib.suppress(OSError):  # our own stdout closed: keep reading ttcp's
+                self.log(f"  ttcp{'' if is_stdout else ' (stderr)'} | {line.rstrip()}")
             if is_stdout:
                 self._lines.put(line)
             else:
@@ -640,7 +662,7 @@ def check_summary(record: Record, agent: Agent) -> None:
         raise ScenarioError(f"expected {summary!r} on stderr, got {record.stderr[-3:]}")
 
 
-def run_scenario(tag: str | None = None, log: Log = print, fail_after: int | None = None,
+def run_scenario(tag: str | None = None, log: Log = say, fail_after: int | None = None,
                  record: Record | None = None) -> Record:
     """Build the topology, play the scenario, remove everything; raise ScenarioError on a deviation.
 
@@ -656,7 +678,7 @@ def run_scenario(tag: str | None = None, log: Log = print, fail_after: int | Non
         raise ScenarioError(f"the tag must be at most {15 - len(LINK_PREFIX) - 1} digits")
     record = record if record is not None else Record()
     remove_leftovers(tag, log)
-    plan = Plan(tag, pick_network(tag))
+    plan = Plan.of(tag, pick_network(tag))
     record.plan = plan
     record.netns["root"] = os.stat("/proc/self/ns/net").st_ino
     log(f"network {plan.net}: host {plan.host}, agent {plan.agent}, container {plan.container}, "
