@@ -67,8 +67,9 @@ lint: venv
 fuzz: venv
 	TTCP_FUZZ_EXAMPLES=$${TTCP_FUZZ_EXAMPLES:-20000} $(VPY) -m pytest -q -m fuzz tests/
 
+# Benchmarks against bcc, libbpf-tools and bpftrace (installs them); rewrites BENCHMARKS.md.
 bench: deps venv mounts
-	$(VPY) bench/run.py
+	$(VPY) bench/run.py $(BENCH_ARGS)
 
 build:
 	docker build -t $(IMAGE) .

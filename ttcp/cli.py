@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NoReturn, TextIO
 
@@ -151,23 +152,74 @@ class Printer:
             self.out.flush()
 
 
-def _preload_server() -> threading.Thread:
+class Timings:
+    """Start-up phases on stderr once ready, when TTCP_TIMINGS=1 (used by `make bench`).
+
+    `ttcp: timings exec=S setup=S object=S maps=S attach=S aiohttp@=S server=S ready=S
+    t_main=MONO`: exec is the process's age when main() began (interpreter and
+    imports; clock-tick resolution); each phase is the seconds since the previous
+    one; NAME@ a moment in seconds since main(); ready the seconds from main() to
+    the header; t_main the CLOCK_MONOTONIC stamp of main().
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        if enabled is None:
+            enabled = os.environ.get("TTCP_TIMINGS", "") not in ("", "0")
+        self.enabled = enabled
+        self.t_main = self._last = time.monotonic()
+        self.exec_s = _process_age_s() if enabled else None
+        self.parts: list[tuple[str, float]] = []
+
+    def phase(self, name: str) -> None:
+        """Close the phase that ends now."""
+        now = time.monotonic()
+        self.parts.append((name, now - self._last))
+        self._last = now
+
+    def mark(self, name: str) -> None:
+        """A moment, in seconds since main() (e.g. aiohttp imported, in its thread)."""
+        self.parts.append((name + "@", time.monotonic() - self.t_main))
+
+    def report(self) -> None:
+        if not self.enabled:
+            return
+        fields = [] if self.exec_s is None else [f"exec={self.exec_s:.3f}"]
+        fields += [f"{name}={secs:.4f}" for name, secs in self.parts]
+        fields += [f"ready={time.monotonic() - self.t_main:.4f}", f"t_main={self.t_main:.6f}"]
+        print("ttcp: timings " + " ".join(fields), file=sys.stderr, flush=True)
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (clock-tick resolution); None if unknown."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _preload_server(timings: Timings | None = None) -> threading.Thread:
     """Import aiohttp while the kernel verifies our program (ctypes drops the GIL)."""
     def work() -> None:
         # An ImportError here is raised again, properly, when the server starts.
         with contextlib.suppress(ImportError):
             from . import server  # noqa: F401
+        if timings is not None:
+            timings.mark("aiohttp")
     t = threading.Thread(target=work, name="preload-aiohttp", daemon=True)
     t.start()
     return t
 
 
 async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
-                 preload: threading.Thread | None) -> None:
+                 preload: threading.Thread | None, timings: Timings | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if _stop_requested.is_set():  # a signal came while the loop was being set up
+        stop.set()
     runner = None
     if not args.no_api:
         if preload is not None:
@@ -183,9 +235,13 @@ async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
         ring.consume(printer.record)
         printer.flush()
 
+    if timings is not None:
+        timings.phase("server")
     if args.format == "table":
         printer.out.write(events.HEADER + "\n")
         printer.out.flush()
+    if timings is not None:
+        timings.report()
     loop.add_reader(ring.fileno(), drain)
     try:
         drain()
@@ -210,24 +266,40 @@ def _health(tracer: Tracer, printer: Printer) -> dict:
     }
 
 
+_stop_requested = threading.Event()
+
+
+def _remember_stop(signum: int, frame: object) -> None:
+    """From attach until the loop's own handlers are in place, a signal only
+    asks for a stop: raising inside asyncio's set-up would leave it half made."""
+    _stop_requested.set()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Before the event loop runs, SIGTERM unwinds like Ctrl-C, releasing what was created."""
     raise KeyboardInterrupt
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, out: TextIO = sys.stdout, timings: Timings | None = None) -> int:
+    timings = timings or Timings()
     signal.signal(signal.SIGTERM, _interrupt)
-    preload = None if args.no_api else _preload_server()
+    preload = None if args.no_api else _preload_server(timings)
     printer = Printer(args.format, out)
+    timings.phase("setup")
     with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
                 btf_path=args.btf) as tracer:
+        timings.phase("object")
         tracer.open_maps()
         if len(set(args.filters)) > args.max_filters:
             raise TtcpError(f"{len(set(args.filters))} --filter addresses exceed --max-filters "
                             f"{args.max_filters}")
         tracer.add_filters(args.filters)
+        timings.phase("maps")
         tracer.attach(args.attach)
-        asyncio.run(_serve(tracer, args, printer, preload))
+        timings.phase("attach")
+        signal.signal(signal.SIGTERM, _remember_stop)
+        signal.signal(signal.SIGINT, _remember_stop)
+        asyncio.run(_serve(tracer, args, printer, preload, timings))
         dropped = tracer.drops()
     print(f"ttcp: {printer.printed} events printed, {dropped} dropped"
           + (f", {printer.undecodable} undecodable" if printer.undecodable else ""),
@@ -236,9 +308,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    timings = Timings()
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return run(args, timings=timings)
     except TtcpError as e:  # BpfError included: errno, step and verifier log tail
         print(f"ttcp: {e}", file=sys.stderr)
         return 1

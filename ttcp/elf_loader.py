@@ -11,6 +11,7 @@ kernel hands back, so close() releases all of it whatever failed midway.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import mmap
 import sys
@@ -180,13 +181,16 @@ class ObjectLoader:
     def load_btf(self) -> int:
         """Load the object's BTF so maps and programs carry types and source lines.
 
-        A kernel that refuses it still gets the programs, without line info.
+        A kernel that refuses it still gets the programs, without line info;
+        EPERM/EACCES is raised instead (nothing else would load either).
         """
         if self._btf_fd < 0:
             data = self.btf.fixed_for_kernel(self.obj.section_sizes, self.obj.symbol_offsets)
             try:
                 self._btf_fd = syscalls.btf_load(data)
             except BpfError as e:
+                if e.errno in (errno.EPERM, errno.EACCES):
+                    raise  # no privilege: maps and programs would fail next; say it once
                 print(f"ttcp: kernel refused the object's BTF ({e.step}: errno {e.errno}); "
                       "loading without it", file=sys.stderr)
         return self._btf_fd

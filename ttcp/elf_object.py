@@ -16,7 +16,7 @@ from typing import BinaryIO
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
+from elftools.elf.sections import Section, SymbolTableSection
 
 from .errors import FormatError
 
@@ -29,6 +29,7 @@ STT_FUNC = 2
 R_BPF_64_64 = 1  # ldimm64 against a map or data symbol
 R_BPF_64_32 = 10  # call to a function in another section
 DATA_PREFIXES = (".rodata", ".data", ".bss")
+MAX_SECTION_SIZE = 16 << 20  # the kernel's BTF_MAX_SIZE; no program, map value or BTF is bigger
 
 # Sections whose relocations we never apply (debug info, BTF itself).
 _IGNORED_RELOC_TARGETS = (".debug", ".BTF", ".eh_frame")
@@ -173,23 +174,22 @@ def _read(stream: BinaryIO, path: str) -> BpfObject:
         sname = sec.name
         sizes[sname] = sec["sh_size"]
         if sec["sh_flags"] & SHF_EXECINSTR and sec["sh_size"]:
-            body = sec.data()
+            body = _data(sec, path)
             if len(body) % INSN_SIZE:
                 raise FormatError("ELF", f"{path}: section {sname} is not a whole number of instructions")
             exec_secs[sname] = ExecSection(sname, body)
         elif sname == "license":
-            license_text = sec.data().split(b"\0", 1)[0].decode("ascii", "replace")
+            license_text = _data(sec, path).split(b"\0", 1)[0].decode("ascii", "replace")
         elif sname == "version" and sec["sh_size"] == 4:
-            kern_version = int.from_bytes(sec.data(), "little")
+            kern_version = int.from_bytes(_data(sec, path), "little")
         elif sname == ".BTF":
-            btf = sec.data()
+            btf = _data(sec, path)
         elif sname == ".BTF.ext":
-            btf_ext = sec.data()
+            btf_ext = _data(sec, path)
         elif sname == ".maps":
             maps_index, maps_size = index, sec["sh_size"]
         elif sname.startswith(DATA_PREFIXES) and sec["sh_type"] != "SHT_NULL":
-            nobits = sec["sh_type"] == "SHT_NOBITS"
-            body = bytes(sec["sh_size"]) if nobits else sec.data()
+            body = _data(sec, path)  # zeroes for SHT_NOBITS (.bss)
             readonly = sname.startswith(".rodata")
             data_secs[sname] = DataSection(sname, sec["sh_size"], body, readonly)
 
@@ -237,6 +237,17 @@ def _read(stream: BinaryIO, path: str) -> BpfObject:
         section_sizes=sizes,
         symbol_offsets=symbol_offsets,
     )
+
+
+def _data(sec: Section, path: str) -> bytes:
+    """The bytes of a section we use, refusing absurd claimed sizes first:
+    pyelftools builds a NOBITS section's zeroes and inflates a compressed
+    one at whatever size the header claims, so a few hostile header bytes
+    could otherwise cost gigabytes."""
+    if sec.data_size > MAX_SECTION_SIZE:
+        raise FormatError("ELF", f"{path}: section {sec.name} claims {sec.data_size} bytes "
+                                 f"(no BPF object section exceeds {MAX_SECTION_SIZE})")
+    return sec.data()
 
 
 def _read_relocs(target: ExecSection, relsec: RelocationSection, symbols: list,

@@ -6,7 +6,9 @@ microseconds end to end and only formatted as milliseconds at the edge.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import struct
 import time
 from dataclasses import dataclass
@@ -49,8 +51,26 @@ def decode(record: bytes | memoryview) -> Event:
         raise FormatError("event", f"record of {len(record)} bytes, expected {EVENT_SIZE}")
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
      sport, dport, family, hook) = _EVENT.unpack_from(record)
-    return Event(from_key(saddr), from_key(daddr), ts, acked, received, srtt, rttvar,
+    return Event(_address_text(saddr), _address_text(daddr), ts, acked, received, srtt, rttvar,
                  retrans, netns, sport, dport, family, hook)
+
+
+# The same few addresses and seconds recur from event to event: convert each once
+# (ipaddress and strftime cost microseconds; the reader decodes every record).
+_address_text = functools.lru_cache(maxsize=4096)(from_key)
+
+
+@functools.lru_cache(maxsize=8)
+def _local_stamp(second: int) -> str:
+    return time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(second))
+
+
+@functools.lru_cache(maxsize=8)
+def _utc_stamp(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))  # what json.dumps builds on every call
 
 
 def wall_clock_offset_ns() -> int:
@@ -65,7 +85,7 @@ def format_ms(us: int) -> str:
 
 def format_table(ev: Event, offset_ns: int) -> str:
     """The seed's line: time, source, ports, destination, RTT in ms."""
-    stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime((ev.ts_ns + offset_ns) / 1e9))
+    stamp = _local_stamp(math.floor((ev.ts_ns + offset_ns) / 1e9))
     return (f"{stamp} {ev.saddr:<15} {ev.sport:<6} -> {ev.daddr:<15} {ev.dport:<6} "
             f"{format_ms(ev.rtt_us)}")
 
@@ -73,7 +93,7 @@ def format_table(ev: Event, offset_ns: int) -> str:
 def to_dict(ev: Event, offset_ns: int) -> dict:
     """The JSON-lines object: every field, units in the names."""
     wall_ns = ev.ts_ns + offset_ns
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ns // 1_000_000_000))
+    stamp = _utc_stamp(wall_ns // 1_000_000_000)
     return {
         "time": f"{stamp}.{wall_ns % 1_000_000_000 // 1000:06d}Z",
         "family": "inet6" if ev.family == AF_INET6 else "inet",
@@ -93,4 +113,4 @@ def to_dict(ev: Event, offset_ns: int) -> dict:
 
 
 def format_json(ev: Event, offset_ns: int) -> str:
-    return json.dumps(to_dict(ev, offset_ns), separators=(",", ":"))
+    return _JSON.encode(to_dict(ev, offset_ns))

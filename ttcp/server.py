@@ -79,6 +79,8 @@ def _texts_from_json(text: str) -> list[str]:
         doc = json.loads(text)
     except ValueError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:  # "[[[[...": nesting deeper than the parser's stack, within MAX_BODY
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
     items = doc.get("addresses") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
         raise ApiError(400, 'JSON body must be {"addresses": ["<address>", ...]}')
@@ -350,10 +352,10 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
-    except OSError as e:
+    except (OSError, UnicodeError) as e:  # UnicodeError: a --host IDNA cannot encode
         await runner.cleanup()
-        reason = e.strerror or str(e)
-        hint = _BIND_HINTS.get(e.errno or 0)
+        reason = getattr(e, "strerror", None) or str(e)
+        hint = _BIND_HINTS.get(getattr(e, "errno", None) or 0)
         message = f"cannot serve the API on {_endpoint(host, port)}: {reason}"
         raise TtcpError(f"{message} ({hint})" if hint else message) from None
     return runner

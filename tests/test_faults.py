@@ -1,0 +1,366 @@
+"""Faults: a full ring with a stopped reader, signals, failures midway through
+loading, a crashing API handler, SIGKILL, missing privileges.
+
+Everything runs the real program on the real kernel with loopback traffic
+from 127.0.6.0/24 only. The guarantees checked: every event is either
+delivered or counted as dropped (printed + dropped == generated, exactly);
+the reader recovers; and whatever stops ttcp — a signal, a refused program,
+a handler exception, SIGKILL — no BPF program, link or map of ours is left
+in the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests import hostile as H
+from tests.cli_process import REPO, TtcpProcess, free_port
+from tests.traffic import Server, connect_many
+from ttcp import addresses, events, server, syscalls
+from ttcp.elf_loader import ObjectLoader
+from ttcp.errors import BpfError, FormatError
+from ttcp.tracer import Tracer
+
+pytestmark = pytest.mark.kernel
+
+SUMMARY = re.compile(r"ttcp: (\d+) events printed, (\d+) dropped")
+_FDINFO_ID = re.compile(r"^(prog|map|link)_id:\s+(\d+)$", re.MULTILINE)
+_LISTERS = {"prog": syscalls.prog_ids, "map": syscalls.map_ids, "link": syscalls.link_ids}
+
+
+def quiet(msg: str) -> None:
+    """Attach log sink: the tests read the report, not the prose."""
+
+
+def held_ids(pid: int) -> dict[str, set[int]]:
+    """BPF programs, maps and links a process holds through its fds."""
+    held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for kind, num in _FDINFO_ID.findall(info.read_text()):
+                held[kind].add(int(num))
+    return held
+
+
+def wait_gone(ids: dict[str, set[int]], timeout: float = 10.0) -> None:
+    """Poll until the kernel has freed every one of `ids` (it does so asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {k: ids[k] & set(_LISTERS[k]()) for k in ids}
+        if not any(alive.values()):
+            return
+        assert time.monotonic() < deadline, f"still in the kernel after {timeout}s: {alive}"
+        time.sleep(0.05)
+
+
+def filter_map_of(pid: int) -> int:
+    """An fd on the "filter" map a ttcp process holds (ours to close)."""
+    for map_id in held_ids(pid)["map"]:
+        fd = syscalls.map_get_fd_by_id(map_id)
+        if syscalls.map_info(fd).name == "filter":
+            return fd
+        syscalls.close(fd)
+    raise AssertionError(f"process {pid} holds no filter map")
+
+
+def matches(map_fd: int, addr: str) -> int:
+    """The program's own count of connections that hit `addr` (sent or dropped)."""
+    raw = syscalls.map_lookup(map_fd, addresses.key_of(addr), 16)
+    return 0 if raw is None else struct.unpack("=QQ", raw)[0]
+
+
+def wait_matches(map_fd: int, addr: str, want: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := matches(map_fd, addr)) < want:
+        assert time.monotonic() < deadline, f"only {got} of {want} connections seen by the program"
+        time.sleep(0.02)
+    assert got == want
+
+
+def drain(tracer: Tracer, into: list[events.Event] | None = None, settle: float = 0.2) -> int:
+    """Consume until nothing new arrived for `settle` seconds; returns how many."""
+    assert tracer.ring is not None
+    n = 0
+    while tracer.ring.wait(settle):
+        n += tracer.ring.consume(lambda raw: into.append(events.decode(raw)) if into is not None else None)
+    return n
+
+
+# ---- ring buffer: printed + dropped == generated ------------------------------------------------
+
+N_GENERATED = 300
+
+
+def test_small_ring_with_paused_reader_loses_nothing_unaccounted(no_bpf_leaks: None) -> None:
+    src, dst = "127.0.6.1", "127.0.6.2"
+    with Tracer(ringbuf_size=4096) as t:
+        t.open_maps()
+        t.add_filters([addresses.key_of(src)])
+        t.attach("auto", log=quiet)
+        assert t.filters is not None and t.ring is not None
+        with Server(dst) as srv:
+            connect_many(srv, src, N_GENERATED)  # nobody reads meanwhile
+            wait_matches(t.filters.fd, src, N_GENERATED)
+            got: list[events.Event] = []
+            consumed = t.ring.consume(lambda raw: got.append(events.decode(raw)))
+            dropped = t.drops()
+            assert consumed + dropped == N_GENERATED, (consumed, dropped)
+            assert dropped > 0 and consumed > 0
+            assert {e.saddr for e in got} == {src}
+            assert drain(t) == 0  # the first consume emptied the ring
+            # The reader recovers: new traffic all arrives, no new drops.
+            conns = connect_many(srv, src, 30)
+            wait_matches(t.filters.fd, src, N_GENERATED + 30)
+            later: list[events.Event] = []
+            drain(t, later)
+        assert sorted(e.sport for e in later) == sorted(c.sport for c in conns)
+        assert t.drops() == dropped
+
+
+def test_cli_stopped_while_traffic_flows_accounts_for_every_event() -> None:
+    src, dst = "127.0.6.3", "127.0.6.4"
+    with TtcpProcess("--ringbuf-size", "4096", "--filter", src, "--no-api") as t:
+        ids = held_ids(t.proc.pid)
+        fd = filter_map_of(t.proc.pid)
+        try:
+            t.proc.send_signal(signal.SIGSTOP)
+            try:
+                with Server(dst) as srv:
+                    connect_many(srv, src, N_GENERATED)
+                wait_matches(fd, src, N_GENERATED)
+            finally:
+                t.proc.send_signal(signal.SIGCONT)
+        finally:
+            syscalls.close(fd)
+        lines = t.lines_until_quiet(quiet=0.5)
+        assert t.stop(signal.SIGTERM) == 0
+        lines += t.lines_until_quiet(quiet=0.1)  # any printed by the final drain
+    summary = SUMMARY.search(t.stderr)
+    assert summary, t.stderr
+    printed, dropped = int(summary[1]), int(summary[2])
+    assert printed == len(lines) and all(src in line for line in lines)
+    assert printed + dropped == N_GENERATED and dropped > 0, t.stderr
+    wait_gone(ids)
+
+
+# ---- signals and SIGKILL ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_leaves_nothing_behind(sig: int) -> None:
+    with TtcpProcess("--filter", "127.0.6.5") as t:
+        assert t.api("PUT", "/", b"127.0.6.6")[0] == 204
+        ids = held_ids(t.proc.pid)
+        assert ids["prog"] and ids["map"] and ids["link"], ids
+        assert t.stop(sig) == 0
+    assert SUMMARY.search(t.stderr), t.stderr
+    assert "Traceback" not in t.stderr
+    wait_gone(ids)
+
+
+@pytest.mark.parametrize("phase", ["start", "map", "prog", "link"])
+def test_sigterm_during_start_up_unwinds_cleanly(phase: str) -> None:
+    """SIGTERM as soon as start-up has created its first `phase` object
+    ("start": at once): a clean exit, at most one line about it, nothing kept."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "ttcp", "--port", str(port), "--filter", "127.0.6.7"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
+    deadline = time.monotonic() + 30
+    while phase != "start" and not seen[phase]:
+        assert proc.poll() is None and time.monotonic() < deadline, "start-up never got there"
+        with contextlib.suppress(OSError):  # fds come and go while we read them
+            for k, v in held_ids(proc.pid).items():
+                seen[k] |= v
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert "Traceback" not in err
+    if phase == "start" and proc.returncode == -signal.SIGTERM:
+        assert err == ""  # killed before Python installed its handler: nothing was made
+    else:
+        assert proc.returncode in (0, 130), err
+        assert err.strip().splitlines()[-1].startswith("ttcp: "), err
+    wait_gone(seen)
+
+
+def test_sigkill_frees_everything_and_a_restart_works_at_once() -> None:
+    port = free_port()
+    with TtcpProcess("--filter", "127.0.6.8", port=port) as t:
+        assert t.api("PUT", "/", b"127.0.6.9")[0] == 204
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # a client at the kill
+            ids = held_ids(t.proc.pid)
+            t.proc.kill()
+            t.proc.wait(10)
+    wait_gone(ids)
+    with TtcpProcess("--filter", "127.0.6.8", port=port) as again:
+        status, body = again.api("GET", "/")
+        assert status == 200 and body == b'["127.0.6.8"]'  # a fresh table: nothing survived
+        assert again.stop() == 0
+
+
+# ---- failures midway through loading ----------------------------------------------------------
+
+
+def broken_program(data: bytes, section: str) -> bytes:
+    """The object with `section`'s final `exit` made a `mov r0, 0`: the verifier
+    refuses it ("last insn is not an exit or jmp"); everything else is intact."""
+    off, size = H.sections_of(data)[section]
+    last = off + size - 8
+    assert data[last] == 0x95, "expected the program to end in exit"
+    out = bytearray(data)
+    out[last:last + 8] = struct.pack("<BBhi", 0xB7, 0, 0, 0)
+    return bytes(out)
+
+
+def write(tmp: Path, name: str, data: bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
+def test_corrupted_object_fails_before_the_kernel_sees_anything(
+        tmp_path: Path, no_bpf_leaks: None) -> None:
+    for name, blob in (("truncated.o", H.shipped()[:5000]), ("empty.o", b""),
+                       ("elf-bss.o", (H.CORPUS / "elf" / "bss-claims-2GiB.o").read_bytes())):
+        with pytest.raises(FormatError, match=r"ELF|BTF"):
+            Tracer(write(tmp_path, name, blob))
+
+
+def test_second_program_refused_by_the_verifier_releases_the_first(no_bpf_leaks: None) -> None:
+    blob = broken_program(H.shipped(), "tracepoint/sock/inet_sock_set_state")
+    with ObjectLoader(blob) as loader:
+        first = loader.load_program("tcprtt_tp_btf")
+        assert syscalls.prog_info(first.fd).id in syscalls.prog_ids()
+        with pytest.raises(BpfError) as info:
+            loader.load_program("tcprtt_tracepoint")
+        assert info.value.errno == errno.EINVAL and "last insn" in str(info.value)
+        assert set(loader.map_fds) == {"filter", "events", "drops"}
+
+
+def test_every_mode_refused_leaves_nothing(tmp_path: Path, no_bpf_leaks: None) -> None:
+    blob = H.shipped()
+    for section in ("fentry/tcp_close", "tp_btf/tcp_destroy_sock", "tracepoint/sock/inet_sock_set_state"):
+        blob = broken_program(blob, section)
+    with Tracer(write(tmp_path, "broken.o", blob), ringbuf_size=8192) as t:
+        t.open_maps()
+        t.add_filters([addresses.key_of("127.0.6.10")])
+        with pytest.raises(BpfError) as info:
+            t.attach("auto", log=quiet)
+        assert "PROG_LOAD tcprtt_tracepoint" in str(info.value)
+        assert [m for m, _ in t.report.skipped] == ["fentry", "tp_btf", "tracepoint"]
+
+
+def test_map_refused_midway_releases_the_maps_already_made(no_bpf_leaks: None) -> None:
+    with ObjectLoader(str(H.SHIPPED)) as loader:
+        names = list(loader.maps)
+        loader.set_max_entries("events", 4097)  # not a power of two: MAP_CREATE refuses
+        with pytest.raises(BpfError, match="MAP_CREATE"):
+            loader.create_maps()
+        made = set(loader.map_fds)
+        assert made == set(names[:names.index("events")]) and made, made
+
+
+# ---- an API handler crashes -------------------------------------------------------------------
+
+
+def test_handler_exception_is_500_and_the_agent_keeps_working(
+        no_bpf_leaks: None, caplog: pytest.LogCaptureFixture) -> None:
+    src, dst = "127.0.6.11", "127.0.6.12"
+    crash = {"on": True}
+
+    def health() -> dict:
+        if crash["on"]:
+            raise RuntimeError("probe exploded")
+        return {"status": "ok"}
+
+    async def scenario(t: Tracer) -> None:
+        assert t.filters is not None
+        app = server.create_app(t.filters, health=health, mono_to_wall=t.monotonic_to_wall)
+        runner = await server.start(app, "127.0.0.1", 0)
+        try:
+            port = runner.addresses[0][1]
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as s:
+                for _ in range(3):
+                    async with s.get("/healthz") as r:
+                        assert r.status == 500
+                        assert "probe exploded" not in (await r.json())["error"]
+                async with s.put("/", data=src) as r:
+                    assert r.status == 204
+                crash["on"] = False
+                async with s.get("/healthz") as r:
+                    assert r.status == 200
+                async with s.get("/") as r:
+                    assert await r.json() == [src]
+        finally:
+            await server.stop(runner)
+
+    with caplog.at_level(logging.ERROR, logger="ttcp.server"), Tracer(ringbuf_size=8192) as t:
+        t.attach("auto", log=quiet)
+        asyncio.run(scenario(t))
+        with Server(dst) as srv:
+            conns = connect_many(srv, src, 5)
+        got: list[events.Event] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 5 and time.monotonic() < deadline:
+            drain(t, got)
+        assert sorted(e.sport for e in got) == sorted(c.sport for c in conns)
+    assert sum("probe exploded" in str(r.exc_info[1]) for r in caplog.records if r.exc_info) == 3
+
+
+# ---- privileges -------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("capsh") is None, reason="capsh not installed (apt-get install libcap2-bin)")
+@pytest.mark.parametrize("extra", [[], ["--no-api", "--filter", "127.0.6.13"]], ids=["api", "no-api"])
+def test_without_cap_bpf_one_clear_line(extra: list[str]) -> None:
+    cmd = " ".join([sys.executable, "-m", "ttcp", "--port", str(free_port()), *extra])
+    r = subprocess.run(["capsh", "--drop=cap_bpf,cap_sys_admin,cap_perfmon", "--", "-c", cmd],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 1, r
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("ttcp: ") and "EPERM" in lines[0] and "CAP_BPF" in lines[0], lines[0]
+
+
+def test_tracer_without_privilege_raises_ttcp_error_only(no_bpf_leaks: None) -> None:
+    """The same through the Python API, in a child that dropped to user nobody."""
+    code = (
+        "import os, sys\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "from ttcp.tracer import Tracer\n"
+        "from ttcp.errors import TtcpError\n"
+        "try:\n"
+        "    with Tracer() as t:\n"
+        "        t.attach('auto', log=lambda m: None)\n"
+        "except TtcpError as e:\n"
+        "    print(type(e).__name__, e.errno if hasattr(e, 'errno') else '', file=sys.stderr)\n"
+        "    sys.exit(3)\n"
+    )
+    # The interpreter may live where nobody cannot read (/root): import first, then drop.
+    r = subprocess.run([sys.executable, "-c", "import ttcp.tracer, ttcp.errors\n" + code],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.startswith("BpfError 1"), r.stderr
+    assert "Traceback" not in r.stderr
+
