@@ -1,0 +1,324 @@
+"""`make bench`: ttcp side by side with the tools users would pick instead.
+
+Runs every measurement in one go (root; about 6 minutes on 2 vCPUs), prints
+the tables and rewrites the generated part of BENCHMARKS.md (between the
+`results` markers; the text around them is kept). Raw numbers and every
+tool's output stay in the work directory (printed at the end).
+
+    .venv/bin/python bench/run.py [--quick] [--only 'libbpf,bpftrace'] [--no-write]
+
+Environment: BENCH_NO_INSTALL=1 skips installing the compared tools with
+apt-get (bpfcc-tools, python3-bpfcc, bpftrace, libbpf-tools and, for bcc on a
+kernel without headers, linux-headers-amd64); BENCH_OUT=DIR keeps the work
+files there instead of a fresh /tmp/ttcp-bench.XXXXXX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import compare
+import inproc
+import report
+from common import (
+    BENCH,
+    FILTERS,
+    OTHER_SERVER,
+    PORT_API,
+    PORT_LOAD,
+    PORT_OTHER,
+    PORT_PROBE,
+    ROOT,
+    SERVER,
+    LoadGen,
+    Tool,
+    ToolRun,
+    bpf_map_rss_kb,
+    child_env,
+    cpu_seconds,
+    handle_sigint,
+    log,
+    median,
+    peak_rss_kb,
+    status,
+    stop_process,
+    tools,
+)
+
+from ttcp import syscalls
+
+PACKAGES = ["bpfcc-tools", "python3-bpfcc", "bpftrace", "libbpf-tools", "linux-headers-amd64"]
+API_CLIENT = "127.0.7.10"  # source of the API clients (not a filter)
+SUMMARY = re.compile(r"ttcp: (\d+) events printed, (\d+) dropped")
+
+
+def ensure_packages() -> None:
+    """apt-get install the compared tools that are missing (each alone if needed)."""
+    if os.environ.get("BENCH_NO_INSTALL"):
+        return
+    missing = [p for p in PACKAGES if not _installed(p)]
+    if not missing:
+        return
+    log(f"bench: installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    def apt(*argv: str) -> bool:
+        return subprocess.run(["apt-get", *argv], stdout=subprocess.DEVNULL, env=env,
+                              check=False).returncode == 0
+
+    apt("update", "-qq")
+    base = ["install", "-y", "-qq", "--no-install-recommends"]
+    if not apt(*base, *missing):
+        for p in missing:
+            if not apt(*base, p):
+                log(f"bench: {p} is not installable here; its tool is reported as missing")
+
+
+def _installed(pkg: str) -> bool:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", pkg], capture_output=True,
+                       text=True, check=False)
+    return "ok installed" in r.stdout
+
+
+def _version(pkg: str) -> str:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True,
+                       check=False)
+    return r.stdout.strip() or "-"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    distro = "?"
+    with contextlib.suppress(OSError), open("/etc/os-release") as f:
+        for line in f:
+            if line.startswith("PRETTY_NAME="):
+                distro = line.split("=", 1)[1].strip().strip('"')
+    versions = {}
+    for dist in ("aiohttp", "pyelftools"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "-"
+    for pkg in ("libbpf-tools", "bpftrace", "bpfcc-tools"):
+        versions[pkg] = _version(pkg)
+    return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gb": round(mem_kb / 2**20, 1),
+            "kernel": os.uname().release, "distro": distro, "python": platform.python_version(),
+            "versions": versions, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "loadavg_start": os.getloadavg()}
+
+
+def _ttcp_tool(all_tools: list[Tool]) -> Tool:
+    return next(t for t in all_tools if t.name == "ttcp")
+
+
+def _wait_header(run: ToolRun, timeout: float = 30.0) -> bool:
+    while time.monotonic() - run.t0 < timeout:
+        run.poll(0.01)
+        if run.header_t is not None:
+            return True
+        if not run.alive():
+            return False
+    return False
+
+
+def phases(pycache: Path, reps: int) -> dict[str, Any]:
+    """Loader phases through the API, each rep in a fresh interpreter."""
+    runs = []
+    for _ in range(reps + 1):  # the first fills the byte-code cache
+        r = subprocess.run([sys.executable, str(BENCH / "phases.py")], capture_output=True, text=True,
+                           env=child_env(pycache=pycache), check=False)
+        try:
+            runs.append(json.loads(r.stdout))
+        except ValueError:
+            log(f"   phases failed: {r.stderr.strip().splitlines()[-1:]}")
+    runs = runs[1:]
+    keys = [k for k in (runs[0] if runs else {}) if isinstance(runs[0][k], float)]
+    return {"median": {k: median(r.get(k) for r in runs) for k in keys}, "runs": runs}
+
+
+def import_profile(pycache: Path, reps: int = 3) -> dict[str, Any]:
+    """Import time of everything the CLI loads (ttcp.cli, then ttcp.server = aiohttp),
+    summed by top-level package from `python -X importtime`; the fastest of `reps`."""
+    best: dict[str, float] | None = None
+    for _ in range(reps + 1):  # the first run fills the byte-code cache
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import ttcp.cli, ttcp.server"],
+                           capture_output=True, text=True, env=child_env(pycache=pycache), check=False)
+        by_pkg: dict[str, float] = {}
+        for line in r.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+            if m:
+                top = m.group(2).split(".")[0].lstrip("_") or m.group(2)
+                by_pkg[top] = by_pkg.get(top, 0.0) + int(m.group(1)) / 1e6
+        if by_pkg and (best is None or sum(by_pkg.values()) < sum(best.values())):
+            best = by_pkg
+    best = best or {}
+    top = sorted(best.items(), key=lambda kv: -kv[1])
+    return {"total_s": sum(best.values()), "by_package_s": dict(top)}
+
+
+def no_loss(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, n: int) -> dict[str, Any]:
+    """n connections at full speed with ttcp's defaults: every event printed or counted."""
+    run = ToolRun(tool, workdir, "noloss", pipe=False, pycache=pycache)
+    if not _wait_header(run):
+        run.stop()
+        return {"error": run.stderr_text().strip().splitlines()[-3:]}
+    rss_idle = peak_rss_kb(run.pid)
+    c0 = cpu_seconds(run.pid)
+    rate, fails, secs = gen.client(n)
+    run.drain(2 * n, quiet=3.0)
+    c1 = cpu_seconds(run.pid)
+    st = status(run.pid)
+    ring_kb = bpf_map_rss_kb(run.pid)
+    run.stop()
+    rss = st.get("VmHWM")
+    m = SUMMARY.search(run.stderr_text())
+    printed, dropped = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    res = {"n": n, "rate": rate, "seconds": secs, "failures": fails, "expected": 2 * n,
+           "printed": printed, "dropped": dropped, "lines": run.events(),
+           "cpu_s": (c1 - c0) if c0 is not None and c1 is not None else None,
+           "rss_idle_kb": rss_idle, "rss_kb": rss, "rss_anon_kb": st.get("RssAnon"),
+           "rss_file_kb": st.get("RssFile"), "rss_bpf_maps_kb": ring_kb}
+    res["exact"] = printed is not None and printed + dropped == 2 * n and run.events() == printed
+    if res["cpu_s"] and printed:
+        res["cpu_us_per_event"] = 1e6 * res["cpu_s"] / printed
+    log(f"   no-loss: {n} conns at {rate:.0f}/s: printed {printed} dropped {dropped} "
+        f"(lines {run.events()}, expected {2 * n}), cpu {res.get('cpu_us_per_event', -1):.1f} us/event")
+    return res
+
+
+def _api_loads(pid: int, port: int, clients: int, seconds: float, pycache: Path, label: str
+               ) -> dict[str, Any]:
+    """GET, then PUT+DELETE, load on one server process (bench/api_load.py)."""
+    out: dict[str, Any] = {}
+    for mode in ("get", "putdel"):
+        c0 = cpu_seconds(pid)
+        r = subprocess.run([sys.executable, str(BENCH / "api_load.py"), "--host", SERVER, "--port",
+                            str(port), "--src", API_CLIENT, "--clients", str(clients),
+                            "--seconds", str(seconds), "--mode", mode],
+                           capture_output=True, text=True, env=child_env(pycache=pycache), check=False)
+        c1 = cpu_seconds(pid)
+        try:
+            out[mode] = json.loads(r.stdout)
+        except ValueError:
+            out[mode] = {"error": r.stderr.strip().splitlines()[-3:]}
+            continue
+        if c0 is not None and c1 is not None:
+            out[mode]["server_cpu_s"] = c1 - c0
+        log(f"   {label} {mode}: {out[mode]['req_per_s']:.0f} req/s, p50 {out[mode]['p50_ms']:.1f} ms, "
+            f"p99 {out[mode]['p99_ms']:.1f} ms, non-2xx {out[mode]['non_2xx']}")
+    return out
+
+
+def api(tool: Tool, workdir: Path, pycache: Path, clients: int, seconds: float) -> dict[str, Any]:
+    """ttcp's API under load (with its 9 filters, then with a fuller table), then a
+    bare aiohttp app with the same routes (the ceiling aiohttp allows here)."""
+    out: dict[str, Any] = {"clients": clients, "seconds": seconds}
+    # The PUT/DELETE clients use 127.0.7.100 .. 127.0.7.(100 + clients - 1): keep those out.
+    more = [f"127.0.7.{i}" for i in range(256) if not 100 <= i < 100 + clients and f"127.0.7.{i}"
+            not in FILTERS]
+    big = Tool(tool.name, tool.argv + [a for addr in more for a in ("--filter", addr)], tool.parse,
+               tool.env, tool.stop_signal, tool.note, tool.python)
+    for key, t in (("ttcp", tool), ("ttcp_full", big)):
+        run = ToolRun(t, workdir, key, pipe=False, pycache=pycache)
+        if not _wait_header(run):
+            run.stop()
+            out[key] = {"error": run.stderr_text().strip().splitlines()[-3:]}
+            continue
+        out[key] = _api_loads(run.pid, PORT_API, clients, seconds, pycache, key)
+        out[key]["filters"] = len(FILTERS) + (len(more) if t is big else 0)
+        out[key]["rss_kb"] = peak_rss_kb(run.pid)
+        run.stop()
+    base = subprocess.Popen([sys.executable, str(BENCH / "api_baseline.py"), SERVER, str(PORT_API + 1)],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env=child_env(pycache=pycache))
+    try:
+        if base.stdout is not None and base.stdout.readline().strip() == "listening":
+            out["baseline"] = _api_loads(base.pid, PORT_API + 1, clients, seconds, pycache,
+                                         "bare aiohttp")
+            out["baseline"]["rss_kb"] = peak_rss_kb(base.pid)
+    finally:
+        stop_process(base, signal.SIGTERM, grace=5.0)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="ttcp benchmarks (see BENCHMARKS.md)")
+    ap.add_argument("--quick", action="store_true", help="fewer and smaller runs (a smoke test)")
+    ap.add_argument("--only", default="", help="comma list: compare ttcp only with tools whose name "
+                                               "contains one of these")
+    ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        log("bench: run as root (make bench)")
+        return 1
+    handle_sigint()
+    q = args.quick
+    p = {"reps": 2 if q else 5, "pairs": 2 if q else 5, "n": 5000 if q else 20000,
+         "kcost_n": 5000 if q else 20000, "kcost_rounds": 1 if q else 3,
+         "fill": 26000, "noloss_n": 20000 if q else 200000, "api_clients": 50,
+         "api_seconds": 2.0 if q else 5.0, "phase_reps": 2 if q else 5}
+    ensure_packages()
+    workdir = Path(os.environ.get("BENCH_OUT") or tempfile.mkdtemp(prefix="ttcp-bench."))
+    workdir.mkdir(parents=True, exist_ok=True)
+    pycache = workdir / "pycache"
+    results: dict[str, Any] = {"machine": machine(), "params": p}
+    log(f"bench: work files in {workdir}")
+    t_start = time.monotonic()
+    stats_fd = syscalls.enable_stats()  # run_time_ns/run_cnt count while this fd is open
+    gen = LoadGen(workdir)
+    try:
+        gen.serve(SERVER, PORT_LOAD)
+        gen.serve(SERVER, PORT_PROBE)
+        gen.serve(OTHER_SERVER, PORT_OTHER)
+        gen.client(2000)  # warm-up, not counted
+        all_tools = tools(workdir, args.only)
+        ttcp = _ttcp_tool(all_tools)
+        log("== start-up phases (Python API, fresh processes)")
+        results["phases"] = phases(pycache, p["phase_reps"])
+        results["imports"] = import_profile(pycache)
+        results["tools"] = compare.run(all_tools, gen, workdir, pycache, p["reps"], p["pairs"], p["n"])
+        log("== kernel cost per run")
+        results["kernel"] = inproc.kernel_cost(gen, p["kcost_n"], p["kcost_rounds"])
+        log("== reader alone")
+        results["reader"] = inproc.reader_throughput(gen, p["fill"])
+        log("== no loss")
+        results["noloss"] = no_loss(ttcp, gen, workdir, pycache, p["noloss_n"])
+        log("== API")
+        results["api"] = api(ttcp, workdir, pycache, p["api_clients"], p["api_seconds"])
+    finally:
+        gen.close()
+        syscalls.close(stats_fd)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["elapsed_s"] = time.monotonic() - t_start
+    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    text = report.render(results)
+    print(text)
+    if not args.no_write and not q:
+        report.write(ROOT / "BENCHMARKS.md", text)
+        log("bench: BENCHMARKS.md updated")
+    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
