@@ -78,3 +78,15 @@ def test_bad_addresses_are_named(text, why):
 def test_ipv4_keys_are_v4_mapped():
     assert addresses.key_of("1.2.3.4") == bytes(10) + b"\xff\xff\x01\x02\x03\x04"
     assert addresses.from_key(addresses.key_of("1.2.3.4")) == "1.2.3.4"
+
+
+@pytest.mark.parametrize("saddr,daddr,family", [("10.178.0.5", "172.217.161.206", 2),
+                                                ("2001:db8::1234:5678", "::1", 10)])
+def test_fast_print_path_matches_the_event_formatters(saddr, daddr, family):
+    raw = record(saddr=saddr, daddr=daddr, family=family, srtt=123456, ts=987_654_321_012)
+    for offset in (0, 1_700_000_000_123_456_789):
+        ev = events.decode(raw)
+        assert events.table_line(raw, offset) == events.format_table(ev, offset)
+        assert events.json_line(raw, offset) == events.format_json(ev, offset)
+    with pytest.raises(FormatError):
+        events.table_line(raw[:40], 0)

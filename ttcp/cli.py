@@ -23,6 +23,8 @@ from .elf_loader import VMLINUX_BTF
 from .errors import TtcpError
 from .tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 
+COALESCE_S = 0.002  # the most a line waits for company before it is printed
+
 EPILOG = """\
 output (stdout), one line per TCP connection that ended, whose local address is a filter:
   YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)
@@ -133,16 +135,16 @@ class Printer:
         self.printed = 0
         self.undecodable = 0
         self._offset = events.wall_clock_offset_ns()
-        self._format = events.format_json if fmt == "json" else events.format_table
+        self._line = events.json_line if fmt == "json" else events.table_line
         self._pending: list[str] = []
 
     def record(self, raw: bytes) -> None:
         try:
-            ev = events.decode(raw)
+            line = self._line(raw, self._offset)
         except TtcpError:
             self.undecodable += 1
             return
-        self._pending.append(self._format(ev, self._offset))
+        self._pending.append(line)
         self.printed += 1
 
     def flush(self) -> None:
@@ -201,6 +203,11 @@ def _process_age_s() -> float | None:
 
 def _preload_server(timings: Timings | None = None) -> threading.Thread:
     """Import aiohttp while the kernel verifies our program (ctypes drops the GIL)."""
+    # Importing aiohttp builds its HTTPS *client* context, loading the system CA
+    # store (~0.1 s). ttcp only serves plain HTTP and never opens an outgoing
+    # TLS connection, so unless the user chose a CA file, give it an empty one.
+    os.environ.setdefault("SSL_CERT_FILE", os.devnull)
+
     def work() -> None:
         # An ImportError here is raised again, properly, when the server starts.
         with contextlib.suppress(ImportError):
@@ -231,9 +238,24 @@ async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
     ring = tracer.ring
     assert ring is not None
 
-    def drain() -> None:
-        ring.consume(printer.record)
+    def drain() -> int:
+        n = ring.consume(printer.record)
         printer.flush()
+        return n
+
+    def on_readable() -> None:
+        # After a wakeup that brought records, stop listening for COALESCE_S:
+        # at high rates the next drain then takes many records per wakeup (the
+        # kernel does not wake a reader that has not caught up), which costs
+        # far less CPU per event; a lone event is still printed at once.
+        if drain():
+            loop.remove_reader(ring.fileno())
+            loop.call_later(COALESCE_S, resume)
+
+    def resume() -> None:
+        if not stop.is_set():
+            loop.add_reader(ring.fileno(), on_readable)
+            drain()
 
     if timings is not None:
         timings.phase("server")
@@ -242,7 +264,7 @@ async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
         printer.out.flush()
     if timings is not None:
         timings.report()
-    loop.add_reader(ring.fileno(), drain)
+    loop.add_reader(ring.fileno(), on_readable)
     try:
         drain()
         await stop.wait()

@@ -247,6 +247,12 @@ class ObjectLoader:
                             "(this kernel lacks that function or tracepoint)")
         return ids[0]
 
+    def release_target_btf(self) -> None:
+        """Drop the kernel BTF and CO-RE caches once nothing more will be loaded:
+        several MB of mapped and decoded types a long-running agent has no use for."""
+        self._target = None
+        self._resolver = None
+
     def unload_program(self, name: str) -> None:
         """Close one program (e.g. after a failed attach, before a fallback)."""
         prog = self.programs.pop(name, None)

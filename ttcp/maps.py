@@ -172,21 +172,35 @@ class HashMap(Generic[K, V]):
             seen.add(nxt)
             yield nxt
 
-    def keys(self) -> Iterator[K]:
-        for raw in self._raw_keys():
-            yield self.key_codec.decode(raw)
-
     def items(self) -> Iterator[tuple[K, V]]:
+        """A snapshot of every entry: one batched walk where the kernel has
+        BPF_MAP_LOOKUP_BATCH (5.6+), else key by key."""
+        try:
+            raw_items = syscalls.map_lookup_batch(self.fd, self.key_codec.size, self.value_codec.size,
+                                                  min(self._max_entries, 4096), name=self.name)
+        except BpfError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            raw_items = self._items_one_by_one()
+        for key, value in raw_items:
+            yield self.key_codec.decode(key), self.value_codec.decode(value)
+
+    def _items_one_by_one(self) -> Iterator[tuple[bytes, bytes]]:
         for raw in self._raw_keys():
             value = syscalls.map_lookup(self.fd, raw, self.value_codec.size, name=self.name)
             if value is not None:  # deleted since it was listed
-                yield self.key_codec.decode(raw), self.value_codec.decode(value)
+                yield raw, value
+
+    def keys(self) -> Iterator[K]:
+        """A live walk: keys deleted before they are reached are not yielded."""
+        for raw in self._raw_keys():
+            yield self.key_codec.decode(raw)
 
     def __iter__(self) -> Iterator[K]:
         return self.keys()
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._raw_keys())
+        return sum(1 for _ in self.items())
 
     def __contains__(self, key: object) -> bool:
         return self.get(key) is not None  # type: ignore[arg-type]

@@ -217,7 +217,7 @@ class _Api:
     # -- handlers: everything after the body is read runs without an await --
 
     async def list_addresses(self, request: web.Request) -> web.Response:
-        keys = sorted(self.filters.keys(), key=_order)
+        keys = sorted((key for key, _ in self.filters.items()), key=_order)  # one batched read
         return web.json_response([addresses.from_key(k) for k in keys])
 
     async def add_addresses(self, request: web.Request) -> web.Response:

@@ -116,6 +116,7 @@ class Tracer:
         else:
             assert last is not None
             raise last
+        self.loader.release_target_btf()
         skipped = ", ".join(m for m, _ in self.report.skipped)
         say(f"ttcp: attached via {self.report.mode} ({self.report.method})"
             + (f" after skipping {skipped}" if skipped else ""))
