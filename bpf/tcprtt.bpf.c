@@ -172,18 +172,33 @@ static __always_inline void v4_mapped(__u8 *out, __be32 a)
 }
 
 /*
+ * Reading kernel memory. fentry and tp_btf receive the socket as a BTF
+ * pointer: plain loads (relocated by CO-RE) are allowed and the verifier
+ * makes them fault-safe, which costs far less than a helper call. The classic
+ * tracepoint only has the pointer's value, so it goes through
+ * bpf_probe_read_kernel. `direct` is a constant in each program, so each
+ * keeps one of the two forms.
+ */
+#define READ(direct, ptr, field) \
+	((direct) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+
+/*
  * The socket's local (or remote) address as 16 bytes. For IPv6 the whole
  * in6_addr is copied: BPF_CORE_READ_INTO would copy only sizeof(*out) = 1.
  */
-static __always_inline void sock_addr(struct sock *sk, __u16 family, int local, __u8 *out)
+static __always_inline void sock_addr(struct sock *sk, __u16 family, int local,
+				      __u8 *out, int direct)
 {
+	struct in6_addr *a6 = local ? &sk->__sk_common.skc_v6_rcv_saddr
+				    : &sk->__sk_common.skc_v6_daddr;
+
 	if (family == AF_INET)
-		v4_mapped(out, local ? BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr)
-				     : BPF_CORE_READ(sk, __sk_common.skc_daddr));
-	else if (local)
-		bpf_core_read(out, sizeof(struct in6_addr), &sk->__sk_common.skc_v6_rcv_saddr);
+		v4_mapped(out, local ? READ(direct, sk, __sk_common.skc_rcv_saddr)
+				     : READ(direct, sk, __sk_common.skc_daddr));
+	else if (direct)
+		__builtin_memcpy(out, a6, sizeof(struct in6_addr));
 	else
-		bpf_core_read(out, sizeof(struct in6_addr), &sk->__sk_common.skc_v6_daddr);
+		bpf_probe_read_kernel(out, sizeof(struct in6_addr), a6);
 }
 
 static __always_inline void count_drop(void)
@@ -196,25 +211,46 @@ static __always_inline void count_drop(void)
 }
 
 /*
- * The shared body. `established` says the connection reached ESTABLISHED
- * (each hook knows it its own way); everything else is read from the socket.
+ * At tcp_close and at destruction the state no longer tells whether the
+ * connection was ever established (it may already be CLOSE after a reset),
+ * but a connection that reached ESTABLISHED has taken an RTT sample from its
+ * handshake, and listeners or failed connects have none (tcp_disconnect
+ * also clears it). The tracepoint knows from the old state instead.
  */
-static __always_inline int report(struct sock *sk, enum hook hook)
+static __always_inline int was_established(struct sock *sk, struct tcp_sock *tp, int direct)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	struct inet_sock *inet = (struct inet_sock *)sk;
+	__u8 state = READ(direct, sk, __sk_common.skc_state);
+
+	if (state == TCP_LISTEN || state == TCP_SYN_SENT)
+		return 0;
+	return READ(direct, tp, srtt_us) != 0;
+}
+
+/*
+ * The shared body: look the local address up in the filter table first
+ * (most sockets are not filtered), then read the rest and send the event.
+ */
+static __always_inline int report(struct sock *sk, enum hook hook, int direct)
+{
 	struct filter_stats *stats;
+	struct tcp_sock *tp;
 	struct addr_key key;
 	struct event *e;
 	__u16 family;
 	__u64 now;
 
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	family = READ(direct, sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	sock_addr(sk, family, 1, key.addr);
+	sock_addr(sk, family, 1, key.addr, direct);
 	stats = bpf_map_lookup_elem(&filter, &key);
 	if (!stats)
+		return 0;
+	/* A BTF pointer to struct sock may not be read past sizeof(struct sock). */
+	tp = direct ? bpf_skc_to_tcp_sock(sk) : (struct tcp_sock *)sk;
+	if (!tp)
+		return 0;
+	if (hook != HOOK_TRACEPOINT && !was_established(sk, tp, direct))
 		return 0;
 
 	now = bpf_ktime_get_ns();
@@ -227,16 +263,17 @@ static __always_inline int report(struct sock *sk, enum hook hook)
 		return 0;
 	}
 	__builtin_memcpy(e->saddr, key.addr, 16);
-	sock_addr(sk, family, 0, e->daddr);
+	sock_addr(sk, family, 0, e->daddr, direct);
 	e->ts_ns = now;
-	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-	e->rttvar_us = BPF_CORE_READ(tp, mdev_us) >> 2;
-	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	e->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
-	e->bytes_received = BPF_CORE_READ(tp, bytes_received);
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->srtt_us = READ(direct, tp, srtt_us) >> 3;
+	e->rttvar_us = READ(direct, tp, mdev_us) >> 2;
+	e->total_retrans = READ(direct, tp, total_retrans);
+	e->bytes_acked = READ(direct, tp, bytes_acked);
+	e->bytes_received = READ(direct, tp, bytes_received);
+	e->netns = direct ? sk->__sk_common.skc_net.net->ns.inum
+			  : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->sport = bpf_ntohs(READ(direct, (struct inet_sock *)tp, inet_sport));
+	e->dport = bpf_ntohs(READ(direct, sk, __sk_common.skc_dport));
 	e->family = family;
 	e->hook = hook;
 	e->pad = 0;
@@ -244,31 +281,10 @@ static __always_inline int report(struct sock *sk, enum hook hook)
 	return 0;
 }
 
-/*
- * At tcp_close and at destruction the state no longer tells whether the
- * connection was ever established (it may already be CLOSE after a reset),
- * but a connection that reached ESTABLISHED has taken an RTT sample from its
- * handshake, and listeners or failed connects have none (tcp_disconnect
- * also clears it).
- */
-static __always_inline int was_established(struct sock *sk)
-{
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
-
-	if (state == TCP_LISTEN || state == TCP_SYN_SENT)
-		return 0;
-	return BPF_CORE_READ(tp, srtt_us) != 0;
-}
-
-/* fentry and tp_btf get the socket as their first argument. */
+/* fentry and tp_btf get the socket, a BTF pointer, as their first argument. */
 static __always_inline int on_socket_end(unsigned long long *ctx, enum hook hook)
 {
-	struct sock *sk = (struct sock *)ctx[0];
-
-	if (!was_established(sk))
-		return 0;
-	return report(sk, hook);
+	return report((struct sock *)ctx[0], hook, 1);
 }
 
 #ifndef TCPRTT_NO_FENTRY /* for tools that load every program, e.g. bpftool where ftrace is locked */
@@ -298,5 +314,5 @@ int tcprtt_tracepoint(struct trace_event_raw_inet_sock_set_state *args)
 	    oldstate == TCP_LISTEN || oldstate == TCP_CLOSE ||
 	    oldstate == TCP_NEW_SYN_RECV)
 		return 0;
-	return report((struct sock *)args->skaddr, HOOK_TRACEPOINT);
+	return report((struct sock *)args->skaddr, HOOK_TRACEPOINT, 0);
 }
