@@ -155,7 +155,7 @@ class _Devnull:
 
 
 def reader_throughput(gen: LoadGen, fill_conns: int) -> dict[str, Any]:
-    """Records per second out of a full 4 MiB ring: raw copy, decode, table, json."""
+    """Records per second out of a full ring (the default size): raw copy, decode, table, json."""
     tr = _tracer("auto")
     out: dict[str, Any] = {}
     try:

@@ -396,3 +396,18 @@ def test_batched_items_are_exact_whatever_the_batch_size() -> None:
             assert got == [(k, k * 7) for k in range(300)]
         assert dict(m.items()) == {k: k * 7 for k in range(300)}
         assert len(m) == 300
+
+
+def test_read_batch_copies_in_order_and_publishes_once(ring: Ring) -> None:
+    """read_batch returns every committed record in order, skips discarded
+    ones, wraps, and moves the consumer position past all of them."""
+    rng = random.Random(3)
+    for _ in range(6):  # several passes round the 4 KiB ring
+        sent = [_payload(rng, size) for size in (1, 9, 100, 255, 33)]
+        for p in sent:
+            assert ring.emit(p) == 0
+            assert ring.emit(b"D" + p) == 3
+        assert ring.rb.read_batch(limit=2) == sent[:2]
+        assert ring.rb.read_batch() == sent[2:]
+        assert ring.rb.consumer_pos() == ring.rb.producer_pos()
+        assert ring.rb.read_batch() == []

@@ -369,6 +369,33 @@ class RingBuffer:
             delivered += 1
         return delivered
 
+    def read_batch(self, limit: int | None = None) -> list[bytes]:
+        """Copy out every committed record (at most `limit`), then publish the
+        consumer position once: the reader's hot path, with no call per record.
+        Walks the ring exactly like consume()."""
+        self._check_open()
+        out: list[bytes] = []
+        data, words, mask = self._data, self._hdr_words, self._mask
+        start = cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
+        while cons < prod and (limit is None or len(out) < limit):
+            off = cons & mask
+            length = words[off >> 2]
+            if length & _BUSY:
+                break
+            size = length & ~(_BUSY | _DISCARD)
+            step = (size + _HDR + 7) & ~7
+            if step > prod - cons:
+                raise FormatError("ring buffer", f"record of {size} bytes at {cons} passes producer {prod}")
+            if not length & _DISCARD:
+                out.append(bytes(data[off + _HDR : off + _HDR + size]))
+            cons += step
+            if cons >= prod:
+                prod = self._prod_pos[0]  # more may have been committed meanwhile
+        if cons != start:
+            self._cons_pos[0] = cons
+        return out
+
     def wait(self, timeout_s: float | None) -> bool:
         """Block until data is pending or the timeout passes; True if readable."""
         self._check_open()

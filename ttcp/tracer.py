@@ -27,7 +27,7 @@ from .maps import HashMap, PerCpuArray, RawCodec, RingBuffer, StructCodec
 MODES = ("fentry", "tp_btf", "tracepoint")
 PROGRAM_OF_MODE = {"fentry": "tcprtt_fentry", "tp_btf": "tcprtt_tp_btf", "tracepoint": "tcprtt_tracepoint"}
 DEFAULT_MAX_FILTERS = 1024
-DEFAULT_RINGBUF_SIZE = 4 << 20
+DEFAULT_RINGBUF_SIZE = 2 << 20  # ~26,000 events: over a second of the busiest loopback traffic
 FILTER_STATS = StructCodec("=QQ")  # struct filter_stats: matches, last_match_ns
 
 
