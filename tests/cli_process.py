@@ -67,6 +67,15 @@ class TtcpProcess:
     def stderr(self) -> str:
         return "\n".join(self._stderr)
 
+    def wait_stderr(self, needle: str, timeout: float = 5.0) -> bool:
+        """True once `needle` shows on stderr (its pump thread runs apart from stdout's)."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.stderr:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def next_line(self, timeout: float = 5.0) -> str:
         return self.lines.get(timeout=max(timeout, 0.01))
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,7 +43,7 @@ def our_prog_ids() -> set[int]:
 def test_header_lines_and_clean_sigterm():
     with TtcpProcess("--filter", "127.0.1.2") as t:
         assert t.header == "YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)"
-        assert "attached via" in t.stderr
+        assert t.wait_stderr("attached via"), t.stderr
         with Server("127.0.0.1") as srv:
             conns = connect_many(srv, "127.0.1.2", 5)
             connect_many(srv, "127.0.1.3", 5)  # not a filter
@@ -104,7 +105,7 @@ def test_json_output_parses_back():
 def test_forced_modes_and_nothing_left_behind(mode):
     before = our_prog_ids()
     with TtcpProcess("--attach", mode, "--filter", "127.0.1.6", "--no-api") as t:
-        assert f"attached via {mode}" in t.stderr
+        assert t.wait_stderr(f"attached via {mode}"), t.stderr
         assert len(our_prog_ids() - before) == 1
         with Server("127.0.0.1") as srv:
             connect_many(srv, "127.0.1.6", 3)
@@ -164,3 +165,33 @@ def test_help_explains_everything():
     for option in ("--host", "--port", "--filter", "--max-filters", "--attach", "--format",
                    "--ringbuf-size", "--btf", "--no-api", "RTT(ms)", "curl", "SIGTERM"):
         assert option in r.stdout
+
+
+def test_reader_of_stdout_going_away_ends_ttcp_cleanly():
+    """`ttcp | head -2`: once the pipe's reader has gone, ttcp stops by itself,
+    says how many lines it could not write, and leaves nothing behind."""
+    before = our_prog_ids()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ttcp", "--port", str(port), "--filter", "127.0.1.7"],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("YYYY/MM/DD")
+        with Server("127.0.0.1") as srv:
+            connect_many(srv, "127.0.1.7", 1)
+            assert LINE.match(proc.stdout.readline().rstrip("\n"))
+            proc.stdout.close()  # what `head` does after its lines
+            deadline = time.monotonic() + 15
+            while proc.poll() is None and time.monotonic() < deadline:
+                connect_many(srv, "127.0.1.7", 5)
+                time.sleep(0.05)
+        assert proc.wait(10) == 0
+        err = proc.stderr.read()
+        assert "Traceback" not in err
+        m = re.search(r"ttcp: (\d+) events printed, 0 dropped, (\d+) not written \(stdout closed\)", err)
+        assert m and int(m[1]) >= 1 and int(m[2]) >= 1, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert our_prog_ids() - before == set()

@@ -8,6 +8,7 @@ form, so "::ffff:10.0.0.1" and "10.0.0.1" are one entry.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 KEY_SIZE = 16
@@ -50,8 +51,12 @@ def key_of(text: str) -> bytes:
     return to_key(parse(text))
 
 
+@functools.lru_cache(maxsize=8192)
 def from_key(key: bytes) -> str:
-    """Canonical text of a 16-byte key (IPv4 for v4-mapped keys)."""
+    """Canonical text of a 16-byte key (IPv4 for v4-mapped keys).
+
+    Cached: the same few addresses recur in every event and every listing,
+    and ipaddress takes microseconds per conversion."""
     if len(key) != KEY_SIZE:
         raise AddressError(f"key of {len(key)} bytes, expected {KEY_SIZE}")
     if key[:12] == _V4_PREFIX:

@@ -134,6 +134,8 @@ class Printer:
         self.out = out
         self.printed = 0
         self.undecodable = 0
+        self.unwritten = 0
+        self.reader_gone = False
         self._offset = events.wall_clock_offset_ns()
         self._line = events.json_line if fmt == "json" else events.table_line
         self._pending: list[str] = []
@@ -159,11 +161,21 @@ class Printer:
         self._pending += lines
         self.printed += len(lines)
 
-    def flush(self) -> None:
-        if self._pending:
-            self.out.write("\n".join(self._pending) + "\n")
-            self._pending.clear()
-            self.out.flush()
+    def flush(self) -> bool:
+        """Write what is pending; False once the reader of stdout has gone
+        (`ttcp | head`): from then on lines are counted as unwritten, not printed."""
+        if self._pending and not self.reader_gone:
+            try:
+                self.out.write("\n".join(self._pending) + "\n")
+                self.out.flush()
+            except BrokenPipeError:
+                self.reader_gone = True
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+        if self.reader_gone:
+            self.printed -= len(self._pending)
+            self.unwritten += len(self._pending)
+        self._pending.clear()
+        return not self.reader_gone
 
 
 class Timings:
@@ -253,7 +265,8 @@ async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
     def drain() -> int:
         batch = ring.read_batch()
         printer.records(batch)
-        printer.flush()
+        if not printer.flush():
+            stop.set()  # nobody reads our stdout any more
         return len(batch)
 
     def on_readable() -> None:
@@ -337,7 +350,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, timings: Timings | N
         asyncio.run(_serve(tracer, args, printer, preload, timings))
         dropped = tracer.drops()
     print(f"ttcp: {printer.printed} events printed, {dropped} dropped"
-          + (f", {printer.undecodable} undecodable" if printer.undecodable else ""),
+          + (f", {printer.undecodable} undecodable" if printer.undecodable else "")
+          + (f", {printer.unwritten} not written (stdout closed)" if printer.reader_gone else ""),
           file=sys.stderr)
     return 0
 

@@ -51,15 +51,12 @@ def decode(record: bytes | memoryview) -> Event:
         raise FormatError("event", f"record of {len(record)} bytes, expected {EVENT_SIZE}")
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
      sport, dport, family, hook) = _EVENT.unpack_from(record)
-    return Event(_address_text(saddr), _address_text(daddr), ts, acked, received, srtt, rttvar,
+    return Event(from_key(saddr), from_key(daddr), ts, acked, received, srtt, rttvar,
                  retrans, netns, sport, dport, family, hook)
 
 
 # The same few addresses and seconds recur from event to event: convert each once
 # (ipaddress and strftime cost microseconds; the reader decodes every record).
-_address_text = functools.lru_cache(maxsize=4096)(from_key)
-
-
 @functools.lru_cache(maxsize=4096)
 def _address_column(key: bytes) -> str:
     """An address left-aligned in its 15-character column (wider for long IPv6)."""
