@@ -82,11 +82,16 @@ def test_ipv4_keys_are_v4_mapped():
 
 @pytest.mark.parametrize("saddr,daddr,family", [("10.178.0.5", "172.217.161.206", 2),
                                                 ("2001:db8::1234:5678", "::1", 10)])
-def test_fast_print_path_matches_the_event_formatters(saddr, daddr, family):
-    raw = record(saddr=saddr, daddr=daddr, family=family, srtt=123456, ts=987_654_321_012)
+@pytest.mark.parametrize("srtt", [0, 1, 48, 999, 1000, 1001, 123456, 4_000_000_000])
+@pytest.mark.parametrize("hook", [1, 2, 3, 77])
+def test_fast_print_path_matches_the_event_formatters(saddr, daddr, family, srtt, hook):
+    raw = record(saddr=saddr, daddr=daddr, family=family, srtt=srtt, ts=987_654_321_012, hook=hook,
+                 sport=65535, dport=0, netns=2**32 - 1)
     for offset in (0, 1_700_000_000_123_456_789):
         ev = events.decode(raw)
         assert events.table_line(raw, offset) == events.format_table(ev, offset)
         assert events.json_line(raw, offset) == events.format_json(ev, offset)
-    with pytest.raises(FormatError):
-        events.table_line(raw[:40], 0)
+        assert json.loads(events.json_line(raw, offset)) == events.to_dict(ev, offset)
+    for line in (events.table_line, events.json_line):
+        with pytest.raises(FormatError):
+            line(raw[:40], 0)
