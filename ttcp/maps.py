@@ -84,7 +84,35 @@ class StructCodec:
 # ---- hash map ----------------------------------------------------------------------
 
 
-class HashMap(Generic[K, V]):
+class _MapHandle:
+    """An fd to a map, closed once (if we own it); a program using the map
+    keeps the map alive after we close ours."""
+
+    def __init__(self, fd: int, name: str, owns_fd: bool) -> None:
+        self._fd: int | None = fd
+        self.name = name
+        self._owns_fd = owns_fd
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"map {self.name or '(unnamed)'} is closed")
+        return self._fd
+
+    def close(self) -> None:
+        """Release the fd (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None and self._owns_fd:
+            syscalls.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HashMap(_MapHandle, Generic[K, V]):
     """A BPF_MAP_TYPE_HASH seen through key/value codecs."""
 
     def __init__(
@@ -96,12 +124,10 @@ class HashMap(Generic[K, V]):
         name: str = "",
         owns_fd: bool = True,
     ) -> None:
-        self._fd: int | None = fd
+        super().__init__(fd, name, owns_fd)
         self.key_codec = key_codec
         self.value_codec = value_codec
         self._max_entries = max_entries
-        self.name = name
-        self._owns_fd = owns_fd
 
     @classmethod
     def create(
@@ -111,12 +137,6 @@ class HashMap(Generic[K, V]):
             syscalls.BPF_MAP_TYPE_HASH, key_codec.size, value_codec.size, max_entries, flags=flags, name=name
         )
         return cls(fd, key_codec, value_codec, max_entries, name)
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"map {self.name or '(unnamed)'} is closed")
-        return self._fd
 
     @property
     def max_entries(self) -> int:
@@ -205,44 +225,24 @@ class HashMap(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return self.get(key) is not None  # type: ignore[arg-type]
 
-    def close(self) -> None:
-        """Release the fd (idempotent); a program using the map keeps it alive."""
-        fd, self._fd = self._fd, None
-        if fd is not None and self._owns_fd:
-            syscalls.close(fd)
-
-    def __enter__(self) -> HashMap[K, V]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 # ---- per-CPU array -------------------------------------------------------------------
 
 
-class PerCpuArray:
+class PerCpuArray(_MapHandle):
     """A BPF_MAP_TYPE_PERCPU_ARRAY: one value per possible CPU per index."""
 
     def __init__(
         self, fd: int, value_size: int, max_entries: int, name: str = "", owns_fd: bool = True
     ) -> None:
-        self._fd: int | None = fd
+        super().__init__(fd, name, owns_fd)
         self.value_size = value_size
         self.max_entries = max_entries
-        self.name = name
-        self._owns_fd = owns_fd
 
     @classmethod
     def create(cls, value_size: int, max_entries: int, name: str = "") -> PerCpuArray:
         fd = syscalls.map_create(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, max_entries, name=name)
         return cls(fd, value_size, max_entries, name)
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"map {self.name or '(unnamed)'} is closed")
-        return self._fd
 
     def _key(self, index: int) -> bytes:
         if not 0 <= index < self.max_entries:
@@ -268,17 +268,6 @@ class PerCpuArray:
     def sum_u64(self, index: int) -> int:
         """Sum over CPUs of the little/native-endian u64 at the start of each value."""
         return sum(struct.unpack_from("=Q", v)[0] for v in self.values(index))
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None and self._owns_fd:
-            syscalls.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---- ring buffer ----------------------------------------------------------------------

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -314,7 +314,7 @@ class _Api:
 
 
 def _load_openapi() -> bytes:
-    return resources.files("ttcp").joinpath("data", "openapi.json").read_bytes()
+    return (Path(__file__).with_name("data") / "openapi.json").read_bytes()
 
 
 def create_app(

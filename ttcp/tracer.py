@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Self
 
@@ -33,7 +32,7 @@ FILTER_STATS = StructCodec("=QQ")  # struct filter_stats: matches, last_match_ns
 
 def default_object() -> Path:
     """The precompiled object shipped inside the package."""
-    return Path(str(resources.files("ttcp") / "data" / "tcprtt.bpf.o"))
+    return Path(__file__).with_name("data") / "tcprtt.bpf.o"
 
 
 def check_ringbuf_size(size: int) -> int:
