@@ -3,6 +3,7 @@ global data, BTF-defined maps — loaded for real and run with PROG_TEST_RUN."""
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks, tmp_path):
     src.write_text(
         "typedef unsigned int __u32;\n"
         '__attribute__((section("socket"), used)) int bad(void *ctx)\n'
-        "{ int *p = (int *)(long)0x1000; return *p; }\n"
+        "{ int *p = (int *)(long)0x1000;\n  return *p; }\n"
         'char LICENSE[] __attribute__((section("license"), used)) = "GPL";\n')
     obj = compile_bpf(str(src))
     r = subprocess.run([sys.executable, "-m", "ttcp.elf_loader", str(obj), "--load"],
@@ -80,3 +81,4 @@ def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks, tmp_path):
     assert r.returncode == 1
     assert "bad: FAILED" in r.stderr and "PROG_LOAD" in r.stderr
     assert "invalid mem access" in r.stderr  # the verifier's own words, from the log tail
+    assert re.search(r"; return \*p; } @ bad.bpf.c:\d+", r.stderr)  # line_info loaded: source lines
