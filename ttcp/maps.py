@@ -325,64 +325,63 @@ class RingBuffer:
         self._check_open()
         return self._prod_pos[0] - self._cons_pos[0]
 
-    def consume(self, callback: RecordCallback, limit: int | None = None) -> int:
-        """Deliver every committed record (at most `limit`); returns how many.
-
-        If the callback raises, its record still counts as consumed (a record
-        that always fails must not wedge the ring) and the exception propagates.
-        """
-        self._check_open()
-        delivered = 0
+    def _walk(self, limit: int | None) -> Iterator[tuple[bytes | None, int]]:
+        """Yield (payload copy, consumer position just past it) for each
+        committed record, oldest first; payload None for a discarded one.
+        Stops at a BUSY record, at the producer, or after `limit` payloads.
+        Publishing the position is the caller's business."""
+        data, words, mask = self._data, self._hdr_words, self._mask
         cons = self._cons_pos[0]
-        while limit is None or delivered < limit:
-            prod = self._prod_pos[0]
-            if cons >= prod:
-                break
-            off = cons & self._mask
-            length = self._hdr_words[off >> 2]
+        prod = self._prod_pos[0]
+        delivered = 0
+        while cons < prod and (limit is None or delivered < limit):
+            off = cons & mask
+            length = words[off >> 2]  # one aligned 32-bit load
             if length & _BUSY:
-                break
+                return
             size = length & ~(_BUSY | _DISCARD)
             step = (size + _HDR + 7) & ~7
             if step > prod - cons:
                 raise FormatError("ring buffer", f"record of {size} bytes at {cons} passes producer {prod}")
-            new_cons = cons + step
+            cons += step
             if length & _DISCARD:
-                self._cons_pos[0] = cons = new_cons
-                continue
-            payload = bytes(self._data[off + _HDR : off + _HDR + size])
+                yield None, cons
+            else:
+                delivered += 1
+                yield bytes(data[off + _HDR : off + _HDR + size]), cons
+            if cons >= prod:
+                prod = self._prod_pos[0]  # more may have been committed meanwhile
+
+    def consume(self, callback: RecordCallback, limit: int | None = None) -> int:
+        """Deliver every committed record (at most `limit`); returns how many.
+
+        The consumer position moves past each record only once its callback
+        has returned. If the callback raises, its record still counts as
+        consumed (a record that always fails must not wedge the ring) and the
+        exception propagates.
+        """
+        self._check_open()
+        delivered = 0
+        for payload, pos in self._walk(limit):
             try:
-                callback(payload)
+                if payload is not None:
+                    delivered += 1
+                    callback(payload)
             finally:
-                self._cons_pos[0] = cons = new_cons
-            delivered += 1
+                self._cons_pos[0] = pos
         return delivered
 
     def read_batch(self, limit: int | None = None) -> list[bytes]:
         """Copy out every committed record (at most `limit`), then publish the
-        consumer position once: the reader's hot path, with no call per record.
-        Walks the ring exactly like consume()."""
+        consumer position once: the reader's hot path, with no call per record."""
         self._check_open()
         out: list[bytes] = []
-        data, words, mask = self._data, self._hdr_words, self._mask
-        start = cons = self._cons_pos[0]
-        prod = self._prod_pos[0]
-        while cons < prod and (limit is None or len(out) < limit):
-            off = cons & mask
-            length = words[off >> 2]
-            if length & _BUSY:
-                break
-            size = length & ~(_BUSY | _DISCARD)
-            step = (size + _HDR + 7) & ~7
-            if step > prod - cons:
-                raise FormatError("ring buffer", f"record of {size} bytes at {cons} passes producer {prod}")
-            if not length & _DISCARD:
-                out.append(bytes(data[off + _HDR : off + _HDR + size]))
-            cons += step
-            if cons >= prod:
-                prod = self._prod_pos[0]  # more may have been committed meanwhile
-        if cons != start:
-            self._cons_pos[0] = cons
+        pos = None
+        for payload, pos in self._walk(limit):  # pos: the last one is published below
+            if payload is not None:
+                out.append(payload)
+        if pos is not None:
+            self._cons_pos[0] = pos
         return out
 
     def wait(self, timeout_s: float | None) -> bool:
