@@ -225,7 +225,7 @@ def _process_age_s() -> float | None:
         return None
 
 
-def _preload_server(timings: Timings | None = None) -> threading.Thread:
+def _preload_server(timings: Timings) -> threading.Thread:
     """Import aiohttp while the kernel verifies our program (ctypes drops the GIL)."""
     # Importing aiohttp builds its HTTPS *client* context, loading the system CA
     # store (~0.1 s). ttcp only serves plain HTTP and never opens an outgoing
@@ -236,15 +236,14 @@ def _preload_server(timings: Timings | None = None) -> threading.Thread:
         # An ImportError here is raised again, properly, when the server starts.
         with contextlib.suppress(ImportError):
             from . import server  # noqa: F401
-        if timings is not None:
-            timings.mark("aiohttp")
+        timings.mark("aiohttp")
     t = threading.Thread(target=work, name="preload-aiohttp", daemon=True)
     t.start()
     return t
 
 
 async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
-                 preload: threading.Thread | None, timings: Timings | None = None) -> None:
+                 preload: threading.Thread | None, timings: Timings) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -283,13 +282,11 @@ async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
             loop.add_reader(ring.fileno(), on_readable)
             drain()
 
-    if timings is not None:
-        timings.phase("server")
+    timings.phase("server")
     if args.format == "table":
         printer.out.write(events.HEADER + "\n")
         printer.out.flush()
-    if timings is not None:
-        timings.report()
+    timings.report()
     loop.add_reader(ring.fileno(), on_readable)
     try:
         drain()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import struct
 import time
 from dataclasses import dataclass
@@ -86,11 +85,17 @@ def format_ms(us: int) -> str:
     return f"{us // 1000}.{us % 1000:03d}"
 
 
+def _table(ts_ns: int, offset_ns: int, saddr_column: str, sport: int, daddr_column: str,
+           dport: int, rtt_us: int) -> str:
+    """The seed's line: time, source, ports, destination, RTT in ms (the one layout)."""
+    return (f"{_local_stamp((ts_ns + offset_ns) // 1_000_000_000)} {saddr_column} {sport:<6} -> "
+            f"{daddr_column} {dport:<6} {rtt_us // 1000}.{rtt_us % 1000:03d}")
+
+
 def format_table(ev: Event, offset_ns: int) -> str:
-    """The seed's line: time, source, ports, destination, RTT in ms."""
-    stamp = _local_stamp(math.floor((ev.ts_ns + offset_ns) / 1e9))
-    return (f"{stamp} {ev.saddr:<15} {ev.sport:<6} -> {ev.daddr:<15} {ev.dport:<6} "
-            f"{format_ms(ev.rtt_us)}")
+    """The table line of a decoded event."""
+    return _table(ev.ts_ns, offset_ns, f"{ev.saddr:<15}", ev.sport, f"{ev.daddr:<15}", ev.dport,
+                  ev.rtt_us)
 
 
 def to_dict(ev: Event, offset_ns: int) -> dict:
@@ -128,8 +133,7 @@ def table_line(raw: bytes, offset_ns: int) -> str:
     if len(raw) < EVENT_SIZE:
         raise FormatError("event", f"record of {len(raw)} bytes, expected {EVENT_SIZE}")
     saddr, daddr, ts, _, _, srtt, _, _, _, sport, dport, _, _ = _EVENT.unpack_from(raw)
-    return (f"{_local_stamp((ts + offset_ns) // 1_000_000_000)} {_address_column(saddr)} "
-            f"{sport:<6} -> {_address_column(daddr)} {dport:<6} {srtt // 1000}.{srtt % 1000:03d}")
+    return _table(ts, offset_ns, _address_column(saddr), sport, _address_column(daddr), dport, srtt)
 
 
 @functools.lru_cache(maxsize=4096)
