@@ -25,6 +25,7 @@ import pytest
 
 from ttcp import syscalls
 from ttcp.errors import BpfError
+from ttcp.uapi import MapType
 
 _BPF_LINK_TARGETS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
                      "anon_inode:bpf-link", "anon_inode:[perf_event]", "anon_inode:btf")
@@ -42,7 +43,7 @@ def kernel_unusable_reason() -> str | None:
     if os.geteuid() != 0:
         return "not root"
     try:
-        fd = syscalls.map_create(syscalls.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="ttcp_probe")
+        fd = syscalls.map_create(MapType.ARRAY, 4, 4, 1, name="ttcp_probe")
     except BpfError as e:
         return f"bpf(2) unusable: {e}"
     syscalls.close(fd)

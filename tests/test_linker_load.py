@@ -15,7 +15,8 @@ from ttcp import syscalls
 from ttcp.elf_loader import ObjectLoader
 from ttcp.elf_object import read_object
 from ttcp.linker import link_program
-from ttcp.sections import PROG_SOCKET_FILTER, PROG_TRACEPOINT, PROG_TRACING, classify
+from ttcp.sections import classify
+from ttcp.uapi import ProgType
 
 
 def test_shipped_object_reads():
@@ -26,10 +27,10 @@ def test_shipped_object_reads():
 
 
 def test_section_kinds():
-    assert classify("fentry/tcp_close").prog_type == PROG_TRACING
+    assert classify("fentry/tcp_close").prog_type == ProgType.TRACING
     assert classify("tp_btf/tcp_destroy_sock").btf_target_name == "btf_trace_tcp_destroy_sock"
-    assert classify("tracepoint/sock/inet_sock_set_state").prog_type == PROG_TRACEPOINT
-    assert classify("socket").prog_type == PROG_SOCKET_FILTER
+    assert classify("tracepoint/sock/inet_sock_set_state").prog_type == ProgType.TRACEPOINT
+    assert classify("socket").prog_type == ProgType.SOCKET_FILTER
 
 
 def test_linker_appends_called_subprograms_once():

@@ -24,6 +24,7 @@ from ttcp.maps import (
     RingBuffer,
     StructCodec,
 )
+from ttcp.uapi import MapType, ProgType
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
 
@@ -172,7 +173,7 @@ def test_percpu_array_counts_per_cpu() -> None:
     cpus = syscalls.online_cpus()
     with PerCpuArray.create(8, 1, name="t_drops") as arr:
         assert arr.values(0) == [bytes(8)] * syscalls.possible_cpus()
-        prog = syscalls.prog_load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, _counter_prog(arr.fd), "GPL",
+        prog = syscalls.prog_load(ProgType.SOCKET_FILTER, _counter_prog(arr.fd), "GPL",
                                   name="t_count")
         old = os.sched_getaffinity(0)
         try:
@@ -201,7 +202,7 @@ class Ring:
     """A RINGBUF map, its reader, and programs writing fixed-size records."""
 
     def __init__(self) -> None:
-        self.map_fd = syscalls.map_create(syscalls.BPF_MAP_TYPE_RINGBUF, 0, 0, RING, name="t_ring")
+        self.map_fd = syscalls.map_create(MapType.RINGBUF, 0, 0, RING, name="t_ring")
         self.rb = RingBuffer(self.map_fd, RING)
         self._progs: dict[int, int] = {}
 
@@ -210,7 +211,7 @@ class Ring:
         size = len(payload)
         if size not in self._progs:
             self._progs[size] = syscalls.prog_load(
-                syscalls.BPF_PROG_TYPE_SOCKET_FILTER, asm.ringbuf_writer(self.map_fd, size), "GPL",
+                ProgType.SOCKET_FILTER, asm.ringbuf_writer(self.map_fd, size), "GPL",
                 name=f"t_rb{size}")
         return syscalls.prog_test_run(self._progs[size], asm.packet(payload))
 
@@ -373,7 +374,7 @@ def test_asyncio_run_drains_on_stop(ring: Ring) -> None:
 
 
 def test_ringbuffer_close_is_idempotent() -> None:
-    fd = syscalls.map_create(syscalls.BPF_MAP_TYPE_RINGBUF, 0, 0, RING, name="t_ringclose")
+    fd = syscalls.map_create(MapType.RINGBUF, 0, 0, RING, name="t_ringclose")
     try:
         with RingBuffer(fd) as rb:  # size read from the map
             assert rb.fileno() == fd

@@ -19,6 +19,7 @@ import pytest
 
 from ttcp import syscalls
 from ttcp.errors import BpfError
+from ttcp.uapi import AttachType, MapType, ProgType, UpdateFlag
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
 
@@ -37,7 +38,7 @@ def test_cpu_lists_parse() -> None:
 
 
 def test_hash_map_roundtrip_and_iteration() -> None:
-    with opened(syscalls.map_create(syscalls.BPF_MAP_TYPE_HASH, 4, 8, 16, name="t_hash")) as fd:
+    with opened(syscalls.map_create(MapType.HASH, 4, 8, 16, name="t_hash")) as fd:
         keys = [struct.pack("<I", i) for i in range(10)]
         for i, k in enumerate(keys):
             syscalls.map_update(fd, k, struct.pack("<Q", i * 1000))
@@ -55,20 +56,20 @@ def test_hash_map_roundtrip_and_iteration() -> None:
 
         info = syscalls.map_info(fd)
         assert (info.type, info.key_size, info.value_size, info.max_entries, info.name) == (
-            syscalls.BPF_MAP_TYPE_HASH, 4, 8, 16, "t_hash")
+            MapType.HASH, 4, 8, 16, "t_hash")
         assert info.id in syscalls.map_ids()
 
 
 def test_update_flags_and_errors_carry_step_and_errno() -> None:
-    with opened(syscalls.map_create(syscalls.BPF_MAP_TYPE_HASH, 4, 4, 2, name="t_flags")) as fd:
+    with opened(syscalls.map_create(MapType.HASH, 4, 4, 2, name="t_flags")) as fd:
         k, v = b"kkkk", b"vvvv"
         with pytest.raises(BpfError) as exc:
-            syscalls.map_update(fd, k, v, syscalls.BPF_EXIST, name="t_flags")
+            syscalls.map_update(fd, k, v, UpdateFlag.EXIST, name="t_flags")
         assert exc.value.errno == errno.ENOENT
         assert exc.value.step == "MAP_UPDATE_ELEM t_flags"
-        syscalls.map_update(fd, k, v, syscalls.BPF_NOEXIST)
+        syscalls.map_update(fd, k, v, UpdateFlag.NOEXIST)
         with pytest.raises(BpfError) as exc:
-            syscalls.map_update(fd, k, v, syscalls.BPF_NOEXIST)
+            syscalls.map_update(fd, k, v, UpdateFlag.NOEXIST)
         assert exc.value.errno == errno.EEXIST
         assert exc.value.step.startswith("MAP_UPDATE_ELEM fd ")
         syscalls.map_update(fd, b"k2kk", v)
@@ -84,7 +85,7 @@ def test_update_flags_and_errors_carry_step_and_errno() -> None:
 
 
 def test_map_freeze_blocks_user_writes() -> None:
-    with opened(syscalls.map_create(syscalls.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="t_frozen")) as fd:
+    with opened(syscalls.map_create(MapType.ARRAY, 4, 4, 1, name="t_frozen")) as fd:
         syscalls.map_update(fd, bytes(4), b"abcd")
         syscalls.map_freeze(fd)
         with pytest.raises(BpfError) as exc:
@@ -94,7 +95,7 @@ def test_map_freeze_blocks_user_writes() -> None:
 
 
 def test_percpu_lookup_has_one_aligned_slot_per_possible_cpu() -> None:
-    with opened(syscalls.map_create(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 4, 1, name="t_pcpu")) as fd:
+    with opened(syscalls.map_create(MapType.PERCPU_ARRAY, 4, 4, 1, name="t_pcpu")) as fd:
         ncpu = syscalls.possible_cpus()
         slots = b"".join(struct.pack("<II", cpu + 1, 0) for cpu in range(ncpu))
         syscalls.map_update(fd, bytes(4), slots)
@@ -114,11 +115,11 @@ def _wait_gone(ids_fn, obj_id: int) -> bool:
 
 
 def test_prog_load_info_test_run_and_ids() -> None:
-    fd = syscalls.prog_load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, asm.mov_imm(asm.R0, 7) + asm.exit_(),
+    fd = syscalls.prog_load(ProgType.SOCKET_FILTER, asm.mov_imm(asm.R0, 7) + asm.exit_(),
                             "GPL", name="t_trivial")
     try:
         info = syscalls.prog_info(fd)
-        assert info.type == syscalls.BPF_PROG_TYPE_SOCKET_FILTER
+        assert info.type == ProgType.SOCKET_FILTER
         assert info.name == "t_trivial"
         assert info.id in syscalls.prog_ids()
         assert syscalls.prog_test_run(fd, asm.packet(b"x"), repeat=3) == 7
@@ -133,14 +134,14 @@ def test_prog_load_info_test_run_and_ids() -> None:
 
 
 def test_object_names_are_sanitised_and_truncated() -> None:
-    with opened(syscalls.map_create(syscalls.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="a-very:long/map name")) as fd:
+    with opened(syscalls.map_create(MapType.ARRAY, 4, 4, 1, name="a-very:long/map name")) as fd:
         assert syscalls.map_info(fd).name == "a_very_long_map"
 
 
 def test_verifier_rejection_carries_errno_and_log() -> None:
     bad = asm.exit_()  # r0 never written
     with pytest.raises(BpfError) as exc:
-        syscalls.prog_load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, bad, "GPL", name="t_bad")
+        syscalls.prog_load(ProgType.SOCKET_FILTER, bad, "GPL", name="t_bad")
     err = exc.value
     assert err.errno in (errno.EACCES, errno.EINVAL)
     assert err.step == "PROG_LOAD t_bad"
@@ -154,10 +155,10 @@ def test_verifier_log_grows_until_complete(monkeypatch: pytest.MonkeyPatch) -> N
     # far longer than the tiny first buffer, so the loader must grow it.
     bad = b"".join(asm.mov_imm(asm.R0, i) for i in range(200)) + asm.mov_reg(asm.R0, asm.R5) + asm.exit_()
     with pytest.raises(BpfError) as full:
-        syscalls.prog_load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, bad, "GPL", name="t_biglog")
+        syscalls.prog_load(ProgType.SOCKET_FILTER, bad, "GPL", name="t_biglog")
     monkeypatch.setattr(syscalls, "_LOG_INITIAL", 256)
     with pytest.raises(BpfError) as grown:
-        syscalls.prog_load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, bad, "GPL", name="t_biglog")
+        syscalls.prog_load(ProgType.SOCKET_FILTER, bad, "GPL", name="t_biglog")
     assert len(full.value.log) > 4096
     assert grown.value.log == full.value.log
     assert grown.value.errno == full.value.errno == errno.EACCES
@@ -185,9 +186,10 @@ _DROP_PRIVS = """
 import os
 from ttcp import syscalls
 from ttcp.errors import BpfError
+from ttcp.uapi import AttachType, MapType, ProgType, UpdateFlag
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # after imports: nobody cannot read them
 try:
-    syscalls.prog_load(syscalls.BPF_PROG_TYPE_TRACEPOINT, bytes.fromhex("b7000000000000009500000000000000"),
+    syscalls.prog_load(ProgType.TRACEPOINT, bytes.fromhex("b7000000000000009500000000000000"),
                        "GPL")
 except BpfError as e:
     print(e.errno, repr(e.log), e.hint)
@@ -213,7 +215,7 @@ def _tcp_loopback_roundtrip() -> None:
 
 
 def _tracepoint_prog() -> int:
-    return syscalls.prog_load(syscalls.BPF_PROG_TYPE_TRACEPOINT, asm.TRIVIAL, "GPL", name="t_tp")
+    return syscalls.prog_load(ProgType.TRACEPOINT, asm.TRIVIAL, "GPL", name="t_tp")
 
 
 def _run_count_after_traffic(prog_fd: int) -> int:
@@ -247,7 +249,7 @@ def test_tracepoint_attach_via_perf_event(how: str) -> None:
             pfd = syscalls.perf_event_open_tracepoint(tp_id, cpus[0])
             fds.append(pfd)
             if how == "link":
-                link = syscalls.link_create(prog, pfd, syscalls.BPF_PERF_EVENT)
+                link = syscalls.link_create(prog, pfd, AttachType.PERF_EVENT)
                 fds.append(link)
                 assert syscalls.link_info(link).prog_id == syscalls.prog_info(prog).id
             else:
@@ -279,7 +281,7 @@ def test_tracepoint_id_errors() -> None:
 
 def test_raw_tracepoint_open_and_link_ids() -> None:
     with opened(syscalls.enable_stats()), opened(
-        syscalls.prog_load(syscalls.BPF_PROG_TYPE_RAW_TRACEPOINT, asm.TRIVIAL, "GPL", name="t_rawtp")
+        syscalls.prog_load(ProgType.RAW_TRACEPOINT, asm.TRIVIAL, "GPL", name="t_rawtp")
     ) as prog:
         link = syscalls.raw_tracepoint_open(prog, "inet_sock_set_state")
         try:
@@ -300,7 +302,7 @@ def test_raw_tracepoint_open_and_link_ids() -> None:
 
 
 def test_mmap_ringbuf_protections() -> None:
-    with opened(syscalls.map_create(syscalls.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, name="t_rb")) as fd:
+    with opened(syscalls.map_create(MapType.RINGBUF, 0, 0, 4096, name="t_rb")) as fd:
         cons, prod = syscalls.mmap_ringbuf(fd, 4096)
         try:
             assert len(cons) == syscalls.mmap.PAGESIZE

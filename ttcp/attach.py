@@ -1,9 +1,10 @@
 """Attach a loaded program to its kernel hook, and detach it (links).
 
 Modern kernels attach with BPF_LINK_CREATE, which gives one fd that
-detaches on close; the older paths (RAW_TRACEPOINT_OPEN for BTF programs,
-PERF_EVENT_IOC_SET_BPF for classic tracepoints) are tried when the kernel
-does not know LINK_CREATE for that program type.
+detaches on close; older ones need RAW_TRACEPOINT_OPEN for BTF programs
+(before ~5.11) and PERF_EVENT_IOC_SET_BPF for classic tracepoints (before
+5.15). Which one is decided by a feature probe (ttcp.features), never by
+reading an errno of the real attach.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import errno
 from dataclasses import dataclass, field
 from typing import Self
 
-from . import syscalls
+from . import features, syscalls
 from .errors import BpfError
 from .sections import SectionKind
-
-ATTACH_PERF_EVENT = 41
-# What a kernel without LINK_CREATE support for a program type answers (524 is ENOTSUPP).
-_OLD_KERNEL = (errno.EINVAL, 524, errno.EOPNOTSUPP)
+from .uapi import AttachType
 
 
 @dataclass
@@ -40,10 +38,11 @@ class Link:
         self.close()
 
 
-def attach(kind: SectionKind, prog_fd: int) -> Link:
-    """Attach `prog_fd` as `kind` says; on failure nothing stays attached."""
+def attach(kind: SectionKind, prog_fd: int, attach_btf_id: int = 0) -> Link:
+    """Attach `prog_fd` as `kind` says; on failure nothing stays attached.
+    `attach_btf_id` is the program's load-time target (BTF programs only)."""
     if kind.style in ("fentry", "fexit", "tp_btf"):
-        return _attach_btf(kind, prog_fd)
+        return _attach_btf(kind, prog_fd, attach_btf_id)
     if kind.style == "raw_tp":
         return Link(kind.style, "raw_tracepoint_open",
                     [syscalls.raw_tracepoint_open(prog_fd, kind.target)])
@@ -52,14 +51,10 @@ def attach(kind: SectionKind, prog_fd: int) -> Link:
     raise BpfError(f"attach {kind.style}", errno.EOPNOTSUPP, hint="this program type is not attachable")
 
 
-def _attach_btf(kind: SectionKind, prog_fd: int) -> Link:
-    try:
-        fd = syscalls.link_create(prog_fd, 0, kind.attach_type)
-        return Link(kind.style, "link_create", [fd])
-    except BpfError as e:
-        if e.errno not in _OLD_KERNEL:
-            raise
-    return Link(kind.style, "raw_tracepoint_open", [syscalls.raw_tracepoint_open(prog_fd, None)])
+def _attach_btf(kind: SectionKind, prog_fd: int, attach_btf_id: int) -> Link:
+    if features.tracing_link_create(kind.attach_type, attach_btf_id).supported is False:
+        return Link(kind.style, "raw_tracepoint_open", [syscalls.raw_tracepoint_open(prog_fd, None)])
+    return Link(kind.style, "link_create", [syscalls.link_create(prog_fd, 0, kind.attach_type)])
 
 
 def _attach_tracepoint(kind: SectionKind, prog_fd: int) -> Link:
@@ -68,7 +63,8 @@ def _attach_tracepoint(kind: SectionKind, prog_fd: int) -> Link:
     opened on the first online CPU and the program still runs on all of them."""
     category, name = kind.target.split("/", 1)
     tp_id = syscalls.tracepoint_id(category, name)
-    link = Link(kind.style, "link_create")
+    modern = features.perf_event_link().supported is not False
+    link = Link(kind.style, "link_create" if modern else "perf_ioctl")
     try:
         perf_fd = syscalls.perf_event_open_tracepoint(tp_id, syscalls.online_cpus()[0])
         link.fds.append(perf_fd)
@@ -85,12 +81,7 @@ def _attach_perf_event(link: Link, prog_fd: int, perf_fd: int) -> int | None:
     """Attach to one perf event; returns the link fd, or None when the perf
     event itself holds the program (the ioctl path)."""
     if link.method == "link_create":
-        try:
-            return syscalls.link_create(prog_fd, perf_fd, ATTACH_PERF_EVENT)
-        except BpfError as e:
-            if e.errno not in _OLD_KERNEL:
-                raise
-            link.method = "perf_ioctl"
+        return syscalls.link_create(prog_fd, perf_fd, AttachType.PERF_EVENT)
     syscalls.perf_event_set_bpf(perf_fd, prog_fd)
     syscalls.perf_event_enable(perf_fd)
     return None

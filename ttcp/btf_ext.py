@@ -18,6 +18,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ttcp.asm import INSN_SIZE
 from ttcp.btf import Btf, check_header
 from ttcp.errors import FormatError
 
@@ -26,7 +27,6 @@ HEADER_CORE = 32  # up to core_relo_len
 FUNC_INFO_MIN = 8
 LINE_INFO_MIN = 16
 CORE_RELO_MIN = 16
-INSN_SIZE = 8
 
 _WHAT = ".BTF.ext"
 

@@ -17,9 +17,10 @@ struct restores its partial spec (libbpf keeps stale state there).
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 
+from ttcp import asm
+from ttcp.asm import INSN_SIZE
 from ttcp.btf import (
     COMPOSITE_KINDS,
     ENUM_KINDS,
@@ -74,14 +75,7 @@ _MAX_WORK = 50_000  # member visits per relocation before giving up (hostile BTF
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
-# BPF instruction fields (uapi/linux/bpf_common.h)
-_CLASS_LD, _CLASS_LDX, _CLASS_ST, _CLASS_STX = 0x00, 0x01, 0x02, 0x03
-_CLASS_ALU, _CLASS_JMP, _CLASS_ALU64 = 0x04, 0x05, 0x07
-_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW
-_CALL = _CLASS_JMP | 0x80
-_SIZE_BYTES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}  # BPF_W, BPF_H, BPF_B, BPF_DW
-_BYTES_SIZE = {v: k for k, v in _SIZE_BYTES.items()}
-_INSN = struct.Struct("<BBhi")
+_BYTES_SIZE = {v: k for k, v in asm.SIZE_BYTES.items()}
 
 _ACCESS_INT = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 
@@ -758,19 +752,19 @@ def resolve(relo: CoreRelo, local: Btf, target: Btf) -> CoreResult:
 def insn_class_label(insns: bytes | bytearray, insn_idx: int) -> str:
     """How libbpf names the instruction in its log: "ALU/ALU64", "LDX/ST/STX",
     "LDIMM64" or "other"."""
-    code = insns[insn_idx * 8] if 0 <= insn_idx * 8 < len(insns) else -1
+    code = insns[insn_idx * INSN_SIZE] if 0 <= insn_idx * INSN_SIZE < len(insns) else -1
     cls = code & 0x07
-    if cls in (_CLASS_ALU, _CLASS_ALU64):
+    if cls in (asm.CLASS_ALU, asm.CLASS_ALU64):
         return "ALU/ALU64"
-    if cls in (_CLASS_LDX, _CLASS_ST, _CLASS_STX):
+    if cls in (asm.CLASS_LDX, asm.CLASS_ST, asm.CLASS_STX):
         return "LDX/ST/STX"
-    if code == _LD_IMM64:
+    if code == asm.LD_IMM64:
         return "LDIMM64"
     return "other"
 
 
 def _poison(insns: bytearray, idx: int) -> None:
-    _INSN.pack_into(insns, idx * 8, _CALL, 0, 0, POISON_IMM)
+    asm.store(insns, idx, asm.Insn(asm.CALL, 0, 0, 0, POISON_IMM))
 
 
 def patch_insn(insns: bytearray, insn_idx: int, result: CoreResult) -> tuple[int, int | None]:
@@ -780,38 +774,36 @@ def patch_insn(insns: bytearray, insn_idx: int, result: CoreResult) -> tuple[int
     `call 0xbad2310`, both halves of an ldimm64). Values are u64 as libbpf
     prints them (a negative imm/off reads as 2**64 - n)."""
     where = f"insn #{insn_idx}"
-    if insn_idx < 0 or (insn_idx + 1) * 8 > len(insns):
-        raise CoreRelocationError(f"{where} out of range ({len(insns) // 8} instructions)")
-    code, regs, off, imm = _INSN.unpack_from(insns, insn_idx * 8)
-    cls = code & 0x07
+    if insn_idx < 0 or insn_idx >= asm.count(insns):
+        raise CoreRelocationError(f"{where} out of range ({asm.count(insns)} instructions)")
+    ins = asm.decode(insns, insn_idx)
+    code, off, imm, cls = ins.code, ins.off, ins.imm, ins.cls
     if result.poisoned:
         old = _current_value(insns, insn_idx)
-        if code == _LD_IMM64:
+        if code == asm.LD_IMM64:
             _check_ldimm64_room(insns, insn_idx)
             _poison(insns, insn_idx + 1)
         _poison(insns, insn_idx)
         return old, None
     assert result.new_value is not None
     new = result.new_value
-    if cls in (_CLASS_ALU, _CLASS_ALU64):
+    if cls in (asm.CLASS_ALU, asm.CLASS_ALU64):
         return _patch_alu(insns, insn_idx, result, code, imm, new)
-    if cls in (_CLASS_LDX, _CLASS_ST, _CLASS_STX):
+    if cls in (asm.CLASS_LDX, asm.CLASS_ST, asm.CLASS_STX):
         return _patch_mem(insns, insn_idx, result, code, off, new)
-    if code == _LD_IMM64:
-        return _patch_ldimm64(insns, insn_idx, result, regs, off, new)
+    if code == asm.LD_IMM64:
+        return _patch_ldimm64(insns, insn_idx, result, ins, new)
     raise CoreRelocationError(f"{where}: cannot relocate instruction code 0x{code:02x} "
-                              f"(regs 0x{regs:02x} off {off} imm {imm})")
+                              f"(regs 0x{ins.src << 4 | ins.dst:02x} off {off} imm {imm})")
 
 
 def _current_value(insns: bytearray, idx: int) -> int:
-    code, _, off, imm = _INSN.unpack_from(insns, idx * 8)
-    cls = code & 0x07
-    if cls in (_CLASS_LDX, _CLASS_ST, _CLASS_STX):
-        return off & _U64
-    if code == _LD_IMM64 and (idx + 2) * 8 <= len(insns):
-        (hi,) = struct.unpack_from("<i", insns, idx * 8 + 12)
-        return (imm & _U32) | (hi & _U32) << 32
-    return imm & _U64
+    ins = asm.decode(insns, idx)
+    if ins.cls in (asm.CLASS_LDX, asm.CLASS_ST, asm.CLASS_STX):
+        return ins.off & _U64
+    if ins.code == asm.LD_IMM64 and idx + 2 <= asm.count(insns):
+        return asm.ldimm64_value(insns, idx)
+    return ins.imm & _U64
 
 
 def _check_value(insn_idx: int, result: CoreResult, got: int) -> None:
@@ -823,11 +815,12 @@ def _check_value(insn_idx: int, result: CoreResult, got: int) -> None:
 
 def _patch_alu(insns: bytearray, idx: int, result: CoreResult, code: int, imm: int,
                new: int) -> tuple[int, int]:
-    if code & 0x08:  # BPF_X: register source, nothing to patch
+    if code & asm.SOURCE_X:  # register source, nothing to patch
         raise CoreRelocationError(f"insn #{idx}: ALU instruction with a register source")
     old = imm & _U64
     _check_value(idx, result, old)
-    struct.pack_into("<I", insns, idx * 8 + 4, new & _U32)
+    ins = asm.decode(insns, idx)
+    asm.store(insns, idx, ins._replace(imm=asm.s32(new & _U32)))
     return old, new
 
 
@@ -841,32 +834,32 @@ def _patch_mem(insns: bytearray, idx: int, result: CoreResult, code: int, off: i
     if result.fail_memsz_adjust:
         _poison(insns, idx)
         return old, None
-    struct.pack_into("<h", insns, idx * 8 + 2, new)
+    asm.store(insns, idx, asm.decode(insns, idx)._replace(off=new))
     if result.new_size != result.orig_size:
-        size = _SIZE_BYTES[code & 0x18]
+        size = asm.SIZE_BYTES[code & 0x18]
         if size != result.orig_size:
             raise CoreRelocationError(f"insn #{idx}: accesses {size} bytes, the field "
                                       f"has {result.orig_size}")
         if result.new_size not in _BYTES_SIZE:
             raise CoreRelocationError(f"insn #{idx}: no load/store of "
                                       f"{result.new_size} bytes")
-        insns[idx * 8] = (code & 0xE0) | _BYTES_SIZE[result.new_size] | (code & 0x07)
+        ins = asm.decode(insns, idx)
+        asm.store(insns, idx, ins._replace(code=(code & 0xE0) | _BYTES_SIZE[result.new_size] | (code & 0x07)))
     return old, new
 
 
 def _check_ldimm64_room(insns: bytearray, idx: int) -> None:
-    if (idx + 2) * 8 > len(insns):
+    if idx + 2 > asm.count(insns):
         raise CoreRelocationError(f"insn #{idx}: ldimm64 lacks its second half")
 
 
-def _patch_ldimm64(insns: bytearray, idx: int, result: CoreResult, regs: int, off: int,
+def _patch_ldimm64(insns: bytearray, idx: int, result: CoreResult, ins: asm.Insn,
                    new: int) -> tuple[int, int]:
     _check_ldimm64_room(insns, idx)
-    code2, regs2, off2, _ = _INSN.unpack_from(insns, idx * 8 + 8)
-    if regs & 0xF0 or off or code2 or regs2 or off2:
+    second = asm.decode(insns, idx + 1)
+    if ins.src or ins.off or second.code or second.dst or second.src or second.off:
         raise CoreRelocationError(f"insn #{idx}: ldimm64 has an unexpected form")
     old = _current_value(insns, idx)
     _check_value(idx, result, old)
-    struct.pack_into("<I", insns, idx * 8 + 4, new & _U32)
-    struct.pack_into("<I", insns, idx * 8 + 12, (new >> 32) & _U32)
+    asm.set_ldimm64_value(insns, idx, new & _U64)
     return old, new

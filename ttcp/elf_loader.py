@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from . import syscalls
+from . import features, syscalls
+from .asm import INSN_SIZE
 from .btf import KIND_FUNC, KIND_TYPEDEF, Btf
 from .btf_ext import BtfExt, encode_func_info, encode_line_info
 from .core import CoreResolver, patch_insn
-from .elf_object import INSN_SIZE, BpfObject, Function, read_object
+from .elf_object import BpfObject, Function, read_object
 from .errors import BpfError, FormatError, TtcpError
 from .linker import Piece, ProgramImage, link_program
 from .map_specs import MapSpec, map_specs
@@ -60,6 +61,7 @@ class LoadedProgram:
     section: str
     kind: SectionKind
     fd: int
+    attach_btf_id: int = 0  # the kernel BTF id it was loaded against (BTF programs)
 
 
 def _within(records_by_section: dict, piece: Piece) -> list:
@@ -69,11 +71,22 @@ def _within(records_by_section: dict, piece: Piece) -> list:
 
 
 def read_vmlinux_btf(path: Path = VMLINUX_BTF) -> Btf:
-    """The running kernel's BTF, the target of every CO-RE relocation."""
+    """The running kernel's BTF, the target of every CO-RE relocation.
+
+    Mapped where the file system allows it (no 5 MB copy, pages read on
+    demand); sysfs refuses mmap before ~6.15, so there it is read whole.
+    """
+    data: bytes | mmap.mmap
     try:
-        with open(path, "rb") as f:
-            # A private read-only mapping: no 5.5 MB copy, pages read on demand.
-            data = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        if path == VMLINUX_BTF and not features.sysfs_btf_mmap().supported:
+            data = path.read_bytes()
+        else:
+            try:
+                data = syscalls.mmap_file(path)
+            except (FileNotFoundError, PermissionError):
+                raise
+            except OSError:  # a file that cannot be mapped (empty, a pipe): read it
+                data = path.read_bytes()
     except FileNotFoundError:
         if path != VMLINUX_BTF:
             raise TtcpError(f"BTF file {path} not found") from None
@@ -83,8 +96,6 @@ def read_vmlinux_btf(path: Path = VMLINUX_BTF) -> Btf:
         ) from None
     except OSError as e:
         raise TtcpError(f"cannot read {path}: {e.strerror}") from e
-    except ValueError as e:  # empty file, or not mappable
-        raise TtcpError(f"cannot read {path}: {e}") from e
     return Btf.parse(data)
 
 
@@ -197,18 +208,24 @@ class ObjectLoader:
 
     def create_maps(self) -> dict[str, int]:
         """Create every map (idempotent); global data is written and frozen."""
+        memlock = features.ensure_memlock()
         btf_fd = self.load_btf()
         for name, spec in self.maps.items():
             if name in self.map_fds:
                 continue
             with_btf = btf_fd >= 0 and spec.btf_key_type_id + spec.btf_value_type_id > 0
-            fd = syscalls.map_create(
-                spec.map_type, spec.key_size, spec.value_size, spec.max_entries,
-                flags=spec.flags, name=spec.kernel_name,
-                btf_fd=btf_fd if with_btf else 0,
-                btf_key_type_id=spec.btf_key_type_id if with_btf else 0,
-                btf_value_type_id=spec.btf_value_type_id if with_btf else 0,
-            )
+            try:
+                fd = syscalls.map_create(
+                    spec.map_type, spec.key_size, spec.value_size, spec.max_entries,
+                    flags=spec.flags, name=spec.kernel_name,
+                    btf_fd=btf_fd if with_btf else 0,
+                    btf_key_type_id=spec.btf_key_type_id if with_btf else 0,
+                    btf_value_type_id=spec.btf_value_type_id if with_btf else 0,
+                )
+            except BpfError as e:
+                if e.errno == errno.EPERM and memlock.hint():
+                    raise BpfError(e.step, e.errno, hint=memlock.hint()) from None
+                raise
             self.map_fds[name] = fd
             if spec.initial is not None:
                 syscalls.map_update(fd, bytes(4), spec.initial, name=name)
@@ -232,7 +249,7 @@ class ObjectLoader:
             func_info=func, func_info_rec_size=func_sz,
             line_info=line, line_info_rec_size=line_sz,
         )
-        prog = LoadedProgram(name, image.section, image.kind, fd)
+        prog = LoadedProgram(name, image.section, image.kind, fd, attach_btf_id)
         self.programs[name] = prog
         return prog
 

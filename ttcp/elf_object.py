@@ -18,9 +18,9 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import Section, SymbolTableSection
 
+from .asm import INSN_SIZE
 from .errors import FormatError
 
-INSN_SIZE = 8
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
 SHT_NOBITS = 8

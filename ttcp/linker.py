@@ -8,27 +8,16 @@ the loader can fill in file descriptors once the maps exist.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
-from .elf_object import (
-    INSN_SIZE,
-    R_BPF_64_64,
-    BpfObject,
-    Function,
-)
+from . import asm
+from .asm import INSN_SIZE
+from .elf_object import R_BPF_64_64, BpfObject, Function
 from .errors import FormatError
 from .sections import SectionKind, classify
+from .uapi import PSEUDO_CALL, PseudoSrc
 
-BPF_LD_IMM64 = 0x18
-BPF_CALL = 0x85
-BPF_PSEUDO_MAP_FD = 1
-BPF_PSEUDO_MAP_VALUE = 2
-BPF_PSEUDO_CALL = 1
-BPF_PSEUDO_FUNC = 4
 MAX_PIECES = 4096  # bound on appended subprograms (hostile objects)
-
-_INSN = struct.Struct("<BBhi")
 
 
 @dataclass(frozen=True)
@@ -85,13 +74,12 @@ class ProgramImage:
     def set_map_fds(self, fds: dict[str, int]) -> None:
         """Point every map reference at its map's file descriptor."""
         for ref in self.map_refs:
-            off = ref.insn * INSN_SIZE
-            code, regs, o, _ = _INSN.unpack_from(self.insns, off)
-            src = BPF_PSEUDO_MAP_FD if ref.value_offset is None else BPF_PSEUDO_MAP_VALUE
-            _INSN.pack_into(self.insns, off, code, (regs & 0x0F) | (src << 4), o, fds[ref.map_name])
+            src = PseudoSrc.MAP_FD if ref.value_offset is None else PseudoSrc.MAP_VALUE
+            first = asm.decode(self.insns, ref.insn)
+            asm.store(self.insns, ref.insn, first._replace(src=src, imm=fds[ref.map_name]))
             if ref.value_offset is not None:
-                c2, r2, o2, _ = _INSN.unpack_from(self.insns, off + INSN_SIZE)
-                _INSN.pack_into(self.insns, off + INSN_SIZE, c2, r2, o2, ref.value_offset)
+                second = asm.decode(self.insns, ref.insn + 1)
+                asm.store(self.insns, ref.insn + 1, second._replace(imm=ref.value_offset))
 
 
 def link_program(obj: BpfObject, func: Function) -> ProgramImage:
@@ -120,21 +108,20 @@ def _place(obj: BpfObject, image: ProgramImage, func: Function) -> Piece:
 def _relocate_insn(obj: BpfObject, image: ProgramImage, piece: Piece, i: int) -> None:
     sec = obj.exec_sections[piece.section]
     at = piece.to_program(i)
-    code, regs, _, imm = _INSN.unpack_from(image.insns, at * INSN_SIZE)
-    src = regs >> 4
+    ins = asm.decode(image.insns, at)
     reloc = sec.relocs.get(i)
-    is_call = code == BPF_CALL and src == BPF_PSEUDO_CALL
-    is_func_ptr = code == BPF_LD_IMM64 and src == BPF_PSEUDO_FUNC
+    is_call = ins.code == asm.CALL and ins.src == PSEUDO_CALL
+    is_func_ptr = ins.code == asm.LD_IMM64 and ins.src == PseudoSrc.FUNC
     if is_call or is_func_ptr or (reloc is not None and reloc.section in obj.exec_sections):
-        _link_call(obj, image, piece, i, at, imm, reloc)
+        _link_call(obj, image, piece, i, at, ins.imm, reloc)
     elif reloc is not None:
-        _record_map_ref(obj, image, at, imm, reloc, code)
+        _record_map_ref(obj, image, at, ins.imm, reloc, ins.code)
 
 
 def _link_call(obj: BpfObject, image: ProgramImage, piece: Piece, i: int, at: int,
                imm: int, reloc) -> None:
-    code = _INSN.unpack_from(image.insns, at * INSN_SIZE)[0]
-    if reloc is not None and code == BPF_LD_IMM64:
+    ins = asm.decode(image.insns, at)
+    if reloc is not None and ins.code == asm.LD_IMM64:
         # A function's address (callbacks): imm is a byte offset.
         target_sec, target = reloc.section, (reloc.value + imm) // INSN_SIZE
     elif reloc is not None:
@@ -146,12 +133,8 @@ def _link_call(obj: BpfObject, image: ProgramImage, piece: Piece, i: int, at: in
     if placed is None:
         func = _function_at(obj, target_sec, target, image.name)
         placed = _place(obj, image, func).to_program(target)
-    code, regs, off, _ = _INSN.unpack_from(image.insns, at * INSN_SIZE)
-    if code == BPF_LD_IMM64:
-        regs = (regs & 0x0F) | (BPF_PSEUDO_FUNC << 4)
-    else:
-        regs = (regs & 0x0F) | (BPF_PSEUDO_CALL << 4)
-    _INSN.pack_into(image.insns, at * INSN_SIZE, code, regs, off, placed - at - 1)
+    src = PseudoSrc.FUNC if ins.code == asm.LD_IMM64 else PSEUDO_CALL
+    asm.store(image.insns, at, ins._replace(src=src, imm=placed - at - 1))
 
 
 def _function_at(obj: BpfObject, section: str, insn: int, prog: str) -> Function:
@@ -165,7 +148,7 @@ def _function_at(obj: BpfObject, section: str, insn: int, prog: str) -> Function
 
 def _record_map_ref(obj: BpfObject, image: ProgramImage, at: int, imm: int, reloc,
                     code: int) -> None:
-    if reloc.rtype != R_BPF_64_64 or code != BPF_LD_IMM64:
+    if reloc.rtype != R_BPF_64_64 or code != asm.LD_IMM64:
         raise FormatError(
             "ELF", f"{image.name}: unsupported relocation type {reloc.rtype} at insn {at}"
         )

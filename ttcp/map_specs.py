@@ -14,10 +14,8 @@ from dataclasses import dataclass, replace
 from .btf import KIND_ARRAY, KIND_DATASEC, KIND_PTR, KIND_STRUCT, KIND_VAR, Btf
 from .elf_object import BpfObject
 from .errors import FormatError
+from .uapi import MapFlag, MapType
 
-MAP_TYPE_ARRAY = 2
-MAP_TYPE_RINGBUF = 27
-BPF_F_RDONLY_PROG = 1 << 7
 _INT_FIELDS = ("type", "max_entries", "map_flags", "key_size", "value_size", "numa_node", "pinning")
 _MAX_MAP_ENTRIES = 1 << 32
 
@@ -65,8 +63,8 @@ def map_specs(obj: BpfObject, btf: Btf) -> dict[str, MapSpec]:
         if sec.size == 0:
             continue
         specs[sec.name] = MapSpec(
-            name=sec.name, map_type=MAP_TYPE_ARRAY, key_size=4, value_size=sec.size,
-            max_entries=1, flags=BPF_F_RDONLY_PROG if sec.readonly else 0,
+            name=sec.name, map_type=MapType.ARRAY, key_size=4, value_size=sec.size,
+            max_entries=1, flags=MapFlag.RDONLY_PROG if sec.readonly else 0,
             initial=sec.data, freeze=sec.readonly,
         )
     return specs

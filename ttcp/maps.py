@@ -12,11 +12,12 @@ import errno
 import mmap
 import select
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ttcp import syscalls
+from ttcp import features, syscalls
 from ttcp.errors import BpfError, FormatError
+from ttcp.uapi import MapType, UpdateFlag
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only type checkers need it
     from typing import Self
@@ -134,7 +135,7 @@ class HashMap(_MapHandle, Generic[K, V]):
         cls, key_codec: Codec[K], value_codec: Codec[V], max_entries: int, name: str = "", *, flags: int = 0
     ) -> HashMap[K, V]:
         fd = syscalls.map_create(
-            syscalls.BPF_MAP_TYPE_HASH, key_codec.size, value_codec.size, max_entries, flags=flags, name=name
+            MapType.HASH, key_codec.size, value_codec.size, max_entries, flags=flags, name=name
         )
         return cls(fd, key_codec, value_codec, max_entries, name)
 
@@ -150,11 +151,11 @@ class HashMap(_MapHandle, Generic[K, V]):
         """Insert or replace; `only_new`/`only_existing` make it insert-only/replace-only."""
         if only_new and only_existing:
             raise ValueError("only_new and only_existing exclude each other")
-        flags = syscalls.BPF_ANY
+        flags = UpdateFlag.ANY
         if only_new:
-            flags = syscalls.BPF_NOEXIST
+            flags = UpdateFlag.NOEXIST
         elif only_existing:
-            flags = syscalls.BPF_EXIST
+            flags = UpdateFlag.EXIST
         try:
             syscalls.map_update(
                 self.fd, self.key_codec.encode(key), self.value_codec.encode(value), flags, name=self.name
@@ -195,12 +196,11 @@ class HashMap(_MapHandle, Generic[K, V]):
     def items(self) -> Iterator[tuple[K, V]]:
         """A snapshot of every entry: one batched walk where the kernel has
         BPF_MAP_LOOKUP_BATCH (5.6+), else key by key."""
-        try:
+        raw_items: Iterable[tuple[bytes, bytes]]
+        if features.batch_map_ops().supported:
             raw_items = syscalls.map_lookup_batch(self.fd, self.key_codec.size, self.value_codec.size,
                                                   min(self._max_entries, 4096), name=self.name)
-        except BpfError as e:
-            if e.errno != errno.EINVAL:
-                raise
+        else:
             raw_items = self._items_one_by_one()
         for key, value in raw_items:
             yield self.key_codec.decode(key), self.value_codec.decode(value)
@@ -241,7 +241,7 @@ class PerCpuArray(_MapHandle):
 
     @classmethod
     def create(cls, value_size: int, max_entries: int, name: str = "") -> PerCpuArray:
-        fd = syscalls.map_create(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, max_entries, name=name)
+        fd = syscalls.map_create(MapType.PERCPU_ARRAY, 4, value_size, max_entries, name=name)
         return cls(fd, value_size, max_entries, name)
 
     def _key(self, index: int) -> bytes:

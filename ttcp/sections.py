@@ -10,19 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import FormatError
-
-# bpf_prog_type
-PROG_SOCKET_FILTER = 1
-PROG_KPROBE = 2
-PROG_TRACEPOINT = 5
-PROG_RAW_TRACEPOINT = 17
-PROG_TRACING = 26
-
-# bpf_attach_type
-ATTACH_NONE = 0
-ATTACH_TRACE_RAW_TP = 23
-ATTACH_TRACE_FENTRY = 24
-ATTACH_TRACE_FEXIT = 25
+from .uapi import AttachType, ProgType
 
 
 @dataclass(frozen=True)
@@ -35,8 +23,8 @@ class SectionKind:
     """
 
     style: str
-    prog_type: int
-    attach_type: int
+    prog_type: ProgType
+    attach_type: AttachType
     target: str
 
     @property
@@ -49,15 +37,15 @@ class SectionKind:
         return None
 
 
-_PREFIXES: tuple[tuple[str, str, int, int], ...] = (
-    ("fentry/", "fentry", PROG_TRACING, ATTACH_TRACE_FENTRY),
-    ("fexit/", "fexit", PROG_TRACING, ATTACH_TRACE_FEXIT),
-    ("tp_btf/", "tp_btf", PROG_TRACING, ATTACH_TRACE_RAW_TP),
-    ("raw_tracepoint/", "raw_tp", PROG_RAW_TRACEPOINT, ATTACH_NONE),
-    ("raw_tp/", "raw_tp", PROG_RAW_TRACEPOINT, ATTACH_NONE),
-    ("tracepoint/", "tracepoint", PROG_TRACEPOINT, ATTACH_NONE),
-    ("tp/", "tracepoint", PROG_TRACEPOINT, ATTACH_NONE),
-    ("socket", "socket", PROG_SOCKET_FILTER, ATTACH_NONE),
+_PREFIXES: tuple[tuple[str, str, ProgType, AttachType], ...] = (
+    ("fentry/", "fentry", ProgType.TRACING, AttachType.TRACE_FENTRY),
+    ("fexit/", "fexit", ProgType.TRACING, AttachType.TRACE_FEXIT),
+    ("tp_btf/", "tp_btf", ProgType.TRACING, AttachType.TRACE_RAW_TP),
+    ("raw_tracepoint/", "raw_tp", ProgType.RAW_TRACEPOINT, AttachType.NONE),
+    ("raw_tp/", "raw_tp", ProgType.RAW_TRACEPOINT, AttachType.NONE),
+    ("tracepoint/", "tracepoint", ProgType.TRACEPOINT, AttachType.NONE),
+    ("tp/", "tracepoint", ProgType.TRACEPOINT, AttachType.NONE),
+    ("socket", "socket", ProgType.SOCKET_FILTER, AttachType.NONE),
 )
 
 

@@ -16,73 +16,24 @@ import mmap
 import os
 import platform
 import re
+import resource
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from ttcp.errors import BpfError, privilege_hint
+from ttcp.uapi import (
+    BPF_OBJ_NAME_LEN,
+    PERF_EVENT_IOC_ENABLE,
+    PERF_EVENT_IOC_SET_BPF,
+    PERF_FLAG_FD_CLOEXEC,
+    PERF_TYPE_TRACEPOINT,
+    Cmd,
+    StatsType,
+    UpdateFlag,
+)
 
-# ---- constants (kernel UAPI values) ---------------------------------------
-
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_PERCPU_HASH = 5
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_MAP_TYPE_RINGBUF = 27
-
-BPF_PROG_TYPE_SOCKET_FILTER = 1
-BPF_PROG_TYPE_TRACEPOINT = 5
-BPF_PROG_TYPE_RAW_TRACEPOINT = 17
-BPF_PROG_TYPE_TRACING = 26
-
-BPF_TRACE_RAW_TP = 23
-BPF_TRACE_FENTRY = 24
-BPF_TRACE_FEXIT = 25
-BPF_PERF_EVENT = 41
-
-BPF_ANY = 0
-BPF_NOEXIST = 1
-BPF_EXIST = 2
-
-BPF_F_NO_PREALLOC = 1 << 0
-BPF_F_RDONLY_PROG = 1 << 7
-BPF_F_MMAPABLE = 1 << 10
-
-BPF_PSEUDO_MAP_FD = 1
-BPF_PSEUDO_MAP_VALUE = 2
-
-BPF_STATS_RUN_TIME = 0
-
-PERCPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY})
-
-# bpf(2) commands
-_MAP_CREATE = 0
-_MAP_LOOKUP_ELEM = 1
-_MAP_UPDATE_ELEM = 2
-_MAP_DELETE_ELEM = 3
-_MAP_GET_NEXT_KEY = 4
-_PROG_LOAD = 5
-_PROG_TEST_RUN = 10
-_PROG_GET_NEXT_ID = 11
-_MAP_GET_NEXT_ID = 12
-_PROG_GET_FD_BY_ID = 13
-_MAP_GET_FD_BY_ID = 14
-_OBJ_GET_INFO_BY_FD = 15
-_RAW_TRACEPOINT_OPEN = 17
-_BTF_LOAD = 18
-_MAP_FREEZE = 22
-_MAP_LOOKUP_BATCH = 24
-_LINK_CREATE = 28
-_LINK_GET_FD_BY_ID = 30
-_LINK_GET_NEXT_ID = 31
-_ENABLE_STATS = 32
-
-# perf_event_open(2)
-PERF_TYPE_TRACEPOINT = 2
-PERF_FLAG_FD_CLOEXEC = 1 << 3
-PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
-PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
+# Kernel numbers live in ttcp.uapi; these are this module's own conventions.
 _PERF_ATTR_SIZE = 128  # PERF_ATTR_SIZE_VER7; every field we leave alone is 0
 
 _SYSCALL_NUMBERS = {
@@ -97,7 +48,6 @@ _LOG_INITIAL = 1 << 20
 _LOG_MAX = 16 << 20
 _LOAD_EAGAIN_RETRIES = 5
 
-_OBJ_NAME_LEN = 16  # BPF_OBJ_NAME_LEN, including the terminating NUL
 
 # ---- libc plumbing ---------------------------------------------------------
 
@@ -200,7 +150,7 @@ def _bpf(cmd: int, attr: _Attr, step: str) -> int:
 def _obj_name(name: str) -> bytes:
     """The kernel accepts [A-Za-z0-9_.] and at most 15 bytes; map anything else to '_'."""
     clean = re.sub(r"[^A-Za-z0-9_.]", "_", name)
-    return clean.encode()[: _OBJ_NAME_LEN - 1]
+    return clean.encode()[: BPF_OBJ_NAME_LEN - 1]
 
 
 def _label(name: str, fd: int) -> str:
@@ -266,7 +216,7 @@ def map_create(
     a.u32(48, btf_fd)
     a.u32(52, btf_key_type_id)
     a.u32(56, btf_value_type_id)
-    return _bpf(_MAP_CREATE, a, f"MAP_CREATE {name or '(unnamed)'}")
+    return _bpf(Cmd.MAP_CREATE, a, f"MAP_CREATE {name or '(unnamed)'}")
 
 
 def _elem_attr(fd: int, key: _Buf, value: _Buf | None, flags: int = 0, size: int = 32) -> _Attr:
@@ -288,7 +238,7 @@ def map_lookup(fd: int, key: bytes, value_size: int, *, percpu: bool = False, na
     """
     size = percpu_value_size(value_size) if percpu else value_size
     k, v = _Buf(key), _Buf(size)
-    ret, err = _bpf_raw(_MAP_LOOKUP_ELEM, _elem_attr(fd, k, v))
+    ret, err = _bpf_raw(Cmd.MAP_LOOKUP_ELEM, _elem_attr(fd, k, v))
     if ret < 0:
         if err == errno.ENOENT:
             return None
@@ -296,16 +246,16 @@ def map_lookup(fd: int, key: bytes, value_size: int, *, percpu: bool = False, na
     return v.raw()
 
 
-def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY, *, name: str = "") -> None:
+def map_update(fd: int, key: bytes, value: bytes, flags: int = UpdateFlag.ANY, *, name: str = "") -> None:
     """Insert or replace (per `flags`: BPF_ANY / BPF_NOEXIST / BPF_EXIST)."""
     k, v = _Buf(key), _Buf(value)
-    _bpf(_MAP_UPDATE_ELEM, _elem_attr(fd, k, v, flags), f"MAP_UPDATE_ELEM {_label(name, fd)}")
+    _bpf(Cmd.MAP_UPDATE_ELEM, _elem_attr(fd, k, v, flags), f"MAP_UPDATE_ELEM {_label(name, fd)}")
 
 
 def map_delete(fd: int, key: bytes, *, name: str = "") -> bool:
     """Delete `key`; False if it was not there."""
     k = _Buf(key)
-    ret, err = _bpf_raw(_MAP_DELETE_ELEM, _elem_attr(fd, k, None))
+    ret, err = _bpf_raw(Cmd.MAP_DELETE_ELEM, _elem_attr(fd, k, None))
     if ret < 0:
         if err == errno.ENOENT:
             return False
@@ -317,7 +267,7 @@ def map_get_next_key(fd: int, key: bytes | None, key_size: int, *, name: str = "
     """The key after `key` (the first key when `key` is None), or None at the end."""
     k = _Buf(key if key is not None else b"")
     nxt = _Buf(key_size)
-    ret, err = _bpf_raw(_MAP_GET_NEXT_KEY, _elem_attr(fd, k, nxt, size=24))
+    ret, err = _bpf_raw(Cmd.MAP_GET_NEXT_KEY, _elem_attr(fd, k, nxt, size=24))
     if ret < 0:
         if err == errno.ENOENT:
             return None
@@ -344,7 +294,7 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int, *,
         a.u64(24, values.addr)
         a.u32(32, count)
         a.u32(36, fd)
-        ret, err = _bpf_raw(_MAP_LOOKUP_BATCH, a)
+        ret, err = _bpf_raw(Cmd.MAP_LOOKUP_BATCH, a)
         if ret < 0 and err == errno.ENOSPC:
             count *= 2
             continue
@@ -363,7 +313,7 @@ def map_freeze(fd: int, *, name: str = "") -> None:
     """BPF_MAP_FREEZE: no more writes from user space (e.g. .rodata)."""
     a = _Attr(4)
     a.u32(0, fd)
-    _bpf(_MAP_FREEZE, a, f"MAP_FREEZE {_label(name, fd)}")
+    _bpf(Cmd.MAP_FREEZE, a, f"MAP_FREEZE {_label(name, fd)}")
 
 
 # ---- programs and BTF ------------------------------------------------------------
@@ -461,7 +411,7 @@ def prog_load(
         a.u32(112, attach_btf_obj_fd)
         return a, 140
 
-    return _load_with_log(_PROG_LOAD, build, f"PROG_LOAD {name or '(unnamed)'}")
+    return _load_with_log(Cmd.PROG_LOAD, build, f"PROG_LOAD {name or '(unnamed)'}")
 
 
 def btf_load(data: bytes, *, name: str = "") -> int:
@@ -478,7 +428,7 @@ def btf_load(data: bytes, *, name: str = "") -> int:
             a.u32(24, level)
         return a, 28
 
-    return _load_with_log(_BTF_LOAD, build, f"BTF_LOAD {name}".rstrip())
+    return _load_with_log(Cmd.BTF_LOAD, build, f"BTF_LOAD {name}".rstrip())
 
 
 # ---- attaching ---------------------------------------------------------------------
@@ -494,7 +444,7 @@ def link_create(
     a.u32(8, attach_type)
     a.u32(12, flags)
     a.u32(16, target_btf_id)
-    return _bpf(_LINK_CREATE, a, f"LINK_CREATE {_label(name, prog_fd)}")
+    return _bpf(Cmd.LINK_CREATE, a, f"LINK_CREATE {_label(name, prog_fd)}")
 
 
 def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
@@ -503,7 +453,7 @@ def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
     a = _Attr(16)
     a.u64(0, tp.addr)
     a.u32(8, prog_fd)
-    return _bpf(_RAW_TRACEPOINT_OPEN, a, f"RAW_TRACEPOINT_OPEN {name or _label('', prog_fd)}")
+    return _bpf(Cmd.RAW_TRACEPOINT_OPEN, a, f"RAW_TRACEPOINT_OPEN {name or _label('', prog_fd)}")
 
 
 def perf_event_open_tracepoint(tp_id: int, cpu: int) -> int:
@@ -613,14 +563,15 @@ class LinkInfo:
     prog_id: int
 
 
-def _obj_info(fd: int, size: int, what: str) -> bytes:
+def _obj_info(fd: int, size: int, what: str) -> tuple[bytes, int]:
+    """The info struct (zero-padded to `size`) and how many bytes this kernel filled."""
     info = _Buf(size)
     a = _Attr(16)
     a.u32(0, fd)
     a.u32(4, size)
     a.u64(8, info.addr)
-    _bpf(_OBJ_GET_INFO_BY_FD, a, f"OBJ_GET_INFO_BY_FD {what} fd {fd}")
-    return info.raw()
+    _bpf(Cmd.OBJ_GET_INFO_BY_FD, a, f"OBJ_GET_INFO_BY_FD {what} fd {fd}")
+    return info.raw(), a.get_u32(4)
 
 
 def _cstr(raw: bytes) -> str:
@@ -628,29 +579,34 @@ def _cstr(raw: bytes) -> str:
 
 
 def prog_info(fd: int) -> ProgInfo:
-    raw = _obj_info(fd, 232, "prog")
+    raw, _ = _obj_info(fd, 232, "prog")
     ptype, pid = struct.unpack_from("=II", raw, 0)
     run_time_ns, run_cnt, misses = struct.unpack_from("=QQQ", raw, 192)
     return ProgInfo(pid, ptype, _cstr(raw[64:80]), run_time_ns, run_cnt, misses)
 
 
+def prog_info_size(fd: int) -> int:
+    """sizeof(struct bpf_prog_info) on this kernel (it grows with new fields)."""
+    return _obj_info(fd, 232, "prog")[1]
+
+
 def map_info(fd: int) -> MapInfo:
-    raw = _obj_info(fd, 88, "map")
+    raw, _ = _obj_info(fd, 88, "map")
     mtype, mid, ks, vs, me, mf = struct.unpack_from("=IIIIII", raw, 0)
     return MapInfo(mid, mtype, ks, vs, me, mf, _cstr(raw[24:40]))
 
 
 def link_info(fd: int) -> LinkInfo:
-    raw = _obj_info(fd, 64, "link")
+    raw, _ = _obj_info(fd, 64, "link")
     ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
     return LinkInfo(lid, ltype, prog_id)
 
 
-def enable_stats(stats_type: int = BPF_STATS_RUN_TIME) -> int:
+def enable_stats(stats_type: int = StatsType.RUN_TIME) -> int:
     """BPF_ENABLE_STATS: run_time_ns/run_cnt are counted while the returned fd is open."""
     a = _Attr(4)
     a.u32(0, stats_type)
-    return _bpf(_ENABLE_STATS, a, "ENABLE_STATS")
+    return _bpf(Cmd.ENABLE_STATS, a, "ENABLE_STATS")
 
 
 # ---- id iteration (leak checks, diagnostics) --------------------------------------------
@@ -672,15 +628,15 @@ def _ids(cmd: int, what: str) -> list[int]:
 
 
 def prog_ids() -> list[int]:
-    return _ids(_PROG_GET_NEXT_ID, "PROG")
+    return _ids(Cmd.PROG_GET_NEXT_ID, "PROG")
 
 
 def map_ids() -> list[int]:
-    return _ids(_MAP_GET_NEXT_ID, "MAP")
+    return _ids(Cmd.MAP_GET_NEXT_ID, "MAP")
 
 
 def link_ids() -> list[int]:
-    return _ids(_LINK_GET_NEXT_ID, "LINK")
+    return _ids(Cmd.LINK_GET_NEXT_ID, "LINK")
 
 
 def _fd_by_id(cmd: int, obj_id: int, what: str) -> int:
@@ -690,15 +646,15 @@ def _fd_by_id(cmd: int, obj_id: int, what: str) -> int:
 
 
 def prog_get_fd_by_id(prog_id: int) -> int:
-    return _fd_by_id(_PROG_GET_FD_BY_ID, prog_id, "PROG")
+    return _fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id, "PROG")
 
 
 def map_get_fd_by_id(map_id: int) -> int:
-    return _fd_by_id(_MAP_GET_FD_BY_ID, map_id, "MAP")
+    return _fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id, "MAP")
 
 
 def link_get_fd_by_id(link_id: int) -> int:
-    return _fd_by_id(_LINK_GET_FD_BY_ID, link_id, "LINK")
+    return _fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id, "LINK")
 
 
 # ---- test runs ---------------------------------------------------------------------------
@@ -714,7 +670,7 @@ def prog_test_run(prog_fd: int, data_in: bytes = b"", repeat: int = 1, ctx_in: b
     a.u32(32, repeat)
     a.u32(40, len(ctx_in))
     a.u64(48, ctx.addr)
-    _bpf(_PROG_TEST_RUN, a, f"PROG_TEST_RUN fd {prog_fd}")
+    _bpf(Cmd.PROG_TEST_RUN, a, f"PROG_TEST_RUN fd {prog_fd}")
     return a.get_u32(4)
 
 
@@ -741,3 +697,25 @@ def mmap_ringbuf(map_fd: int, data_size: int) -> tuple[mmap.mmap, mmap.mmap]:
         cons.close()
         raise BpfError(f"MMAP ringbuf producer fd {map_fd}", e.errno or errno.EIO) from None
     return cons, prod
+
+
+# ---- process limits and files -----------------------------------------------------------
+
+
+def set_memlock_unlimited() -> None:
+    """RLIMIT_MEMLOCK to infinity (needs CAP_SYS_RESOURCE to go past the hard limit);
+    kernels before 5.11 charge BPF maps and programs to it. Raises OSError."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except ValueError:  # Python's word for the kernel's EPERM past the hard limit
+        raise OSError(errno.EPERM, "not allowed to raise the hard limit") from None
+
+
+def mmap_file(path: str | os.PathLike[str]) -> mmap.mmap:
+    """A private read-only mapping of a whole file; OSError where the file
+    system refuses mmap (sysfs BTF before ~6.15 says ENODEV)."""
+    with open(path, "rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        except ValueError as e:  # an empty file
+            raise OSError(errno.EINVAL, f"cannot map {path}: {e}") from None

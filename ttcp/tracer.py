@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from . import syscalls
+from . import features, syscalls
 from .addresses import KEY_SIZE
 from .attach import Link, attach
 from .elf_loader import VMLINUX_BTF, ObjectLoader
@@ -125,7 +125,7 @@ class Tracer:
         name = PROGRAM_OF_MODE[mode]
         prog = self.loader.load_program(name)
         try:
-            self.link = attach(prog.kind, prog.fd)
+            self.link = attach(prog.kind, prog.fd, prog.attach_btf_id)
         except BaseException:
             self.loader.unload_program(name)
             raise
@@ -140,7 +140,7 @@ class Tracer:
         return lost + self.recursion_misses()
 
     def recursion_misses(self) -> int:
-        if self._prog_fd < 0:
+        if self._prog_fd < 0 or not features.recursion_misses().supported:
             return 0
         return syscalls.prog_info(self._prog_fd).recursion_misses
 

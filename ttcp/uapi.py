@@ -1,0 +1,132 @@
+"""Kernel UAPI numbers ttcp uses, each defined once (linux/bpf.h, perf_event.h).
+
+IntEnums rather than bare ints so that an error message or a debugger shows
+`ProgType.TRACING`, not 26. Values are fixed by the kernel ABI; the enum
+members that have a counterpart in the kernel's BTF (`enum bpf_cmd`,
+`enum bpf_prog_type`, ...) are checked against it by tests/test_layouts.py.
+Pure: nothing here talks to the kernel.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+
+class Cmd(IntEnum):
+    """enum bpf_cmd: the first argument of bpf(2)."""
+
+    MAP_CREATE = 0
+    MAP_LOOKUP_ELEM = 1
+    MAP_UPDATE_ELEM = 2
+    MAP_DELETE_ELEM = 3
+    MAP_GET_NEXT_KEY = 4
+    PROG_LOAD = 5
+    OBJ_PIN = 6
+    OBJ_GET = 7
+    PROG_TEST_RUN = 10
+    PROG_GET_NEXT_ID = 11
+    MAP_GET_NEXT_ID = 12
+    PROG_GET_FD_BY_ID = 13
+    MAP_GET_FD_BY_ID = 14
+    OBJ_GET_INFO_BY_FD = 15
+    RAW_TRACEPOINT_OPEN = 17
+    BTF_LOAD = 18
+    MAP_FREEZE = 22
+    MAP_LOOKUP_BATCH = 24
+    LINK_CREATE = 28
+    LINK_GET_FD_BY_ID = 30
+    LINK_GET_NEXT_ID = 31
+    ENABLE_STATS = 32
+
+
+class MapType(IntEnum):
+    """enum bpf_map_type."""
+
+    HASH = 1
+    ARRAY = 2
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    LPM_TRIE = 11
+    RINGBUF = 27
+
+
+class ProgType(IntEnum):
+    """enum bpf_prog_type."""
+
+    SOCKET_FILTER = 1
+    KPROBE = 2
+    TRACEPOINT = 5
+    RAW_TRACEPOINT = 17
+    TRACING = 26
+
+
+class AttachType(IntEnum):
+    """enum bpf_attach_type (expected_attach_type at load, attach_type at LINK_CREATE)."""
+
+    NONE = 0  # BPF_CGROUP_INET_INGRESS: what "no attach type" reads as
+    TRACE_RAW_TP = 23
+    TRACE_FENTRY = 24
+    TRACE_FEXIT = 25
+    PERF_EVENT = 41
+
+
+class LinkType(IntEnum):
+    """enum bpf_link_type (bpf_link_info.type)."""
+
+    RAW_TRACEPOINT = 1
+    TRACING = 2
+    PERF_EVENT = 7
+
+
+class UpdateFlag(IntEnum):
+    """MAP_UPDATE_ELEM flags."""
+
+    ANY = 0
+    NOEXIST = 1
+    EXIST = 2
+
+
+class MapFlag(IntFlag):
+    """MAP_CREATE map_flags."""
+
+    NO_PREALLOC = 1 << 0
+    RDONLY_PROG = 1 << 7
+    MMAPABLE = 1 << 10
+
+
+class PseudoSrc(IntEnum):
+    """The src register of an ldimm64 or call that the kernel resolves itself."""
+
+    MAP_FD = 1  # ldimm64: imm is a map fd (also BPF_PSEUDO_CALL on a call)
+    MAP_VALUE = 2  # ldimm64: map fd + offset into its value
+    FUNC = 4  # ldimm64: address of a subprogram (callbacks)
+
+
+PSEUDO_CALL = 1  # call: imm is a relative instruction offset to a subprogram
+
+
+class StatsType(IntEnum):
+    RUN_TIME = 0
+
+
+class Helper(IntEnum):
+    """BPF helper ids (enum bpf_func_id) that ttcp's own code emits."""
+
+    KTIME_GET_NS = 5
+    SKB_LOAD_BYTES = 26
+    RINGBUF_OUTPUT = 130
+    RINGBUF_RESERVE = 131
+    RINGBUF_SUBMIT = 132
+    RINGBUF_DISCARD = 133
+    KTIME_GET_COARSE_NS = 160
+    LOOP = 181
+
+
+# perf_event_open(2)
+PERF_TYPE_TRACEPOINT = 2
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
+PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
+
+BPF_OBJ_NAME_LEN = 16  # including the terminating NUL
+ENOTSUPP = 524  # the kernel-internal "not supported" some bpf(2) paths leak to user space
