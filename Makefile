@@ -14,8 +14,10 @@ BPF_CFLAGS = -O2 -g -target bpf -mcpu=v3 -Wall -Werror \
 APT_RUN    = python3-venv
 APT_BUILD  = clang llvm libbpf-dev
 APT_TEST   = bpftool iproute2 libcap2-bin curl
+APT_VM     = qemu-system-x86 kmod debian-archive-keyring
+KERNELS   ?= 5.10 6.1 6.12
 
-.PHONY: all bpf deps deps-run venv run test lint fuzz bench build clean mounts
+.PHONY: all bpf deps deps-run deps-vm venv run test vmtest lint fuzz bench build clean mounts
 
 all: bpf
 
@@ -43,6 +45,9 @@ deps-run:
 deps:
 	$(call apt_install,$(APT_RUN) $(APT_BUILD) $(APT_TEST))
 
+deps-vm:
+	$(call apt_install,$(APT_VM))
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
@@ -60,6 +65,11 @@ run: deps-run venv mounts
 
 test: deps venv mounts
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# The kernel matrix: Debian's own kernels (fetched and cached, nothing installed)
+# booted under qemu, the `matrix` tests inside each (FULL=1: the whole suite).
+vmtest: deps deps-vm venv
+	KERNELS="$(KERNELS)" FULL="$(FULL)" $(VPY) -m vmtest $(VMTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -287,13 +287,11 @@ static __always_inline int on_socket_end(unsigned long long *ctx, enum hook hook
 	return report((struct sock *)ctx[0], hook, 1);
 }
 
-#ifndef TCPRTT_NO_FENTRY /* for tools that load every program, e.g. bpftool where ftrace is locked */
 SEC("fentry/tcp_close")
 int tcprtt_fentry(unsigned long long *ctx)
 {
 	return on_socket_end(ctx, HOOK_FENTRY);
 }
-#endif
 
 SEC("tp_btf/tcp_destroy_sock")
 int tcprtt_tp_btf(unsigned long long *ctx)

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from typing import Self
 
+from tests.kernel import scaled
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,7 +38,7 @@ class TtcpProcess:
         self._stderr: list[str] = []
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self._stderr.append), daemon=True).start()
-        self._wait_ready(ready_timeout)
+        self._wait_ready(scaled(ready_timeout))
 
     @staticmethod
     def _pump(stream, sink) -> None:
@@ -50,7 +52,7 @@ class TtcpProcess:
                 raise RuntimeError(f"ttcp exited {self.proc.returncode}: {self.stderr}")
             if "--no-api" in self.args or self._api_up():
                 if "json" not in self.args:
-                    self.header = self.next_line(deadline - time.monotonic())
+                    self.header = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
                 return
             time.sleep(0.05)
         self.kill()
@@ -69,7 +71,7 @@ class TtcpProcess:
 
     def wait_stderr(self, needle: str, timeout: float = 5.0) -> bool:
         """True once `needle` shows on stderr (its pump thread runs apart from stdout's)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while needle not in self.stderr:
             if time.monotonic() > deadline:
                 return False
@@ -77,15 +79,15 @@ class TtcpProcess:
         return True
 
     def next_line(self, timeout: float = 5.0) -> str:
-        return self.lines.get(timeout=max(timeout, 0.01))
+        return self.lines.get(timeout=max(scaled(timeout), 0.01))
 
     def lines_until_quiet(self, quiet: float = 0.5, limit: float = 10.0) -> list[str]:
         """Every line printed until none came for `quiet` seconds."""
         out: list[str] = []
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + scaled(limit)
         while time.monotonic() < deadline:
             try:
-                out.append(self.lines.get(timeout=quiet))
+                out.append(self.lines.get(timeout=scaled(quiet)))
             except queue.Empty:
                 break
         return out
@@ -93,7 +95,7 @@ class TtcpProcess:
     def api(self, method: str, path: str = "/", body: bytes | None = None) -> tuple[int, bytes]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=5) as r:
+            with urllib.request.urlopen(req, timeout=scaled(5)) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -103,7 +105,7 @@ class TtcpProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            code = self.proc.wait(timeout)
+            code = self.proc.wait(scaled(timeout))
         except subprocess.TimeoutExpired:
             self.kill()
             raise

@@ -1,8 +1,11 @@
-"""Shared test setup: the `kernel` marker and BPF leak guards.
+"""Shared test setup: the `kernel` marker, the CI skip rule and BPF leak guards.
 
 Tests marked `kernel` need root and a working bpf(2). Where that is missing
 they are skipped, unless TTCP_REQUIRE_KERNEL=1 (CI), where a skip would hide
-a broken environment, so it is an error instead.
+a broken environment, so it is an error instead. Under that flag every other
+skip fails too, except one whose reason is a probed kernel feature
+(tests/kernel.py): "this kernel has no fentry" is a fact about the kernel,
+"curl is not installed" is a broken CI.
 
 Leak checks are based on this process's own file descriptors (what a test
 forgot to close) plus, at session end, BPF objects created during the session
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from ttcp import syscalls
+from tests.kernel import SKIP_PREFIX
+from ttcp import features, syscalls
 from ttcp.errors import BpfError
 from ttcp.uapi import MapType
 
@@ -42,6 +46,7 @@ def kernel_unusable_reason() -> str | None:
     """None if this process can create BPF maps, else why not."""
     if os.geteuid() != 0:
         return "not root"
+    features.ensure_memlock()  # kernels before 5.11 charge maps to RLIMIT_MEMLOCK
     try:
         fd = syscalls.map_create(MapType.ARRAY, 4, 4, 1, name="ttcp_probe")
     except BpfError as e:
@@ -50,11 +55,15 @@ def kernel_unusable_reason() -> str | None:
     return None
 
 
+def _strict() -> bool:
+    return os.environ.get("TTCP_REQUIRE_KERNEL") == "1"
+
+
 def _require_kernel() -> None:
     reason = kernel_unusable_reason()
     if reason is None:
         return
-    if os.environ.get("TTCP_REQUIRE_KERNEL") == "1":
+    if _strict():
         pytest.fail(f"kernel test cannot run ({reason}) but TTCP_REQUIRE_KERNEL=1", pytrace=False)
     pytest.skip(f"kernel test needs root and bpf(2): {reason}")
 
@@ -62,6 +71,20 @@ def _require_kernel() -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("kernel") is not None:
         _require_kernel()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Under TTCP_REQUIRE_KERNEL=1 a skip is a failure unless a kernel probe caused it."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (_strict() and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if not reason.startswith(SKIP_PREFIX):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under TTCP_REQUIRE_KERNEL=1 (only kernel-feature skips may pass): {reason}"
 
 
 # ---- leak detection ---------------------------------------------------------------

@@ -16,9 +16,11 @@ import time
 import pytest
 
 from tests.cli_process import REPO, TtcpProcess, free_port
+from tests.kernel import mode_probe, require, scaled
 from tests.traffic import Server, connect_many
 from ttcp import syscalls
 from ttcp.errors import BpfError
+from ttcp.tracer import MODES
 
 pytestmark = pytest.mark.kernel
 
@@ -66,7 +68,7 @@ def test_seed_curl_lines_and_api_switch_events():
 
         def sh(*args: str) -> str:
             return subprocess.run([curl, "-sS", "-L", url, *args], check=True,
-                                  capture_output=True, text=True, timeout=10).stdout
+                                  capture_output=True, text=True, timeout=scaled(10)).stdout
 
         assert json.loads(sh("-XGET")) == []
         connect_many(srv, "127.0.1.4", 3)
@@ -101,8 +103,9 @@ def test_json_output_parses_back():
         assert t.stop() == 0
 
 
-@pytest.mark.parametrize("mode", ["tp_btf", "tracepoint"])
+@pytest.mark.parametrize("mode", MODES)
 def test_forced_modes_and_nothing_left_behind(mode):
+    require(mode_probe(mode))
     before = our_prog_ids()
     with TtcpProcess("--attach", mode, "--filter", "127.0.1.6", "--no-api") as t:
         assert t.wait_stderr(f"attached via {mode}"), t.stderr
@@ -116,7 +119,7 @@ def test_forced_modes_and_nothing_left_behind(mode):
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ttcp", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, check=False, env=dict(os.environ, PYTHONPATH=REPO))
+                          text=True, timeout=scaled(timeout), check=False, env=dict(os.environ, PYTHONPATH=REPO))
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:

@@ -31,6 +31,7 @@ import pytest
 
 from tests import hostile as H
 from tests.cli_process import REPO, TtcpProcess, free_port
+from tests.kernel import scaled
 from tests.traffic import Server, connect_many
 from ttcp import addresses, events, server, syscalls
 from ttcp.elf_loader import ObjectLoader
@@ -60,7 +61,7 @@ def held_ids(pid: int) -> dict[str, set[int]]:
 
 def wait_gone(ids: dict[str, set[int]], timeout: float = 10.0) -> None:
     """Poll until the kernel has freed every one of `ids` (it does so asynchronously)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         alive = {k: ids[k] & set(_LISTERS[k]()) for k in ids}
         if not any(alive.values()):
@@ -86,7 +87,7 @@ def matches(map_fd: int, addr: str) -> int:
 
 
 def wait_matches(map_fd: int, addr: str, want: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while (got := matches(map_fd, addr)) < want:
         assert time.monotonic() < deadline, f"only {got} of {want} connections seen by the program"
         time.sleep(0.02)
@@ -97,7 +98,7 @@ def drain(tracer: Tracer, into: list[events.Event] | None = None, settle: float 
     """Consume until nothing new arrived for `settle` seconds; returns how many."""
     assert tracer.ring is not None
     n = 0
-    while tracer.ring.wait(settle):
+    while tracer.ring.wait(scaled(settle)):
         n += tracer.ring.consume(lambda raw: into.append(events.decode(raw)) if into is not None else None)
     return n
 
@@ -191,7 +192,7 @@ def test_sigterm_during_start_up_unwinds_cleanly(phase: str) -> None:
                 seen[k] |= v
         time.sleep(0.002)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=scaled(20))
     assert "Traceback" not in err
     if phase == "start" and proc.returncode == -signal.SIGTERM:
         assert err == ""  # killed before Python installed its handler: nothing was made
@@ -334,7 +335,7 @@ def test_without_cap_bpf_one_clear_line(extra: list[str]) -> None:
     cmd = " ".join([sys.executable, "-m", "ttcp", "--port", str(free_port()), *extra])
     r = subprocess.run(["capsh", "--drop=cap_bpf,cap_sys_admin,cap_perfmon", "--", "-c", cmd],
                        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
-                       text=True, timeout=60, check=False)
+                       text=True, timeout=scaled(60), check=False)
     assert r.returncode == 1, r
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
@@ -359,7 +360,7 @@ def test_tracer_without_privilege_raises_ttcp_error_only(no_bpf_leaks: None) -> 
     # The interpreter may live where nobody cannot read (/root): import first, then drop.
     r = subprocess.run([sys.executable, "-c", "import ttcp.tracer, ttcp.errors\n" + code],
                        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
-                       text=True, timeout=60, check=False)
+                       text=True, timeout=scaled(60), check=False)
     assert r.returncode == 3, r.stderr
     assert r.stderr.startswith("BpfError 1"), r.stderr
     assert "Traceback" not in r.stderr

@@ -10,13 +10,16 @@ import sys
 
 import pytest
 
+from tests import kernel
+from tests.kernel import require, scaled
 from tests.objects import SHIPPED, compile_bpf
-from ttcp import syscalls
+from ttcp import asm, syscalls
 from ttcp.elf_loader import ObjectLoader
 from ttcp.elf_object import read_object
+from ttcp.errors import BpfError
 from ttcp.linker import link_program
 from ttcp.sections import classify
-from ttcp.uapi import ProgType
+from ttcp.uapi import ProgType, PseudoSrc
 
 
 def test_shipped_object_reads():
@@ -37,7 +40,7 @@ def test_linker_appends_called_subprograms_once():
     obj = read_object(str(compile_bpf("subprogs.bpf.c")))
     linked = link_program(obj, obj.function("socket", 0))
     names = [obj.function(p.section, p.start).name for p in linked.pieces]
-    assert names[0] == "linked" and sorted(names[1:]) == ["add_offset", "step", "times"]
+    assert names[0] == "linked" and sorted(names[1:]) == ["add_offset", "times"]
     second = next(f for f in obj.programs if f.name == "second")
     assert [obj.function(p.section, p.start).name for p in link_program(obj, second).pieces] == [
         "second", "times"]
@@ -51,7 +54,7 @@ def test_linked_programs_run_with_global_data(no_bpf_leaks):
         linked = loader.load_program("linked")
         second = loader.load_program("second")
         packet = bytes(64)
-        assert syscalls.prog_test_run(linked.fd, packet) == 32  # 3*7 + 5 + (0+1+2+3)
+        assert syscalls.prog_test_run(linked.fd, packet) == 26  # 3*7 + 5
         assert syscalls.prog_test_run(second.fd, packet) == 14
         bss = syscalls.map_lookup(loader.map_fds[".bss"], bytes(4), 8)
         assert struct.unpack("<Q", bss)[0] == 1
@@ -59,27 +62,52 @@ def test_linked_programs_run_with_global_data(no_bpf_leaks):
         assert struct.unpack("<Q", counters)[0] == 1
 
 
+def test_linker_places_a_callback_passed_by_address():
+    obj = read_object(str(compile_bpf("callbacks.bpf.c")))
+    linked = link_program(obj, obj.function("socket", 0))
+    assert sorted(obj.function(p.section, p.start).name for p in linked.pieces[1:]) == ["step", "twice"]
+    pseudo_funcs = [i for i in range(linked.insn_count)
+                    if asm.decode(linked.insns, i).code == asm.LD_IMM64
+                    and asm.decode(linked.insns, i).src == PseudoSrc.FUNC]
+    assert len(pseudo_funcs) == 1
+    at = pseudo_funcs[0]
+    target = at + 1 + asm.decode(linked.insns, at).imm
+    step = next(p for p in linked.pieces if obj.function(p.section, p.start).name == "step")
+    assert target == step.base
+
+
+@pytest.mark.kernel
+def test_callback_program_runs(no_bpf_leaks):
+    require(kernel.bpf_loop())
+    with ObjectLoader(str(compile_bpf("callbacks.bpf.c"))) as loader:
+        prog = loader.load_program("looped")
+        assert syscalls.prog_test_run(prog.fd, bytes(64)) == 13  # 2 * (0+1+2+3) + 1
+
+
 @pytest.mark.kernel
 def test_cli_load_reports_each_program(no_bpf_leaks):
     obj = compile_bpf("subprogs.bpf.c")
     r = subprocess.run([sys.executable, "-m", "ttcp.elf_loader", str(obj), "--load"],
-                       capture_output=True, text=True, timeout=60, check=False)
+                       capture_output=True, text=True, timeout=scaled(60), check=False)
     assert r.returncode == 0, r.stderr
     assert "linked: loaded as socket" in r.stdout and "second: loaded as socket" in r.stdout
 
 
 @pytest.mark.kernel
-def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks, tmp_path):
-    src = tmp_path / "bad.bpf.c"
-    src.write_text(
-        "typedef unsigned int __u32;\n"
-        '__attribute__((section("socket"), used)) int bad(void *ctx)\n'
-        "{ int *p = (int *)(long)0x1000;\n  return *p; }\n"
-        'char LICENSE[] __attribute__((section("license"), used)) = "GPL";\n')
-    obj = compile_bpf(str(src))
+def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks):
+    obj = compile_bpf("rejected.bpf.c")
     r = subprocess.run([sys.executable, "-m", "ttcp.elf_loader", str(obj), "--load"],
-                       capture_output=True, text=True, timeout=60, check=False)
+                       capture_output=True, text=True, timeout=scaled(60), check=False)
     assert r.returncode == 1
-    assert "bad: FAILED" in r.stderr and "PROG_LOAD" in r.stderr
+    assert "rejected: FAILED" in r.stderr and "PROG_LOAD" in r.stderr
     assert "invalid mem access" in r.stderr  # the verifier's own words, from the log tail
-    assert re.search(r"; return \*p; } @ bad.bpf.c:\d+", r.stderr)  # line_info loaded: source lines
+    assert "; return *p;" in r.stderr  # line_info loaded: the verifier quotes the source
+
+
+@pytest.mark.kernel
+def test_verifier_log_names_source_file_and_line(no_bpf_leaks):
+    require(kernel.verifier_source_lines())
+    obj = compile_bpf("rejected.bpf.c")
+    with ObjectLoader(str(obj)) as loader, pytest.raises(BpfError) as exc:
+        loader.load_program("rejected")
+    assert re.search(r"; return \*p; @ rejected.bpf.c:\d+", exc.value.log_tail())

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import bpf_asm as asm
 import pytest
 
+from tests.kernel import scaled
 from ttcp import syscalls
 from ttcp.errors import BpfError, TtcpError
 from ttcp.maps import (
@@ -331,7 +332,7 @@ def test_wait_reflects_pending_data(ring: Ring) -> None:
 
 
 async def _until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + scaled(timeout)
     while not pred():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.005)

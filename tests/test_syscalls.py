@@ -186,7 +186,7 @@ _DROP_PRIVS = """
 import os
 from ttcp import syscalls
 from ttcp.errors import BpfError
-from ttcp.uapi import AttachType, MapType, ProgType, UpdateFlag
+from ttcp.uapi import ProgType
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # after imports: nobody cannot read them
 try:
     syscalls.prog_load(ProgType.TRACEPOINT, bytes.fromhex("b7000000000000009500000000000000"),

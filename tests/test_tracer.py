@@ -3,6 +3,7 @@ loader, attached in each mode this kernel allows, fed real loopback traffic."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -10,30 +11,32 @@ import time
 
 import pytest
 
+from tests.kernel import mode_probe, require, scaled
 from tests.traffic import Server, connect_many, connect_once
 from ttcp import addresses, events, syscalls
 from ttcp.errors import BpfError
-from ttcp.tracer import Tracer
+from ttcp.tracer import MODES, Tracer
 
 pytestmark = pytest.mark.kernel
 
 N = 200
-MODES_HERE = ["tp_btf", "tracepoint"]  # fentry loads with EPERM on this kernel (ftrace locked)
+HOOK_OF_MODE = {"fentry": 1, "tp_btf": 2, "tracepoint": 3}  # enum hook in bpf/tcprtt.bpf.c
 
 
 def collect(tracer: Tracer, settle_s: float = 0.3, limit_s: float = 10.0) -> list[events.Event]:
     """Drain the ring until no new record arrived for `settle_s`."""
     got: list[events.Event] = []
-    deadline = time.monotonic() + limit_s
+    deadline = time.monotonic() + scaled(limit_s)
     while time.monotonic() < deadline:
-        if not tracer.ring.wait(settle_s):
+        if not tracer.ring.wait(scaled(settle_s)):
             break
         tracer.ring.consume(lambda raw: got.append(events.decode(raw)))
     return got
 
 
-@pytest.fixture(params=MODES_HERE)
+@pytest.fixture(params=MODES)
 def tracer(request, no_bpf_leaks):
+    require(mode_probe(request.param))
     with Tracer() as t:
         t.open_maps()
         t.attach(request.param, log=lambda msg: None)
@@ -57,7 +60,7 @@ def test_exactly_n_events_from_filtered_source(tracer):
         assert (e.saddr, e.daddr, e.dport) == ("127.0.0.2", "127.0.0.1", srv.port)
         assert e.family == events.AF_INET
         assert e.netns == netns
-        assert e.hook == {"tp_btf": 2, "tracepoint": 3}[tracer.report.mode]
+        assert e.hook == HOOK_OF_MODE[tracer.report.mode]
         assert e.rtt_us > 0 and e.bytes_acked > 0 and e.bytes_received > 0
     assert tracer.drops() == 0
 
@@ -101,22 +104,24 @@ def test_both_closing_orders_from_the_server_side(tracer):
 
 
 def test_modes_yield_the_same_events(no_bpf_leaks):
-    """tp_btf and the classic tracepoint, attached side by side, see the same connections."""
+    """Every mode this kernel has, attached side by side, sees the same connections."""
+    modes = [m for m in MODES if mode_probe(m).supported]
+    assert len(modes) >= 2
     key = addresses.key_of("127.0.0.7")
-    with Tracer() as t1, Tracer() as t2:
-        t1.open_maps()
-        t1.add_filters([key])
-        t2.open_maps()
-        t2.add_filters([key])
-        t1.attach("tp_btf", log=lambda m: None)
-        t2.attach("tracepoint", log=lambda m: None)
+    with contextlib.ExitStack() as stack:
+        tracers = [stack.enter_context(Tracer()) for _ in modes]
+        for t, mode in zip(tracers, modes, strict=True):
+            t.open_maps()
+            t.add_filters([key])
+            t.attach(mode, log=lambda m: None)
         with Server("127.0.0.1") as srv:
             connect_many(srv, "127.0.0.7", 20)
             connect_many(srv, "127.0.0.7", 20, client_first=True)
-        a, b = collect(t1), collect(t2)
-    assert len(a) == len(b) == 40
-    same = sorted((e.saddr, e.sport, e.daddr, e.dport, e.family, e.netns) for e in a)
-    assert same == sorted((e.saddr, e.sport, e.daddr, e.dport, e.family, e.netns) for e in b)
+        seen = [collect(t) for t in tracers]
+    first = sorted((e.saddr, e.sport, e.daddr, e.dport, e.family, e.netns) for e in seen[0])
+    assert len(first) == 40
+    for mode, got in zip(modes[1:], seen[1:], strict=True):
+        assert sorted((e.saddr, e.sport, e.daddr, e.dport, e.family, e.netns) for e in got) == first, mode
 
 
 def test_unfiltered_source_gives_nothing(tracer):
@@ -198,19 +203,24 @@ def test_listeners_and_failed_connects_give_nothing(tracer):
 
 def test_auto_lands_on_a_working_mode_and_says_why(no_bpf_leaks):
     said: list[str] = []
+    fentry = mode_probe("fentry")
     with Tracer() as t:
         report = t.attach("auto", log=said.append)
-        assert report.mode in ("fentry", "tp_btf", "tracepoint")
         assert said[-1].startswith(f"ttcp: attached via {report.mode}")
-        for mode, reason in report.skipped:
-            assert mode == "fentry" and "EPERM" in reason
+        if fentry.supported:
+            assert report.mode == "fentry" and report.skipped == []
+        else:  # the first fallback, with the reason the probe saw too
+            assert report.mode == "tp_btf"
+            assert [m for m, _ in report.skipped] == ["fentry"]
+            assert "PROG_LOAD" in report.skipped[0][1]
+            assert any(line.startswith("ttcp: fentry unavailable") for line in said)
         prog_id = syscalls.prog_info(t.prog_fd()).id
         assert prog_id in syscalls.prog_ids()
     assert prog_id not in syscalls.prog_ids() or _freed_soon(prog_id)
 
 
 def _freed_soon(prog_id: int) -> bool:
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + scaled(3)
     while time.monotonic() < deadline:
         if prog_id not in syscalls.prog_ids():
             return True
@@ -218,12 +228,30 @@ def _freed_soon(prog_id: int) -> bool:
     return False
 
 
-def test_forced_fentry_fails_clearly_here(no_bpf_leaks):
+def test_forced_fentry_works_exactly_where_the_probe_says(no_bpf_leaks):
+    fentry = mode_probe("fentry")
     with Tracer() as t:
-        try:
+        if fentry.supported:
             t.attach("fentry", log=lambda m: None)
-        except BpfError as e:
-            assert "PROG_LOAD" in e.step and e.errno
-            assert "CAP_BPF" in str(e) or e.log_tail()
-        else:  # a kernel where fentry works: it must then be the mode in use
-            assert t.report.mode == "fentry"
+            assert t.report.mode == "fentry" and t.report.skipped == []
+        else:
+            with pytest.raises(BpfError) as exc:
+                t.attach("fentry", log=lambda m: None)
+            assert "PROG_LOAD" in exc.value.step and exc.value.errno
+            assert "CAP_BPF" in str(exc.value) or exc.value.log_tail()
+
+
+def test_fentry_rtt_is_tcp_info_at_close(no_bpf_leaks):
+    """fentry runs at close(): the RTT it reads is exactly what TCP_INFO said
+    just before, connection by connection (no FIN exchange in between)."""
+    require(mode_probe("fentry"))
+    with Tracer() as t:
+        t.open_maps()
+        t.add_filters([addresses.key_of("127.0.0.2")])
+        t.attach("fentry", log=lambda m: None)
+        with Server("127.0.0.1") as srv:
+            conns = connect_many(srv, "127.0.0.2", 30)
+        got = collect(t)
+    assert [e.sport for e in got] == [c.sport for c in conns]
+    assert [e.rtt_us for e in got] == [c.rtt_us for c in conns]
+    assert all(e.hook == HOOK_OF_MODE["fentry"] for e in got)

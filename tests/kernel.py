@@ -1,0 +1,112 @@
+"""What the kernel under test can do, and how slow it is, for the tests.
+
+Tests branch on feature probes (ttcp.features, plus the test-only probes
+below), never on a hostname or a kernel version, and skip with the probe's
+own reason. conftest.py lets exactly those skips through under
+TTCP_REQUIRE_KERNEL=1 (CI): any other skip of a test there is a failure.
+
+TTCP_TIMEOUT_SCALE stretches every wait in the tests: a kernel booted under
+software emulation (make vmtest without KVM) runs 10-30x slower than the
+host, and a host-sized 5 s wait would fail for no fault of ttcp's.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+import pytest
+
+from ttcp import asm, features, syscalls
+from ttcp.btf import KIND_FUNC, KIND_TYPEDEF, Btf
+from ttcp.elf_loader import read_vmlinux_btf
+from ttcp.errors import BpfError
+from ttcp.features import Probe
+from ttcp.tracer import MODES
+from ttcp.uapi import Helper, ProgType
+
+SKIP_PREFIX = "kernel feature "  # every probe's reason starts so; conftest keys on it
+TIMEOUT_SCALE = max(1.0, float(os.environ.get("TTCP_TIMEOUT_SCALE", "1") or 1))
+
+
+def scaled(seconds: float) -> float:
+    """A wait sized for this host, stretched for a slow (emulated) kernel."""
+    return seconds * TIMEOUT_SCALE
+
+
+def require(probe: Probe) -> None:
+    """Skip the calling test unless the probed feature is there."""
+    if not probe.supported:
+        pytest.skip(probe.reason)
+
+
+@functools.cache
+def kernel_btf() -> Btf:
+    return read_vmlinux_btf()
+
+
+def _first_id(name: str, kind: int) -> int:
+    ids = kernel_btf().ids_by_name(name, kind)
+    return ids[0] if ids else 0
+
+
+def fentry_probe() -> Probe:
+    func = _first_id("tcp_close", KIND_FUNC)
+    if not func:
+        return Probe("fentry", False, "kernel BTF has no tcp_close")
+    return features.fentry(func, "tcp_close")
+
+
+def mode_probe(mode: str) -> Probe:
+    """Whether ttcp's attach mode can work here. tp_btf and the classic tracepoint
+    exist on every kernel ttcp supports (a failure there is a real failure);
+    fentry depends on ftrace, which a locked-down kernel refuses."""
+    assert mode in MODES
+    if mode == "fentry":
+        return fentry_probe()
+    return Probe(mode, True)
+
+
+def tracing_link_probe() -> Probe:
+    from ttcp.uapi import AttachType
+    return features.tracing_link_create(AttachType.TRACE_RAW_TP,
+                                        _first_id("btf_trace_tcp_destroy_sock", KIND_TYPEDEF))
+
+
+# ---- test-only probes ----------------------------------------------------------------
+
+
+@functools.cache
+def bpf_loop() -> Probe:
+    """The bpf_loop helper and callbacks passed by address (5.17)."""
+    # A call with no arguments set up: a kernel that knows the helper complains
+    # about its arguments (R1/R2 !read_ok), one that does not says "invalid func".
+    try:
+        fd = syscalls.prog_load(ProgType.SOCKET_FILTER, asm.call(Helper.LOOP) + asm.RETURN_0, "GPL",
+                                name="ttcp_loop")
+    except BpfError as e:
+        if re.search(r"invalid func|unknown func", e.log):
+            return Probe("bpf_loop", False, e.log_tail(1))
+        if not e.log:
+            return Probe("bpf_loop", None, str(e).splitlines()[0])
+        return Probe("bpf_loop", True)
+    syscalls.close(fd)
+    return Probe("bpf_loop", True)
+
+
+@functools.cache
+def verifier_source_lines() -> Probe:
+    """The verifier prints `; source @ file.c:N` for programs with line_info (6.2+)."""
+    from tests.objects import compile_bpf  # needs clang; only asked by tests that have it
+    from ttcp.elf_loader import ObjectLoader
+
+    src = compile_bpf("rejected.bpf.c")
+    with ObjectLoader(str(src)) as loader:
+        try:
+            loader.load_program("rejected")
+        except BpfError as e:
+            if re.search(r"@ rejected\.bpf\.c:\d+", e.log):
+                return Probe("verifier_source_lines", True)
+            return Probe("verifier_source_lines", False, "the verifier log has no '@ file:line' lines")
+    return Probe("verifier_source_lines", None, "the probe program was not rejected")
