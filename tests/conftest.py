@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import SKIP_PREFIX
-from ttcp import features, syscalls
+from ttcp import elf_loader, features, syscalls
+from ttcp.btf import Btf
 from ttcp.errors import BpfError
 from ttcp.uapi import MapType
 
@@ -188,6 +189,31 @@ def no_bpf_leaks() -> Iterator[None]:
     yield
     problems = _fd_leaks(fds_before) + leaked_objects(ids_before)
     assert not problems, "BPF leaks: " + ", ".join(problems)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_btf_parsed_once() -> Iterator[None]:
+    """Every loader in this process shares one parse of the running kernel's BTF.
+
+    The real file, read for real, once: a Tracer per test would otherwise
+    re-read and re-index 5 MB of types, which under an emulated kernel
+    (make vmtest) costs seconds each. Tests of the reading itself run ttcp
+    in a subprocess or pass their own path, which this leaves alone.
+    """
+    real = elf_loader.read_vmlinux_btf
+
+    @functools.cache
+    def once(path: Path = elf_loader.VMLINUX_BTF) -> Btf:
+        return real(path)
+
+    def shared(path: Path = elf_loader.VMLINUX_BTF) -> Btf:
+        return once(path) if path == elf_loader.VMLINUX_BTF else real(path)
+
+    elf_loader.read_vmlinux_btf = shared
+    try:
+        yield
+    finally:
+        elf_loader.read_vmlinux_btf = real
 
 
 @pytest.fixture(scope="session", autouse=True)

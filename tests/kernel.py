@@ -18,9 +18,8 @@ import re
 
 import pytest
 
-from ttcp import asm, features, syscalls
+from ttcp import asm, elf_loader, features, syscalls
 from ttcp.btf import KIND_FUNC, KIND_TYPEDEF, Btf
-from ttcp.elf_loader import read_vmlinux_btf
 from ttcp.errors import BpfError
 from ttcp.features import Probe
 from ttcp.tracer import MODES
@@ -43,7 +42,7 @@ def require(probe: Probe) -> None:
 
 @functools.cache
 def kernel_btf() -> Btf:
-    return read_vmlinux_btf()
+    return elf_loader.read_vmlinux_btf()
 
 
 def _first_id(name: str, kind: int) -> int:

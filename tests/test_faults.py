@@ -108,6 +108,7 @@ def drain(tracer: Tracer, into: list[events.Event] | None = None, settle: float 
 N_GENERATED = 300
 
 
+@pytest.mark.matrix
 def test_small_ring_with_paused_reader_loses_nothing_unaccounted(no_bpf_leaks: None) -> None:
     src, dst = "127.0.6.1", "127.0.6.2"
     with Tracer(ringbuf_size=4096) as t:
@@ -163,6 +164,7 @@ def test_cli_stopped_while_traffic_flows_accounts_for_every_event() -> None:
 # ---- signals and SIGKILL ------------------------------------------------------------------------
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_leaves_nothing_behind(sig: int) -> None:
     with TtcpProcess("--filter", "127.0.6.5") as t:
@@ -202,6 +204,7 @@ def test_sigterm_during_start_up_unwinds_cleanly(phase: str) -> None:
     wait_gone(seen)
 
 
+@pytest.mark.matrix
 def test_sigkill_frees_everything_and_a_restart_works_at_once() -> None:
     port = free_port()
     with TtcpProcess("--filter", "127.0.6.8", port=port) as t:
@@ -245,6 +248,7 @@ def test_corrupted_object_fails_before_the_kernel_sees_anything(
             Tracer(write(tmp_path, name, blob))
 
 
+@pytest.mark.matrix
 def test_second_program_refused_by_the_verifier_releases_the_first(no_bpf_leaks: None) -> None:
     blob = broken_program(H.shipped(), "tracepoint/sock/inet_sock_set_state")
     with ObjectLoader(blob) as loader:
@@ -256,6 +260,7 @@ def test_second_program_refused_by_the_verifier_releases_the_first(no_bpf_leaks:
         assert set(loader.map_fds) == {"filter", "events", "drops"}
 
 
+@pytest.mark.matrix
 def test_every_mode_refused_leaves_nothing(tmp_path: Path, no_bpf_leaks: None) -> None:
     blob = H.shipped()
     for section in ("fentry/tcp_close", "tp_btf/tcp_destroy_sock", "tracepoint/sock/inet_sock_set_state"):
@@ -269,6 +274,7 @@ def test_every_mode_refused_leaves_nothing(tmp_path: Path, no_bpf_leaks: None) -
         assert [m for m, _ in t.report.skipped] == ["fentry", "tp_btf", "tracepoint"]
 
 
+@pytest.mark.matrix
 def test_map_refused_midway_releases_the_maps_already_made(no_bpf_leaks: None) -> None:
     with ObjectLoader(str(H.SHIPPED)) as loader:
         names = list(loader.maps)
@@ -329,6 +335,7 @@ def test_handler_exception_is_500_and_the_agent_keeps_working(
 # ---- privileges -------------------------------------------------------------------------------------
 
 
+@pytest.mark.matrix
 @pytest.mark.skipif(shutil.which("capsh") is None, reason="capsh not installed (apt-get install libcap2-bin)")
 @pytest.mark.parametrize("extra", [[], ["--no-api", "--filter", "127.0.6.13"]], ids=["api", "no-api"])
 def test_without_cap_bpf_one_clear_line(extra: list[str]) -> None:

@@ -47,6 +47,7 @@ def test_linker_appends_called_subprograms_once():
     assert {r.map_name for r in linked.map_refs} == {"counters", ".bss", ".data", ".rodata"}
 
 
+@pytest.mark.matrix
 @pytest.mark.kernel
 def test_linked_programs_run_with_global_data(no_bpf_leaks):
     with ObjectLoader(str(compile_bpf("subprogs.bpf.c"))) as loader:
@@ -76,6 +77,7 @@ def test_linker_places_a_callback_passed_by_address():
     assert target == step.base
 
 
+@pytest.mark.matrix
 @pytest.mark.kernel
 def test_callback_program_runs(no_bpf_leaks):
     require(kernel.bpf_loop())
@@ -93,6 +95,7 @@ def test_cli_load_reports_each_program(no_bpf_leaks):
     assert "linked: loaded as socket" in r.stdout and "second: loaded as socket" in r.stdout
 
 
+@pytest.mark.matrix
 @pytest.mark.kernel
 def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks):
     obj = compile_bpf("rejected.bpf.c")
@@ -104,6 +107,7 @@ def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks):
     assert "; return *p;" in r.stderr  # line_info loaded: the verifier quotes the source
 
 
+@pytest.mark.matrix
 @pytest.mark.kernel
 def test_verifier_log_names_source_file_and_line(no_bpf_leaks):
     require(kernel.verifier_source_lines())

@@ -27,7 +27,7 @@ from ttcp.maps import (
 )
 from ttcp.uapi import MapType, ProgType
 
-pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
+pytestmark = [pytest.mark.matrix, pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
 
 U32 = StructCodec("<I")
 U64 = StructCodec("<Q")

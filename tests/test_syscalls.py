@@ -21,7 +21,7 @@ from ttcp import syscalls
 from ttcp.errors import BpfError
 from ttcp.uapi import AttachType, MapType, ProgType, UpdateFlag
 
-pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
+pytestmark = [pytest.mark.matrix, pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
 
 
 @contextmanager

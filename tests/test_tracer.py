@@ -17,7 +17,7 @@ from ttcp import addresses, events, syscalls
 from ttcp.errors import BpfError
 from ttcp.tracer import MODES, Tracer
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.matrix, pytest.mark.kernel]
 
 N = 200
 HOOK_OF_MODE = {"fentry": 1, "tp_btf": 2, "tracepoint": 3}  # enum hook in bpf/tcprtt.bpf.c

@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         out = outroot / kernel.package
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        os.environ["TTCP_TIMEOUT_SCALE"] = str(scale)
-        guest = [sys.executable, "-m", "vmtest.guest", str(out), *selection, *args.pytest_args]
+        guest = [sys.executable, "-m", "vmtest.guest", str(scale), str(out), *selection, *args.pytest_args]
         print(f"vmtest: booting {kernel.package}", flush=True)
         b = boot.boot(kernel, out, guest, kvm=kvm, cpus=args.cpus, memory=args.memory,
                       timeout_s=timeout, cwd=REPO)
