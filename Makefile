@@ -15,7 +15,7 @@ APT_RUN    = python3-venv
 APT_BUILD  = clang llvm libbpf-dev
 APT_TEST   = bpftool iproute2 libcap2-bin curl
 
-.PHONY: all bpf deps deps-run venv run test lint fuzz bench build clean mounts
+.PHONY: all bpf deps deps-run venv run test test-container lint fuzz bench build clean mounts
 
 all: bpf
 
@@ -60,6 +60,11 @@ run: deps-run venv mounts
 
 test: deps venv mounts
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# README's Docker commands against a private dockerd with real containers (installs
+# docker.io and debootstrap with apt if missing; removes everything it creates).
+test-container: deps venv mounts
+	$(VPY) -m pytest -m container -v -s tests/test_container.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
