@@ -61,9 +61,10 @@ run: deps-run venv mounts
 test: deps venv mounts
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
-# README's Docker commands against a private dockerd with real containers (installs
-# docker.io and debootstrap with apt if missing; removes everything it creates).
-test-container: deps venv mounts
+# README's Docker commands against a private dockerd with real containers (the test
+# installs docker.io, debootstrap, nftables and curl with apt if missing, and removes
+# everything it creates).
+test-container: deps-run venv mounts
 	$(VPY) -m pytest -m container -v -s tests/test_container.py $(PYTEST_ARGS)
 
 lint: venv

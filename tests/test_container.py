@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -79,6 +80,10 @@ def engine() -> Iterator[Engine]:
     except Unavailable as e:
         _cannot_run(str(e))
     timings["packages"] = time.monotonic() - t0
+    with socket.socket() as probe:  # README's command publishes 127.0.0.1:8090; say so if it cannot
+        if probe.connect_ex(("127.0.0.1", API_PORT)) == 0:
+            pytest.fail(f"127.0.0.1:{API_PORT} is in use on this host: README's `docker run -p "
+                        f"127.0.0.1:{API_PORT}:{API_PORT}` cannot publish it", pytrace=False)
     with scenario._sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C, so the cleanup runs
         remove_leftovers(say)
         teardown = scenario.Teardown(say)

@@ -33,9 +33,11 @@ Log = Callable[[str], None]
 RUN_PREFIX = "ttcp-docker-"
 RUNTIME = "ttcp-runc"
 # What the test needs from apt: the engine (dockerd, containerd, runc, docker-proxy, its
-# client), debootstrap for the base image, nftables to drop the empty tables dockerd leaves.
-PACKAGES = ("docker.io", "debootstrap", "nftables", "iproute2")
-COMMANDS = ("dockerd", "containerd", "runc", "docker-proxy", "debootstrap", "ip", "iptables-save")
+# client), debootstrap for the base image, nftables to drop the empty tables dockerd
+# leaves, curl for README's API lines.
+PACKAGES = ("docker.io", "debootstrap", "nftables", "iproute2", "curl")
+COMMANDS = ("dockerd", "containerd", "runc", "docker-proxy", "debootstrap", "ip", "iptables-save", "nft",
+            "curl")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 WRAPPER = Path(__file__).with_name("runtime_wrapper.py")
@@ -244,7 +246,7 @@ def cleanup_steps(run_dir: Path, state: RunState, client: str | None,
     def directory() -> None:
         if _mounts_under(run_dir):
             raise EngineError(f"{run_dir} still has mounts {_mounts_under(run_dir)}: not removed")
-        shutil.rmtree(run_dir)
+        run(["rm", "-rf", "--one-file-system", str(run_dir)], f"remove {run_dir}", timeout=300)
 
     return [("stop the daemon and its containers", lambda: stop_daemon(run_dir, state, client, log)),
             ("end leftover processes", processes), ("unmount under the run directory", mounts),
@@ -354,11 +356,15 @@ class Engine:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EngineError(f"dockerd exited {self.proc.returncode}: {self.daemon_log()[-1500:]}")
-            ping = subprocess.run([self.client, "version", "--format", "{{.Server.Version}}"],
+            ping = subprocess.run([self.client, "version", "--format", "{{json .}}"],
                                   capture_output=True, text=True, env=self.env, timeout=20, check=False)
             if ping.returncode == 0:
-                self.version = ping.stdout.strip()
-                self.log(f"container: dockerd {self.version} ready (pid {self.proc.pid})")
+                info = json.loads(ping.stdout)
+                self.version = info["Server"]["Version"]
+                parts = ", ".join(f"{c['Name']} {c['Version']}" for c in info["Server"].get("Components", [])
+                                  if c["Name"] != "Engine")
+                self.log(f"container: dockerd {self.version} ready (pid {self.proc.pid}; {parts}; "
+                         f"client {self.client} {info['Client']['Version']})")
                 break
             time.sleep(0.2)
         else:
