@@ -1,11 +1,12 @@
 """A private Docker engine for the container test, and its complete removal.
 
 The daemon gets its own data-root, exec-root, socket, pidfile, cgroup parent
-and bridge (with an address range nobody else uses), so it neither sees nor
-disturbs another engine on the machine. Before it starts, the host state it
-will change is recorded in the run directory's state.json; `cleanup` removes
-every container, process, mount, cgroup, the bridge, the firewall rules and
-files it added. A run killed with SIGKILL is cleaned up by the next one
+and bridge (in an address range no other interface uses), so it shares no
+state with another engine on the machine but the names of iptables chains.
+Before it starts, the host state it will change is recorded in the run
+directory's state.json; `cleanup_steps` remove every container, process,
+mount and cgroup of the run, the bridge, and the firewall rules, sysctls and
+files that appeared. A run killed with SIGKILL is cleaned up by the next one
 (`remove_leftovers`), from its state.json.
 """
 
@@ -261,7 +262,12 @@ def remove_leftovers(log: Log, base: Path | None = None) -> None:
         try:
             state = RunState.load(run_dir)
         except (OSError, ValueError, TypeError):
-            continue  # not ours, or killed before its state was written: nothing was created yet
+            # Killed before its state was written: nothing outside the directory exists yet.
+            m = re.match(rf"{RUN_PREFIX}(\d+)-", run_dir.name)
+            if m and not scenario._pid_alive(int(m.group(1))) and not _mounts_under(run_dir):
+                log(f"container: removing {run_dir} of an aborted run")
+                shutil.rmtree(run_dir, ignore_errors=True)
+            continue
         if scenario._pid_alive(state.owner_pid) and state.owner_pid != os.getpid():
             continue
         log(f"container: removing leftovers of an aborted run ({run_dir})")
