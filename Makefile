@@ -17,7 +17,7 @@ APT_TEST   = bpftool iproute2 libcap2-bin curl
 APT_VM     = qemu-system-x86 kmod debian-archive-keyring
 KERNELS   ?= 5.10 6.1 6.12
 
-.PHONY: all bpf deps deps-run deps-vm venv run test vmtest lint fuzz bench build clean mounts
+.PHONY: all bpf deps deps-run deps-vm venv run test test-container vmtest lint fuzz bench build clean mounts
 
 all: bpf
 
@@ -70,6 +70,12 @@ test: deps venv mounts
 # booted under qemu, the `matrix` tests inside each (FULL=1: the whole suite).
 vmtest: deps deps-vm venv
 	KERNELS="$(KERNELS)" FULL="$(FULL)" $(VPY) -m vmtest $(VMTEST_ARGS)
+
+# README's Docker commands against a private dockerd with real containers (the test
+# installs docker.io, debootstrap, nftables and curl with apt if missing, and removes
+# everything it creates).
+test-container: deps-run venv mounts
+	$(VPY) -m pytest -m container -v -s tests/test_container.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

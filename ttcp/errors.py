@@ -7,8 +7,11 @@ rejection, the tail of the verifier log.
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 
 class TtcpError(Exception):
@@ -61,12 +64,74 @@ class BpfError(TtcpError):
         return "\n".join(kept[-lines:])
 
 
-def privilege_hint(err: int) -> str:
-    """Explain EPERM/EACCES the way an operator needs it."""
-    if err in (_errno.EPERM, _errno.EACCES):
-        return (
-            "permission denied: run as root or grant CAP_BPF and CAP_PERFMON "
-            "(CAP_SYS_ADMIN on kernels before 5.8); fentry also needs ftrace, "
-            "which a locked-down kernel refuses"
-        )
-    return ""
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+_FULL_UID_MAP = ("0", "0", "4294967295")  # the initial user namespace's identity map
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    """What decides whether this process may use bpf(2), as /proc/self shows it.
+
+    None means unknown (not Linux, /proc not mounted): the hint then stays generic.
+    """
+
+    cap_eff: int | None = None  # CapEff bitmask
+    seccomp: int | None = None  # 0 none, 1 strict, 2 filter
+    user_ns: bool | None = None  # inside a user namespace other than the initial one
+
+    def has(self, cap: int) -> bool:
+        return self.cap_eff is not None and bool(self.cap_eff >> cap & 1)
+
+
+def process_facts(proc: Path = Path("/proc/self")) -> ProcessFacts:
+    """Read CapEff, Seccomp and the uid map of a process (only on an error path)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in (proc / "status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    user_ns = None
+    with contextlib.suppress(OSError):
+        user_ns = tuple((proc / "uid_map").read_text().split()) != _FULL_UID_MAP
+    cap_eff = int(fields["CapEff"], 16) if "CapEff" in fields else None
+    seccomp = int(fields["Seccomp"]) if fields.get("Seccomp", "").isdigit() else None
+    return ProcessFacts(cap_eff, seccomp, user_ns)
+
+
+def privilege_hint(err: int, facts: ProcessFacts | None = None) -> str:
+    """Explain EPERM/EACCES the way an operator needs it: what is missing and what to change.
+
+    The text is built from `facts` alone (read from /proc/self when not given),
+    so a refused call inside a container says whether capabilities, a seccomp
+    filter, a user namespace or something else (an LSM, lockdown) is the cause.
+    """
+    if err not in (_errno.EPERM, _errno.EACCES):
+        return ""
+    f = facts if facts is not None else process_facts()
+    if f.user_ns:
+        return ("permission denied: ttcp runs in a user namespace (a rootless container?), whose "
+                "capabilities do not count for bpf(2): run it as real root (rootful Docker or "
+                "Podman, or sudo on the host)")
+    if f.cap_eff is None:
+        return ("permission denied: run as root or grant CAP_BPF and CAP_PERFMON "
+                "(CAP_SYS_ADMIN on kernels before 5.8)")
+    if f.has(CAP_SYS_ADMIN):
+        held = "CAP_SYS_ADMIN"
+    elif f.has(CAP_BPF) and f.has(CAP_PERFMON):
+        held = "CAP_BPF and CAP_PERFMON"
+    else:
+        missing = " and ".join(n for n, c in (("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))
+                               if not f.has(c))
+        return (f"permission denied: this process lacks {missing}: run as root or grant CAP_BPF "
+                "and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8; in Docker before 23 "
+                "--cap-add SYS_ADMIN, from 23 on --cap-add BPF --cap-add PERFMON, or --privileged)")
+    if f.seccomp:
+        return (f"permission denied although this process has {held}: a seccomp filter "
+                f"(Seccomp: {f.seccomp} in /proc/self/status) blocks the call; allow bpf and "
+                "perf_event_open in the profile (Docker: --security-opt seccomp=unconfined or a "
+                "profile that allows them)")
+    return (f"permission denied although this process has {held} and no seccomp filter: an LSM "
+            "(AppArmor, SELinux) or kernel lockdown refuses it; fentry also needs ftrace, which a "
+            "locked-down kernel refuses")
