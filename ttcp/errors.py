@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .uapi import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
+
 
 class TtcpError(Exception):
     """Base class: everything ttcp raises on purpose derives from it."""
@@ -64,9 +66,6 @@ class BpfError(TtcpError):
         return "\n".join(kept[-lines:])
 
 
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
 _FULL_UID_MAP = ("0", "0", "4294967295")  # the initial user namespace's identity map
 
 

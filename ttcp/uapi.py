@@ -128,5 +128,10 @@ PERF_FLAG_FD_CLOEXEC = 1 << 3
 PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
 PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
 
+# linux/capability.h: the bits of CapEff in /proc/PID/status
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
+CAP_PERFMON = 38
+CAP_BPF = 39
+
 BPF_OBJ_NAME_LEN = 16  # including the terminating NUL
-ENOTSUPP = 524  # the kernel-internal "not supported" some bpf(2) paths leak to user space
