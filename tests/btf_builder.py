@@ -9,12 +9,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-KIND = {
-    "int": 1, "ptr": 2, "array": 3, "struct": 4, "union": 5, "enum": 6, "fwd": 7,
-    "typedef": 8, "volatile": 9, "const": 10, "restrict": 11, "func": 12,
-    "func_proto": 13, "var": 14, "datasec": 15, "float": 16, "decl_tag": 17,
-    "type_tag": 18, "enum64": 19,
-}
+from ttcp.btf import KINDS
+
+KIND = {k.name: k.number for k in KINDS}  # the builder spells kinds as libbpf names them
 
 
 class BtfBuilder:

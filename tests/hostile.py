@@ -27,6 +27,7 @@ from tests.btf_builder import BtfBuilder, BtfExtBuilder, insn
 from ttcp import btf as B
 from ttcp.btf import Btf
 from ttcp.btf_ext import BtfExt, CoreRelo, encode_func_info, encode_line_info
+from ttcp.btf_fixup import fixed_for_kernel
 from ttcp.core import CoreResolver, insn_class_label, patch_insn
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import TtcpError
@@ -139,7 +140,7 @@ def exercise_btf(blob: bytes) -> None:
         t = btf.type(tid)
         by_kind.get(t.kind, set()).add(t.name)
     symbols = {name: 8 * n for n, name in enumerate(sorted(by_kind[B.KIND_VAR]))}
-    btf.fixed_for_kernel({n: 64 for n in by_kind[B.KIND_DATASEC]}, symbols)
+    fixed_for_kernel(btf, {n: 64 for n in by_kind[B.KIND_DATASEC]}, symbols)
     split = Btf.parse(blob, base=btf)
     walk_btf(split)
 
@@ -167,7 +168,7 @@ def exercise_object(data: bytes, target: Btf) -> None:
     for name, spec in loader.maps.items():
         assert spec.kernel_name == spec.kernel_name[:15]
         loader.set_max_entries(name, 4096)
-    loader.btf.fixed_for_kernel(loader.obj.section_sizes, loader.obj.symbol_offsets)
+    fixed_for_kernel(loader.btf, loader.obj.section_sizes, loader.obj.symbol_offsets)
     for name in loader.program_names():
         image, _ = loader.prepare(name)
         assert len(image.insns) % 8 == 0

@@ -1,4 +1,4 @@
-"""ttcp.btf: decoding every kind, lookups, malformed blobs, kernel fix-ups."""
+"""ttcp.btf: decoding every kind, lookups, malformed blobs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from tests.btf_builder import BtfBuilder
 from ttcp import btf as B
 from ttcp.btf import Btf, essential_name
+from ttcp.btf.index import REGEX_MIN_BYTES
+from ttcp.btf_fixup import fixed_for_kernel
 from ttcp.errors import FormatError
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -177,7 +179,7 @@ def test_large_btf_regex_walk_matches_builder() -> None:
         tid = b.add_array(i, n)
         expect[tid] = (B.KIND_ARRAY, "")
     data = b.build()
-    assert len(data) > B._REGEX_MIN_BYTES
+    assert len(data) > REGEX_MIN_BYTES
     btf = Btf.parse(data)
     assert len(btf) == len(expect) + 1
     for tid in sorted(expect, reverse=True)[:300] + sorted(expect)[::7]:
@@ -197,9 +199,9 @@ def test_lookup_walks_lazily() -> None:
         b.add_struct(f"filler{n}", [("a", i, 0), ("b", i, 32)], 8)
     btf = Btf.parse(b.build())
     assert btf.ids_by_name("first") == [first]
-    assert not btf._walk_done
+    assert not btf.index.done
     assert len(btf) == 6003
-    assert btf._walk_done
+    assert btf.index.done
 
 
 # ------------------------------------------------------------ malformed
@@ -327,57 +329,9 @@ def test_fuzzed_blobs_raise_only_format_error(data: st.DataObject) -> None:
                 btf.type(m.type)
         btf.ids_by_name("pair")
         btf.ids_by_essential_name("color___x")
-        btf.fixed_for_kernel({".data": 16}, {"counter": 8})
+        fixed_for_kernel(btf, {".data": 16}, {"counter": 8})
     except FormatError:
         pass
-
-
-# -------------------------------------------------------- kernel fix-ups
-
-
-def datasec_btf() -> tuple[bytes, dict[str, int]]:
-    b = BtfBuilder()
-    i = b.add_int("int", 4)
-    ids = {
-        "a": b.add_var("a", i, B.LINKAGE_GLOBAL),
-        "b": b.add_var("b", i, B.LINKAGE_GLOBAL),
-        "s": b.add_var("s", i, B.LINKAGE_STATIC),
-        "k": b.add_var("k", i, B.LINKAGE_EXTERN),
-    }
-    ids["data"] = b.add_datasec(".data", [(ids["a"], 0, 4), (ids["b"], 0, 4), (ids["s"], 0, 4)])
-    ids["ksyms"] = b.add_datasec(".ksyms", [(ids["k"], 4, 4), (ids["a"], 0, 4)])
-    return b.build(), ids
-
-
-def test_fixed_for_kernel_fills_sizes_offsets_and_sorts() -> None:
-    data, ids = datasec_btf()
-    fixed = Btf.parse(Btf.parse(data).fixed_for_kernel({".data": 12}, {"a": 8, "b": 4},
-                                                       hidden_symbols={"b"}))
-    sec = fixed.type(ids["data"])
-    assert sec.size == 12
-    # b@4, a@8 filled from symbols; static s keeps its offset 0 and sorts first.
-    assert sec.datasec_vars == (B.VarSecInfo(ids["s"], 0, 4), B.VarSecInfo(ids["b"], 4, 4),
-                                B.VarSecInfo(ids["a"], 8, 4))
-    assert fixed.type(ids["b"]).linkage == B.LINKAGE_STATIC
-    assert fixed.type(ids["a"]).linkage == B.LINKAGE_GLOBAL
-    ksyms = fixed.type(ids["ksyms"])  # not an ELF section: left alone but sorted
-    assert (ksyms.size, ksyms.datasec_vars) == (0, (B.VarSecInfo(ids["a"], 0, 4),
-                                                    B.VarSecInfo(ids["k"], 4, 4)))
-    assert len(fixed.data) == len(data)
-
-
-def test_fixed_for_kernel_needs_every_global_symbol() -> None:
-    data, _ = datasec_btf()
-    with pytest.raises(FormatError, match="no ELF symbol for VAR 'b'"):
-        Btf.parse(data).fixed_for_kernel({".data": 12}, {"a": 8})
-
-
-def test_fixed_for_kernel_rejects_non_var_entries() -> None:
-    b = BtfBuilder()
-    i = b.add_int("int", 4)
-    b.add_datasec(".bss", [(i, 0, 4)])
-    with pytest.raises(FormatError, match="not a VAR"):
-        Btf.parse(b.build()).fixed_for_kernel({".bss": 4}, {})
 
 
 # ------------------------------------------------------------- vmlinux
