@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from ttcp.btf import KINDS
+from ttcp.btf import BTF_MAGIC, KINDS
 
 KIND = {k.name: k.number for k in KINDS}  # the builder spells kinds as libbpf names them
 
@@ -130,7 +130,7 @@ class BtfBuilder:
 
     # -------------------------------------------------------------- build
 
-    def build(self, magic: int = 0xEB9F, version: int = 1, flags: int = 0, hdr_len: int = 24,
+    def build(self, magic: int = BTF_MAGIC, version: int = 1, flags: int = 0, hdr_len: int = 24,
               type_len: int | None = None, str_off: int | None = None,
               str_len: int | None = None, strings: bytes | None = None) -> bytes:
         types = b"".join(self.records)
@@ -183,10 +183,6 @@ class BtfExtBuilder:
         for part in parts:
             offsets += [pos, len(part)]
             pos += len(part)
-        header = struct.pack("<HBBIIIIIII", 0xEB9F, 1, 0, hdr_len, *offsets)
+        header = struct.pack("<HBBIIIIIII", BTF_MAGIC, 1, 0, hdr_len, *offsets)
         return header[:hdr_len] + bytes(max(0, hdr_len - 32)) + b"".join(parts)
 
-
-def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    """One BPF instruction."""
-    return struct.pack("<BBhi", code, src << 4 | dst, off, imm)

@@ -23,8 +23,10 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from tests.btf_builder import BtfBuilder, BtfExtBuilder, insn
+from tests.btf_builder import BtfBuilder, BtfExtBuilder
+from ttcp import asm
 from ttcp import btf as B
+from ttcp.asm import insn
 from ttcp.btf import Btf
 from ttcp.btf_ext import BtfExt, CoreRelo, encode_func_info, encode_line_info
 from ttcp.btf_fixup import fixed_for_kernel
@@ -424,8 +426,8 @@ def btf_ext_seeds() -> list[tuple[bytes, bytes]]:
 
 
 CORE_INSNS = (
-    insn(0x61, 1, 2, off=4) + insn(0x79, 1, 2, off=0)  # ldxw, ldxdw
-    + insn(0x07, 1, imm=4) + insn(0x0F, 1, 2)  # add64 imm, add64 reg
-    + insn(0x18, 1, imm=1) + insn(0)  # ldimm64 (two halves)
-    + insn(0x63, 10, 1, off=-8) + insn(0x95)  # stxw, exit
+    asm.ldx(asm.SIZE_W, 1, 2, 4) + asm.ldx(asm.SIZE_DW, 1, 2, 0)
+    + asm.add_imm(1, 4) + insn(asm.CLASS_ALU64 | asm.SOURCE_X, 1, 2)  # add64 imm, add64 reg
+    + asm.ld_imm64(1, 1)  # two halves
+    + insn(asm.CLASS_STX | 0x60 | asm.SIZE_W, 10, 1, off=-8) + asm.exit_()  # stxw (BPF_MEM)
 )
