@@ -106,6 +106,21 @@ def check_message(err: TtcpError) -> None:
 # ---- harnesses: one input through everything a parser offers ---------------------------------
 
 
+def referenced_ids(t: B.BtfType) -> list[int]:
+    """Every type id a type's record names (libbpf's btf_type_visit_type_ids)."""
+    if isinstance(t, B.Array):
+        return [t.elem_type, t.index_type]
+    if isinstance(t, B.Composite):
+        return [m.type for m in t.members]
+    if isinstance(t, B.FuncProto):
+        return [t.type, *(p.type for p in t.params)]
+    if isinstance(t, B.Datasec):
+        return [v.type for v in t.vars]
+    if isinstance(t, B.Reference):  # ptr, typedef, qualifiers, func, var, decl_tag
+        return [t.type]
+    return []
+
+
 def walk_btf(btf: Btf) -> None:
     """Decode every type and call every helper on it; TtcpError is the only way out."""
     count = len(btf)
@@ -113,13 +128,9 @@ def walk_btf(btf: Btf) -> None:
         t = btf.type(tid)
         t.describe()
         btf.kind_of(tid)
-        for ref in (t.type, *(m.type for m in t.members), *(p.type for p in t.params),
-                    *(v.type for v in t.datasec_vars)):
+        for ref in referenced_ids(t):
             with contextlib.suppress(TtcpError):
                 btf.type(ref)
-        if t.array is not None:
-            with contextlib.suppress(TtcpError):
-                btf.type(t.array.elem_type)
         with contextlib.suppress(TtcpError):
             btf.skip_mods_and_typedefs(tid)
         with contextlib.suppress(TtcpError):

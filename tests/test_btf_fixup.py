@@ -32,12 +32,12 @@ def test_fills_sizes_offsets_and_sorts() -> None:
     sec = fixed.type(ids["data"])
     assert sec.size == 12
     # b@4, a@8 filled from symbols; static s keeps its offset 0 and sorts first.
-    assert sec.datasec_vars == (B.VarSecInfo(ids["s"], 0, 4), B.VarSecInfo(ids["b"], 4, 4),
+    assert sec.vars == (B.VarSecInfo(ids["s"], 0, 4), B.VarSecInfo(ids["b"], 4, 4),
                                 B.VarSecInfo(ids["a"], 8, 4))
     assert fixed.type(ids["b"]).linkage == B.LINKAGE_STATIC
     assert fixed.type(ids["a"]).linkage == B.LINKAGE_GLOBAL
     ksyms = fixed.type(ids["ksyms"])  # not an ELF section: left alone but sorted
-    assert (ksyms.size, ksyms.datasec_vars) == (0, (B.VarSecInfo(ids["a"], 0, 4),
+    assert (ksyms.size, ksyms.vars) == (0, (B.VarSecInfo(ids["a"], 0, 4),
                                                     B.VarSecInfo(ids["k"], 4, 4)))
     assert len(fixed.data) == len(data)
 

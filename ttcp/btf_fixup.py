@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from ttcp.btf import KIND_DATASEC, KIND_VAR, LINKAGE_EXTERN, LINKAGE_STATIC, Btf, BtfType
+from ttcp.btf import KIND_DATASEC, LINKAGE_EXTERN, LINKAGE_STATIC, Btf, Datasec, Var
 from ttcp.btf.header import bad
 from ttcp.btf.kinds import COMMON_SIZE, KINDS
 
@@ -42,15 +42,16 @@ def fixed_for_kernel(
     out = bytearray(btf.data)
     hidden = set(hidden_symbols)
     for tid in btf.own_ids():
-        if btf.kind_of(tid) == KIND_DATASEC:
-            _fix_datasec(btf, out, btf.type(tid), section_sizes, symbol_offsets, hidden)
+        if btf.kind_of(tid) == KIND_DATASEC:  # decodes only what it fixes
+            _fix_datasec(btf, out, btf.typed(tid, Datasec), section_sizes, symbol_offsets,
+                         hidden)
     return bytes(out)
 
 
-def _fix_datasec(btf: Btf, out: bytearray, sec: BtfType, section_sizes: dict[str, int],
+def _fix_datasec(btf: Btf, out: bytearray, sec: Datasec, section_sizes: dict[str, int],
                  symbol_offsets: dict[str, int], hidden: set[str]) -> None:
     off = btf.record_offset(sec.id)
-    entries = [list(v) for v in sec.datasec_vars]
+    entries = [list(v) for v in sec.vars]
     if sec.name in section_sizes:
         fill = sec.size == 0  # a linked object already has sizes and offsets
         if fill:
@@ -68,7 +69,7 @@ def _fix_datasec(btf: Btf, out: bytearray, sec: BtfType, section_sizes: dict[str
 def _fix_var(btf: Btf, out: bytearray, sec_name: str, i: int, entry: list[int], fill: bool,
              symbol_offsets: dict[str, int], hidden: set[str]) -> None:
     var = btf.type(entry[0])
-    if var.kind != KIND_VAR:
+    if not isinstance(var, Var):
         raise bad(f"DATASEC '{sec_name}': entry #{i} is {var.describe()}, not a VAR")
     if var.linkage in (LINKAGE_STATIC, LINKAGE_EXTERN):
         return

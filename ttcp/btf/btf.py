@@ -19,27 +19,30 @@ RecursionError, or loops forever.
 
 from __future__ import annotations
 
+import builtins
 import mmap
 import struct
 from collections.abc import Iterable
+from typing import TypeVar
 
 from ttcp.btf.decode import Decoder
 from ttcp.btf.header import Blob, bad, read_header
 from ttcp.btf.index import TypeIndex
-from ttcp.btf.kinds import (
-    KIND_ARRAY,
-    KIND_DECL_TAG,
-    KIND_FUNC,
-    KIND_PTR,
-    KIND_TYPEDEF,
-    KIND_UNKN,
-    KIND_VAR,
-    MODIFIER_KINDS,
-    SIZED_KINDS,
-)
+from ttcp.btf.kinds import KIND_FUNC, KIND_UNKN
 from ttcp.btf.strings import StringTable
-from ttcp.btf.types import VOID, BtfType
+from ttcp.btf.types import (
+    VOID,
+    Array,
+    BtfType,
+    DeclTag,
+    Ptr,
+    Qualifier,
+    Sized,
+    Typedef,
+    Var,
+)
 
+_T = TypeVar("_T", bound=BtfType)
 _PTR_SIZE = 8  # BPF and x86-64 kernels: libbpf's btf_ptr_sz() finds 8 for both
 _MAX_CHAIN = 64  # modifier/typedef chains longer than this are treated as loops
 _MAX_RESOLVE_DEPTH = 32  # libbpf's MAX_RESOLVE_DEPTH
@@ -66,7 +69,7 @@ class Btf:
         layout = read_header(data)
         self._data = data
         self.base = base
-        self.strings = StringTable(data, layout.strings_start, layout.strings_end,
+        self.strings: StringTable = StringTable(data, layout.strings_start, layout.strings_end,
                                    base.strings if base is not None else None)
         self.index = TypeIndex(data, layout.types_start, layout.types_end,
                                len(base) if base is not None else 1)
@@ -134,7 +137,7 @@ class Btf:
         self._check_id(type_id)
         if type_id < self.index.first_id:
             return self.base.kind_of(type_id) if self.base is not None else KIND_UNKN
-        (info,) = struct.unpack_from("<I", self._data, self.index.offset(type_id) + 4)
+        info: int = struct.unpack_from("<I", self._data, self.index.offset(type_id) + 4)[0]
         return (info >> 24) & 0x1F
 
     def type(self, type_id: int) -> BtfType:
@@ -152,13 +155,21 @@ class Btf:
     def name_of(self, type_id: int) -> str:
         return self.type(type_id).name
 
+    def typed(self, type_id: int, cls: builtins.type[_T]) -> _T:
+        """type(type_id), which the caller expects to be a `cls` (a Composite
+        for a member's owner, say); FormatError if the BTF says otherwise."""
+        t = self.type(type_id)
+        if not isinstance(t, cls):
+            raise bad(f"type {t.describe()} is not a {cls.__name__.lower()}")
+        return t
+
     # ----------------------------------------------------------- chains
 
     def skip_mods_and_typedefs(self, type_id: int) -> int:
         """Follow const/volatile/restrict/type_tag/typedef to the real type."""
         seen = []
         t = self.type(type_id)
-        while t.kind in MODIFIER_KINDS or t.kind == KIND_TYPEDEF:
+        while isinstance(t, (Qualifier, Typedef)):
             seen.append(t.id)
             if len(seen) > _MAX_CHAIN or t.type in seen:
                 raise bad(
@@ -178,20 +189,18 @@ class Btf:
         nelems = 1
         t = self.type(type_id)
         for _ in range(_MAX_RESOLVE_DEPTH):
-            if t.kind in SIZED_KINDS:
+            if isinstance(t, Sized):
                 size = t.size
                 break
-            if t.kind == KIND_PTR:
+            if isinstance(t, Ptr):
                 size = _PTR_SIZE
                 break
-            if t.kind == KIND_ARRAY:
-                assert t.array is not None
-                nelems *= t.array.nelems
+            if isinstance(t, Array):
+                nelems *= t.nelems
                 if nelems > _U32:
                     raise bad(f"type [{type_id}]: array size overflows 32 bits")
-                t = self.type(t.array.elem_type)
-            elif t.kind in MODIFIER_KINDS or t.kind in (KIND_TYPEDEF, KIND_VAR,
-                                                        KIND_DECL_TAG):
+                t = self.type(t.elem_type)
+            elif isinstance(t, (Qualifier, Typedef, Var, DeclTag)):
                 t = self.type(t.type)
             else:
                 raise bad(f"type {self.type(type_id).describe()}: "

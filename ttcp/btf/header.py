@@ -16,6 +16,7 @@ BTF_MAGIC = 0xEB9F
 HEADER_SIZE = 24
 
 _WHAT = "BTF"
+_PREFIX = struct.Struct("<HBBI")  # magic, version, flags, hdr_len
 
 Blob = bytes | bytearray | mmap.mmap  # a blob is kept as passed, an mmap included
 
@@ -28,7 +29,7 @@ def bad(message: str) -> FormatError:
 def check_header(data: Blob, min_hdr_len: int, what: str, unit: str) -> int:
     """Validate the magic/version/flags/hdr_len prefix that .BTF and .BTF.ext
     share; returns hdr_len. The caller has checked that 8 bytes exist."""
-    magic, version, flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+    magic, version, flags, hdr_len = _PREFIX.unpack_from(data, 0)
     if magic == 0x9FEB:
         raise FormatError(what, f"big-endian {what} is not supported")
     if magic != BTF_MAGIC:
@@ -39,7 +40,7 @@ def check_header(data: Blob, min_hdr_len: int, what: str, unit: str) -> int:
         raise FormatError(what, f"unsupported flags 0x{flags:02x}")
     if hdr_len < min_hdr_len or hdr_len > len(data):
         raise FormatError(what, f"header length {hdr_len} invalid for a {len(data)}-byte {unit}")
-    return hdr_len
+    return int(hdr_len)
 
 
 class Layout(NamedTuple):

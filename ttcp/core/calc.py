@@ -9,9 +9,8 @@ value. Finding candidates is the resolver's job (cands.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from ttcp.btf import ENUM_KINDS, INT_SIGNED, KIND_ARRAY, KIND_ENUM, KIND_INT, KIND_PTR, Btf, BtfType
+from ttcp.btf import INT_SIGNED, Array, Btf, Enum, Enum64, Int, Ptr, Sized
 from ttcp.btf_ext import CoreRelo
 from ttcp.core.match import Matcher
 from ttcp.core.relo import (
@@ -34,26 +33,27 @@ from ttcp.core.relo import (
     SpecError,
     relo_error,
 )
-from ttcp.core.spec import SPEC_MAX_LEN, Spec
+from ttcp.core.spec import SPEC_MAX_LEN, Spec, member_of
 from ttcp.errors import FormatError
 
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
 
-@dataclass
 class _Res:
-    """libbpf's bpf_core_relo_res for one candidate."""
+    """libbpf's bpf_core_relo_res for one candidate, filled in step by step
+    (a plain class: a dataclass costs ~2 ms of start-up to create)."""
 
-    orig_val: int = 0
-    new_val: int = 0
-    poison: bool = False
-    validate: bool = True
-    orig_sz: int = 0
-    new_sz: int = 0
-    orig_type_id: int = 0
-    new_type_id: int = 0
-    fail_memsz_adjust: bool = False
+    __slots__ = ("fail_memsz_adjust", "new_sz", "new_type_id", "new_val", "orig_sz",
+                 "orig_type_id", "orig_val", "poison", "validate")
+
+    def __init__(self) -> None:
+        self.orig_val = self.new_val = 0
+        self.orig_sz = self.new_sz = 0
+        self.orig_type_id = self.new_type_id = 0
+        self.poison = False
+        self.validate = True
+        self.fail_memsz_adjust = False
 
 
 def calc_relo_insn(relo: CoreRelo, local_spec: Spec, target: Btf,
@@ -134,15 +134,14 @@ def _calc_fields(relo: CoreRelo, local: Spec, target: Spec | None, res: _Res) ->
     (res.orig_val, res.orig_sz, res.orig_type_id,
      res.validate) = _field_value(relo.kind, local)
     res.new_val, res.new_sz, res.new_type_id, _ = _field_value(relo.kind, target)
-    if res.orig_sz == res.new_sz:
+    if res.orig_sz == res.new_sz or target is None:  # no target: sizes are both 0
         return
-    assert target is not None
     orig_t = local.btf.type(res.orig_type_id)
     new_t = target.btf.type(res.new_type_id)
-    if orig_t.kind == KIND_PTR and new_t.kind == KIND_PTR:
+    if isinstance(orig_t, Ptr) and isinstance(new_t, Ptr):
         return
-    if (orig_t.kind == KIND_INT and new_t.kind == KIND_INT
-            and orig_t.int_encoding != INT_SIGNED and new_t.int_encoding != INT_SIGNED):
+    if (isinstance(orig_t, Int) and isinstance(new_t, Int)
+            and orig_t.encoding != INT_SIGNED and new_t.encoding != INT_SIGNED):
         return
     res.fail_memsz_adjust = True
 
@@ -151,10 +150,10 @@ def _outcome(res: _Res) -> str:
     return "poison" if res.poison else str(res.new_val)
 
 
-def _enum_raw(enum: BtfType, idx: int) -> int:
+def _enum_raw(enum: Enum, idx: int) -> int:
     """An enumerator as libbpf reads it: s32 sign-extended, or u64."""
-    value = enum.enum_values[idx].value
-    if enum.kind == KIND_ENUM:
+    value = enum.values[idx].value
+    if not isinstance(enum, Enum64):
         value &= _U32
         if value >= 1 << 31:
             value -= 1 << 32
@@ -177,17 +176,16 @@ def _enumval_value(kind: int, spec: Spec | None) -> int:
     if spec is None:
         raise Poison
     acc = spec.accessors[0]
-    return _enum_raw(spec.btf.type(acc.type_id), acc.idx)
+    return _enum_raw(spec.btf.typed(acc.type_id, Enum), acc.idx)
 
 
 def _elem_size(btf: Btf, type_id: int) -> int:
     """Size of the innermost element for arrays, else of the type itself."""
     t = btf.type(btf.skip_mods_and_typedefs(type_id))
     for _ in range(SPEC_MAX_LEN):
-        if t.kind != KIND_ARRAY:
+        if not isinstance(t, Array):
             return btf.resolve_size(t.id)
-        assert t.array is not None
-        t = btf.type(btf.skip_mods_and_typedefs(t.array.elem_type))
+        t = btf.type(btf.skip_mods_and_typedefs(t.elem_type))
     raise SpecError(f"array nesting deeper than {SPEC_MAX_LEN} (loop?)")
 
 
@@ -206,14 +204,14 @@ def _field_value(kind: int, spec: Spec | None) -> tuple[int, int, int, bool]:
         if kind == FIELD_BYTE_SIZE:
             return btf.resolve_size(acc.type_id), 0, 0, True
         raise SpecError(f"{KIND_NAMES_CORE[kind]} cannot apply to an array element")
-    member = btf.type(acc.type_id).members[acc.idx]
+    member = member_of(btf, acc)
     field_type_id = btf.skip_mods_and_typedefs(member.type)
     mt = btf.type(field_type_id)
     bit_off = spec.bit_offset
     bit_sz = member.bitfield_size
     bitfield = bit_sz > 0
     if bitfield:
-        byte_sz = mt.size
+        byte_sz = mt.size if isinstance(mt, Sized) else 0
         if byte_sz == 0:
             raise SpecError(f"bitfield {member.name!r} has zero-sized type {mt.describe()}")
         byte_off = bit_off // 8 // byte_sz * byte_sz
@@ -235,8 +233,8 @@ def _field_value(kind: int, spec: Spec | None) -> tuple[int, int, int, bool]:
     if kind == FIELD_BYTE_SIZE:
         return byte_sz, 0, 0, validate
     if kind == FIELD_SIGNED:
-        signed = ((mt.kind in ENUM_KINDS and mt.kflag)
-                  or (mt.kind == KIND_INT and bool(mt.int_encoding & INT_SIGNED)))
+        signed = ((isinstance(mt, Enum) and mt.kflag)
+                  or (isinstance(mt, Int) and bool(mt.encoding & INT_SIGNED)))
         return int(signed), 0, 0, True
     if kind == FIELD_LSHIFT_U64:
         return (64 - (bit_off + bit_sz - byte_off * 8)) & _U32, 0, 0, validate

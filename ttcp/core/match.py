@@ -12,27 +12,25 @@ member visits.
 from __future__ import annotations
 
 from ttcp.btf import (
-    COMPOSITE_KINDS,
-    ENUM_KINDS,
     INT_SIGNED,
-    KIND_ARRAY,
-    KIND_ENUM,
-    KIND_ENUM64,
-    KIND_FLOAT,
-    KIND_FUNC_PROTO,
-    KIND_FWD,
-    KIND_INT,
-    KIND_PTR,
-    KIND_STRUCT,
-    KIND_UNION,
-    KIND_UNKN,
+    Array,
     Btf,
     BtfType,
+    Composite,
+    Enum,
+    Float,
+    FuncProto,
+    Fwd,
+    Int,
+    Ptr,
+    Struct,
+    Union,
+    Void,
     essential_name,
 )
 from ttcp.btf_ext import CoreRelo
 from ttcp.core.relo import ENUMVAL_KINDS, TYPE_KINDS, TYPE_MATCHES, SpecError, relo_error
-from ttcp.core.spec import SPEC_MAX_LEN, U32, Accessor, Spec, is_flex
+from ttcp.core.spec import SPEC_MAX_LEN, U32, Accessor, Spec, is_flex, member_of
 from ttcp.errors import FormatError
 
 _MAX_DEPTH = 32  # libbpf's recursion depth for type compat/match
@@ -76,10 +74,10 @@ class Matcher:
     def _match_enumval(self, local: Spec, spec: Spec, targ_id: int) -> bool:
         enum_id = self.target.skip_mods_and_typedefs(targ_id)
         enum = self.target.type(enum_id)
-        if enum.kind not in ENUM_KINDS:
+        if not isinstance(enum, Enum):
             return False
         want = essential_name(local.accessors[0].name or "")
-        for i, value in enumerate(enum.enum_values):
+        for i, value in enumerate(enum.values):
             if essential_name(value.name) == want:
                 spec.accessors.append(Accessor(enum_id, i, value.name))
                 spec.raw.append(i)
@@ -98,12 +96,11 @@ class Matcher:
                 continue
             if i > 0:
                 t = target.type(targ_id)
-                if t.kind != KIND_ARRAY:
+                if not isinstance(t, Array):
                     return False
-                assert t.array is not None
-                if not is_flex(target, spec.accessors[-1], t) and acc.idx >= t.array.nelems:
+                if not is_flex(target, spec.accessors[-1], t) and acc.idx >= t.nelems:
                     return False
-                targ_id = target.skip_mods_and_typedefs(t.array.elem_type)
+                targ_id = target.skip_mods_and_typedefs(t.elem_type)
             if len(spec.raw) == SPEC_MAX_LEN:
                 raise SpecError(f"access path deeper than {SPEC_MAX_LEN}")
             spec.accessors.append(Accessor(targ_id, acc.idx, None))
@@ -118,9 +115,9 @@ class Matcher:
         target = self.target
         targ_id = target.skip_mods_and_typedefs(targ_id)
         t = target.type(targ_id)
-        if t.kind not in COMPOSITE_KINDS:
+        if not isinstance(t, Composite):
             return None
-        local_member = self.local.type(acc.type_id).members[acc.idx]
+        local_member = member_of(self.local, acc)
         for i, member in enumerate(t.members):
             self._tick()
             if len(spec.raw) == SPEC_MAX_LEN:
@@ -151,21 +148,20 @@ class Matcher:
             self._tick()
             lt = self.local.type(self.local.skip_mods_and_typedefs(local_id))
             tt = self.target.type(self.target.skip_mods_and_typedefs(targ_id))
-            if lt.kind in COMPOSITE_KINDS and tt.kind in COMPOSITE_KINDS:
+            if isinstance(lt, Composite) and isinstance(tt, Composite):
                 return True
             if not _kind_compat(lt, tt):
                 return False
-            if lt.kind in (KIND_PTR, KIND_FLOAT):
+            if isinstance(lt, (Ptr, Float)):
                 return True
-            if lt.kind in (KIND_FWD, KIND_ENUM, KIND_ENUM64):
+            if isinstance(lt, (Fwd, Enum)):
                 return (not lt.name or not tt.name
                         or essential_name(lt.name) == essential_name(tt.name))
-            if lt.kind == KIND_INT:
-                return lt.int_offset == 0 and tt.int_offset == 0
-            if lt.kind != KIND_ARRAY:
+            if isinstance(lt, Int) and isinstance(tt, Int):
+                return lt.offset == 0 and tt.offset == 0
+            if not (isinstance(lt, Array) and isinstance(tt, Array)):
                 return False
-            assert lt.array is not None and tt.array is not None
-            local_id, targ_id = lt.array.elem_type, tt.array.elem_type
+            local_id, targ_id = lt.elem_type, tt.elem_type
         raise SpecError(f"array nesting deeper than {SPEC_MAX_LEN} (loop?)")
 
     def _types_compat(self, local_id: int, targ_id: int, level: int) -> bool:
@@ -180,17 +176,15 @@ class Matcher:
             lt, tt = local.type(local_id), target.type(targ_id)
             if not _kind_compat(lt, tt):
                 return False
-            if lt.kind in (KIND_UNKN, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD,
-                           KIND_ENUM64):
+            if isinstance(lt, (Void, Composite, Enum, Fwd)):
                 return True
-            if lt.kind == KIND_INT:
-                return lt.int_offset == 0 and tt.int_offset == 0
-            if lt.kind == KIND_PTR:
+            if isinstance(lt, Int) and isinstance(tt, Int):
+                return lt.offset == 0 and tt.offset == 0
+            if isinstance(lt, Ptr) and isinstance(tt, Ptr):
                 local_id, targ_id = lt.type, tt.type
-            elif lt.kind == KIND_ARRAY:
-                assert lt.array is not None and tt.array is not None
-                local_id, targ_id = lt.array.elem_type, tt.array.elem_type
-            elif lt.kind == KIND_FUNC_PROTO:
+            elif isinstance(lt, Array) and isinstance(tt, Array):
+                local_id, targ_id = lt.elem_type, tt.elem_type
+            elif isinstance(lt, FuncProto) and isinstance(tt, FuncProto):
                 if len(lt.params) != len(tt.params):
                     return False
                 for lp, tp in zip(lt.params, tt.params):
@@ -216,35 +210,35 @@ class Matcher:
             tt = target.type(target.skip_mods_and_typedefs(targ_id))
             if essential_name(lt.name) != essential_name(tt.name):
                 return False
-            if lt.kind == KIND_UNKN:
-                return tt.kind == KIND_UNKN
-            if lt.kind == KIND_FWD:
-                if tt.kind == KIND_FWD:
+            if isinstance(lt, Void):
+                return isinstance(tt, Void)
+            if isinstance(lt, Fwd):
+                if isinstance(tt, Fwd):
                     return lt.kflag == tt.kflag
-                return behind_ptr and (tt.kind == KIND_STRUCT and not lt.kflag
-                                       or tt.kind == KIND_UNION and lt.kflag)
-            if lt.kind in ENUM_KINDS:
-                return tt.kind in ENUM_KINDS and _enums_match(lt, tt)
-            if lt.kind in COMPOSITE_KINDS:
+                return behind_ptr and (isinstance(tt, Struct) and not lt.kflag
+                                       or isinstance(tt, Union) and lt.kflag)
+            if isinstance(lt, Enum):
+                return isinstance(tt, Enum) and _enums_match(lt, tt)
+            if isinstance(lt, Composite):
                 if behind_ptr:
                     if lt.kind == tt.kind:
                         return True
-                    return tt.kind == KIND_FWD and (lt.kind == KIND_UNION) == tt.kflag
-                return lt.kind == tt.kind and self._composites_match(lt, tt, level)
-            if lt.kind == KIND_INT:
-                return (tt.kind == KIND_INT and lt.size == tt.size
-                        and lt.int_encoding & INT_SIGNED == tt.int_encoding & INT_SIGNED)
+                    return isinstance(tt, Fwd) and isinstance(lt, Union) == tt.kflag
+                return (isinstance(tt, Composite) and lt.kind == tt.kind
+                        and self._composites_match(lt, tt, level))
+            if isinstance(lt, Int):
+                return (isinstance(tt, Int) and lt.size == tt.size
+                        and lt.encoding & INT_SIGNED == tt.encoding & INT_SIGNED)
             if lt.kind != tt.kind:
                 return False
-            if lt.kind == KIND_PTR:
+            if isinstance(lt, Ptr) and isinstance(tt, Ptr):
                 behind_ptr = True
                 local_id, targ_id = lt.type, tt.type
-            elif lt.kind == KIND_ARRAY:
-                assert lt.array is not None and tt.array is not None
-                if lt.array.nelems != tt.array.nelems:
+            elif isinstance(lt, Array) and isinstance(tt, Array):
+                if lt.nelems != tt.nelems:
                     return False
-                local_id, targ_id = lt.array.elem_type, tt.array.elem_type
-            elif lt.kind == KIND_FUNC_PROTO:
+                local_id, targ_id = lt.elem_type, tt.elem_type
+            elif isinstance(lt, FuncProto) and isinstance(tt, FuncProto):
                 if len(lt.params) != len(tt.params):
                     return False
                 for lp, tp in zip(lt.params, tt.params):
@@ -255,7 +249,7 @@ class Matcher:
                 return False
         raise SpecError(f"type chain deeper than {_MAX_DEPTH} (loop?)")
 
-    def _composites_match(self, lt: BtfType, tt: BtfType, level: int) -> bool:
+    def _composites_match(self, lt: Composite, tt: Composite, level: int) -> bool:
         if len(lt.members) > len(tt.members):
             return False
         for lm in lt.members:
@@ -268,12 +262,12 @@ class Matcher:
 
 
 def _kind_compat(a: BtfType, b: BtfType) -> bool:
-    return a.kind == b.kind or (a.kind in ENUM_KINDS and b.kind in ENUM_KINDS)
+    return a.kind == b.kind or (isinstance(a, Enum) and isinstance(b, Enum))
 
 
-def _enums_match(lt: BtfType, tt: BtfType) -> bool:
-    if lt.size != tt.size or len(lt.enum_values) > len(tt.enum_values):
+def _enums_match(lt: Enum, tt: Enum) -> bool:
+    if lt.size != tt.size or len(lt.values) > len(tt.values):
         return False
-    names = {essential_name(v.name) for v in tt.enum_values}
-    return all(essential_name(v.name) in names for v in lt.enum_values)
+    names = {essential_name(v.name) for v in tt.values}
+    return all(essential_name(v.name) in names for v in lt.values)
 

@@ -50,15 +50,14 @@ def patch_insn(insns: bytearray, insn_idx: int, result: CoreResult) -> tuple[int
         raise CoreRelocationError(f"{where} out of range ({asm.count(insns)} instructions)")
     ins = asm.decode(insns, insn_idx)
     code, off, imm, cls = ins.code, ins.off, ins.imm, ins.cls
-    if result.poisoned:
+    new = result.new_value
+    if result.poisoned or new is None:  # one implies the other
         old = _current_value(insns, insn_idx)
         if code == asm.LD_IMM64:
             _check_ldimm64_room(insns, insn_idx)
             _poison(insns, insn_idx + 1)
         _poison(insns, insn_idx)
         return old, None
-    assert result.new_value is not None
-    new = result.new_value
     if cls in (asm.CLASS_ALU, asm.CLASS_ALU64):
         return _patch_alu(insns, insn_idx, result, code, imm, new)
     if cls in (asm.CLASS_LDX, asm.CLASS_ST, asm.CLASS_STX):

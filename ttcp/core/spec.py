@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ttcp.btf import COMPOSITE_KINDS, ENUM_KINDS, KIND_ARRAY, Btf, BtfType
+from ttcp.btf import Array, Btf, Composite, Enum, Member
 from ttcp.btf_ext import CoreRelo
 from ttcp.core.relo import ENUMVAL_KINDS, FIELD_KINDS, KIND_NAMES_CORE, TYPE_KINDS, SpecError
 
@@ -71,9 +71,9 @@ class Spec:
         if self.kind in ENUMVAL_KINDS:
             enum = self.btf.type(self.btf.skip_mods_and_typedefs(self.root_type_id))
             idx = self.raw[0] if self.raw else 0  # libbpf shows #0 when unmatched
-            if enum.kind not in ENUM_KINDS or idx >= len(enum.enum_values):
+            if not isinstance(enum, Enum) or idx >= len(enum.values):
                 return text
-            value = enum.enum_values[idx]
+            value = enum.values[idx]
             return text + f"::{value.name} = {value.value}"
         raw = ":".join(str(i) for i in self.raw)
         byte, bit = divmod(self.bit_offset, 8)
@@ -117,9 +117,9 @@ def parse_spec(btf: Btf, relo: CoreRelo) -> Spec:
     first = spec.raw[0]
     spec.accessors.append(Accessor(type_id, first, None))
     if relo.kind in ENUMVAL_KINDS:
-        if t.kind not in ENUM_KINDS or len(spec.raw) > 1 or first >= len(t.enum_values):
+        if not isinstance(t, Enum) or len(spec.raw) > 1 or first >= len(t.values):
             raise SpecError(f"enumerator index {spec.raw} invalid for {t.describe()}")
-        spec.accessors[0].name = t.enum_values[first].name
+        spec.accessors[0].name = t.values[first].name
         return spec
     spec.bit_offset = (first * btf.resolve_size(type_id) * 8) & U32
     for i in range(1, len(spec.raw)):
@@ -131,7 +131,7 @@ def _parse_step(spec: Spec, type_id: int, idx: int, pos: int) -> int:
     btf = spec.btf
     type_id = btf.skip_mods_and_typedefs(type_id)
     t = btf.type(type_id)
-    if t.kind in COMPOSITE_KINDS:
+    if isinstance(t, Composite):
         if idx >= len(t.members):
             raise SpecError(f"member index {idx} out of range for {t.describe()}")
         member = t.members[idx]
@@ -139,21 +139,24 @@ def _parse_step(spec: Spec, type_id: int, idx: int, pos: int) -> int:
         if member.name:
             spec.accessors.append(Accessor(type_id, idx, member.name))
         return member.type
-    if t.kind == KIND_ARRAY:
-        assert t.array is not None
-        elem = btf.skip_mods_and_typedefs(t.array.elem_type)
-        if not is_flex(btf, spec.accessors[-1], t) and idx >= t.array.nelems:
+    if isinstance(t, Array):
+        elem = btf.skip_mods_and_typedefs(t.elem_type)
+        if not is_flex(btf, spec.accessors[-1], t) and idx >= t.nelems:
             raise SpecError(f"array index {idx} out of range for {t.describe()} "
-                            f"of {t.array.nelems}")
+                            f"of {t.nelems}")
         spec.accessors.append(Accessor(elem, idx, None))
         spec.bit_offset = (spec.bit_offset + idx * btf.resolve_size(elem) * 8) & U32
         return elem
     raise SpecError(f"index #{pos} lands in {t.describe()}, not a struct, union or array")
 
 
-def is_flex(btf: Btf, acc: Accessor, arr: BtfType) -> bool:
-    """A zero-length array that is the last member of its struct."""
-    assert arr.array is not None
-    if acc.name is None or arr.array.nelems > 0:
+def is_flex(btf: Btf, acc: Accessor, arr: Array) -> bool:
+    """A zero-length array that is the last member of its struct (`acc`)."""
+    if acc.name is None or arr.nelems > 0:
         return False
-    return acc.idx == len(btf.type(acc.type_id).members) - 1
+    return acc.idx == len(btf.typed(acc.type_id, Composite).members) - 1
+
+
+def member_of(btf: Btf, acc: Accessor) -> Member:
+    """The member a named accessor stands for."""
+    return btf.typed(acc.type_id, Composite).members[acc.idx]
