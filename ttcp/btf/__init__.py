@@ -68,6 +68,7 @@ from ttcp.btf.types import (
     Restrict,
     Sized,
     Struct,
+    Symbol,
     Typedef,
     TypeTag,
     Union,
@@ -86,6 +87,6 @@ __all__ = [
     "LINKAGE_EXTERN", "LINKAGE_GLOBAL", "LINKAGE_STATIC", "MODIFIER_KINDS", "VOID",
     "Array", "Btf", "BtfType", "Composite", "Const", "Datasec", "DeclTag", "Enum", "Enum64",
     "EnumValue", "Float", "Func", "FuncProto", "Fwd", "Int", "Kind", "Member", "Param", "Ptr",
-    "Qualifier", "Reference", "Restrict", "Sized", "Struct", "TypeTag", "Typedef", "Union", "Var", "VarSecInfo", "Void",
+    "Qualifier", "Reference", "Restrict", "Sized", "Struct", "Symbol", "TypeTag", "Typedef", "Union", "Var", "VarSecInfo", "Void",
     "Volatile", "check_header", "essential_name",
 ]

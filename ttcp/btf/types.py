@@ -219,16 +219,22 @@ class Fwd(BtfType):
     kind = K.KIND_FWD
 
 
-class Func(Reference):
-    """A function; `type` is its FUNC_PROTO."""
+class Symbol(Reference):
+    """A FUNC or a VAR: named code or data with a linkage (LINKAGE_*)."""
 
     __slots__ = ("linkage",)
-    kind = K.KIND_FUNC
 
     def __init__(self, id: int, name: str, name_off: int, kflag: bool, type: int,
                  linkage: int) -> None:
         super().__init__(id, name, name_off, kflag, type)
         self.linkage: Final = linkage
+
+
+class Func(Symbol):
+    """A function; `type` is its FUNC_PROTO."""
+
+    __slots__ = ()
+    kind = K.KIND_FUNC
 
 
 class FuncProto(Reference):
@@ -243,14 +249,9 @@ class FuncProto(Reference):
         self.params: Final = params
 
 
-class Var(Reference):
-    __slots__ = ("linkage",)
+class Var(Symbol):
+    __slots__ = ()
     kind = K.KIND_VAR
-
-    def __init__(self, id: int, name: str, name_off: int, kflag: bool, type: int,
-                 linkage: int) -> None:
-        super().__init__(id, name, name_off, kflag, type)
-        self.linkage: Final = linkage
 
 
 class Datasec(Sized):
