@@ -10,7 +10,6 @@ the loader (ttcp.btf_fixup).
 from ttcp.btf.btf import Btf, essential_name
 from ttcp.btf.header import BTF_MAGIC, HEADER_SIZE, check_header
 from ttcp.btf.kinds import (
-    COMPOSITE_KINDS,
     ENUM_KINDS,
     INT_BOOL,
     INT_CHAR,
@@ -41,7 +40,6 @@ from ttcp.btf.kinds import (
     LINKAGE_EXTERN,
     LINKAGE_GLOBAL,
     LINKAGE_STATIC,
-    MODIFIER_KINDS,
     Kind,
 )
 from ttcp.btf.types import (
@@ -79,12 +77,12 @@ from ttcp.btf.types import (
 )
 
 __all__ = [
-    "BTF_MAGIC", "COMPOSITE_KINDS", "ENUM_KINDS", "HEADER_SIZE", "INT_BOOL", "INT_CHAR",
+    "BTF_MAGIC", "ENUM_KINDS", "HEADER_SIZE", "INT_BOOL", "INT_CHAR",
     "INT_SIGNED", "KINDS", "KIND_ARRAY", "KIND_CONST", "KIND_DATASEC", "KIND_DECL_TAG",
     "KIND_ENUM", "KIND_ENUM64", "KIND_FLOAT", "KIND_FUNC", "KIND_FUNC_PROTO", "KIND_FWD",
     "KIND_INT", "KIND_MAX", "KIND_NAMES", "KIND_PTR", "KIND_RESTRICT", "KIND_STRUCT",
     "KIND_TYPEDEF", "KIND_TYPE_TAG", "KIND_UNION", "KIND_UNKN", "KIND_VAR", "KIND_VOLATILE",
-    "LINKAGE_EXTERN", "LINKAGE_GLOBAL", "LINKAGE_STATIC", "MODIFIER_KINDS", "VOID",
+    "LINKAGE_EXTERN", "LINKAGE_GLOBAL", "LINKAGE_STATIC", "VOID",
     "Array", "Btf", "BtfType", "Composite", "Const", "Datasec", "DeclTag", "Enum", "Enum64",
     "EnumValue", "Float", "Func", "FuncProto", "Fwd", "Int", "Kind", "Member", "Param", "Ptr",
     "Qualifier", "Reference", "Restrict", "Sized", "Struct", "Symbol", "TypeTag", "Typedef", "Union", "Var", "VarSecInfo", "Void",

@@ -69,8 +69,9 @@ class Btf:
         layout = read_header(data)
         self._data = data
         self.base = base
-        self.strings: StringTable = StringTable(data, layout.strings_start, layout.strings_end,
-                                   base.strings if base is not None else None)
+        self.strings: StringTable = StringTable(
+            data, layout.strings_start, layout.strings_end,
+            base.strings if base is not None else None)
         self.index = TypeIndex(data, layout.types_start, layout.types_end,
                                len(base) if base is not None else 1)
         self._decoder = Decoder(data, self.strings, self.index)
