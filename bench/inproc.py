@@ -5,7 +5,6 @@ ring-buffer reader decodes and formats records from a full ring.
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from common import (
     median,
 )
 
-from ttcp import addresses, events, syscalls
+from ttcp import addresses, asm, events, syscalls
 from ttcp.attach import attach
 from ttcp.btf import KIND_TYPEDEF
 from ttcp.cli import Printer
@@ -32,8 +31,7 @@ from ttcp.errors import TtcpError
 from ttcp.sections import classify
 from ttcp.tracer import Tracer
 
-# r0 = 0; exit: the cheapest program the hook can run
-EMPTY_PROGRAM = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+EMPTY_PROGRAM = asm.RETURN_0  # r0 = 0; exit: the cheapest program the hook can run
 
 
 def _tracer(mode: str) -> Tracer:

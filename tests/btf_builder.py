@@ -9,12 +9,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-KIND = {
-    "int": 1, "ptr": 2, "array": 3, "struct": 4, "union": 5, "enum": 6, "fwd": 7,
-    "typedef": 8, "volatile": 9, "const": 10, "restrict": 11, "func": 12,
-    "func_proto": 13, "var": 14, "datasec": 15, "float": 16, "decl_tag": 17,
-    "type_tag": 18, "enum64": 19,
-}
+from ttcp.btf import BTF_MAGIC, KINDS
+
+KIND = {k.name: k.number for k in KINDS}  # the builder spells kinds as libbpf names them
 
 
 class BtfBuilder:
@@ -133,7 +130,7 @@ class BtfBuilder:
 
     # -------------------------------------------------------------- build
 
-    def build(self, magic: int = 0xEB9F, version: int = 1, flags: int = 0, hdr_len: int = 24,
+    def build(self, magic: int = BTF_MAGIC, version: int = 1, flags: int = 0, hdr_len: int = 24,
               type_len: int | None = None, str_off: int | None = None,
               str_len: int | None = None, strings: bytes | None = None) -> bytes:
         types = b"".join(self.records)
@@ -186,10 +183,6 @@ class BtfExtBuilder:
         for part in parts:
             offsets += [pos, len(part)]
             pos += len(part)
-        header = struct.pack("<HBBIIIIIII", 0xEB9F, 1, 0, hdr_len, *offsets)
+        header = struct.pack("<HBBIIIIIII", BTF_MAGIC, 1, 0, hdr_len, *offsets)
         return header[:hdr_len] + bytes(max(0, hdr_len - 32)) + b"".join(parts)
 
-
-def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    """One BPF instruction."""
-    return struct.pack("<BBhi", code, src << 4 | dst, off, imm)

@@ -23,10 +23,13 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from tests.btf_builder import BtfBuilder, BtfExtBuilder, insn
+from tests.btf_builder import BtfBuilder, BtfExtBuilder
+from ttcp import asm
 from ttcp import btf as B
+from ttcp.asm import insn
 from ttcp.btf import Btf
 from ttcp.btf_ext import BtfExt, CoreRelo, encode_func_info, encode_line_info
+from ttcp.btf_fixup import fixed_for_kernel
 from ttcp.core import CoreResolver, insn_class_label, patch_insn
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import TtcpError
@@ -103,6 +106,21 @@ def check_message(err: TtcpError) -> None:
 # ---- harnesses: one input through everything a parser offers ---------------------------------
 
 
+def referenced_ids(t: B.BtfType) -> list[int]:
+    """Every type id a type's record names (libbpf's btf_type_visit_type_ids)."""
+    if isinstance(t, B.Array):
+        return [t.elem_type, t.index_type]
+    if isinstance(t, B.Composite):
+        return [m.type for m in t.members]
+    if isinstance(t, B.FuncProto):
+        return [t.type, *(p.type for p in t.params)]
+    if isinstance(t, B.Datasec):
+        return [v.type for v in t.vars]
+    if isinstance(t, B.Reference):  # ptr, typedef, qualifiers, func, var, decl_tag
+        return [t.type]
+    return []
+
+
 def walk_btf(btf: Btf) -> None:
     """Decode every type and call every helper on it; TtcpError is the only way out."""
     count = len(btf)
@@ -110,13 +128,9 @@ def walk_btf(btf: Btf) -> None:
         t = btf.type(tid)
         t.describe()
         btf.kind_of(tid)
-        for ref in (t.type, *(m.type for m in t.members), *(p.type for p in t.params),
-                    *(v.type for v in t.datasec_vars)):
+        for ref in referenced_ids(t):
             with contextlib.suppress(TtcpError):
                 btf.type(ref)
-        if t.array is not None:
-            with contextlib.suppress(TtcpError):
-                btf.type(t.array.elem_type)
         with contextlib.suppress(TtcpError):
             btf.skip_mods_and_typedefs(tid)
         with contextlib.suppress(TtcpError):
@@ -139,7 +153,7 @@ def exercise_btf(blob: bytes) -> None:
         t = btf.type(tid)
         by_kind.get(t.kind, set()).add(t.name)
     symbols = {name: 8 * n for n, name in enumerate(sorted(by_kind[B.KIND_VAR]))}
-    btf.fixed_for_kernel({n: 64 for n in by_kind[B.KIND_DATASEC]}, symbols)
+    fixed_for_kernel(btf, {n: 64 for n in by_kind[B.KIND_DATASEC]}, symbols)
     split = Btf.parse(blob, base=btf)
     walk_btf(split)
 
@@ -167,7 +181,7 @@ def exercise_object(data: bytes, target: Btf) -> None:
     for name, spec in loader.maps.items():
         assert spec.kernel_name == spec.kernel_name[:15]
         loader.set_max_entries(name, 4096)
-    loader.btf.fixed_for_kernel(loader.obj.section_sizes, loader.obj.symbol_offsets)
+    fixed_for_kernel(loader.btf, loader.obj.section_sizes, loader.obj.symbol_offsets)
     for name in loader.program_names():
         image, _ = loader.prepare(name)
         assert len(image.insns) % 8 == 0
@@ -423,8 +437,8 @@ def btf_ext_seeds() -> list[tuple[bytes, bytes]]:
 
 
 CORE_INSNS = (
-    insn(0x61, 1, 2, off=4) + insn(0x79, 1, 2, off=0)  # ldxw, ldxdw
-    + insn(0x07, 1, imm=4) + insn(0x0F, 1, 2)  # add64 imm, add64 reg
-    + insn(0x18, 1, imm=1) + insn(0)  # ldimm64 (two halves)
-    + insn(0x63, 10, 1, off=-8) + insn(0x95)  # stxw, exit
+    asm.ldx(asm.SIZE_W, 1, 2, 4) + asm.ldx(asm.SIZE_DW, 1, 2, 0)
+    + asm.add_imm(1, 4) + insn(asm.CLASS_ALU64 | asm.SOURCE_X, 1, 2)  # add64 imm, add64 reg
+    + asm.ld_imm64(1, 1)  # two halves
+    + insn(asm.CLASS_STX | 0x60 | asm.SIZE_W, 10, 1, off=-8) + asm.exit_()  # stxw (BPF_MEM)
 )

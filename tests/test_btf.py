@@ -1,4 +1,4 @@
-"""ttcp.btf: decoding every kind, lookups, malformed blobs, kernel fix-ups."""
+"""ttcp.btf: decoding every kind, lookups, malformed blobs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from tests.btf_builder import BtfBuilder
 from ttcp import btf as B
 from ttcp.btf import Btf, essential_name
+from ttcp.btf.index import REGEX_MIN_BYTES
+from ttcp.btf_fixup import fixed_for_kernel
 from ttcp.errors import FormatError
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -52,18 +54,18 @@ def test_every_kind_decodes() -> None:
     btf = Btf.parse(b.build())
     assert len(btf) == len(ids) + 1
     t = btf.type(ids["int"])
-    assert (t.kind, t.name, t.size, t.int_encoding, t.int_bits) == (B.KIND_INT, "int", 4, 1, 32)
-    assert btf.type(ids["uchar"]).int_encoding == B.INT_CHAR
+    assert (t.kind, t.name, t.size, t.encoding, t.offset, t.bits) == (B.KIND_INT, "int", 4, 1, 0, 32)
+    assert btf.type(ids["uchar"]).encoding == B.INT_CHAR
     assert btf.type(ids["ptr"]).type == ids["int"]
-    assert btf.type(ids["array"]).array == B.ArrayInfo(ids["int"], ids["int"], 7)
+    arr = btf.type(ids["array"])
+    assert (arr.elem_type, arr.index_type, arr.nelems) == (ids["int"], ids["int"], 7)
     assert btf.type(ids["struct"]).members == (
         B.Member("a", ids["int"], 0, 0), B.Member("b", ids["ptr"], 64, 0))
     assert btf.type(ids["bits"]).members == (
         B.Member("x", ids["int"], 3, 5), B.Member("y", ids["int"], 8, 0))
     assert btf.type(ids["union"]).kind == B.KIND_UNION
-    assert btf.type(ids["enum"]).enum_values == (B.EnumValue("RED", 0),
-                                                 B.EnumValue("BLUE", 0xFFFFFFFF))
-    assert btf.type(ids["senum"]).enum_values == (B.EnumValue("NEG", -2),)
+    assert btf.type(ids["enum"]).values == (B.EnumValue("RED", 0), B.EnumValue("BLUE", 0xFFFFFFFF))
+    assert btf.type(ids["senum"]).values == (B.EnumValue("NEG", -2),)
     fwd = btf.type(ids["fwd"])
     assert (fwd.kind, fwd.kflag) == (B.KIND_FWD, True)
     assert btf.type(ids["typedef"]).type == ids["int"]
@@ -75,15 +77,25 @@ def test_every_kind_decodes() -> None:
     assert (func.name, func.type, func.linkage) == ("tcp_close", ids["proto"], 1)
     assert btf.type(ids["var"]).linkage == B.LINKAGE_GLOBAL
     sec = btf.type(ids["datasec"])
-    assert (sec.name, sec.size, sec.datasec_vars) == (".data", 16, (B.VarSecInfo(ids["var"], 8, 4),))
+    assert (sec.name, sec.size, sec.vars) == (".data", 16, (B.VarSecInfo(ids["var"], 8, 4),))
     assert btf.type(ids["float"]).size == 8
     tag = btf.type(ids["decl_tag"])
     assert (tag.type, tag.component_idx) == (ids["struct"], 1)
     assert btf.type(ids["type_tag"]).name == "user"
-    assert btf.type(ids["enum64"]).enum_values == (B.EnumValue("HUGE", 1 << 40),
-                                                   B.EnumValue("MAX", (1 << 64) - 1))
-    assert btf.type(ids["senum64"]).enum_values == (B.EnumValue("M1", -1),)
-    assert btf.type(0) == B.VOID
+    assert btf.type(ids["enum64"]).values == (B.EnumValue("HUGE", 1 << 40),
+                                              B.EnumValue("MAX", (1 << 64) - 1))
+    assert btf.type(ids["senum64"]).values == (B.EnumValue("M1", -1),)
+    assert btf.type(0) == B.VOID and btf.type(0).kind == B.KIND_UNKN
+    classes = {"int": B.Int, "uchar": B.Int, "ptr": B.Ptr, "array": B.Array, "struct": B.Struct,
+               "bits": B.Struct, "union": B.Union, "enum": B.Enum, "senum": B.Enum, "fwd": B.Fwd,
+               "typedef": B.Typedef, "volatile": B.Volatile, "const": B.Const,
+               "restrict": B.Restrict, "proto": B.FuncProto, "func": B.Func, "var": B.Var,
+               "datasec": B.Datasec, "float": B.Float, "decl_tag": B.DeclTag,
+               "type_tag": B.TypeTag, "enum64": B.Enum64, "senum64": B.Enum64}
+    raw = Btf.parse(b.build())  # kind_of reads the record's info word, nothing decoded
+    for key, tid in ids.items():  # one class per kind, and it has the record's kind
+        assert type(btf.type(tid)) is classes[key]
+        assert btf.type(tid).kind == raw.kind_of(tid)
     assert btf.type(ids["struct"]).describe() == f"[{ids['struct']}] struct pair"
     assert btf.type(ids["ptr"]).describe() == f"[{ids['ptr']}] ptr <anon>"
 
@@ -105,6 +117,9 @@ def test_helpers() -> None:
     assert btf.name_of(ids["func"]) == "tcp_close"
     assert btf.string(btf.type(ids["func"]).name_off) == "tcp_close"
     assert btf.kind_of(ids["datasec"]) == B.KIND_DATASEC
+    assert btf.typed(ids["struct"], B.Composite).members == btf.type(ids["struct"]).members
+    with pytest.raises(FormatError, match=r"int int is not a composite"):
+        btf.typed(ids["int"], B.Composite)
 
 
 def test_name_lookups() -> None:
@@ -177,7 +192,7 @@ def test_large_btf_regex_walk_matches_builder() -> None:
         tid = b.add_array(i, n)
         expect[tid] = (B.KIND_ARRAY, "")
     data = b.build()
-    assert len(data) > B._REGEX_MIN_BYTES
+    assert len(data) > REGEX_MIN_BYTES
     btf = Btf.parse(data)
     assert len(btf) == len(expect) + 1
     for tid in sorted(expect, reverse=True)[:300] + sorted(expect)[::7]:
@@ -197,9 +212,9 @@ def test_lookup_walks_lazily() -> None:
         b.add_struct(f"filler{n}", [("a", i, 0), ("b", i, 32)], 8)
     btf = Btf.parse(b.build())
     assert btf.ids_by_name("first") == [first]
-    assert not btf._walk_done
+    assert not btf.index.done
     assert len(btf) == 6003
-    assert btf._walk_done
+    assert btf.index.done
 
 
 # ------------------------------------------------------------ malformed
@@ -323,61 +338,13 @@ def test_fuzzed_blobs_raise_only_format_error(data: st.DataObject) -> None:
                 btf.resolve_size(tid)
             except FormatError:
                 pass
-            for m in t.members:
+            for m in t.members if isinstance(t, B.Composite) else ():
                 btf.type(m.type)
         btf.ids_by_name("pair")
         btf.ids_by_essential_name("color___x")
-        btf.fixed_for_kernel({".data": 16}, {"counter": 8})
+        fixed_for_kernel(btf, {".data": 16}, {"counter": 8})
     except FormatError:
         pass
-
-
-# -------------------------------------------------------- kernel fix-ups
-
-
-def datasec_btf() -> tuple[bytes, dict[str, int]]:
-    b = BtfBuilder()
-    i = b.add_int("int", 4)
-    ids = {
-        "a": b.add_var("a", i, B.LINKAGE_GLOBAL),
-        "b": b.add_var("b", i, B.LINKAGE_GLOBAL),
-        "s": b.add_var("s", i, B.LINKAGE_STATIC),
-        "k": b.add_var("k", i, B.LINKAGE_EXTERN),
-    }
-    ids["data"] = b.add_datasec(".data", [(ids["a"], 0, 4), (ids["b"], 0, 4), (ids["s"], 0, 4)])
-    ids["ksyms"] = b.add_datasec(".ksyms", [(ids["k"], 4, 4), (ids["a"], 0, 4)])
-    return b.build(), ids
-
-
-def test_fixed_for_kernel_fills_sizes_offsets_and_sorts() -> None:
-    data, ids = datasec_btf()
-    fixed = Btf.parse(Btf.parse(data).fixed_for_kernel({".data": 12}, {"a": 8, "b": 4},
-                                                       hidden_symbols={"b"}))
-    sec = fixed.type(ids["data"])
-    assert sec.size == 12
-    # b@4, a@8 filled from symbols; static s keeps its offset 0 and sorts first.
-    assert sec.datasec_vars == (B.VarSecInfo(ids["s"], 0, 4), B.VarSecInfo(ids["b"], 4, 4),
-                                B.VarSecInfo(ids["a"], 8, 4))
-    assert fixed.type(ids["b"]).linkage == B.LINKAGE_STATIC
-    assert fixed.type(ids["a"]).linkage == B.LINKAGE_GLOBAL
-    ksyms = fixed.type(ids["ksyms"])  # not an ELF section: left alone but sorted
-    assert (ksyms.size, ksyms.datasec_vars) == (0, (B.VarSecInfo(ids["a"], 0, 4),
-                                                    B.VarSecInfo(ids["k"], 4, 4)))
-    assert len(fixed.data) == len(data)
-
-
-def test_fixed_for_kernel_needs_every_global_symbol() -> None:
-    data, _ = datasec_btf()
-    with pytest.raises(FormatError, match="no ELF symbol for VAR 'b'"):
-        Btf.parse(data).fixed_for_kernel({".data": 12}, {"a": 8})
-
-
-def test_fixed_for_kernel_rejects_non_var_entries() -> None:
-    b = BtfBuilder()
-    i = b.add_int("int", 4)
-    b.add_datasec(".bss", [(i, 0, 4)])
-    with pytest.raises(FormatError, match="not a VAR"):
-        Btf.parse(b.build()).fixed_for_kernel({".bss": 4}, {})
 
 
 # ------------------------------------------------------------- vmlinux

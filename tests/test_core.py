@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.btf_builder import BtfBuilder, insn
+from tests.btf_builder import BtfBuilder
+from ttcp import asm
 from ttcp import core as C
+from ttcp.asm import insn
 from ttcp.btf import KIND_STRUCT, Btf
 from ttcp.btf_ext import BtfExt, CoreRelo
 from ttcp.core import CoreResolver, patch_insn, resolve
@@ -22,12 +24,8 @@ from ttcp.errors import CoreRelocationError
 VMLINUX = "/sys/kernel/btf/vmlinux"
 U64 = (1 << 64) - 1
 
-LDXW = 0x61  # BPF_LDX | BPF_MEM | BPF_W
-LDXDW = 0x79
-ADD64_K = 0x07
-ADD64_X = 0x0F
-LD_IMM64 = 0x18
-JA = 0x05
+ADD64_X = asm.CLASS_ALU64 | asm.SOURCE_X  # BPF_ADD is 0: r_dst += r_src
+JA = asm.CLASS_JMP  # BPF_JA is 0
 
 
 def relo(type_id: int, access: str, kind: int, insn_off: int = 0, index: int = 0) -> CoreRelo:
@@ -63,9 +61,9 @@ def test_field_offset_moves_and_ldx_is_patched() -> None:
     assert res.target_spec == f"<byte_off> [{tfoo}] struct foo.b (0:3 @ offset 16)"
     assert res.target_type_id == tfoo
     assert [(c.type_id, c.matched) for c in res.candidates] == [(tfoo, True)]
-    insns = bytearray(insn(LDXW, 1, 2, off=4) + insn(0x95))
+    insns = bytearray(asm.ldx(asm.SIZE_W, 1, 2, 4) + asm.exit_())
     assert patch_insn(insns, 0, res) == (4, 16)
-    assert insns[:8] == insn(LDXW, 1, 2, off=16)
+    assert insns[:8] == asm.ldx(asm.SIZE_W, 1, 2, 16)
 
 
 def test_byte_size_exists_signed_shifts_on_plain_field() -> None:
@@ -327,19 +325,19 @@ def test_load_size_adjusted_for_unsigned_ints() -> None:
     local, target, m = load_size_pair(target_signed=False)
     res = resolve(relo(m, "0:0", C.FIELD_BYTE_OFFSET), local, target)
     assert (res.orig_size, res.new_size, res.fail_memsz_adjust) == (8, 4, False)
-    insns = bytearray(insn(LDXDW, 0, 1, off=0))
+    insns = bytearray(asm.ldx(asm.SIZE_DW, 0, 1, 0))
     assert patch_insn(insns, 0, res) == (0, 4)
-    assert insns == insn(LDXW, 0, 1, off=4)
+    assert insns == asm.ldx(asm.SIZE_W, 0, 1, 4)
 
 
 def test_load_size_change_of_signed_field_poisons_the_load() -> None:
     local, target, m = load_size_pair(target_signed=True)
     res = resolve(relo(m, "0:0", C.FIELD_BYTE_OFFSET), local, target)
     assert res.fail_memsz_adjust and not res.poisoned
-    insns = bytearray(insn(LDXDW, 0, 1, off=0))
+    insns = bytearray(asm.ldx(asm.SIZE_DW, 0, 1, 0))
     assert patch_insn(insns, 0, res) == (0, None)
-    assert insns == insn(0x85, imm=C.POISON_IMM)
-    alu = bytearray(insn(ADD64_K, 1, imm=0))  # offset arithmetic is still fine
+    assert insns == asm.call(C.POISON_IMM)
+    alu = bytearray(asm.add_imm(1, 0))  # offset arithmetic is still fine
     assert patch_insn(alu, 0, res) == (0, 4)
 
 
@@ -382,9 +380,9 @@ def test_enum64_target_and_formats() -> None:
     assert res.target_spec == f"<enumval_value> [{ids['te']}] enum e::A = -1"
     gone = resolve(relo(ids["e"], "2", C.ENUMVAL_VALUE), local, target)
     assert gone.poisoned and gone.candidates[0].spec.endswith("enum e::B = 7")  # libbpf shows #0
-    insns = bytearray(insn(LD_IMM64, 1, imm=3) + insn(0) + insn(0x95))
+    insns = bytearray(asm.ld_imm64(1, 3) + asm.exit_())
     assert patch_insn(insns, 0, gone) == (3, None)
-    assert insns[:16] == insn(0x85, imm=C.POISON_IMM) * 2
+    assert insns[:16] == asm.call(C.POISON_IMM) * 2
 
 
 def types() -> tuple[Btf, Btf, dict[str, int]]:
@@ -434,10 +432,10 @@ def test_type_kinds() -> None:
 def test_patch_alu_imm_and_validation() -> None:
     local, target, foo, _ = moved_field()
     res = resolve(relo(foo, "0:1", C.FIELD_BYTE_OFFSET, insn_off=8), local, target)
-    insns = bytearray(insn(JA) + insn(ADD64_K, 1, imm=4))
+    insns = bytearray(insn(JA) + asm.add_imm(1, 4))
     assert patch_insn(insns, 1, res) == (4, 16)
-    assert insns[8:] == insn(ADD64_K, 1, imm=16)
-    wrong = bytearray(insn(ADD64_K, 1, imm=5))
+    assert insns[8:] == asm.add_imm(1, 16)
+    wrong = bytearray(asm.add_imm(1, 5))
     with pytest.raises(CoreRelocationError, match="insn #0: expected 4 got 5"):
         patch_insn(wrong, 0, res)
     with pytest.raises(CoreRelocationError, match="register source"):
@@ -445,25 +443,25 @@ def test_patch_alu_imm_and_validation() -> None:
     with pytest.raises(CoreRelocationError, match="cannot relocate"):
         patch_insn(bytearray(insn(JA, off=4, imm=4)), 0, res)
     with pytest.raises(CoreRelocationError, match="out of range"):
-        patch_insn(bytearray(insn(ADD64_K, imm=4)), 1, res)
+        patch_insn(bytearray(asm.add_imm(0, 4)), 1, res)
 
 
 def test_patch_ldimm64_64bit_value() -> None:
     local, target, ids = enums()
     res = resolve(relo(ids["big"], "0", C.ENUMVAL_VALUE), local, target)
-    insns = bytearray(insn(LD_IMM64, 2, imm=5) + insn(0))
+    insns = bytearray(asm.ld_imm64(2, 5))
     assert patch_insn(insns, 0, res) == (5, 1 << 40)
     assert struct.unpack_from("<i", insns, 4)[0] == 0 and struct.unpack_from("<i", insns, 12)[0] == 256
     with pytest.raises(CoreRelocationError, match="unexpected form"):
-        patch_insn(bytearray(insn(LD_IMM64, 2, imm=5) + insn(0, off=1)), 0, res)
+        patch_insn(bytearray(insn(asm.LD_IMM64, 2, imm=5) + insn(0, off=1)), 0, res)
     with pytest.raises(CoreRelocationError, match="second half"):
-        patch_insn(bytearray(insn(LD_IMM64, 2, imm=5)), 0, res)
+        patch_insn(bytearray(insn(asm.LD_IMM64, 2, imm=5)), 0, res)
 
 
 def test_negative_imm_compares_as_u64() -> None:
     local, target, ids = enums()
     res = resolve(relo(ids["e"], "0", C.ENUMVAL_VALUE), local, target)  # A: 1 -> -1
-    insns = bytearray(insn(0xB7, 1, imm=1))  # mov r1, 1
+    insns = bytearray(asm.mov_imm(1, 1))
     assert patch_insn(insns, 0, res) == (1, U64)
     assert struct.unpack_from("<i", insns, 4)[0] == -1
 
@@ -478,8 +476,8 @@ def test_offset_too_big_for_insn() -> None:
     local, target = pair(lb, tb)
     res = resolve(relo(s, "0:0", C.FIELD_BYTE_OFFSET), local, target)
     with pytest.raises(CoreRelocationError, match="does not fit"):
-        patch_insn(bytearray(insn(LDXW, 0, 1)), 0, res)
-    assert patch_insn(bytearray(insn(ADD64_K, 1)), 0, res) == (0, 40000)
+        patch_insn(bytearray(asm.ldx(asm.SIZE_W, 0, 1, 0)), 0, res)
+    assert patch_insn(bytearray(asm.add_imm(1, 0)), 0, res) == (0, 40000)
 
 
 # ------------------------------------------------------------- malformed

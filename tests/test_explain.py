@@ -20,9 +20,8 @@ import pytest
 from tests import kernel
 from tests.kernel import scaled
 from tests.objects import SOURCE, compile_bpf
+from ttcp.asm import LD_IMM64
 from ttcp.elf_object import read_object
-
-LD_IMM64 = 0x18
 
 pytestmark = pytest.mark.kernel
 

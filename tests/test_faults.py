@@ -33,7 +33,7 @@ from tests import hostile as H
 from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import scaled
 from tests.traffic import Server, connect_many
-from ttcp import addresses, events, server, syscalls
+from ttcp import addresses, asm, events, server, syscalls
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import BpfError, FormatError
 from ttcp.tracer import Tracer
@@ -228,9 +228,9 @@ def broken_program(data: bytes, section: str) -> bytes:
     refuses it ("last insn is not an exit or jmp"); everything else is intact."""
     off, size = H.sections_of(data)[section]
     last = off + size - 8
-    assert data[last] == 0x95, "expected the program to end in exit"
+    assert data[last] == asm.EXIT, "expected the program to end in exit"
     out = bytearray(data)
-    out[last:last + 8] = struct.pack("<BBhi", 0xB7, 0, 0, 0)
+    out[last:last + 8] = asm.mov_imm(asm.R0, 0)
     return bytes(out)
 
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from tests import hostile as H
 from tests.btf_builder import BtfBuilder, BtfExtBuilder
+from ttcp import elf_object
 from ttcp.btf import KIND_STRUCT, Btf
 from ttcp.btf_ext import BtfExt, CoreRelo
 from ttcp.core import CoreResolver
@@ -168,6 +169,26 @@ def test_the_guards_catch_what_they_claim_to() -> None:
 
 def _raise(err: Exception) -> None:
     raise err
+
+
+def test_only_malformed_input_is_a_malformed_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What pyelftools raises on a bad header becomes FormatError; an exception
+    from a bug (here: a KeyError in ttcp's own reading) is not dressed as one."""
+    seed = H.shipped()
+    past_seek = bytearray(seed)
+    past_seek[0x28:0x30] = (1 << 63).to_bytes(8, "little")  # e_shoff beyond what seek() takes
+    err = H.only_ttcp_errors(read_object, bytes(past_seek))
+    assert isinstance(err, FormatError) and "ELFParseError" in err.message
+    corrupt = (H.CORPUS / "elf" / "compressed-btf-corrupt-zlib.o").read_bytes()
+    err = H.only_ttcp_errors(read_object, corrupt)
+    assert isinstance(err, FormatError) and "decompressing" in err.message
+
+    def bug(*args: object) -> None:
+        raise KeyError("a ttcp bug")
+
+    monkeypatch.setattr(elf_object, "_read_relocs", bug)
+    with pytest.raises(KeyError, match="a ttcp bug"):
+        read_object(seed)
 
 
 # ---- BTF ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 import bpf_asm as asm
 import pytest
 
+from tests.btf_builder import BtfBuilder
 from ttcp import syscalls
 from ttcp.errors import BpfError
 from ttcp.uapi import AttachType, MapType, ProgType, UpdateFlag
@@ -174,11 +175,9 @@ def test_btf_load_rejects_garbage_with_log() -> None:
 
 
 def test_btf_load_minimal_blob() -> None:
-    # One INT type "int" (4 bytes, signed, 32 bits).
-    strings = b"\0int\0"
-    types = struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)
-    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
-    with opened(syscalls.btf_load(hdr + types + strings)) as fd:
+    b = BtfBuilder()  # one INT type "int" (4 bytes, signed, 32 bits)
+    b.add_int("int", 4, signed=True)
+    with opened(syscalls.btf_load(b.build())) as fd:
         assert fd > 0
 
 

@@ -23,6 +23,7 @@ from . import features, syscalls
 from .asm import INSN_SIZE
 from .btf import KIND_FUNC, KIND_TYPEDEF, Btf
 from .btf_ext import BtfExt, encode_func_info, encode_line_info
+from .btf_fixup import fixed_for_kernel
 from .core import CoreResolver, patch_insn
 from .elf_object import BpfObject, Function, read_object
 from .errors import BpfError, FormatError, TtcpError
@@ -196,7 +197,7 @@ class ObjectLoader:
         EPERM/EACCES is raised instead (nothing else would load either).
         """
         if self._btf_fd < 0:
-            data = self.btf.fixed_for_kernel(self.obj.section_sizes, self.obj.symbol_offsets)
+            data = fixed_for_kernel(self.btf, self.obj.section_sizes, self.obj.symbol_offsets)
             try:
                 self._btf_fd = syscalls.btf_load(data)
             except BpfError as e:

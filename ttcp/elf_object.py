@@ -10,10 +10,11 @@ kernel wants filled into BTF.
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from elftools.common.exceptions import ELFError
+from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import Section, SymbolTableSection
@@ -140,13 +141,25 @@ def read_object(source: str | bytes, name: str = "") -> BpfObject:
         except OSError as e:
             raise FormatError("ELF", f"cannot read {source}: {e.strerror}") from e
     try:
-        return _read(io.BytesIO(data), path)
-    except FormatError:
-        raise
-    except (ELFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
-            AssertionError, OverflowError, UnicodeDecodeError, MemoryError) as e:
-        # pyelftools signals malformed input with many exception types.
+        return _read(_Stream(data), path)
+    except (ELFError, zlib.error) as e:
+        # What pyelftools raises on malformed input: ELFError (its parse errors
+        # included) and, for a corrupt compressed section, zlib's error. Any
+        # other exception is a bug, in ttcp or in pyelftools, and propagates.
         raise FormatError("ELF", f"{path}: malformed object ({type(e).__name__}: {e})") from e
+
+
+class _Stream(io.BytesIO):
+    """The object's bytes as pyelftools reads them. It seeks to whatever
+    offsets the headers hold, unchecked; one seek() cannot take (2**63 or
+    more) is a malformed header, so it becomes pyelftools' own parse error
+    instead of an OverflowError that could also come from a bug."""
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return super().seek(pos, whence)
+        except (OverflowError, ValueError) as e:
+            raise ELFParseError(f"cannot seek to offset {pos}") from e
 
 
 def _read(stream: BinaryIO, path: str) -> BpfObject:

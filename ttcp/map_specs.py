@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .btf import KIND_ARRAY, KIND_DATASEC, KIND_PTR, KIND_STRUCT, KIND_VAR, Btf
+from .btf import KIND_DATASEC, Array, Btf, Datasec, Ptr, Struct, Var
 from .elf_object import BpfObject
 from .errors import FormatError
 from .uapi import MapFlag, MapType
@@ -76,9 +76,9 @@ def _maps_section_vars(btf: Btf) -> dict[str, int]:
     if not ids:
         raise FormatError("BTF", "object has a .maps section but no .maps DATASEC in its BTF")
     out: dict[str, int] = {}
-    for var in btf.type(ids[0]).datasec_vars:
+    for var in btf.typed(ids[0], Datasec).vars:
         vt = btf.type(var.type)
-        if vt.kind != KIND_VAR:
+        if not isinstance(vt, Var):
             raise FormatError("BTF", f".maps DATASEC entry {var.type} is not a VAR")
         out[vt.name] = vt.type
     return out
@@ -86,7 +86,7 @@ def _maps_section_vars(btf: Btf) -> dict[str, int]:
 
 def _btf_map(btf: Btf, name: str, type_id: int) -> MapSpec:
     st = btf.type(btf.skip_mods_and_typedefs(type_id))
-    if st.kind != KIND_STRUCT:
+    if not isinstance(st, Struct):
         raise FormatError("BTF", f"map {name!r}: definition is not a struct")
     ints: dict[str, int] = {}
     key_id = value_id = 0
@@ -95,7 +95,7 @@ def _btf_map(btf: Btf, name: str, type_id: int) -> MapSpec:
             ints[m.name] = _uint_value(btf, name, m.name, m.type)
         elif m.name in ("key", "value"):
             ptr = btf.type(m.type)
-            if ptr.kind != KIND_PTR:
+            if not isinstance(ptr, Ptr):
                 raise FormatError("BTF", f"map {name!r}: {m.name} must be a pointer (__type)")
             if m.name == "key":
                 key_id = ptr.type
@@ -117,10 +117,10 @@ def _btf_map(btf: Btf, name: str, type_id: int) -> MapSpec:
 def _uint_value(btf: Btf, name: str, field: str, type_id: int) -> int:
     """`__uint(field, N)` is encoded as a pointer to an array of N ints."""
     ptr = btf.type(type_id)
-    arr = btf.type(ptr.type) if ptr.kind == KIND_PTR else None
-    if arr is None or arr.kind != KIND_ARRAY or arr.array is None:
+    arr = btf.type(ptr.type) if isinstance(ptr, Ptr) else None
+    if not isinstance(arr, Array):
         raise FormatError("BTF", f"map {name!r}: {field} is not an __uint() value")
-    return arr.array.nelems
+    return arr.nelems
 
 
 def _sized(btf: Btf, name: str, what: str, type_id: int, explicit: int | None) -> int:
