@@ -1,4 +1,5 @@
-"""ttcp's kernel layouts and numbers against the kernel's own BTF.
+"""ttcp's kernel layouts and numbers against the kernel's own BTF; the event ABI
+against the shipped object's BTF.
 
 Every field of ttcp.kernel_types and every number of ttcp.uapi that the
 running kernel describes in /sys/kernel/btf/vmlinux is compared with it,
@@ -7,24 +8,30 @@ the kernel's description rather than only by the kernel accepting it. A field
 or enumerator newer than the oldest kernel ttcp supports (5.8) may be missing
 there and is listed in NEWER; anything else missing fails. Numbers the kernel
 keeps as #defines never reach BTF: NOT_IN_BTF says which.
+
+The records ttcp decodes (struct event) and the filter values it reads and
+writes (struct filter_stats) are compared with the BTF clang wrote into the
+shipped object, item by item of their `struct` formats.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 from collections.abc import Callable, Iterator
 from enum import IntEnum, IntFlag
 
 import pytest
 
-from tests.btf_layout import Field, fields, struct_id
+from tests.btf_layout import Field, fields, format_items, shipped_struct, struct_id
 from tests.kernel import kernel_btf
+from ttcp import events, uapi
 from ttcp import kernel_types as kt
-from ttcp import uapi
 from ttcp.btf import KIND_ENUM, KIND_ENUM64, KIND_UNION, Btf
 from ttcp.elf_loader import VMLINUX_BTF
 from ttcp.features import Probe
+from ttcp.tracer import FILTER_STATS
 from ttcp.uapi import AttachType, Cmd, Helper, LinkType, MapFlag, MapType, ProgType, RingbufFlag, StatsType
 
 OLDEST_KERNEL = "5.8"  # ring buffers (README)
@@ -276,3 +283,39 @@ def test_uapi_numbers_outside_btf_are_the_listed_ones() -> None:
     checked = {e.__name__ for e in ENUMS} | {"PERF_TYPE_TRACEPOINT"}
     public = {n for n in vars(uapi) if n[0].isupper() and n not in ("IntEnum", "IntFlag")}
     assert public - checked == set(NOT_IN_BTF)
+
+
+# ---- the event ABI (the shipped object's BTF) ---------------------------------------------------
+
+
+def format_problems(fmt: str, size: int, c_fields: dict[str, Field]) -> list[str]:
+    """Every disagreement between a `struct` format and a C struct: each member
+    has an item at its offset of its size (a pad member an "x"), each item a
+    member, integers agree on signedness, and the sizes agree."""
+    problems = [] if struct.calcsize(fmt) == size else [f"{fmt!r} is {struct.calcsize(fmt)} bytes, not {size}"]
+    items = {offset: (isize, code) for offset, isize, code in format_items(fmt)}
+    members = {f.byte_range for f in c_fields.values()}
+    for name, f in c_fields.items():
+        if f.byte_range is None or f.byte_range[0] not in items:
+            problems.append(f"member {name} {describe(f)} has no item at its offset in {fmt!r}")
+            continue
+        isize, code = items[f.byte_range[0]]
+        if isize != f.byte_range[1]:
+            problems.append(f"member {name} @{f.byte_range[0]} is {f.byte_range[1]} bytes, the item {code!r} {isize}")
+        elif f.signed is not None and code != "x" and code.islower() != f.signed:
+            problems.append(f"member {name} is {'' if f.signed else 'un'}signed, the item {code!r} is not")
+    problems += [f"item {code!r} @{offset} is no member" for offset, (isize, code) in items.items()
+                 if (offset, isize) not in members and code != "x"]
+    return problems
+
+
+def test_event_format_matches_struct_event() -> None:
+    size, c_fields = shipped_struct("event")
+    agree(format_problems(events._EVENT.format, size, c_fields))
+    assert events.EVENT_SIZE == size
+
+
+def test_filter_value_format_matches_struct_filter_stats() -> None:
+    size, c_fields = shipped_struct("filter_stats")
+    agree(format_problems(FILTER_STATS.format, size, c_fields))
+    assert FILTER_STATS.size == size

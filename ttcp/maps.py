@@ -73,6 +73,7 @@ class StructCodec:
 
     def __init__(self, fmt: str) -> None:
         self._struct = struct.Struct(fmt)
+        self.format = fmt
         self.size = self._struct.size
         self._single = len(self._struct.unpack(bytes(self.size))) == 1
 
