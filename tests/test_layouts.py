@@ -20,7 +20,7 @@ import ctypes
 import functools
 import struct
 from collections.abc import Callable, Iterator
-from enum import IntEnum, IntFlag
+from enum import Enum, IntEnum, IntFlag
 
 import pytest
 
@@ -55,8 +55,8 @@ NEWER: dict[tuple[type, str], str] = {
     (Helper, "KTIME_GET_COARSE_NS"): "5.11",
     (Helper, "LOOP"): "5.17",
     # #defines until the UAPI turned them into anonymous enums (5.10)
-    **{(uapi.UpdateFlag, m.name): "5.10" for m in uapi.UpdateFlag},
-    **{(MapFlag, m.name): "5.10" for m in MapFlag},
+    **{(uapi.UpdateFlag, name): "5.10" for name in uapi.UpdateFlag.__members__},
+    **{(MapFlag, name): "5.10" for name in MapFlag.__members__},
 }
 
 # ttcp.uapi numbers the kernel has as #defines or ioctl macros: BTF cannot check them.
@@ -110,6 +110,7 @@ def ttcp_fields(layout: type[ctypes.Structure | ctypes.Union]) -> Iterator[tuple
     anonymous = getattr(layout, "_anonymous_", ())
     for name, ctype, *_ in layout._fields_:
         if name in anonymous:
+            assert issubclass(ctype, ctypes.Union)
             for arm, *_ in ctype._fields_:
                 yield arm, getattr(layout, arm).offset, getattr(layout, arm).size
         else:
@@ -250,7 +251,7 @@ def test_newer_list_names_real_fields_and_members() -> None:
         if issubclass(owner, ctypes.Structure):
             assert name in {n for n, *_ in ttcp_fields(owner)}, (owner, name)
         else:
-            assert name in owner.__members__, (owner, name)
+            assert issubclass(owner, Enum) and name in owner.__members__, (owner, name)
 
 
 # ---- numbers ---------------------------------------------------------------------------------------

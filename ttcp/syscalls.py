@@ -128,7 +128,7 @@ def _bpf_raw(cmd: Cmd, attr: ctypes.Structure) -> tuple[int, int]:
     on failure; EINTR is retried."""
     addr, size = ctypes.addressof(attr), ATTR_SIZE[cmd]
     while True:
-        ret = _bpf_fn(_NR_BPF, cmd, addr, size)
+        ret: int = _bpf_fn(_NR_BPF, cmd, addr, size)
         if ret >= 0:
             return ret, 0
         err = ctypes.get_errno()
@@ -414,7 +414,7 @@ def perf_event_open_tracepoint(tp_id: int, cpu: int) -> int:
     attr = PerfEventAttr(type=PERF_TYPE_TRACEPOINT, size=ctypes.sizeof(PerfEventAttr), config=tp_id,
                          sample_period=1, wakeup_events=1)
     while True:
-        ret = _perf_fn(_NR_PERF_EVENT_OPEN, ctypes.addressof(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+        ret: int = _perf_fn(_NR_PERF_EVENT_OPEN, ctypes.addressof(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
         if ret >= 0:
             return ret
         err = ctypes.get_errno()
