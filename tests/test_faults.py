@@ -36,7 +36,7 @@ from tests.traffic import Server, connect_many
 from ttcp import addresses, asm, events, server, syscalls
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import BpfError, FormatError
-from ttcp.tracer import Tracer
+from ttcp.tracer import FILTER_STATS, Tracer
 
 pytestmark = pytest.mark.kernel
 
@@ -82,8 +82,8 @@ def filter_map_of(pid: int) -> int:
 
 def matches(map_fd: int, addr: str) -> int:
     """The program's own count of connections that hit `addr` (sent or dropped)."""
-    raw = syscalls.map_lookup(map_fd, addresses.key_of(addr), 16)
-    return 0 if raw is None else struct.unpack("=QQ", raw)[0]
+    raw = syscalls.map_lookup(map_fd, addresses.key_of(addr), FILTER_STATS.size)
+    return 0 if raw is None else FILTER_STATS.decode(raw)[0]
 
 
 def wait_matches(map_fd: int, addr: str, want: int, timeout: float = 15.0) -> None:

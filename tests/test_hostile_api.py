@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 
 from ttcp import addresses, server
 from ttcp.errors import TtcpError
-from ttcp.maps import HashMap, RawCodec, StructCodec
+from ttcp.maps import HashMap, RawCodec
+from ttcp.tracer import FILTER_STATS
 
 pytestmark = pytest.mark.kernel
 
@@ -105,7 +106,7 @@ def live() -> Iterator[LiveServer]:
 
     _require_kernel()
     fds, ids = bpf_fds(), all_ids()
-    filters = HashMap.create(RawCodec(16), StructCodec("=QQ"), CAPACITY, "filter")
+    filters = HashMap.create(RawCodec(16), FILTER_STATS, CAPACITY, "filter")
     srv = LiveServer(filters)
     try:
         yield srv
@@ -431,7 +432,7 @@ def test_fifty_concurrent_clients_end_with_the_expected_set(live: LiveServer) ->
                          ids=["long-label", "empty-label", "bad-ipv4", "bad-zone", "dash", "surrogate"])
 def test_unusable_host_is_one_line_ttcp_error(host: str, no_bpf_leaks: None) -> None:
     """Whatever --host holds, start() refuses it with one TtcpError line, nothing half-open."""
-    with HashMap.create(RawCodec(16), StructCodec("=QQ"), 4, "filter") as filters:
+    with HashMap.create(RawCodec(16), FILTER_STATS, 4, "filter") as filters:
         app = server.create_app(filters, health=dict, mono_to_wall=float)
 
         async def main() -> str:

@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import pytest
 
+from tests.btf_layout import shipped_struct
 from ttcp import addresses, events
 from ttcp.errors import FormatError
 
 
 def record(saddr="127.0.0.2", daddr="127.0.0.1", ts=5_000_000_000, srtt=412, family=2, hook=2,
            sport=47090, dport=80, netns=4026531840) -> bytes:
-    return struct.pack("<16s16sQQQIIIIHHHBx", addresses.key_of(saddr), addresses.key_of(daddr), ts,
-                       1234, 5678, srtt, 99, 3, netns, sport, dport, family, hook)
+    """A record laid out from struct event in the shipped object's BTF, field by
+    field: independent of the `struct` format under test."""
+    size, c_fields = shipped_struct("event")
+    raw = bytearray(size)
+    values = {"saddr": addresses.key_of(saddr), "daddr": addresses.key_of(daddr), "ts_ns": ts,
+              "bytes_acked": 1234, "bytes_received": 5678, "srtt_us": srtt, "rttvar_us": 99,
+              "total_retrans": 3, "netns": netns, "sport": sport, "dport": dport, "family": family,
+              "hook": hook}
+    for name, value in values.items():
+        where = c_fields[name].byte_range
+        assert where is not None, name
+        offset, width = where
+        raw[offset:offset + width] = value if isinstance(value, bytes) else value.to_bytes(width, "little")
+    return bytes(raw)
 
 
 def test_event_size_matches_the_c_struct():
-    assert events.EVENT_SIZE == 80
+    assert events.EVENT_SIZE == shipped_struct("event")[0] == 80
 
 
 def test_decode_every_field():

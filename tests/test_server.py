@@ -26,7 +26,8 @@ import pytest
 
 from ttcp import addresses, server
 from ttcp.errors import TtcpError
-from ttcp.maps import HashMap, RawCodec, StructCodec
+from ttcp.maps import HashMap, RawCodec
+from ttcp.tracer import FILTER_STATS
 
 pytestmark = pytest.mark.kernel
 
@@ -59,7 +60,7 @@ def make_map(no_bpf_leaks: None) -> Iterator[Callable[..., HashMap]]:
     made: list[HashMap] = []
 
     def make(max_entries: int = 64, cls: type[HashMap] = HashMap) -> HashMap:
-        m = cls.create(RawCodec(16), StructCodec("=QQ"), max_entries, "filter")
+        m = cls.create(RawCodec(16), FILTER_STATS, max_entries, "filter")
         made.append(m)
         return m
 

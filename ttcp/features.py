@@ -24,10 +24,11 @@ from pathlib import Path
 
 from . import asm, syscalls
 from .errors import BpfError
+from .kernel_types import BpfProgInfo, end_of
 from .uapi import AttachType, Helper, MapType, ProgType
 
 SYSFS_BTF = Path("/sys/kernel/btf/vmlinux")
-PROG_INFO_RECURSION_MISSES_END = 216  # offsetof(bpf_prog_info, recursion_misses) + 8 (5.12)
+PROG_INFO_RECURSION_MISSES_END = end_of(BpfProgInfo, "recursion_misses")  # a 5.12 field
 
 
 @dataclass(frozen=True)

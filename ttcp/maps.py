@@ -8,6 +8,7 @@ caller must handle (map full, key exists) get their own exception types.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import mmap
 import select
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ttcp import features, syscalls
 from ttcp.errors import BpfError, FormatError
-from ttcp.uapi import MapType, UpdateFlag
+from ttcp.kernel_types import RingbufHdr
+from ttcp.uapi import MapType, RingbufFlag, UpdateFlag
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only type checkers need it
     from typing import Self
@@ -71,6 +73,7 @@ class StructCodec:
 
     def __init__(self, fmt: str) -> None:
         self._struct = struct.Struct(fmt)
+        self.format = fmt
         self.size = self._struct.size
         self._single = len(self._struct.unpack(bytes(self.size))) == 1
 
@@ -272,9 +275,10 @@ class PerCpuArray(_MapHandle):
 
 # ---- ring buffer ----------------------------------------------------------------------
 
-_BUSY = 1 << 31
-_DISCARD = 1 << 30
-_HDR = 8
+# Plain ints: IntFlag arithmetic would cost every record a Python-level call.
+_BUSY = int(RingbufFlag.BUSY)
+_DISCARD = int(RingbufFlag.DISCARD)
+_HDR = ctypes.sizeof(RingbufHdr)  # len is its first u32, read as words[off >> 2]
 
 RecordCallback = Callable[[bytes], Any]
 

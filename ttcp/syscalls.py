@@ -1,8 +1,9 @@
 """Thin, typed wrappers over bpf(2), perf_event_open(2) and friends.
 
-This is the only module in ttcp that talks to the kernel. Every call builds a
-zeroed attribute buffer of the command's size (the kernel rejects non-zero
-bytes past a command's last field), retries EINTR, and turns a failure into a
+This is the only module in ttcp that talks to the kernel. Every call fills
+the command's layout from ttcp.kernel_types (zeroed where not set) and tells
+the kernel its size up to the command's last field (the kernel rejects
+non-zero bytes past it), retries EINTR, and turns a failure into a
 `BpfError` naming the command and the object, so callers never see a bare
 OSError or a negative return code.
 """
@@ -17,11 +18,29 @@ import os
 import platform
 import re
 import resource
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ttcp.errors import BpfError, privilege_hint
+from ttcp.kernel_types import (
+    ATTR_SIZE,
+    BpfLinkInfo,
+    BpfMapInfo,
+    BpfProgInfo,
+    BtfLoadAttr,
+    EnableStatsAttr,
+    LinkCreateAttr,
+    MapBatchAttr,
+    MapCreateAttr,
+    MapElemAttr,
+    ObjIdAttr,
+    ObjInfoAttr,
+    PerfEventAttr,
+    ProgLoadAttr,
+    ProgTestRunAttr,
+    RawTracepointOpenAttr,
+)
 from ttcp.uapi import (
     BPF_OBJ_NAME_LEN,
     PERF_EVENT_IOC_ENABLE,
@@ -33,9 +52,8 @@ from ttcp.uapi import (
     UpdateFlag,
 )
 
-# Kernel numbers live in ttcp.uapi; these are this module's own conventions.
-_PERF_ATTR_SIZE = 128  # PERF_ATTR_SIZE_VER7; every field we leave alone is 0
-
+# Kernel numbers live in ttcp.uapi, layouts in ttcp.kernel_types; these are
+# this module's own conventions.
 _SYSCALL_NUMBERS = {
     "x86_64": (321, 298),  # (bpf, perf_event_open)
     "aarch64": (280, 241),
@@ -105,34 +123,12 @@ class _Buf:
         return self.c.raw[: self.size if n is None else n]
 
 
-class _Attr:
-    """A zeroed `union bpf_attr` prefix of exactly the size a command needs."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-        self._c = (ctypes.c_char * size).from_buffer(self.data)
-
-    @property
-    def addr(self) -> int:
-        return ctypes.addressof(self._c)
-
-    def u32(self, off: int, value: int) -> None:
-        struct.pack_into("=I", self.data, off, value & 0xFFFFFFFF)
-
-    def u64(self, off: int, value: int) -> None:
-        struct.pack_into("=Q", self.data, off, value & 0xFFFFFFFFFFFFFFFF)
-
-    def put(self, off: int, raw: bytes) -> None:
-        self.data[off : off + len(raw)] = raw
-
-    def get_u32(self, off: int) -> int:
-        return struct.unpack_from("=I", self.data, off)[0]
-
-
-def _bpf_raw(cmd: int, attr: _Attr) -> tuple[int, int]:
-    """bpf(cmd, attr): (result, 0) on success, (-1, errno) on failure; EINTR is retried."""
+def _bpf_raw(cmd: Cmd, attr: ctypes.Structure) -> tuple[int, int]:
+    """bpf(cmd, attr) with the command's size: (result, 0) on success, (-1, errno)
+    on failure; EINTR is retried."""
+    addr, size = ctypes.addressof(attr), ATTR_SIZE[cmd]
     while True:
-        ret = _bpf_fn(_NR_BPF, cmd, attr.addr, len(attr.data))
+        ret: int = _bpf_fn(_NR_BPF, cmd, addr, size)
         if ret >= 0:
             return ret, 0
         err = ctypes.get_errno()
@@ -140,7 +136,7 @@ def _bpf_raw(cmd: int, attr: _Attr) -> tuple[int, int]:
             return -1, err
 
 
-def _bpf(cmd: int, attr: _Attr, step: str) -> int:
+def _bpf(cmd: Cmd, attr: ctypes.Structure, step: str) -> int:
     ret, err = _bpf_raw(cmd, attr)
     if ret < 0:
         raise BpfError(step, err, hint=privilege_hint(err))
@@ -206,28 +202,10 @@ def map_create(
     btf_value_type_id: int = 0,
 ) -> int:
     """BPF_MAP_CREATE; returns the map fd."""
-    a = _Attr(60)
-    a.u32(0, map_type)
-    a.u32(4, key_size)
-    a.u32(8, value_size)
-    a.u32(12, max_entries)
-    a.u32(16, flags)
-    a.put(28, _obj_name(name))
-    a.u32(48, btf_fd)
-    a.u32(52, btf_key_type_id)
-    a.u32(56, btf_value_type_id)
+    a = MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries,
+                      map_flags=flags, map_name=_obj_name(name), btf_fd=btf_fd,
+                      btf_key_type_id=btf_key_type_id, btf_value_type_id=btf_value_type_id)
     return _bpf(Cmd.MAP_CREATE, a, f"MAP_CREATE {name or '(unnamed)'}")
-
-
-def _elem_attr(fd: int, key: _Buf, value: _Buf | None, flags: int = 0, size: int = 32) -> _Attr:
-    a = _Attr(size)
-    a.u32(0, fd)
-    a.u64(8, key.addr)
-    if value is not None:
-        a.u64(16, value.addr)
-    if size >= 32:
-        a.u64(24, flags)
-    return a
 
 
 def map_lookup(fd: int, key: bytes, value_size: int, *, percpu: bool = False, name: str = "") -> bytes | None:
@@ -238,7 +216,7 @@ def map_lookup(fd: int, key: bytes, value_size: int, *, percpu: bool = False, na
     """
     size = percpu_value_size(value_size) if percpu else value_size
     k, v = _Buf(key), _Buf(size)
-    ret, err = _bpf_raw(Cmd.MAP_LOOKUP_ELEM, _elem_attr(fd, k, v))
+    ret, err = _bpf_raw(Cmd.MAP_LOOKUP_ELEM, MapElemAttr(map_fd=fd, key=k.addr, value=v.addr))
     if ret < 0:
         if err == errno.ENOENT:
             return None
@@ -249,13 +227,14 @@ def map_lookup(fd: int, key: bytes, value_size: int, *, percpu: bool = False, na
 def map_update(fd: int, key: bytes, value: bytes, flags: int = UpdateFlag.ANY, *, name: str = "") -> None:
     """Insert or replace (per `flags`: BPF_ANY / BPF_NOEXIST / BPF_EXIST)."""
     k, v = _Buf(key), _Buf(value)
-    _bpf(Cmd.MAP_UPDATE_ELEM, _elem_attr(fd, k, v, flags), f"MAP_UPDATE_ELEM {_label(name, fd)}")
+    _bpf(Cmd.MAP_UPDATE_ELEM, MapElemAttr(map_fd=fd, key=k.addr, value=v.addr, flags=flags),
+         f"MAP_UPDATE_ELEM {_label(name, fd)}")
 
 
 def map_delete(fd: int, key: bytes, *, name: str = "") -> bool:
     """Delete `key`; False if it was not there."""
     k = _Buf(key)
-    ret, err = _bpf_raw(Cmd.MAP_DELETE_ELEM, _elem_attr(fd, k, None))
+    ret, err = _bpf_raw(Cmd.MAP_DELETE_ELEM, MapElemAttr(map_fd=fd, key=k.addr))
     if ret < 0:
         if err == errno.ENOENT:
             return False
@@ -267,7 +246,7 @@ def map_get_next_key(fd: int, key: bytes | None, key_size: int, *, name: str = "
     """The key after `key` (the first key when `key` is None), or None at the end."""
     k = _Buf(key if key is not None else b"")
     nxt = _Buf(key_size)
-    ret, err = _bpf_raw(Cmd.MAP_GET_NEXT_KEY, _elem_attr(fd, k, nxt, size=24))
+    ret, err = _bpf_raw(Cmd.MAP_GET_NEXT_KEY, MapElemAttr(map_fd=fd, key=k.addr, next_key=nxt.addr))
     if ret < 0:
         if err == errno.ENOENT:
             return None
@@ -287,20 +266,15 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int, *,
     while True:
         token_out = _Buf(8)
         keys, values = _Buf(count * key_size), _Buf(count * value_size)
-        a = _Attr(56)
-        a.u64(0, token_in.addr if token_in is not None else 0)
-        a.u64(8, token_out.addr)
-        a.u64(16, keys.addr)
-        a.u64(24, values.addr)
-        a.u32(32, count)
-        a.u32(36, fd)
+        a = MapBatchAttr(in_batch=token_in.addr if token_in is not None else 0, out_batch=token_out.addr,
+                         keys=keys.addr, values=values.addr, count=count, map_fd=fd)
         ret, err = _bpf_raw(Cmd.MAP_LOOKUP_BATCH, a)
         if ret < 0 and err == errno.ENOSPC:
             count *= 2
             continue
         if ret < 0 and err != errno.ENOENT:
             raise BpfError(step, err, hint=privilege_hint(err))
-        got = a.get_u32(32)
+        got = a.count
         kraw, vraw = keys.raw(), values.raw()
         entries += [(kraw[i * key_size:(i + 1) * key_size], vraw[i * value_size:(i + 1) * value_size])
                     for i in range(got)]
@@ -311,23 +285,23 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int, *,
 
 def map_freeze(fd: int, *, name: str = "") -> None:
     """BPF_MAP_FREEZE: no more writes from user space (e.g. .rodata)."""
-    a = _Attr(4)
-    a.u32(0, fd)
-    _bpf(Cmd.MAP_FREEZE, a, f"MAP_FREEZE {_label(name, fd)}")
+    _bpf(Cmd.MAP_FREEZE, MapElemAttr(map_fd=fd), f"MAP_FREEZE {_label(name, fd)}")
 
 
 # ---- programs and BTF ------------------------------------------------------------
 
 
-def _load_with_log(cmd: int, build, step: str) -> int:
+def _load_with_log(cmd: Cmd, build: Callable[[_Buf | None, int], ctypes.Structure],
+                   true_size_field: str, step: str) -> int:
     """Run a load command fast (no log); on failure rerun with a verifier log
     that grows until it fits, then raise with the real errno and the log.
 
-    `build(log: _Buf | None, level)` returns (attr, offset of log_true_size).
+    `build(log, level)` returns the command's attr; where the kernel reports
+    the log size it needed (6.4+), `true_size_field` holds it.
     """
     err = 0
     for _ in range(_LOAD_EAGAIN_RETRIES):
-        attr, _ = build(None, 0)
+        attr = build(None, 0)
         ret, err = _bpf_raw(cmd, attr)
         if ret >= 0:
             return ret
@@ -337,7 +311,7 @@ def _load_with_log(cmd: int, build, step: str) -> int:
     size = _LOG_INITIAL
     while True:
         buf = _Buf(size)
-        attr, true_size_off = build(buf, 1)
+        attr = build(buf, 1)
         ret, err2 = _bpf_raw(cmd, attr)
         if ret >= 0:  # passed on the retry (e.g. a transient EAGAIN): keep it
             return ret
@@ -346,7 +320,7 @@ def _load_with_log(cmd: int, build, step: str) -> int:
             if err2 != errno.ENOSPC:
                 real_err = err2
             break
-        wanted = attr.get_u32(true_size_off)
+        wanted: int = getattr(attr, true_size_field)
         size = min(_LOG_MAX, wanted if wanted > size else size * 2)
     hint = "" if log.strip() else privilege_hint(real_err)
     raise BpfError(step, real_err, log=log, hint=hint)
@@ -385,50 +359,35 @@ def prog_load(
     lic = _Buf(license.encode() + b"\0")
     finfo, linfo = _Buf(func_info), _Buf(line_info)
 
-    def build(log: _Buf | None, level: int) -> tuple[_Attr, int]:
-        a = _Attr(144)
-        a.u32(0, prog_type)
-        a.u32(4, len(insns) // 8)
-        a.u64(8, code.addr)
-        a.u64(16, lic.addr)
+    def build(log: _Buf | None, level: int) -> ProgLoadAttr:
+        a = ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=code.addr, license=lic.addr,
+                         prog_flags=prog_flags, prog_name=_obj_name(name),
+                         expected_attach_type=expected_attach_type, prog_btf_fd=prog_btf_fd,
+                         attach_btf_id=attach_btf_id, attach_btf_obj_fd=attach_btf_obj_fd)
         if log is not None:
-            a.u32(24, level)
-            a.u32(28, log.size)
-            a.u64(32, log.addr)
-        a.u32(44, prog_flags)
-        a.put(48, _obj_name(name))
-        a.u32(68, expected_attach_type)
-        a.u32(72, prog_btf_fd)
+            a.log_level, a.log_size, a.log_buf = level, log.size, log.addr
         if func_info:
-            a.u32(76, func_info_rec_size)
-            a.u64(80, finfo.addr)
-            a.u32(88, len(func_info) // func_info_rec_size)
+            a.func_info_rec_size, a.func_info = func_info_rec_size, finfo.addr
+            a.func_info_cnt = len(func_info) // func_info_rec_size
         if line_info:
-            a.u32(92, line_info_rec_size)
-            a.u64(96, linfo.addr)
-            a.u32(104, len(line_info) // line_info_rec_size)
-        a.u32(108, attach_btf_id)
-        a.u32(112, attach_btf_obj_fd)
-        return a, 140
+            a.line_info_rec_size, a.line_info = line_info_rec_size, linfo.addr
+            a.line_info_cnt = len(line_info) // line_info_rec_size
+        return a
 
-    return _load_with_log(Cmd.PROG_LOAD, build, f"PROG_LOAD {name or '(unnamed)'}")
+    return _load_with_log(Cmd.PROG_LOAD, build, "log_true_size", f"PROG_LOAD {name or '(unnamed)'}")
 
 
 def btf_load(data: bytes, *, name: str = "") -> int:
     """BPF_BTF_LOAD; returns the BTF fd. On rejection the BpfError carries the BTF log."""
     blob = _Buf(data)
 
-    def build(log: _Buf | None, level: int) -> tuple[_Attr, int]:
-        a = _Attr(32)
-        a.u64(0, blob.addr)
-        a.u32(16, len(data))
+    def build(log: _Buf | None, level: int) -> BtfLoadAttr:
+        a = BtfLoadAttr(btf=blob.addr, btf_size=len(data))
         if log is not None:
-            a.u64(8, log.addr)
-            a.u32(20, log.size)
-            a.u32(24, level)
-        return a, 28
+            a.btf_log_buf, a.btf_log_size, a.btf_log_level = log.addr, log.size, level
+        return a
 
-    return _load_with_log(Cmd.BTF_LOAD, build, f"BTF_LOAD {name}".rstrip())
+    return _load_with_log(Cmd.BTF_LOAD, build, "btf_log_true_size", f"BTF_LOAD {name}".rstrip())
 
 
 # ---- attaching ---------------------------------------------------------------------
@@ -438,34 +397,24 @@ def link_create(
     prog_fd: int, target_fd: int, attach_type: int, *, flags: int = 0, target_btf_id: int = 0, name: str = ""
 ) -> int:
     """BPF_LINK_CREATE; returns the link fd (closing it detaches)."""
-    a = _Attr(24)
-    a.u32(0, prog_fd)
-    a.u32(4, target_fd)
-    a.u32(8, attach_type)
-    a.u32(12, flags)
-    a.u32(16, target_btf_id)
+    a = LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type, flags=flags,
+                       target_btf_id=target_btf_id)
     return _bpf(Cmd.LINK_CREATE, a, f"LINK_CREATE {_label(name, prog_fd)}")
 
 
 def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
     """BPF_RAW_TRACEPOINT_OPEN; `name` None for tp_btf/fentry (target from load time)."""
     tp = _Buf(name.encode() + b"\0" if name else b"")
-    a = _Attr(16)
-    a.u64(0, tp.addr)
-    a.u32(8, prog_fd)
+    a = RawTracepointOpenAttr(name=tp.addr, prog_fd=prog_fd)
     return _bpf(Cmd.RAW_TRACEPOINT_OPEN, a, f"RAW_TRACEPOINT_OPEN {name or _label('', prog_fd)}")
 
 
 def perf_event_open_tracepoint(tp_id: int, cpu: int) -> int:
     """A perf event for tracepoint `tp_id` on one CPU, all processes."""
-    attr = _Attr(_PERF_ATTR_SIZE)
-    attr.u32(0, PERF_TYPE_TRACEPOINT)
-    attr.u32(4, _PERF_ATTR_SIZE)
-    attr.u64(8, tp_id)
-    attr.u64(16, 1)  # sample_period
-    attr.u32(48, 1)  # wakeup_events
+    attr = PerfEventAttr(type=PERF_TYPE_TRACEPOINT, size=ctypes.sizeof(PerfEventAttr), config=tp_id,
+                         sample_period=1, wakeup_events=1)
     while True:
-        ret = _perf_fn(_NR_PERF_EVENT_OPEN, attr.addr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+        ret: int = _perf_fn(_NR_PERF_EVENT_OPEN, ctypes.addressof(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
         if ret >= 0:
             return ret
         err = ctypes.get_errno()
@@ -563,15 +512,12 @@ class LinkInfo:
     prog_id: int
 
 
-def _obj_info(fd: int, size: int, what: str) -> tuple[bytes, int]:
-    """The info struct (zero-padded to `size`) and how many bytes this kernel filled."""
-    info = _Buf(size)
-    a = _Attr(16)
-    a.u32(0, fd)
-    a.u32(4, size)
-    a.u64(8, info.addr)
+def _obj_info(fd: int, info: ctypes.Structure, what: str) -> int:
+    """Fill `info` (zeroed where this kernel's struct ends earlier); returns how
+    many bytes the kernel filled."""
+    a = ObjInfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _bpf(Cmd.OBJ_GET_INFO_BY_FD, a, f"OBJ_GET_INFO_BY_FD {what} fd {fd}")
-    return info.raw(), a.get_u32(4)
+    return int(a.info_len)
 
 
 def _cstr(raw: bytes) -> str:
@@ -579,51 +525,48 @@ def _cstr(raw: bytes) -> str:
 
 
 def prog_info(fd: int) -> ProgInfo:
-    raw, _ = _obj_info(fd, 232, "prog")
-    ptype, pid = struct.unpack_from("=II", raw, 0)
-    run_time_ns, run_cnt, misses = struct.unpack_from("=QQQ", raw, 192)
-    return ProgInfo(pid, ptype, _cstr(raw[64:80]), run_time_ns, run_cnt, misses)
+    i = BpfProgInfo()
+    _obj_info(fd, i, "prog")
+    return ProgInfo(i.id, i.type, _cstr(i.name), i.run_time_ns, i.run_cnt, i.recursion_misses)
 
 
 def prog_info_size(fd: int) -> int:
-    """sizeof(struct bpf_prog_info) on this kernel (it grows with new fields)."""
-    return _obj_info(fd, 232, "prog")[1]
+    """How much of ttcp's bpf_prog_info prefix this kernel fills: less than
+    sizeof(BpfProgInfo) where the kernel's struct is older."""
+    return _obj_info(fd, BpfProgInfo(), "prog")
 
 
 def map_info(fd: int) -> MapInfo:
-    raw, _ = _obj_info(fd, 88, "map")
-    mtype, mid, ks, vs, me, mf = struct.unpack_from("=IIIIII", raw, 0)
-    return MapInfo(mid, mtype, ks, vs, me, mf, _cstr(raw[24:40]))
+    i = BpfMapInfo()
+    _obj_info(fd, i, "map")
+    return MapInfo(i.id, i.type, i.key_size, i.value_size, i.max_entries, i.map_flags, _cstr(i.name))
 
 
 def link_info(fd: int) -> LinkInfo:
-    raw, _ = _obj_info(fd, 64, "link")
-    ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
-    return LinkInfo(lid, ltype, prog_id)
+    i = BpfLinkInfo()
+    _obj_info(fd, i, "link")
+    return LinkInfo(i.id, i.type, i.prog_id)
 
 
 def enable_stats(stats_type: int = StatsType.RUN_TIME) -> int:
     """BPF_ENABLE_STATS: run_time_ns/run_cnt are counted while the returned fd is open."""
-    a = _Attr(4)
-    a.u32(0, stats_type)
-    return _bpf(Cmd.ENABLE_STATS, a, "ENABLE_STATS")
+    return _bpf(Cmd.ENABLE_STATS, EnableStatsAttr(type=stats_type), "ENABLE_STATS")
 
 
 # ---- id iteration (leak checks, diagnostics) --------------------------------------------
 
 
-def _ids(cmd: int, what: str) -> list[int]:
+def _ids(cmd: Cmd, what: str) -> list[int]:
     ids: list[int] = []
     start = 0
     while True:
-        a = _Attr(12)
-        a.u32(0, start)
+        a = ObjIdAttr(start_id=start)
         ret, err = _bpf_raw(cmd, a)
         if ret < 0:
             if err == errno.ENOENT:
                 return ids
             raise BpfError(f"{what}_GET_NEXT_ID", err, hint=privilege_hint(err))
-        start = a.get_u32(4)
+        start = a.next_id
         ids.append(start)
 
 
@@ -639,22 +582,16 @@ def link_ids() -> list[int]:
     return _ids(Cmd.LINK_GET_NEXT_ID, "LINK")
 
 
-def _fd_by_id(cmd: int, obj_id: int, what: str) -> int:
-    a = _Attr(12)
-    a.u32(0, obj_id)
-    return _bpf(cmd, a, f"{what}_GET_FD_BY_ID {obj_id}")
-
-
 def prog_get_fd_by_id(prog_id: int) -> int:
-    return _fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id, "PROG")
+    return _bpf(Cmd.PROG_GET_FD_BY_ID, ObjIdAttr(prog_id=prog_id), f"PROG_GET_FD_BY_ID {prog_id}")
 
 
 def map_get_fd_by_id(map_id: int) -> int:
-    return _fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id, "MAP")
+    return _bpf(Cmd.MAP_GET_FD_BY_ID, ObjIdAttr(map_id=map_id), f"MAP_GET_FD_BY_ID {map_id}")
 
 
 def link_get_fd_by_id(link_id: int) -> int:
-    return _fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id, "LINK")
+    return _bpf(Cmd.LINK_GET_FD_BY_ID, ObjIdAttr(link_id=link_id), f"LINK_GET_FD_BY_ID {link_id}")
 
 
 # ---- test runs ---------------------------------------------------------------------------
@@ -663,15 +600,10 @@ def link_get_fd_by_id(link_id: int) -> int:
 def prog_test_run(prog_fd: int, data_in: bytes = b"", repeat: int = 1, ctx_in: bytes = b"") -> int:
     """BPF_PROG_TEST_RUN; returns the program's return value (of the last run)."""
     data, ctx = _Buf(data_in), _Buf(ctx_in)
-    a = _Attr(72)
-    a.u32(0, prog_fd)
-    a.u32(8, len(data_in))
-    a.u64(16, data.addr)
-    a.u32(32, repeat)
-    a.u32(40, len(ctx_in))
-    a.u64(48, ctx.addr)
+    a = ProgTestRunAttr(prog_fd=prog_fd, data_size_in=len(data_in), data_in=data.addr, repeat=repeat,
+                        ctx_size_in=len(ctx_in), ctx_in=ctx.addr)
     _bpf(Cmd.PROG_TEST_RUN, a, f"PROG_TEST_RUN fd {prog_fd}")
-    return a.get_u32(4)
+    return int(a.retval)
 
 
 # ---- ring buffer mapping --------------------------------------------------------------------

@@ -105,6 +105,13 @@ class PseudoSrc(IntEnum):
 PSEUDO_CALL = 1  # call: imm is a relative instruction offset to a subprogram
 
 
+class RingbufFlag(IntFlag):
+    """Bits of a ring buffer record header's len (BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT)."""
+
+    BUSY = 1 << 31  # reserved but not committed yet: the reader stops there
+    DISCARD = 1 << 30  # committed as discarded: the reader skips it
+
+
 class StatsType(IntEnum):
     RUN_TIME = 0
 
