@@ -12,10 +12,8 @@ import struct
 from typing import NamedTuple
 
 from tests.objects import SHIPPED
-from ttcp.btf import KIND_INT, KIND_STRUCT, KIND_UNION, Btf
+from ttcp.btf import INT_SIGNED, KIND_STRUCT, KIND_UNION, Btf, Int
 from ttcp.elf_object import read_object
-
-_BTF_INT_SIGNED = 1  # BTF_INT_SIGNED in an INT's encoding bits
 
 
 class Field(NamedTuple):
@@ -46,7 +44,7 @@ def fields(btf: Btf, type_id: int, base: int = 0) -> dict[str, Field]:
             out.update(fields(btf, real.id, offset))
             continue
         size = m.bitfield_size or btf.resolve_size(m.type) * 8
-        signed = bool(real.int_encoding & _BTF_INT_SIGNED) if real.kind == KIND_INT else None
+        signed = bool(real.encoding & INT_SIGNED) if isinstance(real, Int) else None
         out[m.name] = Field(offset, size, signed)
     return out
 

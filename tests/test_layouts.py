@@ -61,7 +61,8 @@ NEWER: dict[tuple[type, str], str] = {
 
 # ttcp.uapi numbers the kernel has as #defines or ioctl macros: BTF cannot check them.
 NOT_IN_BTF = ("PseudoSrc", "PSEUDO_CALL", "PERF_FLAG_FD_CLOEXEC", "PERF_EVENT_IOC_ENABLE",
-              "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN", "ENOTSUPP")
+              "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN",
+              "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_PERFMON", "CAP_BPF")  # linux/capability.h
 # BPF_OBJ_NAME_LEN is still checked: it is the size of map_name, prog_name and the info names.
 
 # Each bpf_attr layout and the member of union bpf_attr it describes: the
@@ -181,7 +182,7 @@ def kernel_attr(btf: Btf, layout: type[ctypes.Structure]) -> dict[str, Field]:
 def enumerators(btf: Btf, tid: int) -> dict[str, int]:
     """An enum's values as unsigned numbers of its size (BTF may store them signed)."""
     t = btf.type(tid)
-    return {v.name: v.value & ((1 << 8 * t.size) - 1) for v in t.enum_values}
+    return {v.name: v.value & ((1 << 8 * t.size) - 1) for v in t.values}
 
 
 def kernel_enum(btf: Btf, name: str) -> dict[str, int]:

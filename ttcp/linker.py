@@ -158,6 +158,10 @@ def _record_map_ref(obj: BpfObject, image: ProgramImage, at: int, imm: int, relo
         image.map_refs.append(MapRef(at, reloc.symbol, None))
     elif reloc.section in obj.data_sections:
         offset = imm + (0 if reloc.is_section_symbol else reloc.value)
+        size = obj.data_sections[reloc.section].size
+        if not 0 <= offset < max(size, 1):
+            raise FormatError("ELF", f"{image.name}: insn {at} points {offset} bytes into "
+                              f"{reloc.section}, which holds {size}")
         image.map_refs.append(MapRef(at, reloc.section, offset))
     else:
         where = reloc.section or "no section (extern)"
