@@ -19,13 +19,13 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import kernel_objects
 from tests.kernel import SKIP_PREFIX
 from ttcp import elf_loader, features, syscalls
 from ttcp.btf import Btf
@@ -104,38 +104,6 @@ def bpf_fds() -> dict[int, str]:
     return found
 
 
-def _all_ids() -> dict[str, set[int]]:
-    return {
-        "prog": set(syscalls.prog_ids()),
-        "map": set(syscalls.map_ids()),
-        "link": set(syscalls.link_ids()),
-    }
-
-
-_FDINFO_ID = re.compile(r"^(prog|map|link)_id:\s+(\d+)$", re.MULTILINE)
-
-
-def _ids_held_by_other_processes() -> dict[str, set[int]]:
-    """Ids referenced from the fdinfo of every other process's fds."""
-    held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
-    me = str(os.getpid())
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or proc.name == me:
-            continue
-        try:
-            infos = list((proc / "fdinfo").iterdir())
-        except OSError:
-            continue
-        for info in infos:
-            try:
-                text = info.read_text()
-            except OSError:
-                continue
-            for kind, num in _FDINFO_ID.findall(text):
-                held[kind].add(int(num))
-    return held
-
-
 def _describe(kind: str, obj_id: int) -> str | None:
     """A readable name for a leaked object; None if it is gone by now."""
     opener = {"prog": syscalls.prog_get_fd_by_id, "map": syscalls.map_get_fd_by_id,
@@ -161,10 +129,10 @@ def leaked_objects(before: dict[str, set[int]]) -> list[str]:
     held by another process; [] when nothing leaked."""
     deadline = time.monotonic() + _GRACE_S
     while True:
-        now = _all_ids()
+        now = kernel_objects.all_ids()
         new = {k: now[k] - before[k] for k in now}
         if any(new.values()):
-            foreign = _ids_held_by_other_processes()
+            foreign = kernel_objects.held_by_others()
             new = {k: ids - foreign[k] for k, ids in new.items()}
         if not any(new.values()):
             return []
@@ -185,7 +153,7 @@ def no_bpf_leaks() -> Iterator[None]:
     if kernel_unusable_reason() is not None:
         _require_kernel()
     fds_before = bpf_fds()
-    ids_before = _all_ids()
+    ids_before = kernel_objects.all_ids()
     yield
     problems = _fd_leaks(fds_before) + leaked_objects(ids_before)
     assert not problems, "BPF leaks: " + ", ".join(problems)
@@ -221,7 +189,7 @@ def _session_leak_guard() -> Iterator[None]:
     """At session end, no BPF fd opened or object created during the session may remain."""
     usable = os.geteuid() == 0 and kernel_unusable_reason() is None
     fds_before = bpf_fds() if usable else {}
-    ids_before = _all_ids() if usable else {}
+    ids_before = kernel_objects.all_ids() if usable else {}
     yield
     if not usable:
         return

@@ -31,6 +31,7 @@ import pytest
 from tests import hostile as H
 from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import scaled
+from tests.kernel_objects import all_ids, held_ids
 from tests.traffic import Server, connect_many
 from ttcp import addresses, asm, events, server, syscalls
 from ttcp.elf_loader import ObjectLoader
@@ -40,29 +41,18 @@ from ttcp.tracer import FILTER_STATS, Tracer
 pytestmark = pytest.mark.kernel
 
 SUMMARY = re.compile(r"ttcp: (\d+) events printed, (\d+) dropped")
-_FDINFO_ID = re.compile(r"^(prog|map|link)_id:\s+(\d+)$", re.MULTILINE)
-_LISTERS = {"prog": syscalls.prog_ids, "map": syscalls.map_ids, "link": syscalls.link_ids}
 
 
 def quiet(msg: str) -> None:
     """Attach log sink: the tests read the report, not the prose."""
 
 
-def held_ids(pid: int) -> dict[str, set[int]]:
-    """BPF programs, maps and links a process holds through its fds."""
-    held: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        with contextlib.suppress(OSError):
-            for kind, num in _FDINFO_ID.findall(info.read_text()):
-                held[kind].add(int(num))
-    return held
-
-
 def wait_gone(ids: dict[str, set[int]], timeout: float = 10.0) -> None:
     """Poll until the kernel has freed every one of `ids` (it does so asynchronously)."""
     deadline = time.monotonic() + scaled(timeout)
     while True:
-        alive = {k: ids[k] & set(_LISTERS[k]()) for k in ids}
+        now = all_ids()
+        alive = {k: ids[k] & now[k] for k in ids}
         if not any(alive.values()):
             return
         assert time.monotonic() < deadline, f"still in the kernel after {timeout}s: {alive}"

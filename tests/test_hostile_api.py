@@ -101,8 +101,8 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveServer]:
     """One real map and one server for the module (kernel objects checked at the end)."""
-    from tests.conftest import _all_ids as all_ids
     from tests.conftest import _require_kernel, bpf_fds, leaked_objects
+    from tests.kernel_objects import all_ids
 
     _require_kernel()
     fds, ids = bpf_fds(), all_ids()
