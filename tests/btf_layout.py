@@ -77,7 +77,8 @@ _ITEM = re.compile(r"(\d*)([xcbB?hHiIlLqQnNefdsp])")
 
 def format_items(fmt: str) -> list[tuple[int, int, str]]:
     """(offset, size, code) of each item of a `struct` format with standard sizes
-    (no native alignment), "16s" being one item and "x" a pad byte."""
+    (no native alignment), "16s" being one item, "26Q" one array item (a C
+    array member) and "x" a pad byte."""
     order, body = fmt[:1], fmt[1:]
     assert order in ("<", "=", ">", "!"), f"{fmt!r}: only standard-size formats are supported"
     items: list[tuple[int, int, str]] = []
@@ -86,8 +87,6 @@ def format_items(fmt: str) -> list[tuple[int, int, str]]:
         assert m.start() == pos, f"unsupported format {fmt!r}"
         pos = m.end()
         count, code = m.group(1), m.group(2)
-        if code not in "sx":
-            assert count in ("", "1"), f"repeat counts are ambiguous here: {m.group()}"
         offset = struct.calcsize(prefix)
         prefix += m.group()
         items.append((offset, struct.calcsize(prefix) - offset, code))

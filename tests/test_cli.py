@@ -137,7 +137,8 @@ def assert_one_line_error(r: subprocess.CompletedProcess, code: int, *needles: s
 
 
 @pytest.mark.parametrize("bad,needle", [
-    ("10.0.0.0/8", "network"), ("300.1.1.1", "not an IPv4 or IPv6"), ("fe80::1%eth0", "zone"),
+    ("10.0.0.1/8", "host bits"), ("300.1.1.1", "not an IPv4 or IPv6"), ("fe80::1%eth0", "zone"),
+    ("dst 10.0.0.1 port 0", "port"), ("dst", "address"), ("10.0.0.1 prot 80", "unexpected"),
 ])
 def test_invalid_filter_is_one_line(bad, needle):
     r = run_cli("--filter", bad)
@@ -170,7 +171,8 @@ def test_help_explains_everything():
     r = run_cli("--help")
     assert r.returncode == 0
     for option in ("--host", "--port", "--filter", "--max-filters", "--attach", "--format",
-                   "--ringbuf-size", "--btf", "--no-api", "RTT(ms)", "curl", "SIGTERM"):
+                   "--ringbuf-size", "--btf", "--no-api", "--sample", "--histogram", "--ms", "RTT(ms)",
+                   "curl", "SIGTERM", "dst 10.20.0.0/16 port 5432", "/metrics", "/events", "/sampling"):
         assert option in r.stdout
 
 

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -33,10 +34,14 @@ from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import scaled
 from tests.kernel_objects import all_ids, held_ids
 from tests.traffic import Server, connect_many
-from ttcp import addresses, asm, events, server, syscalls
+from ttcp import asm, events, server, syscalls
+from ttcp import filters as F
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import BpfError, FormatError
-from ttcp.tracer import FILTER_STATS, Tracer
+from ttcp.filter_table import STATS_HEAD
+from ttcp.histogram import summed
+from ttcp.maps import PerCpuArray
+from ttcp.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 
@@ -59,28 +64,45 @@ def wait_gone(ids: dict[str, set[int]], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def filter_map_of(pid: int) -> int:
-    """An fd on the "filter" map a ttcp process holds (ours to close)."""
-    for map_id in held_ids(pid)["map"]:
-        fd = syscalls.map_get_fd_by_id(map_id)
-        if syscalls.map_info(fd).name == "filter":
-            return fd
-        syscalls.close(fd)
-    raise AssertionError(f"process {pid} holds no filter map")
+def process_matches(pid: int, addr: str) -> int:
+    """What a running ttcp's program counted for the host filter `addr` (sent or
+    dropped), read from the maps that process holds: its `hosts` entry names
+    the slot of the per-CPU `stats` array, whose generation must match."""
+    maps: dict[str, int] = {}
+    try:
+        for map_id in held_ids(pid)["map"]:
+            fd = syscalls.map_get_fd_by_id(map_id)
+            name = syscalls.map_info(fd).name
+            if name in ("hosts", "stats") and name not in maps:
+                maps[name] = fd
+            else:
+                syscalls.close(fd)
+        assert set(maps) == {"hosts", "stats"}, f"process {pid} holds {sorted(maps)}"
+        raw = syscalls.map_lookup(maps["hosts"], F.host_key(F.parse(addr)), F.VALUE.size)
+        if raw is None:
+            return 0
+        slot, gen, _ = F.VALUE.unpack(raw)
+        info = syscalls.map_info(maps["stats"])
+        rows = PerCpuArray(maps["stats"], info.value_size, info.max_entries, owns_fd=False).values(slot)
+        return sum(summed([r], STATS_HEAD.size).count for r in rows if STATS_HEAD.unpack_from(r)[0] == gen)
+    finally:
+        for fd in maps.values():
+            syscalls.close(fd)
 
 
-def matches(map_fd: int, addr: str) -> int:
-    """The program's own count of connections that hit `addr` (sent or dropped)."""
-    raw = syscalls.map_lookup(map_fd, addresses.key_of(addr), FILTER_STATS.size)
-    return 0 if raw is None else FILTER_STATS.decode(raw)[0]
-
-
-def wait_matches(map_fd: int, addr: str, want: int, timeout: float = 15.0) -> None:
+def wait_matches(count: Callable[[], int], want: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + scaled(timeout)
-    while (got := matches(map_fd, addr)) < want:
+    while (got := count()) < want:
         assert time.monotonic() < deadline, f"only {got} of {want} connections seen by the program"
         time.sleep(0.02)
     assert got == want
+
+
+def tracer_matches(t: Tracer, addr: str) -> Callable[[], int]:
+    f = F.parse(addr)
+    assert t.table is not None
+    table = t.table
+    return lambda: table.stats([f])[f].matches
 
 
 def drain(tracer: Tracer, into: list[events.Event] | None = None, settle: float = 0.2) -> int:
@@ -102,12 +124,12 @@ def test_small_ring_with_paused_reader_loses_nothing_unaccounted(no_bpf_leaks: N
     src, dst = "127.0.6.1", "127.0.6.2"
     with Tracer(ringbuf_size=4096) as t:
         t.open_maps()
-        t.add_filters([addresses.key_of(src)])
+        t.add_filters([F.parse(src)])
         t.attach("auto", log=quiet)
-        assert t.filters is not None and t.ring is not None
+        assert t.table is not None and t.ring is not None
         with Server(dst) as srv:
             connect_many(srv, src, N_GENERATED)  # nobody reads meanwhile
-            wait_matches(t.filters.fd, src, N_GENERATED)
+            wait_matches(tracer_matches(t, src), N_GENERATED)
             got: list[events.Event] = []
             consumed = t.ring.consume(lambda raw: got.append(events.decode(raw)))
             dropped = t.drops()
@@ -117,7 +139,7 @@ def test_small_ring_with_paused_reader_loses_nothing_unaccounted(no_bpf_leaks: N
             assert drain(t) == 0  # the first consume emptied the ring
             # The reader recovers: new traffic all arrives, no new drops.
             conns = connect_many(srv, src, 30)
-            wait_matches(t.filters.fd, src, N_GENERATED + 30)
+            wait_matches(tracer_matches(t, src), N_GENERATED + 30)
             later: list[events.Event] = []
             drain(t, later)
         assert sorted(e.sport for e in later) == sorted(c.sport for c in conns)
@@ -128,17 +150,13 @@ def test_cli_stopped_while_traffic_flows_accounts_for_every_event() -> None:
     src, dst = "127.0.6.3", "127.0.6.4"
     with TtcpProcess("--ringbuf-size", "4096", "--filter", src, "--no-api") as t:
         ids = held_ids(t.proc.pid)
-        fd = filter_map_of(t.proc.pid)
+        t.proc.send_signal(signal.SIGSTOP)
         try:
-            t.proc.send_signal(signal.SIGSTOP)
-            try:
-                with Server(dst) as srv:
-                    connect_many(srv, src, N_GENERATED)
-                wait_matches(fd, src, N_GENERATED)
-            finally:
-                t.proc.send_signal(signal.SIGCONT)
+            with Server(dst) as srv:
+                connect_many(srv, src, N_GENERATED)
+            wait_matches(lambda: process_matches(t.proc.pid, src), N_GENERATED)
         finally:
-            syscalls.close(fd)
+            t.proc.send_signal(signal.SIGCONT)
         lines = t.lines_until_quiet(quiet=0.5)
         assert t.stop(signal.SIGTERM) == 0
         lines += t.lines_until_quiet(quiet=0.1)  # any printed by the final drain
@@ -213,11 +231,12 @@ def test_sigkill_frees_everything_and_a_restart_works_at_once() -> None:
 
 
 def broken_program(data: bytes, section: str) -> bytes:
-    """The object with `section`'s final `exit` made a `mov r0, 0`: the verifier
-    refuses it ("last insn is not an exit or jmp"); everything else is intact."""
+    """The object with `section`'s final instruction (an exit or a jump) made a
+    `mov r0, 0`: the verifier refuses it ("last insn is not an exit or jmp");
+    everything else is intact."""
     off, size = H.sections_of(data)[section]
     last = off + size - 8
-    assert data[last] == asm.EXIT, "expected the program to end in exit"
+    assert data[last] & 0x07 == asm.CLASS_JMP, "expected the program to end in an exit or a jump"
     out = bytearray(data)
     out[last:last + 8] = asm.mov_imm(asm.R0, 0)
     return bytes(out)
@@ -246,7 +265,7 @@ def test_second_program_refused_by_the_verifier_releases_the_first(no_bpf_leaks:
         with pytest.raises(BpfError) as info:
             loader.load_program("tcprtt_tracepoint")
         assert info.value.errno == errno.EINVAL and "last insn" in str(info.value)
-        assert set(loader.map_fds) == {"filter", "events", "drops"}
+        assert set(loader.map_fds) == {"hosts", "nets", "stats", "events", "drops", ".bss"}
 
 
 @pytest.mark.matrix
@@ -256,7 +275,7 @@ def test_every_mode_refused_leaves_nothing(tmp_path: Path, no_bpf_leaks: None) -
         blob = broken_program(blob, section)
     with Tracer(write(tmp_path, "broken.o", blob), ringbuf_size=8192) as t:
         t.open_maps()
-        t.add_filters([addresses.key_of("127.0.6.10")])
+        t.add_filters([F.parse("127.0.6.10")])
         with pytest.raises(BpfError) as info:
             t.attach("auto", log=quiet)
         assert "PROG_LOAD tcprtt_tracepoint" in str(info.value)
@@ -288,8 +307,8 @@ def test_handler_exception_is_500_and_the_agent_keeps_working(
         return {"status": "ok"}
 
     async def scenario(t: Tracer) -> None:
-        assert t.filters is not None
-        app = server.create_app(t.filters, health=health, mono_to_wall=t.monotonic_to_wall)
+        assert t.table is not None
+        app = server.create_app(t.table, server.Agent(health=health, mono_to_wall=t.monotonic_to_wall))
         runner = await server.start(app, "127.0.0.1", 0)
         try:
             port = runner.addresses[0][1]

@@ -1,13 +1,14 @@
-"""Hostile clients against the real filter API and a real kernel hash map.
+"""Hostile clients against the real filter API and the real kernel filter table.
 
 The server (ttcp.server.create_app) runs on its own event-loop thread on an
-ephemeral 127.0.0.1 port, in front of a kernel BPF_MAP_TYPE_HASH. Requests
-are random and malformed: bodies of random bytes, invalid UTF-8, huge and
-streamed bodies, many addresses, IPv6 zones, CIDR, broken HTTP, clients that
-send headers and then trickle or stall. Properties checked after every
-request: never a 5xx (507 "table full" is the one documented exception),
-errors are JSON, a refused write changes nothing, an accepted one changes
-exactly what it names, and GET / always equals the kernel map's keys.
+ephemeral 127.0.0.1 port, in front of the program's own maps (the `hosts`
+hash and the `nets` LPM trie). Requests are random and malformed: bodies of
+random bytes, invalid UTF-8, huge and streamed bodies, many filters, IPv6
+zones, networks with host bits, broken HTTP, clients that send headers and
+then trickle or stall. Properties checked after every request: never a 5xx
+(507 "table full" is the one documented exception), errors are JSON, a
+refused write changes nothing, an accepted one changes exactly what it
+names, and GET / always equals what the kernel maps hold.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ttcp import addresses, server
+from ttcp import filters as F
+from ttcp import server
 from ttcp.errors import TtcpError
-from ttcp.maps import HashMap, RawCodec
-from ttcp.tracer import FILTER_STATS
+from ttcp.filter_table import KernelFilterTable
+from ttcp.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 
@@ -47,8 +49,8 @@ OUR_NET = ipaddress.ip_network("127.0.6.0/24")  # the only addresses this file w
 class LiveServer:
     """The API on its own loop thread, so tests can be plain blocking code."""
 
-    def __init__(self, filters: HashMap) -> None:
-        self.filters = filters
+    def __init__(self, table: KernelFilterTable) -> None:
+        self.table = table
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ttcp-api", daemon=True)
@@ -58,8 +60,7 @@ class LiveServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        app = server.create_app(self.filters, health=lambda: {"status": "ok"},
-                                mono_to_wall=lambda ns: ns / 1e9)
+        app = server.create_app(self.table, agent())
         self.runner = self.loop.run_until_complete(server.start(app, "127.0.0.1", 0))
         self.port = self.runner.addresses[0][1]
         self._ready.set()
@@ -75,6 +76,11 @@ class LiveServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(20)
         assert not self._thread.is_alive(), "API server did not stop"
+
+
+def agent() -> server.Agent:
+    return server.Agent(health=lambda: {"status": "ok"}, mono_to_wall=lambda ns: ns / 1e9,
+                        table_full_hint="restart ttcp with --max-filters M to raise it (M > {limit})")
 
 
 @dataclass
@@ -106,23 +112,24 @@ def live() -> Iterator[LiveServer]:
 
     _require_kernel()
     fds, ids = bpf_fds(), all_ids()
-    filters = HashMap.create(RawCodec(16), FILTER_STATS, CAPACITY, "filter")
-    srv = LiveServer(filters)
+    tracer = Tracer(max_filters=CAPACITY, ringbuf_size=4096)
+    srv = LiveServer(tracer.open_maps())
     try:
         yield srv
     finally:
         srv.close()
-        filters.close()
+        tracer.close()
     assert bpf_fds() == fds and not leaked_objects(ids)
 
 
-def map_texts(filters: HashMap) -> set[str]:
-    return {addresses.from_key(k) for k in filters}
+def map_texts(table: KernelFilterTable) -> set[str]:
+    """The filters the kernel maps hold, read from the maps themselves (not the table's index)."""
+    return ({str(F.from_host_key(k)) for k in table.hosts}
+            | {str(F.from_net_key(k)) for k in table.nets})
 
 
-def clear(filters: HashMap) -> None:
-    for k in list(filters):
-        filters.delete(k)
+def clear(table: KernelFilterTable) -> None:
+    table.remove(table.filters())
 
 
 def check_consistent(live: LiveServer) -> set[str]:
@@ -131,10 +138,10 @@ def check_consistent(live: LiveServer) -> set[str]:
     assert r.status == 200, r
     listed = r.json()
     assert isinstance(listed, list) and len(listed) == len(set(listed))
-    assert set(listed) == map_texts(live.filters)
+    assert set(listed) == map_texts(live.table)
     detailed = request(live.port, "GET", "/filters").json()
     assert isinstance(detailed, dict) and detailed["count"] == len(listed)
-    assert {f["address"] for f in detailed["filters"]} == set(listed)
+    assert {f["filter"] for f in detailed["filters"]} == set(listed)
     return set(listed)
 
 
@@ -154,8 +161,13 @@ _address_text = st.one_of(
     _ours,
     _ours.map(lambda a: f"::ffff:{a}"),  # v4-mapped: the same key as the IPv4 form
     _ours.map(lambda a: f"  {a}\t"),
-    _ours.map(lambda a: f"{a}/24"),  # CIDR
-    _ours.map(lambda a: f"{a}/32"),
+    _ours.map(lambda a: f"{a}/24"),  # a network: host bits set unless a is .0
+    _ours.map(lambda a: f"{a}/32"),  # a host
+    _ours.map(lambda a: f"dst {a}"),
+    _ours.map(lambda a: f"SRC {a} PORT 80"),
+    _ours.map(lambda a: f"dst {a} port 0"),
+    st.sampled_from(("127.0.6.0/24", "dst 127.0.6.0/25 port 5432", "src 127.0.6.128/25", "dst", "port 80",
+                     "src 127.0.6.1 port", "dst 127.0.6.1 port 65536", "src 127.0.6.1 port 80 port 81")),
     st.sampled_from(("fe80::1%eth0", "fe80::1%25eth0", "::1%lo", "2001:db8::1/64", "127.0.6.300",
                      "127.0.6", "1.2.3.4.5", "0x7f.0.6.1", "127.0.6.1&127.0.6.2", "::ffff:127.0.6.999",
                      "[::1]", "localhost", "127.0.6.1:80", "", " ", "\u0661\u0662\u0667.0.6.1",
@@ -225,9 +237,9 @@ _paths = st.one_of(
 def test_random_requests_never_500_and_map_matches_api(
     live: LiveServer, calls: list[tuple[str, str, tuple[bytes, dict[str, str]]]]
 ) -> None:
-    clear(live.filters)
+    clear(live.table)
     for method, path, (body, headers) in calls:
-        before = map_texts(live.filters)
+        before = map_texts(live.table)
         r = request(live.port, method, path, body=body, headers=headers)
         check_reply(r)
         after = check_consistent(live)
@@ -243,15 +255,16 @@ def test_random_requests_never_500_and_map_matches_api(
 
 
 def test_bad_bodies_are_refused_and_change_nothing(live: LiveServer) -> None:
-    clear(live.filters)
+    clear(live.table)
     assert request(live.port, "PUT", "/", b"127.0.6.1\n127.0.6.2").status == 204
     cases = [
         (b"127.0.6.3\n\xff\xfe\n127.0.6.4", {}, 400, "UTF-8"),
         (b"127.0.6.3\nfe80::1%eth0", {}, 400, "zone"),
-        (b"127.0.6.0/24", {}, 400, "CIDR"),
+        (b"127.0.6.1/24", {}, 400, "host bits"),
+        (b"dst 127.0.6.3 port 99999", {}, 400, "port"),
         (b"127.0.6.3&127.0.6.4", {}, 400, "--data-binary"),
         (b"\x00" * 64, {}, 400, "not an IPv4 or IPv6"),
-        (b"", {}, 400, "names no address"),
+        (b"", {}, 400, "names no filter"),
         (b"{\"addresses\": [\"127.0.6.3\", 7]}", {"Content-Type": "application/json"}, 400, "JSON"),
         (b"{\"addresses\": ", {"Content-Type": "application/json"}, 400, "not valid JSON"),
         (b"[" * 100_000 + b"]" * 100_000, {"Content-Type": "application/json"}, 413, "limit"),
@@ -271,7 +284,7 @@ def test_bad_bodies_are_refused_and_change_nothing(live: LiveServer) -> None:
 
 
 def test_malformed_http_gets_4xx_and_the_server_stays_up(live: LiveServer) -> None:
-    clear(live.filters)
+    clear(live.table)
     garbage = [
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS ClientHello
         b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
@@ -309,7 +322,7 @@ def test_streamed_huge_body_is_refused_early(live: LiveServer) -> None:
 
     (aiohttp then discards what the client still sends, for a bounded
     lingering time, without buffering it.)"""
-    clear(live.filters)
+    clear(live.table)
     chunk = b"127.0.6.1\n" * 1000
     sent = 0
     reply = b""
@@ -335,7 +348,7 @@ def test_streamed_huge_body_is_refused_early(live: LiveServer) -> None:
 
 
 def test_slow_and_stalled_clients_do_not_block_others(live: LiveServer) -> None:
-    clear(live.filters)
+    clear(live.table)
     stalled = []
     try:
         for prefix in (b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n127.0",  # body stalls
@@ -376,7 +389,7 @@ def test_fifty_concurrent_clients_end_with_the_expected_set(live: LiveServer) ->
     """Each client owns four addresses and mutates only those, so the final map
     is the union of what each client last wrote; meanwhile every client
     checks that GET / shows its own addresses exactly as it left them."""
-    clear(live.filters)
+    clear(live.table)
     seed = random.randrange(1 << 30)
     expected: dict[int, set[str]] = {}
 
@@ -432,8 +445,8 @@ def test_fifty_concurrent_clients_end_with_the_expected_set(live: LiveServer) ->
                          ids=["long-label", "empty-label", "bad-ipv4", "bad-zone", "dash", "surrogate"])
 def test_unusable_host_is_one_line_ttcp_error(host: str, no_bpf_leaks: None) -> None:
     """Whatever --host holds, start() refuses it with one TtcpError line, nothing half-open."""
-    with HashMap.create(RawCodec(16), FILTER_STATS, 4, "filter") as filters:
-        app = server.create_app(filters, health=dict, mono_to_wall=float)
+    with Tracer(max_filters=4, ringbuf_size=4096) as t:
+        app = server.create_app(t.open_maps(), agent())
 
         async def main() -> str:
             try:

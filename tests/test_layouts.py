@@ -26,12 +26,11 @@ import pytest
 
 from tests.btf_layout import Field, fields, format_items, shipped_struct, struct_id
 from tests.kernel import kernel_btf
-from ttcp import events, uapi
+from ttcp import events, filter_table, filters, histogram, uapi
 from ttcp import kernel_types as kt
 from ttcp.btf import KIND_ENUM, KIND_ENUM64, KIND_UNION, Btf
 from ttcp.elf_loader import VMLINUX_BTF
 from ttcp.features import Probe
-from ttcp.tracer import FILTER_STATS
 from ttcp.uapi import AttachType, Cmd, Helper, LinkType, MapFlag, MapType, ProgType, RingbufFlag, StatsType
 
 OLDEST_KERNEL = "5.8"  # ring buffers (README)
@@ -317,7 +316,23 @@ def test_event_format_matches_struct_event() -> None:
     assert events.EVENT_SIZE == size
 
 
-def test_filter_value_format_matches_struct_filter_stats() -> None:
+@pytest.mark.parametrize("c_struct,fmt", [
+    ("host_key", filters.HOST_KEY.format),
+    ("net_key", filters.NET_KEY.format),
+    ("filter_value", filters.VALUE.format),
+    ("hist", histogram.HIST.format),
+    ("config", filter_table.CONFIG.format),
+    # struct filter_stats: its head, then two struct hist (compared above, whole here)
+    ("filter_stats", f"{filter_table.STATS_HEAD.format}{histogram.HIST.size}s{histogram.HIST.size}s"),
+])
+def test_table_formats_match_the_program_structs(c_struct: str, fmt: str) -> None:
+    size, c_fields = shipped_struct(c_struct)
+    agree(format_problems(fmt, size, c_fields))
+
+
+def test_stats_offsets_follow_struct_filter_stats() -> None:
     size, c_fields = shipped_struct("filter_stats")
-    agree(format_problems(FILTER_STATS.format, size, c_fields))
-    assert FILTER_STATS.size == size
+    assert filter_table.STATS_SIZE == size
+    assert c_fields["closed"].byte_range == (filter_table._CLOSED_AT, histogram.HIST.size)
+    assert c_fields["sampled"].byte_range == (filter_table._SAMPLED_AT, histogram.HIST.size)
+    assert shipped_struct("hist")[1]["buckets"].byte_range[1] == 8 * histogram.BUCKETS

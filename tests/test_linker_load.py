@@ -25,8 +25,10 @@ from ttcp.uapi import ProgType, PseudoSrc
 def test_shipped_object_reads():
     obj = read_object(str(SHIPPED))
     assert obj.license == "GPL"
-    assert {f.name for f in obj.programs} == {"tcprtt_fentry", "tcprtt_tp_btf", "tcprtt_tracepoint"}
-    assert set(obj.map_symbols) == {"filter", "events", "drops"}
+    assert {f.name for f in obj.programs} == {
+        "tcprtt_fentry", "tcprtt_tp_btf", "tcprtt_tracepoint",
+        "tcprtt_sample_fentry", "tcprtt_sample_tp_btf", "tcprtt_sample_tracepoint"}
+    assert set(obj.map_symbols) == {"hosts", "nets", "stats", "events", "drops"}
 
 
 def test_section_kinds():

@@ -12,7 +12,7 @@ from ttcp.errors import FormatError
 
 
 def record(saddr="127.0.0.2", daddr="127.0.0.1", ts=5_000_000_000, srtt=412, family=2, hook=2,
-           sport=47090, dport=80, netns=4026531840) -> bytes:
+           sport=47090, dport=80, netns=4026531840, filter_side=1, filter_bits=128, filter_port=0) -> bytes:
     """A record laid out from struct event in the shipped object's BTF, field by
     field: independent of the `struct` format under test."""
     size, c_fields = shipped_struct("event")
@@ -20,7 +20,7 @@ def record(saddr="127.0.0.2", daddr="127.0.0.1", ts=5_000_000_000, srtt=412, fam
     values = {"saddr": addresses.key_of(saddr), "daddr": addresses.key_of(daddr), "ts_ns": ts,
               "bytes_acked": 1234, "bytes_received": 5678, "srtt_us": srtt, "rttvar_us": 99,
               "total_retrans": 3, "netns": netns, "sport": sport, "dport": dport, "family": family,
-              "hook": hook}
+              "hook": hook, "filter_side": filter_side, "filter_bits": filter_bits, "filter_port": filter_port}
     for name, value in values.items():
         where = c_fields[name].byte_range
         assert where is not None, name
@@ -30,7 +30,7 @@ def record(saddr="127.0.0.2", daddr="127.0.0.1", ts=5_000_000_000, srtt=412, fam
 
 
 def test_event_size_matches_the_c_struct():
-    assert events.EVENT_SIZE == shipped_struct("event")[0] == 80
+    assert events.EVENT_SIZE == shipped_struct("event")[0] == 88
 
 
 def test_decode_every_field():
@@ -38,11 +38,35 @@ def test_decode_every_field():
     assert (ev.saddr, ev.daddr, ev.sport, ev.dport) == ("127.0.0.2", "127.0.0.1", 47090, 80)
     assert (ev.rtt_us, ev.rttvar_us, ev.retrans, ev.bytes_acked, ev.bytes_received) == (412, 99, 3, 1234, 5678)
     assert (ev.netns, ev.family, ev.hook, ev.ts_ns) == (4026531840, 2, 2, 5_000_000_000)
+    assert ev.filter == "127.0.0.2"
+
+
+@pytest.mark.parametrize("side,bits,port,want", [
+    (1, 128, 0, "10.178.0.5"),  # the seed's filter
+    (1, 128, 1, "src 10.178.0.5 port 47090"),
+    (2, 128, 0, "dst 172.217.161.206"),
+    (2, 112, 1, "dst 172.217.0.0/16 port 80"),  # an IPv4 /16 is 96 + 16 bits of the 16-byte form
+    (1, 104, 0, "src 10.0.0.0/8"),
+    (2, 96, 0, "dst 0.0.0.0/0"),
+    (2, 0, 0, "dst ::/0"),
+])
+def test_the_filter_an_event_names_is_rebuilt_from_the_event(side, bits, port, want):
+    raw = record(saddr="10.178.0.5", daddr="172.217.161.206", filter_side=side, filter_bits=bits,
+                 filter_port=port)
+    assert events.decode(raw).filter == want
+    assert json.loads(events.json_line(raw, 0))["filter"] == want
+
+
+def test_an_event_naming_no_filter_is_refused():
+    with pytest.raises(FormatError, match="names no filter"):
+        events.decode(record(filter_side=3))
+    with pytest.raises(FormatError, match="names no filter"):
+        events.decode(record(filter_bits=129))
 
 
 def test_decode_refuses_short_records():
-    with pytest.raises(FormatError, match="79 bytes"):
-        events.decode(record()[:79])
+    with pytest.raises(FormatError, match="87 bytes"):
+        events.decode(record()[:87])
 
 
 def test_table_line_matches_the_seed_columns():
@@ -67,6 +91,7 @@ def test_json_line_round_trips():
     d = json.loads(events.format_json(ev, 1_700_000_000_000_000_000 - 5_000_000_000))
     assert d["saddr"] == "127.0.0.2" and d["family"] == "inet6" and d["rtt_us"] == 412
     assert d["rtt_ms"] == 0.412 and d["hook"] == "tp_btf" and d["netns"] == 4026531840
+    assert d["filter"] == "127.0.0.2"
     assert d["time"] == "2023-11-14T22:13:20.000000Z"
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from tests.kernel import mode_probe, require, scaled
 from tests.traffic import Server, connect_many, connect_once
-from ttcp import addresses, events, syscalls
+from ttcp import events, syscalls
+from ttcp import filters as F
 from ttcp.errors import BpfError
 from ttcp.tracer import MODES, Tracer
 
@@ -46,7 +47,7 @@ def tracer(request, no_bpf_leaks):
 
 
 def test_exactly_n_events_from_filtered_source(tracer):
-    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    tracer.add_filters([F.parse("127.0.0.2")])
     with Server("127.0.0.1") as srv:
         conns = connect_many(srv, "127.0.0.2", N)
     got = collect(tracer)
@@ -66,7 +67,7 @@ def test_exactly_n_events_from_filtered_source(tracer):
 
 
 def test_rtt_agrees_with_tcp_info(tracer):
-    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    tracer.add_filters([F.parse("127.0.0.2")])
     with Server("127.0.0.1") as srv:
         conns = connect_many(srv, "127.0.0.2", 50)
     got = collect(tracer)
@@ -83,7 +84,7 @@ def test_rtt_agrees_with_tcp_info(tracer):
 
 
 def test_client_closing_first_is_reported_once(tracer):
-    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    tracer.add_filters([F.parse("127.0.0.2")])
     with Server("127.0.0.1") as srv:
         conns = connect_many(srv, "127.0.0.2", 30, client_first=True)
     got = collect(tracer)
@@ -93,7 +94,7 @@ def test_client_closing_first_is_reported_once(tracer):
 def test_both_closing_orders_from_the_server_side(tracer):
     """The accepted socket is reported too when its address is a filter, once,
     whichever side closes first."""
-    tracer.add_filters([addresses.key_of("127.0.0.6")])
+    tracer.add_filters([F.parse("127.0.0.6")])
     with Server("127.0.0.6") as srv:
         a = connect_many(srv, "127.0.0.1", 10)
         b = connect_many(srv, "127.0.0.1", 10, client_first=True)
@@ -107,7 +108,7 @@ def test_modes_yield_the_same_events(no_bpf_leaks):
     """Every mode this kernel has, attached side by side, sees the same connections."""
     modes = [m for m in MODES if mode_probe(m).supported]
     assert len(modes) >= 2
-    key = addresses.key_of("127.0.0.7")
+    key = F.parse("127.0.0.7")
     with contextlib.ExitStack() as stack:
         tracers = [stack.enter_context(Tracer()) for _ in modes]
         for t, mode in zip(tracers, modes, strict=True):
@@ -125,40 +126,40 @@ def test_modes_yield_the_same_events(no_bpf_leaks):
 
 
 def test_unfiltered_source_gives_nothing(tracer):
-    tracer.add_filters([addresses.key_of("127.0.0.2")])
+    tracer.add_filters([F.parse("127.0.0.2")])
     with Server("127.0.0.1") as srv:
         connect_many(srv, "127.0.0.3", 50)
     assert collect(tracer) == []
 
 
 def test_adding_and_removing_switches_events(tracer):
-    key = addresses.key_of("127.0.0.3")
+    key = F.parse("127.0.0.3")
     with Server("127.0.0.1") as srv:
         connect_many(srv, "127.0.0.3", 20)
         assert collect(tracer) == []
         tracer.add_filters([key])
         connect_many(srv, "127.0.0.3", 20)
         assert len(collect(tracer)) == 20
-        assert tracer.filters.delete(key)
+        tracer.table.remove([key])
         connect_many(srv, "127.0.0.3", 20)
         assert collect(tracer) == []
-    # The map counted the matches itself.
-    assert tracer.filters.get(key) is None
+    assert key not in tracer.table
 
 
 def test_match_counters_in_filter_map(tracer):
-    key = addresses.key_of("127.0.0.2")
+    key = F.parse("127.0.0.2")
     tracer.add_filters([key])
     with Server("127.0.0.1") as srv:
         connect_many(srv, "127.0.0.2", 10)
     assert len(collect(tracer)) == 10
-    matches, last_ns = tracer.filters.get(key)
+    stats = tracer.table.stats([key])[key]
+    matches, last_ns = stats.matches, stats.last_match_ns
     assert matches == 10
     assert 0 < time.monotonic_ns() - last_ns < 60e9
 
 
 def test_ipv6_loopback_both_ends(tracer):
-    tracer.add_filters([addresses.key_of("::1")])
+    tracer.add_filters([F.parse("::1")])
     with Server("::1", socket.AF_INET6) as srv:
         conns = connect_many(srv, "::1", 20)
     got = collect(tracer)
@@ -173,7 +174,7 @@ def test_ipv6_loopback_both_ends(tracer):
 
 
 def test_dual_stack_socket_matches_ipv4_entry(tracer):
-    tracer.add_filters([addresses.key_of("127.0.0.4")])
+    tracer.add_filters([F.parse("127.0.0.4")])
     with Server("::", socket.AF_INET6, dual_stack=True) as srv:
         conns = connect_many(srv, "::ffff:127.0.0.4", 10, dst="::ffff:127.0.0.1")
     got = collect(tracer)
@@ -184,7 +185,7 @@ def test_dual_stack_socket_matches_ipv4_entry(tracer):
 
 
 def test_listeners_and_failed_connects_give_nothing(tracer):
-    tracer.add_filters([addresses.key_of("127.0.0.5")])
+    tracer.add_filters([F.parse("127.0.0.5")])
     srv = Server("127.0.0.5")
     port = srv.port
     srv.close()  # a listener that never accepted anything
@@ -206,14 +207,14 @@ def test_auto_lands_on_a_working_mode_and_says_why(no_bpf_leaks):
     fentry = mode_probe("fentry")
     with Tracer() as t:
         report = t.attach("auto", log=said.append)
-        assert said[-1].startswith(f"ttcp: attached via {report.mode}")
+        assert said[-1].startswith(f"attached via {report.mode}")
         if fentry.supported:
             assert report.mode == "fentry" and report.skipped == []
         else:  # the first fallback, with the reason the probe saw too
             assert report.mode == "tp_btf"
             assert [m for m, _ in report.skipped] == ["fentry"]
             assert "PROG_LOAD" in report.skipped[0][1]
-            assert any(line.startswith("ttcp: fentry unavailable") for line in said)
+            assert any(line.startswith("fentry unavailable") for line in said)
         prog_id = syscalls.prog_info(t.prog_fd()).id
         assert prog_id in syscalls.prog_ids()
     assert prog_id not in syscalls.prog_ids() or _freed_soon(prog_id)
@@ -248,7 +249,7 @@ def test_fentry_rtt_is_tcp_info_at_close(no_bpf_leaks):
     require(mode_probe("fentry"))
     with Tracer() as t:
         t.open_maps()
-        t.add_filters([addresses.key_of("127.0.0.2")])
+        t.add_filters([F.parse("127.0.0.2")])
         t.attach("fentry", log=lambda m: None)
         with Server("127.0.0.1") as srv:
             conns = connect_many(srv, "127.0.0.2", 30)

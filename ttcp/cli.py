@@ -1,8 +1,10 @@
-"""The `ttcp` command: load and attach, serve the filter API, print events.
+"""The `ttcp` command: options, start-up and shut-down around ttcp.agent.
 
 Start-up order: the filters are loaded and the program attached first, then
 the API listens, then the header is printed — so a header on stdout means
-ttcp is fully ready. Events go to stdout, diagnostics to stderr.
+ttcp is fully ready. Events go to stdout, diagnostics to stderr (one line
+each, prefixed "ttcp: "). `run` can be called more than once in a process:
+the signal handlers and logging it installs are put back when it returns.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import signal
 import sys
@@ -18,33 +22,57 @@ import time
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from . import addresses, events
+from . import filters
+from .agent import Agent, Options
 from .elf_loader import VMLINUX_BTF
-from .errors import TtcpError
+from .errors import BindError, TtcpError
+from .output import HistogramPrinter, Printer
 from .tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 
-COALESCE_S = 0.002  # the most a line waits for company before it is printed
-
 EPILOG = """\
-output (stdout), one line per TCP connection that ended, whose local address is a filter:
+filters ([src|dst] ADDRESS[/PREFIX] [port N]; a connection is reported when any matches):
+  10.178.0.5                    the seed's filter: local (source) address 10.178.0.5
+  dst 10.20.0.0/16 port 5432    connections to the database network's port 5432
+  src 172.17.0.0/16             connections from a container subnet
+  dst 2001:db8::/32             IPv6 works the same; IPv4 filters also match
+                                dual-stack sockets (::ffff:a.b.c.d)
+  src is the socket's local side (the "Src addr" column), dst the remote one;
+  `port N` applies to the same side. Host bits under a prefix are an error.
+
+output (stdout), one line per TCP connection that ended, that a filter selects:
   YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)
   RTT is the kernel's smoothed RTT (srtt) with microsecond precision. With
   --format json each line is an object with every field (rtt_us, rttvar_us,
-  retrans, bytes_acked, bytes_received, netns, hook, ...).
+  retrans, bytes_acked, bytes_received, netns, hook, filter, ...). A loopback
+  connection has two local sockets: a filter on its address reports both.
+  --histogram N prints, every N seconds and at exit, a log2 RTT histogram per
+  filter (bcc style) instead of the lines.
 
-filter API (see README / GET /openapi.json):
+API (see README / GET /openapi.json), the seed's three lines and more:
   curl -L http://localhost:8090 -XGET
   curl -L http://localhost:8090 -XPUT -d 192.168.0.1
   curl -L http://localhost:8090 -XDELETE -d 192.168.0.1
+  curl -L http://localhost:8090 -XPUT -d 'dst 10.20.0.0/16 port 5432'
+  curl http://localhost:8090/metrics          Prometheus (histograms per filter)
+  curl http://localhost:8090/events           the JSON event lines, streamed
+  curl -XPUT -d on http://localhost:8090/sampling   live RTT sampling on/off
 
 attach modes: fentry (exact RTT at close(); needs ftrace), tp_btf
 (tcp_destroy_sock), tracepoint (sock/inet_sock_set_state via perf events).
-auto tries them in that order and says on stderr which one it uses.
+auto tries them in that order and says on stderr which one it uses. Live
+sampling (--sample) hooks fentry/tcp_rcv_established, tp_btf/tcp_probe or
+tracepoint tcp/tcp_probe, in that order, and only fills histograms.
 
 needs: root (or CAP_BPF + CAP_PERFMON), a kernel with BTF
 (/sys/kernel/btf/vmlinux). On SIGINT/SIGTERM ttcp drains the ring buffer,
 prints a summary on stderr and exits 0.
 """
+TABLE_FULL_HINT = "restart ttcp with --max-filters M to raise it (M > {limit})"
+BIND_HINTS = {
+    errno.EADDRINUSE: "another process is listening there; choose another --port or stop it",
+    errno.EADDRNOTAVAIL: "no local interface has that address; check --host",
+    errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another --port",
+}
 
 
 def _size(text: str) -> int:
@@ -59,11 +87,21 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 4194304, 4096K, 4M)") from None
 
 
-def _filter(text: str) -> bytes:
+def _filter(text: str) -> filters.Filter:
     try:
-        return addresses.key_of(text)
-    except addresses.AddressError as e:
+        return filters.parse(text)
+    except filters.FilterError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        s = 0.0
+    if not 0.01 <= s <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.01 to 86400, got {text!r}")
+    return s
 
 
 def _port(text: str) -> int:
@@ -106,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the container image uses 0.0.0.0)")
     p.add_argument("--port", type=_port, default=8090,
                    help="port of the filter API (default: %(default)s)")
-    p.add_argument("--filter", dest="filters", metavar="ADDR", type=_filter, action="append",
-                   default=[], help="report connections whose local address is ADDR (IPv4 or "
-                                    "IPv6); repeatable; loaded before the program attaches")
+    p.add_argument("--filter", dest="filters", metavar="FILTER", type=_filter, action="append",
+                   default=[], help="report connections FILTER selects: '[src|dst] ADDRESS[/PREFIX] "
+                                    "[port N]' (a bare ADDRESS is the local address); repeatable; "
+                                    "loaded before the program attaches")
     p.add_argument("--max-filters", type=_positive, default=DEFAULT_MAX_FILTERS, metavar="N",
                    help="size of the filter table (default: %(default)s)")
     p.add_argument("--attach", choices=("auto",) + MODES, default="auto",
@@ -124,58 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "file for a kernel without built-in BTF)")
     p.add_argument("--no-api", action="store_true",
                    help="do not start the HTTP API (filters come only from --filter)")
+    p.add_argument("--sample", action="store_true",
+                   help="live RTT sampling from the start: every RTT measurement of an established "
+                        "connection a filter selects feeds the filter's sample histogram (switch it "
+                        "at runtime with PUT /sampling)")
+    p.add_argument("--histogram", type=_seconds, metavar="SECONDS",
+                   help="print RTT histograms per filter every SECONDS and at exit, instead of "
+                        "the event lines")
+    p.add_argument("--ms", action="store_true", help="histograms in milliseconds (default: microseconds)")
     return p
-
-
-class Printer:
-    """Decodes ring-buffer records and writes lines; flushes once per drain."""
-
-    def __init__(self, fmt: str, out: TextIO) -> None:
-        self.out = out
-        self.printed = 0
-        self.undecodable = 0
-        self.unwritten = 0
-        self.reader_gone = False
-        self._offset = events.wall_clock_offset_ns()
-        self._line = events.json_line if fmt == "json" else events.table_line
-        self._pending: list[str] = []
-
-    def record(self, raw: bytes) -> None:
-        try:
-            line = self._line(raw, self._offset)
-        except TtcpError:
-            self.undecodable += 1
-            return
-        self._pending.append(line)
-        self.printed += 1
-
-    def records(self, batch: list[bytes]) -> None:
-        """A whole drained batch; short records (never sent by our program) are counted apart."""
-        line, offset = self._line, self._offset
-        try:
-            lines = [line(raw, offset) for raw in batch]
-        except TtcpError:
-            for raw in batch:
-                self.record(raw)
-            return
-        self._pending += lines
-        self.printed += len(lines)
-
-    def flush(self) -> bool:
-        """Write what is pending; False once the reader of stdout has gone
-        (`ttcp | head`): from then on lines are counted as unwritten, not printed."""
-        if self._pending and not self.reader_gone:
-            try:
-                self.out.write("\n".join(self._pending) + "\n")
-                self.out.flush()
-            except BrokenPipeError:
-                self.reader_gone = True
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
-        if self.reader_gone:
-            self.printed -= len(self._pending)
-            self.unwritten += len(self._pending)
-        self._pending.clear()
-        return not self.reader_gone
 
 
 class Timings:
@@ -242,114 +238,103 @@ def _preload_server(timings: Timings) -> threading.Thread:
     return t
 
 
-async def _serve(tracer: Tracer, args: argparse.Namespace, printer: Printer,
-                 preload: threading.Thread | None, timings: Timings) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if _stop_requested.is_set():  # a signal came while the loop was being set up
-        stop.set()
-    runner = None
-    if not args.no_api:
-        if preload is not None:
-            preload.join()
-        from . import server
-        app = server.create_app(tracer.filters, health=lambda: _health(tracer, printer),
-                                mono_to_wall=tracer.monotonic_to_wall)
-        runner = await server.start(app, args.host, args.port)
-    ring = tracer.ring
-    assert ring is not None
-
-    def drain() -> int:
-        batch = ring.read_batch()
-        printer.records(batch)
-        if not printer.flush():
-            stop.set()  # nobody reads our stdout any more
-        return len(batch)
-
-    def on_readable() -> None:
-        # After a wakeup that brought records, stop listening for COALESCE_S:
-        # at high rates the next drain then takes many records per wakeup (the
-        # kernel does not wake a reader that has not caught up), which costs
-        # far less CPU per event; a lone event is still printed at once.
-        if drain():
-            loop.remove_reader(ring.fileno())
-            loop.call_later(COALESCE_S, resume)
-
-    def resume() -> None:
-        if not stop.is_set():
-            loop.add_reader(ring.fileno(), on_readable)
-            drain()
-
-    timings.phase("server")
-    if args.format == "table":
-        printer.out.write(events.HEADER + "\n")
-        printer.out.flush()
-    timings.report()
-    loop.add_reader(ring.fileno(), on_readable)
-    try:
-        drain()
-        await stop.wait()
-    finally:
-        loop.remove_reader(ring.fileno())
-        if runner is not None:
-            from . import server
-            await server.stop(runner)
-        drain()
+def _summary(printer: Printer, dropped: int, histogram: bool) -> str:
+    verb = "read (histogram mode)" if histogram else "printed"
+    return (f"{printer.printed} events {verb}, {dropped} dropped"
+            + (f", {printer.undecodable} undecodable" if printer.undecodable else "")
+            + (f", {printer.unwritten} not written (stdout closed)" if printer.reader_gone else ""))
 
 
-def _health(tracer: Tracer, printer: Printer) -> dict:
-    return {
-        "status": "ok",
-        "attach_mode": tracer.report.mode,
-        "attach_method": tracer.report.method,
-        "events": printer.printed,
-        "dropped": tracer.drops(),
-        "filters": len(tracer.filters) if tracer.filters is not None else 0,
-        "max_filters": tracer.filters.max_entries if tracer.filters is not None else 0,
-    }
+class _Signals:
+    """SIGINT/SIGTERM across start-up: before the event loop runs they unwind
+    like Ctrl-C (releasing what was created); from attach until the loop's own
+    handlers are in place they only ask for a stop (raising inside asyncio's
+    set-up would leave it half made). Put back as they were on exit."""
 
+    def __init__(self) -> None:
+        self.stop_requested = threading.Event()
+        self._saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-_stop_requested = threading.Event()
+    def unwind(self) -> None:
+        signal.signal(signal.SIGTERM, _interrupt)
 
+    def remember(self) -> None:
+        def handler(signum: int, frame: object) -> None:
+            self.stop_requested.set()
+        for sig in self._saved:
+            signal.signal(sig, handler)
 
-def _remember_stop(signum: int, frame: object) -> None:
-    """From attach until the loop's own handlers are in place, a signal only
-    asks for a stop: raising inside asyncio's set-up would leave it half made."""
-    _stop_requested.set()
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """Before the event loop runs, SIGTERM unwinds like Ctrl-C, releasing what was created."""
     raise KeyboardInterrupt
+
+
+class _StderrLog(logging.Handler):
+    """The library's log records as ttcp's one-line stderr diagnostics."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"ttcp: {record.getMessage()}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, timings: Timings | None = None) -> int:
     timings = timings or Timings()
-    signal.signal(signal.SIGTERM, _interrupt)
+    signals = _Signals()
+    logger = logging.getLogger("ttcp")
+    handler, saved_level, saved_propagate = _StderrLog(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        signals.unwind()
+        return _run(args, out, timings, signals)
+    finally:
+        signals.restore()
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
+
+
+def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Signals) -> int:
     preload = None if args.no_api else _preload_server(timings)
-    printer = Printer(args.format, out)
+    printer = Printer(args.format, out, show=args.histogram is None)
+    histograms = HistogramPrinter(out, ms=args.ms) if args.histogram is not None else None
     timings.phase("setup")
     with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
                 btf_path=args.btf) as tracer:
         timings.phase("object")
         tracer.open_maps()
-        if len(set(args.filters)) > args.max_filters:
-            raise TtcpError(f"{len(set(args.filters))} --filter addresses exceed --max-filters "
-                            f"{args.max_filters}")
-        tracer.add_filters(args.filters)
+        wanted = list(dict.fromkeys(args.filters))
+        if len(wanted) > args.max_filters:
+            raise TtcpError(f"{len(wanted)} --filter filters exceed --max-filters {args.max_filters}")
+        tracer.add_filters(wanted)
         timings.phase("maps")
         tracer.attach(args.attach)
+        if args.sample:
+            tracer.enable_sampling()
+        tracer.release_kernel_btf()
         timings.phase("attach")
-        signal.signal(signal.SIGTERM, _remember_stop)
-        signal.signal(signal.SIGINT, _remember_stop)
-        asyncio.run(_serve(tracer, args, printer, preload, timings))
+        signals.remember()
+        opts = Options(host=args.host, port=args.port, api=not args.no_api,
+                       table_header=args.format == "table" and histograms is None,
+                       histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT)
+        agent = Agent(tracer, printer, opts, histograms)
+
+        def ready() -> None:
+            timings.phase("server")
+            timings.report()
+
+        try:
+            asyncio.run(agent.serve(signals.stop_requested, preload, on_ready=ready))
+        except BindError as e:
+            hint = BIND_HINTS.get(e.errno or 0, "check --host and --port")
+            raise TtcpError(f"{e} ({hint})") from None
+        agent.print_totals()
         dropped = tracer.drops()
-    print(f"ttcp: {printer.printed} events printed, {dropped} dropped"
-          + (f", {printer.undecodable} undecodable" if printer.undecodable else "")
-          + (f", {printer.unwritten} not written (stdout closed)" if printer.reader_gone else ""),
-          file=sys.stderr)
+    print(f"ttcp: {_summary(printer, dropped, histograms is not None)}", file=sys.stderr)
     return 0
 
 

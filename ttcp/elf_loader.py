@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import mmap
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .map_specs import MapSpec, map_specs
 from .sections import SectionKind
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+log = logging.getLogger("ttcp")
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,8 @@ class ObjectLoader:
             except BpfError as e:
                 if e.errno in (errno.EPERM, errno.EACCES):
                     raise  # no privilege: maps and programs would fail next; say it once
-                print(f"ttcp: kernel refused the object's BTF ({e.step}: errno {e.errno}); "
-                      "loading without it", file=sys.stderr)
+                log.warning("kernel refused the object's BTF (%s: errno %d); loading without it",
+                            e.step, e.errno)
         return self._btf_fd
 
     def create_maps(self) -> dict[str, int]:

@@ -32,6 +32,15 @@ class FormatError(TtcpError):
         self.message = message
 
 
+class BindError(TtcpError):
+    """The API cannot listen where it was asked to (errno says why)."""
+
+    def __init__(self, host: str, port: int, err: int | None, reason: str) -> None:
+        self.host, self.port, self.errno = host, port, err
+        endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot serve the API on {endpoint}: {reason}")
+
+
 class CoreRelocationError(TtcpError):
     """A CO-RE relocation that cannot be applied (ambiguous, malformed, or
     unresolvable where the program would reach it)."""

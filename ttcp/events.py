@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from .addresses import from_key
 from .errors import FormatError
+from .filters import FilterError, format_filter, matched
 
 AF_INET = 2
 AF_INET6 = 10
 HOOKS = {1: "fentry", 2: "tp_btf", 3: "tracepoint"}
 
-_EVENT = struct.Struct("<16s16sQQQIIIIHHHBx")
-EVENT_SIZE = _EVENT.size  # 80
+_EVENT = struct.Struct("<16s16sQQQIIIIHHHBBBB6x")
+EVENT_SIZE = _EVENT.size  # 88
 
 HEADER = f"{'YYYY/MM/DD HH:MM:SS'} {'Src addr':<15} {'Port':<6} -> {'Dest addr':<15} {'Port':<6} RTT(ms)"
 
@@ -42,6 +43,24 @@ class Event:
     dport: int
     family: int
     hook: int
+    filter: str  # canonical text of the filter that selected the connection
+
+
+def _filter_text(side: int, bits: int, has_port: int, saddr: bytes, daddr: bytes, sport: int,
+                 dport: int) -> str:
+    """The canonical text of the filter an event names, rebuilt from the event
+    itself (so a filter removed since is still named right)."""
+    if side == 1:
+        return _filter_of(side, bits, saddr, sport if has_port else 0)
+    return _filter_of(side, bits, daddr, dport if has_port else 0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _filter_of(side: int, bits: int, addr: bytes, port: int) -> str:
+    try:
+        return format_filter(matched(side, bits, addr, port))
+    except (FilterError, ValueError):
+        raise FormatError("event", f"names no filter (side {side}, prefix {bits})") from None
 
 
 def decode(record: bytes | memoryview) -> Event:
@@ -49,9 +68,10 @@ def decode(record: bytes | memoryview) -> Event:
     if len(record) < EVENT_SIZE:
         raise FormatError("event", f"record of {len(record)} bytes, expected {EVENT_SIZE}")
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
-     sport, dport, family, hook) = _EVENT.unpack_from(record)
+     sport, dport, family, hook, side, bits, has_port) = _EVENT.unpack_from(record)
     return Event(from_key(saddr), from_key(daddr), ts, acked, received, srtt, rttvar,
-                 retrans, netns, sport, dport, family, hook)
+                 retrans, netns, sport, dport, family, hook,
+                 _filter_text(side, bits, has_port, saddr, daddr, sport, dport))
 
 
 # The same few addresses and seconds recur from event to event: convert each once
@@ -117,6 +137,7 @@ def to_dict(ev: Event, offset_ns: int) -> dict:
         "bytes_received": ev.bytes_received,
         "netns": ev.netns,
         "hook": HOOKS.get(ev.hook, str(ev.hook)),
+        "filter": ev.filter,
     }
 
 
@@ -132,7 +153,7 @@ def table_line(raw: bytes, offset_ns: int) -> str:
     """format_table(decode(raw)) in one step; FormatError for a short record."""
     if len(raw) < EVENT_SIZE:
         raise FormatError("event", f"record of {len(raw)} bytes, expected {EVENT_SIZE}")
-    saddr, daddr, ts, _, _, srtt, _, _, _, sport, dport, _, _ = _EVENT.unpack_from(raw)
+    saddr, daddr, ts, _, _, srtt, _, _, _, sport, dport, *_ = _EVENT.unpack_from(raw)
     return _table(ts, offset_ns, _address_column(saddr), sport, _address_column(daddr), dport, srtt)
 
 
@@ -148,11 +169,13 @@ def json_line(raw: bytes, offset_ns: int) -> str:
     if len(raw) < EVENT_SIZE:
         raise FormatError("event", f"record of {len(raw)} bytes, expected {EVENT_SIZE}")
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
-     sport, dport, family, hook) = _EVENT.unpack_from(raw)
+     sport, dport, family, hook, side, bits, has_port) = _EVENT.unpack_from(raw)
     wall = ts + offset_ns
     hook_name = HOOKS.get(hook) or str(hook)
+    filter_text = _filter_text(side, bits, has_port, saddr, daddr, sport, dport)
     return (f'{{"time":"{_utc_stamp(wall // 1_000_000_000)}.{wall % 1_000_000_000 // 1000:06d}Z",'
             f'"family":"{"inet6" if family == AF_INET6 else "inet"}","saddr":"{from_key(saddr)}",'
             f'"sport":{sport},"daddr":"{from_key(daddr)}","dport":{dport},"rtt_us":{srtt},'
             f'"rtt_ms":{_json_ms(srtt)},"rttvar_us":{rttvar},"retrans":{retrans},'
-            f'"bytes_acked":{acked},"bytes_received":{received},"netns":{netns},"hook":"{hook_name}"}}')
+            f'"bytes_acked":{acked},"bytes_received":{received},"netns":{netns},"hook":"{hook_name}",'
+            f'"filter":"{filter_text}"}}')

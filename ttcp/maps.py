@@ -119,6 +119,8 @@ class _MapHandle:
 class HashMap(_MapHandle, Generic[K, V]):
     """A BPF_MAP_TYPE_HASH seen through key/value codecs."""
 
+    batchable = True  # the kernel reads the whole map with BPF_MAP_LOOKUP_BATCH
+
     def __init__(
         self,
         fd: int,
@@ -200,7 +202,7 @@ class HashMap(_MapHandle, Generic[K, V]):
         """A snapshot of every entry: one batched walk where the kernel has
         BPF_MAP_LOOKUP_BATCH (5.6+), else key by key."""
         raw_items: Iterable[tuple[bytes, bytes]]
-        if features.batch_map_ops().supported:
+        if self.batchable and features.batch_map_ops().supported:
             raw_items = syscalls.map_lookup_batch(self.fd, self.key_codec.size, self.value_codec.size,
                                                   min(self._max_entries, 4096), name=self.name)
         else:
@@ -229,7 +231,48 @@ class HashMap(_MapHandle, Generic[K, V]):
         return self.get(key) is not None  # type: ignore[arg-type]
 
 
-# ---- per-CPU array -------------------------------------------------------------------
+class LpmTrie(HashMap[K, V]):
+    """A BPF_MAP_TYPE_LPM_TRIE: keys are a u32 prefix length and the data.
+
+    `get` is the kernel's longest-prefix match, not an exact lookup (a key
+    inside a stored network finds that network); update and delete are
+    exact. The kernel has no batched reads for tries.
+    """
+
+    batchable = False
+
+
+# ---- arrays ------------------------------------------------------------------------
+
+
+def _index_key(index: int, max_entries: int) -> bytes:
+    if not 0 <= index < max_entries:
+        raise IndexError(f"index {index} outside 0..{max_entries - 1}")
+    return struct.pack("=I", index)
+
+
+class Array(_MapHandle):
+    """A BPF_MAP_TYPE_ARRAY of raw values (e.g. a program's global data)."""
+
+    def __init__(self, fd: int, value_size: int, max_entries: int, name: str = "",
+                 owns_fd: bool = True) -> None:
+        super().__init__(fd, name, owns_fd)
+        self.value_size = value_size
+        self.max_entries = max_entries
+
+    def get(self, index: int) -> bytes:
+        raw = syscalls.map_lookup(self.fd, _index_key(index, self.max_entries), self.value_size,
+                                  name=self.name)
+        if raw is None:  # arrays always have every index
+            raise BpfError(f"MAP_LOOKUP_ELEM {self.name}", errno.ENOENT)
+        return raw
+
+    def put(self, index: int, value: bytes) -> None:
+        if len(value) != self.value_size:
+            raise ValueError(f"expected {self.value_size} bytes, got {len(value)}")
+        syscalls.map_update(self.fd, _index_key(index, self.max_entries), value, name=self.name)
+
+
 
 
 class PerCpuArray(_MapHandle):
@@ -248,17 +291,31 @@ class PerCpuArray(_MapHandle):
         return cls(fd, value_size, max_entries, name)
 
     def _key(self, index: int) -> bytes:
-        if not 0 <= index < self.max_entries:
-            raise IndexError(f"index {index} outside 0..{self.max_entries - 1}")
-        return struct.pack("=I", index)
+        return _index_key(index, self.max_entries)
+
+    def _split(self, raw: bytes) -> list[bytes]:
+        """One lookup's bytes -> each CPU's value (slots are 8-byte aligned)."""
+        stride = (self.value_size + 7) & ~7
+        return [raw[i : i + self.value_size] for i in range(0, len(raw), stride)]
 
     def values(self, index: int) -> list[bytes]:
         """The value of `index` on each possible CPU."""
         raw = syscalls.map_lookup(self.fd, self._key(index), self.value_size, percpu=True, name=self.name)
         if raw is None:  # arrays always have every index; be explicit anyway
             raise BpfError(f"MAP_LOOKUP_ELEM {self.name}", errno.ENOENT)
-        stride = (self.value_size + 7) & ~7
-        return [raw[i : i + self.value_size] for i in range(0, len(raw), stride)]
+        return self._split(raw)
+
+    def values_of(self, indices: Iterable[int]) -> dict[int, list[bytes]]:
+        """Each CPU's value of several indices: the whole array in a few batched
+        reads where the kernel has them (and many indices are wanted), else one
+        lookup per index."""
+        wanted = sorted(set(indices))
+        if len(wanted) > 8 and features.batch_map_ops().supported:
+            slot = syscalls.percpu_value_size(self.value_size)
+            rows = syscalls.map_lookup_batch(self.fd, 4, slot, min(self.max_entries, 1024), name=self.name)
+            every = {struct.unpack("=I", k)[0]: v for k, v in rows}
+            return {i: self._split(every[i]) for i in wanted}
+        return {i: self.values(i) for i in wanted}
 
     def put_all(self, index: int, value: bytes) -> None:
         """Set `index` to `value` on every CPU (e.g. reset a counter)."""

@@ -1,42 +1,47 @@
-"""HTTP API over the kernel filter map (aiohttp).
+"""The HTTP API (aiohttp): the filter table, histograms, metrics, events.
 
-The server keeps no copy of the filter list: every GET reads the kernel map and
-every PUT/DELETE writes it, so what the API shows is what the BPF program
-filters on.
+The server only speaks HTTP: it parses requests into filters (ttcp.filters),
+calls the FilterTable protocol (ttcp.filter_table) and the agent's callbacks
+(health, sampling, metrics), and renders answers. It keeps no copy of the
+table; `GET /` is rendered once per table change (the table's version).
 
-Atomicity: aiohttp runs every handler on one event loop thread and the map
+Atomicity: aiohttp runs every handler on one event loop thread and the table
 calls are plain synchronous syscalls. Each handler reads and parses the whole
-body first (the only awaits), then validates, checks capacity and writes with
-no `await` in between, so no other request can interleave with a write
-sequence. Keep it that way: an `await` between the checks and the writes
-would break the all-or-nothing guarantee.
+body first (the only awaits), then validates and writes with no `await` in
+between, so no other request can interleave with a write sequence. Keep it
+that way: an `await` between the checks and the writes would break the
+all-or-nothing guarantee.
 
 Errors are JSON objects {"error": "..."}; client mistakes never produce a 500.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
-from ttcp import addresses
-from ttcp.errors import TtcpError
-from ttcp.maps import HashMap, KeyExistsError, MapFullError
+from . import filters as F
+from . import metrics
+from .errors import BindError, TtcpError
+from .event_stream import EventHub
+from .filter_table import FilterStats, FilterTable, NotInTableError, TableFullError
+from .filters import Filter, FilterError
 
 log = logging.getLogger("ttcp.server")
 
 MAX_BODY = 64 * 1024
-_NEW_VALUE = (0, 0)  # struct filter_stats {matches, last_match_ns} of a fresh entry
 _JSON_TYPES = ("application/json",)
-_V4_MAPPED = bytes(10) + b"\xff\xff"
-_AMPERSAND_HINT = " (curl joins several -d with '&'; send one address per line, e.g. --data-binary @file)"
+_AMPERSAND_HINT = " (curl joins several -d with '&'; send one filter per line, e.g. --data-binary @file)"
+_ON = {"on", "true", "1", "yes"}
+_OFF = {"off", "false", "0", "no"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,20 +55,28 @@ class ApiError(Exception):
         self.message = message
 
 
+@dataclass
+class Agent:
+    """What the API may ask of the running agent, beyond the table."""
+
+    health: Callable[[], dict[str, Any]]
+    mono_to_wall: Callable[[int], float]
+    metrics: Callable[[], metrics.Snapshot] | None = None
+    sampling: Callable[[], dict[str, Any]] | None = None
+    set_sampling: Callable[[bool], dict[str, Any]] | None = None  # raises TtcpError
+    events: EventHub | None = None
+    table_full_hint: str = ""  # how to get a larger table, in the caller's terms
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def _table_full(limit: int, used: int | None = None, adding: int | None = None) -> ApiError:
-    detail = f" ({used} in use, this request adds {adding})" if used is not None else ""
-    return ApiError(
-        507,
-        f"the filter table holds {limit} entries{detail}; "
-        f"restart ttcp with --max-filters M to raise it (M > {limit})",
-    )
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-# ---- request bodies ------------------------------------------------------------------
+# ---- request bodies (pure) ---------------------------------------------------------
 
 
 def _decode(body: bytes) -> str:
@@ -73,111 +86,59 @@ def _decode(body: bytes) -> str:
         raise ApiError(400, f"request body is not valid UTF-8 (byte {e.start})") from None
 
 
-def _texts_from_json(text: str) -> list[str]:
-    """Addresses of a JSON body {"addresses": ["...", ...]}."""
+def _items_from_json(text: str) -> list[object]:
+    """Filters of a JSON body: {"filters": [text or {side, address, port}, ...]}, or the
+    seed's {"addresses": ["...", ...]}."""
     try:
         doc = json.loads(text)
     except ValueError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     except RecursionError:  # "[[[[...": nesting deeper than the parser's stack, within MAX_BODY
         raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
-    items = doc.get("addresses") if isinstance(doc, dict) else None
+    if isinstance(doc, dict) and len(doc) == 1 and isinstance(doc.get("filters"), list):
+        return list(doc["filters"])
+    items = doc.get("addresses") if isinstance(doc, dict) and len(doc) == 1 else None
     if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
-        raise ApiError(400, 'JSON body must be {"addresses": ["<address>", ...]}')
-    return items
+        raise ApiError(400, 'JSON body must be {"filters": ["<filter>" or {"side", "address", "port"}, '
+                            '...]} or {"addresses": ["<address>", ...]}')
+    return list(items)
 
 
-def _texts_from_lines(text: str) -> list[str]:
-    """One address per line; surrounding whitespace and blank lines ignored."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _keys_of(texts: Iterable[str]) -> list[bytes]:
-    """Map keys of every address, in order, deduplicated; 400 on the first bad one."""
-    keys: dict[bytes, None] = {}
-    for text in texts:
+def _filters_of(items: Iterable[object]) -> list[Filter]:
+    """Every filter, in order, deduplicated; 400 naming the first bad one."""
+    found: dict[Filter, None] = {}
+    for item in items:
         try:
-            keys[addresses.key_of(text)] = None
-        except addresses.AddressError as e:
-            hint = _AMPERSAND_HINT if "&" in text else ""
-            raise ApiError(400, f"bad address: {e}{hint}") from None
-    return list(keys)
+            found[F.from_json(item)] = None
+        except FilterError as e:
+            hint = _AMPERSAND_HINT if isinstance(item, str) and "&" in item else ""
+            raise ApiError(400, f"bad filter: {e}{hint}") from None
+    return list(found)
 
 
-def _path_key(request: web.Request) -> bytes:
-    return _keys_of([request.match_info["addr"]])[0]
-
-
-# ---- map operations (synchronous: no await inside) ----------------------------------
-
-
-def _add(filters: HashMap[bytes, Any], keys: list[bytes]) -> list[bytes]:
-    """Insert the absent keys, all or none; returns those this call inserted.
-
-    Present keys keep their counters. Capacity is checked before the first
-    write; should the kernel still refuse midway (another writer), the keys
-    inserted here are removed again before the error propagates.
-    """
-    new = [k for k in keys if filters.get(k) is None]
-    if not new:
-        return []
-    if len(new) > 1:  # one key needs no census: the kernel's E2BIG says "full" exactly
-        used = len(filters)
-        if used + len(new) > filters.max_entries:
-            raise _table_full(filters.max_entries, used, len(new))
-    inserted: list[bytes] = []
-    try:
-        for key in new:
-            try:
-                filters.put(key, _NEW_VALUE, only_new=True)
-            except KeyExistsError:
-                continue
-            inserted.append(key)
-    except Exception as e:
-        for key in inserted:
-            filters.delete(key)
-        if isinstance(e, MapFullError):
-            raise _table_full(filters.max_entries) from None
-        raise
-    return inserted
-
-
-def _remove(filters: HashMap[bytes, Any], keys: list[bytes]) -> None:
-    """Delete every key, or none when one is absent (404 naming them)."""
-    absent = [addresses.from_key(k) for k in keys if filters.get(k) is None]
-    if absent:
-        raise ApiError(404, "not in the filter table: " + ", ".join(absent))
-    for key in keys:
-        filters.delete(key)
-
-
-def _order(key: bytes) -> tuple[int, bytes]:
-    """IPv4 (v4-mapped keys) first, then IPv6, each numerically."""
-    return (0 if key.startswith(_V4_MAPPED) else 1, key)
-
-
-def _iso(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def parse_body(body: bytes, content_type: str) -> list[Filter]:
+    text = _decode(body)
+    if content_type in _JSON_TYPES:
+        items = _items_from_json(text)
+    else:
+        items = [line.strip() for line in text.splitlines() if line.strip()]
+    if not items:
+        raise ApiError(400, "request body names no filter (give one per line)")
+    return _filters_of(items)
 
 
 # ---- the API ----------------------------------------------------------------------------
 
 
 class _Api:
-    """Handlers bound to one filter map and the agent's callbacks."""
+    """Handlers bound to one filter table and the agent."""
 
-    def __init__(
-        self,
-        filters: HashMap[bytes, Any],
-        health: Callable[[], dict],
-        mono_to_wall: Callable[[int], float],
-        max_body: int,
-    ) -> None:
-        self.filters = filters
-        self.health = health
-        self.mono_to_wall = mono_to_wall
+    def __init__(self, table: FilterTable, agent: Agent, max_body: int) -> None:
+        self.table = table
+        self.agent = agent
         self.max_body = max_body
         self.openapi_doc = _load_openapi()
+        self._listing: tuple[int, bytes] | None = None
 
     # -- helpers --
 
@@ -194,72 +155,142 @@ class _Api:
     def _too_large(self) -> str:
         return f"request body exceeds the {self.max_body}-byte limit"
 
-    async def _body_keys(self, request: web.Request) -> list[bytes]:
-        """Parse every address of the body before anything touches the map."""
-        text = _decode(await self._read_body(request))
-        if request.content_type in _JSON_TYPES:
-            texts = _texts_from_json(text)
-        else:
-            texts = _texts_from_lines(text)
-        if not texts:
-            raise ApiError(400, "request body names no address (give one per line)")
-        return _keys_of(texts)
+    async def _body_filters(self, request: web.Request) -> list[Filter]:
+        """Parse every filter of the body before anything touches the table."""
+        return parse_body(await self._read_body(request), request.content_type)
 
-    def _entry(self, key: bytes, value: tuple[int, int]) -> dict[str, Any]:
-        matches, last_ns = value
-        unix = self.mono_to_wall(last_ns) if last_ns else None
-        return {
-            "address": addresses.from_key(key),
-            "matches": matches,
+    def _full(self, e: TableFullError) -> ApiError:
+        hint = f"; {self.agent.table_full_hint.format(limit=e.limit)}" if self.agent.table_full_hint else ""
+        return ApiError(507, f"{e}{hint}")
+
+    def _add(self, fs: Sequence[Filter]) -> list[Filter]:
+        try:
+            return self.table.add(fs)
+        except TableFullError as e:
+            raise self._full(e) from None
+
+    def _remove(self, fs: Sequence[Filter]) -> None:
+        try:
+            self.table.remove(fs)
+        except NotInTableError as e:
+            raise ApiError(404, str(e)) from None
+
+    def _entry(self, f: Filter, s: FilterStats, histograms: bool = False) -> dict[str, Any]:
+        unix = self.agent.mono_to_wall(s.last_match_ns) if s.last_match_ns else None
+        out: dict[str, Any] = {
+            "filter": str(f),
+            **f.to_json(),
+            "matches": s.matches,
             "last_match": None if unix is None else _iso(unix),
             "last_match_unix": unix,
         }
+        if histograms:
+            out["histograms"] = {"closed": s.closed.to_json(), "sampled": s.sampled.to_json()}
+        return out
+
+    def _path_filter(self, request: web.Request) -> Filter:
+        return _filters_of([request.match_info["filter"]])[0]
+
+    def _one(self, f: Filter) -> FilterStats:
+        found = self.table.stats([f]).get(f)
+        if found is None:
+            raise ApiError(404, f"{f} is not in the filter table")
+        return found
 
     # -- handlers: everything after the body is read runs without an await --
 
-    async def list_addresses(self, request: web.Request) -> web.Response:
-        keys = sorted((key for key, _ in self.filters.items()), key=_order)  # one batched read
-        return web.json_response([addresses.from_key(k) for k in keys])
+    async def list_filter_texts(self, request: web.Request) -> web.Response:
+        version = self.table.version
+        if self._listing is None or self._listing[0] != version:
+            body = json.dumps([str(f) for f in self.table.filters()], separators=(", ", ": ")).encode()
+            self._listing = (version, body)
+        return web.Response(body=self._listing[1], content_type="application/json")
 
-    async def add_addresses(self, request: web.Request) -> web.Response:
-        keys = await self._body_keys(request)
-        _add(self.filters, keys)
+    async def add_filters(self, request: web.Request) -> web.Response:
+        self._add(await self._body_filters(request))
         return web.Response(status=204)
 
-    async def remove_addresses(self, request: web.Request) -> web.Response:
-        keys = await self._body_keys(request)
-        _remove(self.filters, keys)
+    async def remove_filters(self, request: web.Request) -> web.Response:
+        self._remove(await self._body_filters(request))
         return web.Response(status=204)
 
     async def list_filters(self, request: web.Request) -> web.Response:
-        items = sorted(self.filters.items(), key=lambda kv: _order(kv[0]))
-        entries = [self._entry(k, v) for k, v in items]
+        fs = self.table.filters()
+        stats = self.table.stats(fs)
+        entries = [self._entry(f, stats.get(f, FilterStats.empty())) for f in fs]
         return web.json_response(
-            {"filters": entries, "count": len(entries), "max_entries": self.filters.max_entries}
-        )
+            {"filters": entries, "count": len(entries), "max_entries": self.table.max_entries})
 
     async def get_filter(self, request: web.Request) -> web.Response:
-        key = _path_key(request)
-        value = self.filters.get(key)
-        if value is None:
-            raise ApiError(404, f"{addresses.from_key(key)} is not in the filter table")
-        return web.json_response(self._entry(key, value))
+        f = self._path_filter(request)
+        return web.json_response(self._entry(f, self._one(f), histograms=True))
 
     async def put_filter(self, request: web.Request) -> web.Response:
-        key = _path_key(request)
-        created = bool(_add(self.filters, [key]))
-        body = self._entry(key, self.filters.get(key) or _NEW_VALUE)
+        f = self._path_filter(request)
+        created = bool(self._add([f]))
+        body = self._entry(f, self._one(f))
         if not created:
             return web.json_response(body, status=200)
         # Built by hand: yarl would escape the first ":" of an IPv6 address.
-        return web.json_response(body, status=201, headers={"Location": f"/filters/{body['address']}"})
+        location = "/filters/" + quote(str(f), safe=":/")
+        return web.json_response(body, status=201, headers={"Location": location})
 
     async def delete_filter(self, request: web.Request) -> web.Response:
-        _remove(self.filters, [_path_key(request)])
+        self._remove([self._path_filter(request)])
         return web.Response(status=204)
 
+    async def histograms(self, request: web.Request) -> web.Response:
+        fs = self.table.filters()
+        stats = self.table.stats(fs)
+        return web.json_response({"filters": [
+            {"filter": str(f), "closed": s.closed.to_json(), "sampled": s.sampled.to_json()}
+            for f in fs if (s := stats.get(f)) is not None]})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        if self.agent.metrics is None:
+            raise ApiError(404, "no metrics in this agent")
+        text = metrics.render(self.agent.metrics())
+        return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def get_sampling(self, request: web.Request) -> web.Response:
+        if self.agent.sampling is None:
+            raise ApiError(404, "live sampling is not available in this agent")
+        return web.json_response(self.agent.sampling())
+
+    async def put_sampling(self, request: web.Request) -> web.Response:
+        if self.agent.set_sampling is None:
+            raise ApiError(404, "live sampling is not available in this agent")
+        on = _switch(_decode(await self._read_body(request)), request.content_type)
+        try:
+            return web.json_response(self.agent.set_sampling(on))
+        except TtcpError as e:
+            raise ApiError(503, f"cannot switch live sampling {'on' if on else 'off'}: {e}") from None
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        hub = self.agent.events
+        if hub is None:
+            raise ApiError(404, "no event stream in this agent")
+        client = hub.subscribe()
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                               "Cache-Control": "no-store"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            while True:
+                await client.wakeup.wait()
+                lines = client.take()
+                if lines:
+                    await response.write(("\n".join(lines) + "\n").encode())
+                if client.overflowed or client.closing:
+                    break
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            hub.unsubscribe(client)
+        return response
+
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(self.health())
+        return web.json_response(self.agent.health())
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self.openapi_doc, content_type="application/json")
@@ -296,18 +327,42 @@ class _Api:
             return _error(500, "internal server error (details on ttcp's stderr)")
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_get("/", self.list_addresses, allow_head=False)
-        router.add_put("/", self.add_addresses)
-        router.add_delete("/", self.remove_addresses)
+        router.add_get("/", self.list_filter_texts, allow_head=False)
+        router.add_put("/", self.add_filters)
+        router.add_delete("/", self.remove_filters)
         router.add_get("/filters", self.list_filters, allow_head=False)
-        router.add_put("/filters", self.add_addresses)
-        router.add_delete("/filters", self.remove_addresses)
-        # `.+` so "10.0.0.0/8" reaches the parser and gets a 400 saying why.
-        router.add_get("/filters/{addr:.+}", self.get_filter, allow_head=False)
-        router.add_put("/filters/{addr:.+}", self.put_filter)
-        router.add_delete("/filters/{addr:.+}", self.delete_filter)
+        router.add_put("/filters", self.add_filters)
+        router.add_delete("/filters", self.remove_filters)
+        # `.+` so "10.0.0.0/8" (one path segment or two) reaches the parser.
+        router.add_get("/filters/{filter:.+}", self.get_filter, allow_head=False)
+        router.add_put("/filters/{filter:.+}", self.put_filter)
+        router.add_delete("/filters/{filter:.+}", self.delete_filter)
+        router.add_get("/histograms", self.histograms, allow_head=False)
+        router.add_get("/metrics", self.prometheus, allow_head=False)
+        router.add_get("/sampling", self.get_sampling, allow_head=False)
+        router.add_put("/sampling", self.put_sampling)
+        router.add_get("/events", self.stream_events, allow_head=False)
         router.add_get("/healthz", self.healthz, allow_head=False)
         router.add_get("/openapi.json", self.openapi, allow_head=False)
+
+
+def _switch(text: str, content_type: str) -> bool:
+    """`on`/`off` (also true/false, 1/0, yes/no), or JSON {"enabled": bool}."""
+    word = text.strip().lower()
+    if content_type in _JSON_TYPES:
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, dict) and set(doc) == {"enabled"} and isinstance(doc["enabled"], bool):
+            return bool(doc["enabled"])
+        raise ApiError(400, 'JSON body must be {"enabled": true} or {"enabled": false}')
+    if word in _ON:
+        return True
+    if word in _OFF:
+        return False
+    shown = word if len(word) <= 32 else word[:32] + "..."
+    raise ApiError(400, f"expected on or off, got {shown!r}")
 
 
 # ---- application lifecycle ----------------------------------------------------------
@@ -317,33 +372,23 @@ def _load_openapi() -> bytes:
     return (Path(__file__).with_name("data") / "openapi.json").read_bytes()
 
 
-def create_app(
-    filters: HashMap[bytes, Any],
-    *,
-    health: Callable[[], dict],
-    mono_to_wall: Callable[[int], float],
-    max_body: int = MAX_BODY,
-) -> web.Application:
-    """The API application over `filters` (16-byte address keys, (matches, last_ns) values)."""
-    api = _Api(filters, health, mono_to_wall, max_body)
+def create_app(table: FilterTable, agent: Agent, *, max_body: int = MAX_BODY) -> web.Application:
+    """The API application over `table`."""
+    api = _Api(table, agent, max_body)
     app = web.Application(middlewares=[api.errors], client_max_size=max_body)
     api.add_routes(app.router)
+    if agent.events is not None:
+        hub = agent.events
+
+        async def end_streams(app: web.Application) -> None:
+            hub.close()
+
+        app.on_shutdown.append(end_streams)
     return app
 
 
-_BIND_HINTS = {
-    errno.EADDRINUSE: "another process is listening there; choose another --port or stop it",
-    errno.EADDRNOTAVAIL: "no local interface has that address; check --host",
-    errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another --port",
-}
-
-
-def _endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Listen on host:port; a bind failure becomes a one-line TtcpError.
+    """Listen on host:port; a bind failure becomes a one-line BindError.
 
     No access log: stdout belongs to the event stream. Handlers finish in
     microseconds, so a short shutdown timeout only cuts off slow clients
@@ -353,12 +398,9 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
-    except (OSError, UnicodeError) as e:  # UnicodeError: a --host IDNA cannot encode
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
         await runner.cleanup()
-        reason = getattr(e, "strerror", None) or str(e)
-        hint = _BIND_HINTS.get(getattr(e, "errno", None) or 0)
-        message = f"cannot serve the API on {_endpoint(host, port)}: {reason}"
-        raise TtcpError(f"{message} ({hint})" if hint else message) from None
+        raise BindError(host, port, getattr(e, "errno", None), getattr(e, "strerror", None) or str(e)) from None
     return runner
 
 

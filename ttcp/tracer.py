@@ -2,14 +2,15 @@
 
 This is where ttcp's own object meets the generic loader: it picks the
 attach mode (fentry, then tp_btf, then the classic tracepoint), says why it
-skipped the earlier ones, and exposes the three things the rest of ttcp
+skipped the earlier ones, switches live RTT sampling on and off (its own
+three hooks, tried in the same order), and exposes what the rest of ttcp
 uses: the filter table, the ring buffer and the drop count.
 """
 
 from __future__ import annotations
 
 import errno
-import sys
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,17 +18,26 @@ from pathlib import Path
 from typing import Self
 
 from . import features, syscalls
-from .addresses import KEY_SIZE
 from .attach import Link, attach
 from .elf_loader import VMLINUX_BTF, ObjectLoader
 from .errors import BpfError, TtcpError
-from .maps import HashMap, PerCpuArray, RawCodec, RingBuffer, StructCodec
+from .filter_table import KernelFilterTable
+from .filters import Filter
+from .maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, RingBuffer
+
+log = logging.getLogger("ttcp")
 
 MODES = ("fentry", "tp_btf", "tracepoint")
 PROGRAM_OF_MODE = {"fentry": "tcprtt_fentry", "tp_btf": "tcprtt_tp_btf", "tracepoint": "tcprtt_tracepoint"}
+SAMPLER_OF_MODE = {"fentry": "tcprtt_sample_fentry", "tp_btf": "tcprtt_sample_tp_btf",
+                   "tracepoint": "tcprtt_sample_tracepoint"}
+HOOK_OF_SAMPLER = {"fentry": "fentry/tcp_rcv_established", "tp_btf": "tp_btf/tcp_probe",
+                   "tracepoint": "tracepoint tcp/tcp_probe"}
+TABLE_MAPS = ("hosts", "nets", "stats")  # sized by max_filters
 DEFAULT_MAX_FILTERS = 1024
 DEFAULT_RINGBUF_SIZE = 2 << 20  # ~26,000 events: over a second of the busiest loopback traffic
-FILTER_STATS = StructCodec("=QQ")  # struct filter_stats: matches, last_match_ns
+
+Say = Callable[[str], None]
 
 
 def default_object() -> Path:
@@ -52,8 +62,14 @@ class AttachReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class _Attached:
+    program: str
+    link: Link
+
+
 class Tracer:
-    """Owns the loader, the link and the map views; close() releases all."""
+    """Owns the loader, the links and the map views; close() releases all."""
 
     def __init__(
         self,
@@ -64,73 +80,110 @@ class Tracer:
         btf_path: Path = VMLINUX_BTF,
     ) -> None:
         if max_filters < 1:
-            raise TtcpError(f"--max-filters must be at least 1 (got {max_filters})")
+            raise TtcpError(f"max_filters must be at least 1 (got {max_filters})")
         self.loader = ObjectLoader(str(obj_path or default_object()), btf_path=btf_path)
-        self.loader.set_max_entries("filter", max_filters)
+        for name in TABLE_MAPS:
+            self.loader.set_max_entries(name, max_filters)
         self.loader.set_max_entries("events", check_ringbuf_size(ringbuf_size))
-        self.link: Link | None = None
         self.report = AttachReport()
-        self.filters: HashMap[bytes, tuple[int, int]] | None = None
+        self.sampling = AttachReport()
+        self.table: KernelFilterTable | None = None
         self.ring: RingBuffer | None = None
         self._drops: PerCpuArray | None = None
-        self._prog_fd = -1
+        self._main: _Attached | None = None
+        self._sampler: _Attached | None = None
 
     # ---- set-up ----
 
-    def open_maps(self) -> None:
+    def open_maps(self) -> KernelFilterTable:
         """Create the maps so filters can be loaded before anything attaches."""
+        if self.table is not None:
+            return self.table
         fds = self.loader.create_maps()
         spec = self.loader.maps
-        self.filters = HashMap(fds["filter"], RawCodec(KEY_SIZE), FILTER_STATS,
-                               spec["filter"].max_entries, "filter", owns_fd=False)
+        hosts: HashMap[bytes, bytes] = HashMap(fds["hosts"], RawCodec(spec["hosts"].key_size),
+                                               RawCodec(spec["hosts"].value_size),
+                                               spec["hosts"].max_entries, "hosts", owns_fd=False)
+        nets: LpmTrie[bytes, bytes] = LpmTrie(fds["nets"], RawCodec(spec["nets"].key_size),
+                                              RawCodec(spec["nets"].value_size),
+                                              spec["nets"].max_entries, "nets", owns_fd=False)
+        stats = PerCpuArray(fds["stats"], spec["stats"].value_size, spec["stats"].max_entries, "stats",
+                            owns_fd=False)
+        config = Array(fds[".bss"], spec[".bss"].value_size, 1, ".bss", owns_fd=False)
+        self.table = KernelFilterTable(hosts, nets, stats, config)
         self._drops = PerCpuArray(fds["drops"], 8, 1, "drops", owns_fd=False)
         self.ring = RingBuffer(fds["events"], spec["events"].max_entries)
+        return self.table
 
-    def add_filters(self, keys: Iterable[bytes]) -> None:
-        assert self.filters is not None, "open_maps() first"
-        for key in keys:
-            if self.filters.get(key) is None:
-                self.filters.put(key, (0, 0), only_new=True)
+    def add_filters(self, filters: Iterable[Filter]) -> None:
+        self.open_maps().add(list(filters))
 
-    def attach(self, mode: str = "auto", log: Callable[[str], None] | None = None) -> AttachReport:
-        """Load and attach one entry point; `auto` falls back fentry → tp_btf → tracepoint."""
-        say = log or (lambda msg: print(msg, file=sys.stderr))
-        if self.filters is None:
+    def attach(self, mode: str = "auto", log: Say | None = None) -> AttachReport:
+        """Load and attach the connection-end program; `auto` falls back fentry → tp_btf → tracepoint."""
+        self.open_maps()
+        self._main = self._attach_first(PROGRAM_OF_MODE, mode, self.report, log or _info, "")
+        return self.report
+
+    def enable_sampling(self, mode: str = "auto", log: Say | None = None) -> AttachReport:
+        """Attach the live-sampling program (idempotent): every RTT measurement of an
+        established connection a filter selects feeds that filter's second histogram."""
+        if self._sampler is None:
             self.open_maps()
-        candidates = MODES if mode == "auto" else (mode,)
+            self.sampling = AttachReport()
+            self._sampler = self._attach_first(SAMPLER_OF_MODE, mode, self.sampling, log or _info,
+                                               "live sampling ")
+        return self.sampling
+
+    def disable_sampling(self) -> None:
+        """Detach and unload the sampling program; histograms keep what they have."""
+        attached, self._sampler = self._sampler, None
+        if attached is not None:
+            attached.link.close()
+            self.loader.unload_program(attached.program)
+            self.sampling = AttachReport()
+
+    @property
+    def sampling_enabled(self) -> bool:
+        return self._sampler is not None
+
+    def _attach_first(self, programs: dict[str, str], mode: str, report: AttachReport, say: Say,
+                      what: str) -> _Attached:
         if mode != "auto" and mode not in MODES:
             raise TtcpError(f"unknown attach mode {mode!r} (choose auto, {', '.join(MODES)})")
+        candidates = MODES if mode == "auto" else (mode,)
         last: BpfError | None = None
         for m in candidates:
             try:
-                self._attach_mode(m)
-                self.report.mode = m
-                break
+                attached = self._attach_mode(programs[m])
             except BpfError as e:
                 last = e
                 reason = _why(e)
-                self.report.skipped.append((m, reason))
+                report.skipped.append((m, reason))
                 if mode == "auto" and m != candidates[-1]:
-                    say(f"ttcp: {m} unavailable ({reason}); trying the next mode")
+                    say(f"{what}{m} unavailable ({reason}); trying the next mode")
+                continue
+            report.mode, report.method = m, attached.link.method
+            break
         else:
             assert last is not None
             raise last
-        self.loader.release_target_btf()
-        skipped = ", ".join(m for m, _ in self.report.skipped)
-        say(f"ttcp: attached via {self.report.mode} ({self.report.method})"
+        skipped = ", ".join(m for m, _ in report.skipped)
+        say(f"{what}attached via {report.mode} ({report.method})"
             + (f" after skipping {skipped}" if skipped else ""))
-        return self.report
+        return attached
 
-    def _attach_mode(self, mode: str) -> None:
-        name = PROGRAM_OF_MODE[mode]
+    def _attach_mode(self, name: str) -> _Attached:
         prog = self.loader.load_program(name)
         try:
-            self.link = attach(prog.kind, prog.fd, prog.attach_btf_id)
+            return _Attached(name, attach(prog.kind, prog.fd, prog.attach_btf_id))
         except BaseException:
             self.loader.unload_program(name)
             raise
-        self._prog_fd = prog.fd
-        self.report.method = self.link.method
+
+    def release_kernel_btf(self) -> None:
+        """Once nothing more will be loaded: several MB of decoded kernel types go.
+        (Loading the sampler later reads them again.)"""
+        self.loader.release_target_btf()
 
     # ---- running ----
 
@@ -140,14 +193,17 @@ class Tracer:
         return lost + self.recursion_misses()
 
     def recursion_misses(self) -> int:
-        if self._prog_fd < 0 or not features.recursion_misses().supported:
+        if self._main is None or not features.recursion_misses().supported:
             return 0
-        return syscalls.prog_info(self._prog_fd).recursion_misses
+        return syscalls.prog_info(self.prog_fd()).recursion_misses
 
     def prog_fd(self) -> int:
-        return self._prog_fd
+        if self._main is None:
+            return -1
+        return self.loader.programs[self._main.program].fd
 
-    def monotonic_to_wall(self, mono_ns: int) -> float:
+    @staticmethod
+    def monotonic_to_wall(mono_ns: int) -> float:
         """Unix time of a bpf_ktime_get_ns() stamp (0 stays 0: never matched)."""
         if not mono_ns:
             return 0.0
@@ -155,14 +211,14 @@ class Tracer:
 
     def close(self) -> None:
         """Detach first (no new events), then unmap and close every fd."""
-        if self.link is not None:
-            self.link.close()
-            self.link = None
+        self.disable_sampling()
+        if self._main is not None:
+            self._main.link.close()
+            self._main = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
-        self._prog_fd = -1
-        self.filters = None
+        self.table = None
         self._drops = None
         self.loader.close()
 
@@ -171,6 +227,10 @@ class Tracer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _info(message: str) -> None:
+    log.info("%s", message)
 
 
 def _why(e: BpfError) -> str:

@@ -66,17 +66,21 @@ def _collect(kernel: kernels.Kernel, b: boot.Boot) -> report.KernelResult:
     return result
 
 
-def _precompile(selection: list[str]) -> None:
-    """Write the bytecode (and pytest's rewritten test modules) on the host.
+def _prepare(selection: list[str]) -> list[str]:
+    """Write the bytecode (and pytest's rewritten test modules) on the host,
+    and return the test files that hold the selected tests.
 
     The guest sees the checkout read-only over 9p and runs 20-60x slower: a
     Python there that must compile ttcp and the tests from source in every
-    process spends most of its time doing so.
+    process, or import every test module to find the selected ones, spends
+    most of its time doing so.
     """
     subprocess.run([sys.executable, "-m", "compileall", "-q", "ttcp", "tests", "vmtest"], cwd=REPO,
                    check=False, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *selection], cwd=REPO,
-                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *selection], cwd=REPO,
+                            check=False, capture_output=True, text=True).stdout
+    files = sorted({line.split("::", 1)[0] for line in listed.splitlines() if "::" in line})
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmtest: {e}", file=sys.stderr)
         return 2
     selection = [] if args.full else ["-m", "matrix"]
-    _precompile(selection)
+    files = _prepare(selection)
+    if not args.full and not args.pytest_args:
+        selection += files  # the guest imports only the modules that hold matrix tests
     keep = args.out is not None
     outroot = args.out or Path(tempfile.mkdtemp(prefix="ttcp-vmtest-"))
     outroot.mkdir(parents=True, exist_ok=True)
@@ -105,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         out = outroot / kernel.package
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        guest = [sys.executable, "-m", "vmtest.guest", str(scale), str(out), *selection, *args.pytest_args]
+        guest = [sys.executable, "-m", "vmtest.guest", str(scale), str(max(timeout - 90, 60)), str(out),
+                 *selection, *args.pytest_args]
         print(f"vmtest: booting {kernel.package}", flush=True)
         b = boot.boot(kernel, out, guest, kvm=kvm, cpus=args.cpus, memory=args.memory,
                       timeout_s=timeout, cwd=REPO)

@@ -1,0 +1,204 @@
+"""The running agent: the event loop that drains the ring buffer, serves the
+API and prints, once the program is attached.
+
+Start-up order: the filters are loaded and the program attached first (by
+the caller), then the API listens, then the header is printed — so a header
+on stdout means ttcp is fully ready. Events go to stdout (and to GET /events
+clients), diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from . import events
+from .event_stream import EventHub
+from .filter_table import FilterStats
+from .filters import Filter
+from .metrics import FilterSeries, Snapshot
+from .output import HistogramPrinter, Printer
+from .tracer import Tracer
+
+log = logging.getLogger("ttcp")
+
+COALESCE_S = 0.002  # the most a line waits for company before it is printed
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def version() -> str:
+    try:
+        return metadata.version("ttcp")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Options:
+    host: str
+    port: int
+    api: bool
+    table_header: bool  # print the table's header line once ready
+    histogram_s: float | None = None
+    sample_mode: str = "auto"  # hooks tried when sampling is switched on
+    table_full_hint: str = ""
+
+
+class Agent:
+    """One run: tracer, printers, event hub; the callbacks the API is given."""
+
+    def __init__(self, tracer: Tracer, printer: Printer, opts: Options,
+                 histograms: HistogramPrinter | None = None) -> None:
+        self.tracer = tracer
+        self.printer = printer
+        self.opts = opts
+        self.histograms = histograms
+        self.hub = EventHub()
+        self.version = version()
+
+    # ---- what the API sees ----
+
+    def health(self) -> dict[str, Any]:
+        table = self.tracer.table
+        return {
+            "status": "ok",
+            "version": self.version,
+            "attach_mode": self.tracer.report.mode,
+            "attach_method": self.tracer.report.method,
+            "events": self.printer.printed,
+            "dropped": self.tracer.drops(),
+            "filters": len(table) if table is not None else 0,
+            "max_filters": table.max_entries if table is not None else 0,
+            "sampling": self.tracer.sampling_enabled,
+            "stream_clients": len(self.hub.clients),
+            "stream_clients_dropped": self.hub.dropped_clients,
+        }
+
+    def sampling(self) -> dict[str, Any]:
+        s = self.tracer.sampling
+        return {"enabled": self.tracer.sampling_enabled, "attach_mode": s.mode or None,
+                "attach_method": s.method or None,
+                "skipped": [{"mode": m, "reason": r} for m, r in s.skipped]}
+
+    def set_sampling(self, on: bool) -> dict[str, Any]:
+        if on:
+            self.tracer.enable_sampling(self.opts.sample_mode)
+        else:
+            self.tracer.disable_sampling()
+        return self.sampling()
+
+    def metrics(self) -> Snapshot:
+        table = self.tracer.table
+        assert table is not None
+        fs = table.filters()
+        stats = table.stats(fs)
+        series = [FilterSeries(str(f), s.closed, s.sampled) for f in fs if (s := stats.get(f)) is not None]
+        return Snapshot(series, events_total=self.printer.printed, events_dropped=self.tracer.drops(),
+                        filters_max=table.max_entries, attach_mode=self.tracer.report.mode,
+                        version=self.version, sampling=self.tracer.sampling_enabled,
+                        stream_clients_dropped=self.hub.dropped_clients)
+
+    # ---- the loop ----
+
+    async def serve(self, stop_requested: threading.Event, preload: threading.Thread | None,
+                    on_ready: Callable[[], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+        if stop_requested.is_set():  # a signal came while the loop was being set up
+            stop.set()
+        runner = None
+        try:
+            if self.opts.api:
+                runner = await self._start_api(preload)
+            await self._run(loop, stop, on_ready)
+        finally:
+            for sig in _SIGNALS:
+                loop.remove_signal_handler(sig)
+            if runner is not None:
+                from . import server
+                await server.stop(runner)
+
+    async def _start_api(self, preload: threading.Thread | None) -> Any:
+        if preload is not None:
+            preload.join()
+        from . import server
+        assert self.tracer.table is not None
+        hooks = server.Agent(health=self.health, mono_to_wall=self.tracer.monotonic_to_wall,
+                             metrics=self.metrics, sampling=self.sampling, set_sampling=self.set_sampling,
+                             events=self.hub, table_full_hint=self.opts.table_full_hint)
+        app = server.create_app(self.tracer.table, hooks)
+        return await server.start(app, self.opts.host, self.opts.port)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
+                   on_ready: Callable[[], None] | None) -> None:
+        ring = self.tracer.ring
+        assert ring is not None
+        printer, hub = self.printer, self.hub
+
+        def drain() -> int:
+            batch = ring.read_batch()
+            lines = printer.records(batch, want_json=hub.wanted)
+            if lines:
+                hub.publish(lines)
+            if not printer.flush():
+                stop.set()  # nobody reads our stdout any more
+            return len(batch)
+
+        def on_readable() -> None:
+            # After a wakeup that brought records, stop listening for COALESCE_S:
+            # at high rates the next drain then takes many records per wakeup (the
+            # kernel does not wake a reader that has not caught up), which costs
+            # far less CPU per event; a lone event is still printed at once.
+            if drain():
+                loop.remove_reader(ring.fileno())
+                loop.call_later(COALESCE_S, resume)
+
+        def resume() -> None:
+            if not stop.is_set():
+                loop.add_reader(ring.fileno(), on_readable)
+                drain()
+
+        if self.opts.table_header:
+            printer.out.write(events.HEADER + "\n")
+            printer.out.flush()
+        if on_ready is not None:
+            on_ready()
+        ticker = None
+        if self.histograms is not None and self.opts.histogram_s:
+            ticker = asyncio.create_task(self._histogram_ticks(stop))
+        loop.add_reader(ring.fileno(), on_readable)
+        try:
+            drain()
+            await stop.wait()
+        finally:
+            loop.remove_reader(ring.fileno())
+            if ticker is not None:
+                ticker.cancel()
+            drain()
+
+    async def _histogram_ticks(self, stop: asyncio.Event) -> None:
+        assert self.histograms is not None and self.opts.histogram_s
+        while True:
+            await asyncio.sleep(self.opts.histogram_s)
+            if not self.histograms.interval(self._stats()):
+                stop.set()
+                return
+
+    def _stats(self) -> dict[Filter, FilterStats]:
+        table = self.tracer.table
+        assert table is not None
+        return table.stats(table.filters())
+
+    def print_totals(self) -> None:
+        if self.histograms is not None:
+            self.histograms.totals(self._stats())
+
+

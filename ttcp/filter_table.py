@@ -1,0 +1,239 @@
+"""The filter table: what the API edits and the BPF program matches against.
+
+`FilterTable` is the small protocol the HTTP layer speaks; `KernelFilterTable`
+keeps it in the program's maps (see bpf/tcprtt.bpf.c):
+
+- exact addresses in the `hosts` hash, networks in the `nets` LPM trie,
+  keyed as ttcp.filters encodes them;
+- each filter's value names a slot of the per-CPU `stats` array and the
+  generation the slot had when the filter was created; the program only
+  counts into a slot whose generation matches, so a slot being recycled
+  never takes a stray update, and a re-added filter starts from zero;
+- `cfg.kinds` in the program's .bss says which of the eight filter kinds
+  exist, so the program skips every lookup that cannot match.
+
+ttcp is the only writer of these maps (the API runs on one thread, and a
+pinned table is locked to one process), so the table keeps an index of what
+it wrote: which filters exist, in which slot. Reads of counters always go to
+the kernel. Every change is all or nothing: capacity is checked first, and a
+write the kernel still refuses midway is undone before the error surfaces.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import filters as F
+from .errors import TtcpError
+from .filters import Filter
+from .histogram import HIST, Histogram, summed
+from .maps import Array, HashMap, KeyExistsError, LpmTrie, MapFullError, PerCpuArray
+
+STATS_HEAD = struct.Struct("=QQ")  # struct filter_stats: gen, last_match_ns, then two struct hist
+STATS_SIZE = STATS_HEAD.size + 2 * HIST.size
+_CLOSED_AT = STATS_HEAD.size
+_SAMPLED_AT = STATS_HEAD.size + HIST.size
+CONFIG = struct.Struct("=I")  # struct config: kinds
+
+
+class TableFullError(TtcpError):
+    """The table cannot take the filters asked for (nothing was added)."""
+
+    def __init__(self, limit: int, used: int, adding: int) -> None:
+        self.limit, self.used, self.adding = limit, used, adding
+        super().__init__(f"the filter table holds {limit} entries ({used} in use, this request adds "
+                         f"{adding})")
+
+
+class NotInTableError(TtcpError):
+    """Filters asked to be removed that the table does not hold (nothing was removed)."""
+
+    def __init__(self, missing: Sequence[Filter]) -> None:
+        self.missing = list(missing)
+        super().__init__("not in the filter table: " + ", ".join(map(str, missing)))
+
+
+@dataclass(frozen=True)
+class FilterStats:
+    """What the program counted for one filter, all CPUs added up."""
+
+    last_match_ns: int  # CLOCK_MONOTONIC of the latest match; 0: never
+    closed: Histogram  # RTT of each matching connection when it ended; count = matches
+    sampled: Histogram  # live RTT samples of matching established connections
+
+    @property
+    def matches(self) -> int:
+        return self.closed.count
+
+    @classmethod
+    def empty(cls) -> FilterStats:
+        return cls(0, Histogram.empty(), Histogram.empty())
+
+
+class FilterTable(Protocol):
+    """What the API needs of a filter table; errors are TableFullError and NotInTableError."""
+
+    @property
+    def max_entries(self) -> int: ...
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the set of filters does (for answers rendered once per change)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, f: object) -> bool: ...
+
+    def filters(self) -> list[Filter]:
+        """Every filter, in listing order (ttcp.filters.order_key)."""
+        ...
+
+    def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
+        """The counters of those filters the table holds."""
+        ...
+
+    def add(self, fs: Sequence[Filter]) -> list[Filter]:
+        """Add the absent ones, all or none; returns those this call added."""
+        ...
+
+    def remove(self, fs: Sequence[Filter]) -> None:
+        """Remove them all, or none when one is absent (NotInTableError)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Slot:
+    index: int
+    gen: int
+
+
+class KernelFilterTable:
+    """A FilterTable in the BPF program's maps."""
+
+    def __init__(self, hosts: HashMap[bytes, bytes], nets: LpmTrie[bytes, bytes], stats: PerCpuArray,
+                 config: Array) -> None:
+        self.hosts, self.nets, self.stats_map, self.config = hosts, nets, stats, config
+        if config.value_size != CONFIG.size or stats.value_size != STATS_SIZE:
+            raise TtcpError(f"the program's config ({config.value_size} bytes) or stats "
+                            f"({stats.value_size} bytes) differ from ttcp's layout "
+                            f"({CONFIG.size}, {STATS_SIZE}): object and ttcp do not match")
+        self._max = min(hosts.max_entries, nets.max_entries, stats.max_entries)
+        self._slots: dict[Filter, _Slot] = {}
+        self._next_gen = 1
+        self._version = 0
+        self._kinds = -1
+        self._reload()
+
+    def _reload(self) -> None:
+        """Index what the maps hold already (a pinned table after a restart)."""
+        for raw_key, raw_value in self.hosts.items():
+            self._index(F.from_host_key(raw_key), raw_value)
+        for raw_key, raw_value in self.nets.items():
+            self._index(F.from_net_key(raw_key), raw_value)
+        self._free = sorted(set(range(self.stats_map.max_entries)) - {s.index for s in self._slots.values()},
+                            reverse=True)
+        self._write_kinds()
+
+    def _index(self, f: Filter, raw_value: bytes) -> None:
+        index, gen, _ = F.VALUE.unpack(raw_value)
+        self._slots[f] = _Slot(index, gen)
+        self._next_gen = max(self._next_gen, gen + 1)
+
+    # ---- reading ----
+
+    @property
+    def max_entries(self) -> int:
+        return self._max
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, f: object) -> bool:
+        return f in self._slots
+
+    def filters(self) -> list[Filter]:
+        return sorted(self._slots, key=F.order_key)
+
+    def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
+        held = {f: self._slots[f] for f in fs if f in self._slots}
+        rows = self.stats_map.values_of(s.index for s in held.values())
+        out = {}
+        for f, slot in held.items():
+            cpus = [r for r in rows[slot.index] if STATS_HEAD.unpack_from(r)[0] == slot.gen]
+            last = max((STATS_HEAD.unpack_from(r)[1] for r in cpus), default=0)
+            out[f] = FilterStats(last, summed(cpus, _CLOSED_AT), summed(cpus, _SAMPLED_AT))
+        return out
+
+    # ---- writing ----
+
+    def _map_of(self, f: Filter) -> tuple[HashMap[bytes, bytes], bytes]:
+        return (self.hosts, F.host_key(f)) if f.is_host else (self.nets, F.net_key(f))
+
+    def add(self, fs: Sequence[Filter]) -> list[Filter]:
+        new = list(dict.fromkeys(f for f in fs if f not in self._slots))
+        if not new:
+            return []
+        if len(self._slots) + len(new) > self._max or len(new) > len(self._free):
+            raise TableFullError(self._max, len(self._slots), len(new))
+        added: list[Filter] = []
+        try:
+            for f in new:
+                self._insert(f)
+                added.append(f)
+        except BaseException:
+            self._delete(added)
+            raise
+        self._changed()
+        return added
+
+    def _insert(self, f: Filter) -> None:
+        index, gen = self._free[-1], self._next_gen
+        # The slot starts from zero under its new generation before the filter can match.
+        self.stats_map.put_all(index, STATS_HEAD.pack(gen, 0) + bytes(STATS_SIZE - STATS_HEAD.size))
+        target, key = self._map_of(f)
+        try:
+            target.put(key, F.VALUE.pack(index, gen, f.bits), only_new=True)
+        except MapFullError:
+            raise TableFullError(self._max, len(self._slots), 1) from None
+        except KeyExistsError:  # not in the index, yet in the map: refuse rather than share a slot
+            raise TtcpError(f"filter {f} is in the kernel table but not in ttcp's index") from None
+        self._free.pop()
+        self._next_gen += 1
+        self._slots[f] = _Slot(index, gen)
+
+    def remove(self, fs: Sequence[Filter]) -> None:
+        missing = [f for f in dict.fromkeys(fs) if f not in self._slots]
+        if missing:
+            raise NotInTableError(missing)
+        self._delete(list(dict.fromkeys(fs)))
+        self._changed()
+
+    def _delete(self, fs: Sequence[Filter]) -> None:
+        for f in fs:
+            target, key = self._map_of(f)
+            target.delete(key)
+            slot = self._slots.pop(f)
+            # Generation 0 matches no filter: late updates from a program still
+            # holding the old value are dropped, and the next owner starts clean.
+            self.stats_map.put_all(slot.index, bytes(STATS_SIZE))
+            self._free.append(slot.index)
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._write_kinds()
+
+    def _write_kinds(self) -> None:
+        kinds = 0
+        for f in self._slots:
+            kinds |= f.kind_bit
+        if kinds != self._kinds:
+            self.config.put(0, CONFIG.pack(kinds))
+            self._kinds = kinds

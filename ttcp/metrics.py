@@ -1,0 +1,95 @@
+"""GET /metrics: the Prometheus text exposition format, version 0.0.4 (pure).
+
+Small enough to write by hand (no client library at run time); the tests
+parse every answer with prometheus_client's own parser. Histograms come
+from the program's log2 buckets: `le` is the upper end of each bucket in
+seconds (an RTT in bucket k is under 2^(k+1) us), cumulative, then +Inf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .histogram import Histogram, cumulative
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class FilterSeries:
+    filter: str  # canonical filter text: the label value
+    closed: Histogram
+    sampled: Histogram
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one scrape shows, read at one moment."""
+
+    filters: Sequence[FilterSeries]
+    events_total: int
+    events_dropped: int
+    filters_max: int
+    attach_mode: str
+    version: str
+    sampling: bool
+    stream_clients_dropped: int = 0
+
+
+def escape_label(value: str) -> str:
+    """A label value as the format requires: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _head(name: str, kind: str, text: str) -> list[str]:
+    return [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+
+
+def _histogram(name: str, help_text: str, series: Iterable[tuple[str, Histogram]]) -> list[str]:
+    lines = _head(name, "histogram", help_text)
+    for label, h in series:
+        f = f'filter="{escape_label(label)}"'
+        for le, count in cumulative(h):
+            lines.append(f'{name}_bucket{{{f},le="{_num(le)}"}} {count}')
+        lines.append(f"{name}_sum{{{f}}} {_num(h.sum_us / 1e6)}")
+        lines.append(f"{name}_count{{{f}}} {h.count}")
+    return lines
+
+
+def render(s: Snapshot) -> str:
+    lines: list[str] = []
+    lines += _histogram("ttcp_connection_rtt_seconds",
+                        "Smoothed RTT of each TCP connection a filter selected, when it ended.",
+                        ((f.filter, f.closed) for f in s.filters))
+    lines += _histogram("ttcp_rtt_sample_seconds",
+                        "Live RTT samples of established connections a filter selected (with sampling on).",
+                        ((f.filter, f.sampled) for f in s.filters))
+    lines += _head("ttcp_filter_matches_total", "counter",
+                   "Connections each filter selected (events printed or dropped).")
+    lines += [f'ttcp_filter_matches_total{{filter="{escape_label(f.filter)}"}} {f.closed.count}'
+              for f in s.filters]
+    lines += _head("ttcp_events_total", "counter", "Events read from the kernel and printed.")
+    lines.append(f"ttcp_events_total {s.events_total}")
+    lines += _head("ttcp_events_dropped_total", "counter",
+                   "Events the kernel could not queue (ring buffer full) or runs it skipped.")
+    lines.append(f"ttcp_events_dropped_total {s.events_dropped}")
+    lines += _head("ttcp_event_stream_clients_dropped_total", "counter",
+                   "GET /events clients disconnected for falling behind.")
+    lines.append(f"ttcp_event_stream_clients_dropped_total {s.stream_clients_dropped}")
+    lines += _head("ttcp_filters", "gauge", "Filters in the table.")
+    lines.append(f"ttcp_filters {len(s.filters)}")
+    lines += _head("ttcp_filters_max", "gauge", "Size of the filter table.")
+    lines.append(f"ttcp_filters_max {s.filters_max}")
+    lines += _head("ttcp_sampling", "gauge", "1 while live RTT sampling is on.")
+    lines.append(f"ttcp_sampling {int(s.sampling)}")
+    lines += _head("ttcp_info", "gauge", "The attach mode in use and ttcp's version.")
+    lines.append(f'ttcp_info{{attach_mode="{escape_label(s.attach_mode)}",'
+                 f'version="{escape_label(s.version)}"}} 1')
+    return "\n".join(lines) + "\n"
