@@ -86,7 +86,7 @@ def format_items(fmt: str) -> list[tuple[int, int, str]]:
     for m in _ITEM.finditer(body):
         assert m.start() == pos, f"unsupported format {fmt!r}"
         pos = m.end()
-        count, code = m.group(1), m.group(2)
+        code = m.group(2)
         offset = struct.calcsize(prefix)
         prefix += m.group()
         items.append((offset, struct.calcsize(prefix) - offset, code))
