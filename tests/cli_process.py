@@ -46,14 +46,20 @@ class TtcpProcess:
             sink(line.rstrip("\n"))
 
     def _wait_ready(self, timeout: float) -> None:
+        """Ready: the API answers (unless --no-api), and then the table's header is
+        out; without a header (json, histograms) the attach line on stderr says
+        the program runs, and the API answering that the loop does."""
+        header = "json" not in self.args and "--histogram" not in self.args
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ttcp exited {self.proc.returncode}: {self.stderr}")
             if "--no-api" in self.args or self._api_up():
-                if "json" not in self.args:
+                if header:
                     self.header = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-                return
+                    return
+                if "attached via" in self.stderr:
+                    return
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"ttcp not ready in {timeout}s: {self.stderr}")

@@ -30,11 +30,13 @@ def tcp_info_rtt(sock: socket.socket) -> int:
 class Server:
     """A listening socket on (host, ephemeral port)."""
 
-    def __init__(self, host: str = "127.0.0.1", family: int = socket.AF_INET, dual_stack: bool = False):
+    def __init__(self, host: str = "127.0.0.1", family: int = socket.AF_INET, dual_stack: bool = False,
+                 port: int = 0):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.listen(1024)
         self.host = host
         self.port = self.sock.getsockname()[1]
@@ -52,7 +54,7 @@ class Server:
 
 def connect_once(server: Server, src: str, dst: str | None = None,
                  family: int | None = None, payload: bytes = b"ping",
-                 client_first: bool = False) -> Conn:
+                 client_first: bool = False, sport: int = 0) -> Conn:
     """Connect from `src` to the server, exchange a few bytes, close both ends.
 
     By default the server side closes first (the client never holds
@@ -62,7 +64,9 @@ def connect_once(server: Server, src: str, dst: str | None = None,
     dst = dst or server.host
     cli = socket.socket(fam, socket.SOCK_STREAM)
     try:
-        cli.bind((src, 0))
+        if sport:  # a fixed source port, reused across tests: no TIME_WAIT, the server closes first
+            cli.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        cli.bind((src, sport))
         cli.connect((dst, server.port))
         child, _ = server.sock.accept()
         try:

@@ -19,7 +19,7 @@ from importlib import metadata
 from typing import Any
 
 from . import events
-from .event_stream import EventHub
+from .event_stream import DEFAULT_BACKLOG, EventHub
 from .filter_table import FilterStats
 from .filters import Filter
 from .metrics import FilterSeries, Snapshot
@@ -48,6 +48,7 @@ class Options:
     histogram_s: float | None = None
     sample_mode: str = "auto"  # hooks tried when sampling is switched on
     table_full_hint: str = ""
+    stream_backlog: int = DEFAULT_BACKLOG  # lines a GET /events client may fall behind
 
 
 class Agent:
@@ -59,7 +60,7 @@ class Agent:
         self.printer = printer
         self.opts = opts
         self.histograms = histograms
-        self.hub = EventHub()
+        self.hub = EventHub(opts.stream_backlog)
         self.version = version()
 
     # ---- what the API sees ----

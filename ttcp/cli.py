@@ -26,6 +26,7 @@ from . import filters
 from .agent import Agent, Options
 from .elf_loader import VMLINUX_BTF
 from .errors import BindError, TtcpError
+from .event_stream import DEFAULT_BACKLOG
 from .output import HistogramPrinter, Printer
 from .tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print RTT histograms per filter every SECONDS and at exit, instead of "
                         "the event lines")
     p.add_argument("--ms", action="store_true", help="histograms in milliseconds (default: microseconds)")
+    p.add_argument("--stream-backlog", type=_positive, default=DEFAULT_BACKLOG, metavar="LINES",
+                   help="event lines a GET /events client may fall behind before it is disconnected "
+                        "(default: %(default)s; about 350 bytes each)")
     return p
 
 
@@ -320,7 +324,8 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
         signals.remember()
         opts = Options(host=args.host, port=args.port, api=not args.no_api,
                        table_header=args.format == "table" and histograms is None,
-                       histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT)
+                       histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
+                       stream_backlog=args.stream_backlog)
         agent = Agent(tracer, printer, opts, histograms)
 
         def ready() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 DEFAULT_BACKLOG = 20_000  # lines a client may be behind before it is dropped
 
@@ -24,6 +25,8 @@ class Client:
         self.overflowed = False  # fell behind: to be disconnected
         self.closing = False  # ttcp is stopping
         self.wakeup = asyncio.Event()
+        self.on_drop: Callable[[], None] | None = None  # cuts the connection (the handler may be
+        # stuck writing to a client that stopped reading)
 
     def offer(self, lines: list[str]) -> bool:
         """Queue a batch; False (and marked overflowed) when it does not fit."""
@@ -69,6 +72,8 @@ class EventHub:
             if not client.offer(lines):
                 self.clients.discard(client)
                 self.dropped_clients += 1
+                if client.on_drop is not None:
+                    client.on_drop()
 
     def close(self) -> None:
         """Wake every client so its handler ends (at shutdown)."""

@@ -271,6 +271,9 @@ class _Api:
         if hub is None:
             raise ApiError(404, "no event stream in this agent")
         client = hub.subscribe()
+        transport = request.transport
+        if transport is not None:
+            client.on_drop = transport.abort  # unblocks a write to a client that stopped reading
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
                                                "Cache-Control": "no-store"})
         response.enable_chunked_encoding()

@@ -1,0 +1,170 @@
+"""Every kind of filter against real sockets: side, network, port, both families.
+
+One tracer per attach mode the kernel has; each test adds the filters it
+needs, makes real loopback connections (127.0.0.0/8 and ::1 only) and checks
+the events: exactly the selected connections, each once, naming the most
+specific filter that matched, with the table's counters agreeing.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel import mode_probe, require
+from tests.test_tracer import collect
+from tests.traffic import Conn, Server, connect_many, connect_once
+from ttcp import events
+from ttcp import filters as F
+from ttcp.tracer import MODES, Tracer
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(params=MODES)
+def tracer(request: pytest.FixtureRequest, no_bpf_leaks: None) -> Iterator[Tracer]:
+    require(mode_probe(request.param))
+    with Tracer(max_filters=64) as t:
+        t.open_maps()
+        t.attach(request.param, log=lambda m: None)
+        collect(t, settle_s=0.05)
+        yield t
+
+
+def add(t: Tracer, *texts: str) -> list[F.Filter]:
+    fs = [F.parse(x) for x in texts]
+    assert t.table is not None
+    t.table.add(fs)
+    return fs
+
+
+def matches(t: Tracer, text: str) -> int:
+    assert t.table is not None
+    f = F.parse(text)
+    return t.table.stats([f])[f].matches
+
+
+def ends(e: events.Event) -> tuple[str, int, str, int]:
+    return (e.saddr, e.sport, e.daddr, e.dport)
+
+
+def client_ends(conns: list[Conn]) -> list[tuple[str, int, str, int]]:
+    return sorted((c.src, c.sport, c.dst, c.dport) for c in conns)
+
+
+@pytest.mark.matrix
+def test_dst_network_with_port_selects_the_clients_of_that_service(tracer: Tracer) -> None:
+    add(tracer, "dst 127.0.40.0/24 port 5432")
+    with Server("127.0.40.9", port=5432) as db, Server("127.0.40.9") as other, \
+            Server("127.0.41.9", port=5433) as elsewhere:
+        ours = connect_many(db, "127.0.0.2", 10)
+        connect_many(other, "127.0.0.2", 5)  # same network, another port
+        connect_many(elsewhere, "127.0.0.2", 5)  # another network
+    got = collect(tracer)
+    # The accepted sockets' remote side is the client (127.0.0.2): not selected.
+    assert sorted(ends(e) for e in got) == client_ends(ours)
+    assert {e.filter for e in got} == {"dst 127.0.40.0/24 port 5432"}
+    assert matches(tracer, "dst 127.0.40.0/24 port 5432") == 10
+
+
+@pytest.mark.matrix
+def test_src_network_selects_every_address_in_it(tracer: Tracer) -> None:
+    add(tracer, "src 127.0.42.0/28")
+    with Server("127.0.0.1") as srv:
+        inside = [connect_once(srv, f"127.0.42.{i}") for i in (1, 7, 15)]
+        for i in (16, 200):
+            connect_once(srv, f"127.0.42.{i}")
+    got = collect(tracer)
+    assert sorted(ends(e) for e in got) == client_ends(inside)
+    assert {e.filter for e in got} == {"src 127.0.42.0/28"}
+    assert matches(tracer, "src 127.0.42.0/28") == 3
+
+
+@pytest.mark.matrix
+def test_dst_host_and_src_host_with_port(tracer: Tracer) -> None:
+    add(tracer, "dst 127.0.43.1", "src 127.0.43.2 port 40001")
+    with Server("127.0.43.1") as a, Server("127.0.43.3") as b:
+        to_a = connect_many(a, "127.0.0.1", 4)
+        port_conn = connect_once(b, "127.0.43.2", sport=40001)
+        connect_many(b, "127.0.43.2", 3)  # other source ports: not selected
+    got = collect(tracer)
+    by_filter: dict[str, list[tuple[str, int, str, int]]] = {}
+    for e in got:
+        by_filter.setdefault(e.filter, []).append(ends(e))
+    assert sorted(by_filter["dst 127.0.43.1"]) == client_ends(to_a)
+    assert by_filter["src 127.0.43.2 port 40001"] == client_ends([port_conn])
+    assert set(by_filter) == {"dst 127.0.43.1", "src 127.0.43.2 port 40001"}
+
+
+@pytest.mark.matrix
+def test_ipv6_networks_and_v4_mapped_sockets(tracer: Tracer) -> None:
+    add(tracer, "dst ::/120", "src 127.0.44.0/24")
+    with Server("::1", socket.AF_INET6) as v6, Server("::", socket.AF_INET6, dual_stack=True) as dual:
+        six = connect_many(v6, "::1", 5)
+        mapped = connect_many(dual, "::ffff:127.0.44.5", 5, dst="::ffff:127.0.0.1")
+    got = collect(tracer)
+    v6_events = [e for e in got if e.filter == "dst ::/120"]
+    mapped_events = [e for e in got if e.filter == "src 127.0.44.0/24"]
+    # Both ends of a ::1 connection have the remote address ::1: clients and accepted sockets.
+    clients = [e for e in v6_events if e.dport == v6.port]
+    accepted = [e for e in v6_events if e.sport == v6.port]
+    assert sorted(ends(e) for e in clients) == client_ends(six) and len(accepted) == 5
+    assert all(e.family == events.AF_INET6 and e.daddr == "::1" for e in v6_events)
+    assert all(e.family == events.AF_INET6 and e.saddr == "127.0.44.5" for e in mapped_events)
+    assert sorted(e.sport for e in mapped_events) == sorted(c.sport for c in mapped)
+    assert len(got) == 15
+
+
+@pytest.mark.matrix
+def test_overlapping_filters_report_once_naming_the_most_specific(tracer: Tracer) -> None:
+    add(tracer, "src 127.0.45.0/24", "src 127.0.45.0/28", "src 127.0.45.3", "dst 127.0.45.0/24 port 5432")
+    with Server("127.0.45.200", port=5432) as srv:
+        exact = connect_once(srv, "127.0.45.3")
+        narrow = connect_once(srv, "127.0.45.9")
+        wide = connect_once(srv, "127.0.45.100")
+    got = collect(tracer)
+    named = {ends(e): e.filter for e in got}
+    assert len(got) == 6 and len(named) == 6  # each socket of each connection once
+    client = {c.sport: (c.src, c.sport, c.dst, c.dport) for c in (exact, narrow, wide)}
+    assert named[client[exact.sport]] == "127.0.45.3"  # exact before any network (the seed's form)
+    assert named[client[narrow.sport]] == "src 127.0.45.0/28"  # a longer prefix first
+    assert named[client[wide.sport]] == "dst 127.0.45.0/24 port 5432"  # same prefix: the port wins
+    accepted = [name for (_, sport, _, _), name in named.items() if sport == 5432]
+    assert accepted == ["src 127.0.45.0/24"] * 3  # their remote port is ephemeral
+    assert [matches(tracer, x) for x in ("src 127.0.45.3", "src 127.0.45.0/28",
+                                          "dst 127.0.45.0/24 port 5432", "src 127.0.45.0/24")] == [1, 1, 1, 3]
+
+
+@pytest.mark.matrix
+def test_removing_a_filter_stops_its_events_at_once(tracer: Tracer) -> None:
+    f, = add(tracer, "dst 127.0.46.0/24 port 5432")
+    assert tracer.table is not None
+    with Server("127.0.46.1", port=5432) as srv:
+        first = connect_many(srv, "127.0.0.3", 5)
+        assert sorted(ends(e) for e in collect(tracer)) == client_ends(first)
+        tracer.table.remove([f])
+        connect_many(srv, "127.0.0.3", 5)
+        assert collect(tracer) == []
+        tracer.table.add([f])  # re-added: its counters start from zero
+        connect_many(srv, "127.0.0.3", 2)
+        assert len(collect(tracer)) == 2
+    assert matches(tracer, "dst 127.0.46.0/24 port 5432") == 2
+
+
+def test_unused_kinds_cost_no_lookups(tracer: Tracer) -> None:
+    """The program learns which kinds exist from cfg.kinds: with only a dst host
+    in the table, a src host entry written behind the table's back is never
+    looked up (its kind bit is clear), so it selects nothing."""
+    add(tracer, "dst 127.0.47.1")
+    assert tracer.table is not None
+    sneaky = F.host_key(F.parse("127.0.47.2"))
+    tracer.table.hosts.put(sneaky, F.VALUE.pack(63, 1, 128))
+    try:
+        with Server("127.0.47.1") as srv:
+            connect_many(srv, "127.0.47.2", 3)
+        got = collect(tracer)
+    finally:
+        tracer.table.hosts.delete(sneaky)
+    assert {e.filter for e in got} == {"dst 127.0.47.1"} and len(got) == 3
