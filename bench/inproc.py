@@ -22,10 +22,11 @@ from common import (
     median,
 )
 
-from ttcp import addresses, asm, events, syscalls
+from ttcp import asm, events, syscalls
+from ttcp import filters as F
 from ttcp.attach import attach
 from ttcp.btf import KIND_TYPEDEF
-from ttcp.cli import Printer
+from ttcp.output import Printer
 from ttcp.elf_loader import read_vmlinux_btf
 from ttcp.errors import TtcpError
 from ttcp.sections import classify
@@ -38,7 +39,7 @@ def _tracer(mode: str) -> Tracer:
     tr = Tracer()
     try:
         tr.open_maps()
-        tr.add_filters(addresses.key_of(a) for a in FILTERS)
+        tr.add_filters(F.parse(a) for a in FILTERS)
         tr.attach(mode, log=lambda _msg: None)
     except BaseException:
         tr.close()
