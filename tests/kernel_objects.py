@@ -11,10 +11,12 @@ import contextlib
 import errno
 import os
 import re
+import select
 from pathlib import Path
 
 from ttcp import syscalls
 from ttcp.errors import BpfError
+from ttcp.maps import RingBuffer
 
 KINDS = ("prog", "map", "link")
 _FDINFO_ID = re.compile(r"^(prog|map|link)_id:\s+(\d+)$", re.MULTILINE)
@@ -45,6 +47,14 @@ def held_by_others(ours: set[int] | frozenset[int] = frozenset()) -> dict[str, s
             for kind, ids in held_ids(int(proc.name)).items():
                 held[kind] |= ids
     return held
+
+
+def readable(ring: RingBuffer, timeout_s: float) -> bool:
+    """Whether the ring's fd polls readable (data pending) within `timeout_s`:
+    the kernel's own level-triggered signal, which the agent's loop waits on."""
+    poller = select.poll()
+    poller.register(ring.fileno(), select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout_s * 1000))))
 
 
 def prog_name(prog_id: int) -> str | None:

@@ -32,7 +32,7 @@ import pytest
 from tests import hostile as H
 from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import scaled
-from tests.kernel_objects import all_ids, held_ids
+from tests.kernel_objects import all_ids, held_ids, readable
 from tests.traffic import Server, connect_many
 from ttcp import asm, events, server, syscalls
 from ttcp import filters as F
@@ -109,7 +109,7 @@ def drain(tracer: Tracer, into: list[events.Event] | None = None, settle: float 
     """Consume until nothing new arrived for `settle` seconds; returns how many."""
     assert tracer.ring is not None
     n = 0
-    while tracer.ring.wait(scaled(settle)):
+    while readable(tracer.ring, scaled(settle)):
         n += tracer.ring.consume(lambda raw: into.append(events.decode(raw)) if into is not None else None)
     return n
 

@@ -13,6 +13,7 @@ import bpf_asm as asm
 import pytest
 
 from tests.kernel import scaled
+from tests.kernel_objects import readable
 from ttcp import syscalls
 from ttcp.errors import BpfError, TtcpError
 from ttcp.maps import (
@@ -322,13 +323,13 @@ def test_full_ring_makes_reservation_fail_until_consumed(ring: Ring) -> None:
     assert ring.rb.consume(got.append) == 1
 
 
-def test_wait_reflects_pending_data(ring: Ring) -> None:
-    assert ring.rb.wait(0) is False
+def test_fd_readable_reflects_pending_data(ring: Ring) -> None:
+    assert readable(ring.rb, 0) is False
     ring.emit(b"hello")
-    assert ring.rb.wait(1) is True
-    assert ring.rb.wait(0) is True  # level-triggered: still pending
+    assert readable(ring.rb, 1) is True
+    assert readable(ring.rb, 0) is True  # level-triggered: still pending
     ring.rb.consume(lambda _: None)
-    assert ring.rb.wait(0) is False
+    assert readable(ring.rb, 0) is False
 
 
 async def _until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -338,11 +339,13 @@ async def _until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def test_asyncio_attach_delivers_records(ring: Ring) -> None:
+def test_event_loop_reader_delivers_every_batch(ring: Ring) -> None:
+    """The agent's own way of reading: the loop watches the fd, each wakeup drains a batch."""
     got: list[bytes] = []
 
     async def main() -> None:
-        ring.rb.attach(asyncio.get_running_loop(), got.append)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ring.rb.fileno(), lambda: got.extend(ring.rb.read_batch()))
         try:
             for round_ in range(3):
                 batch = [f"r{round_}-{i}".encode() for i in range(4)]
@@ -350,27 +353,10 @@ def test_asyncio_attach_delivers_records(ring: Ring) -> None:
                     ring.emit(p)
                 await _until(lambda n=(round_ + 1) * 4: len(got) == n)
         finally:
-            ring.rb.detach()
+            loop.remove_reader(ring.rb.fileno())
 
     asyncio.run(main())
     assert got == [f"r{r}-{i}".encode() for r in range(3) for i in range(4)]
-
-
-def test_asyncio_run_drains_on_stop(ring: Ring) -> None:
-    got: list[bytes] = []
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        ring.emit(b"early")  # before the reader starts
-        task = asyncio.create_task(ring.rb.run(got.append, stop))
-        await _until(lambda: got == [b"early"])
-        ring.emit(b"late1")
-        ring.emit(b"late2")
-        stop.set()  # no chance to be woken first: the final drain must get them
-        await task
-
-    asyncio.run(main())
-    assert got == [b"early", b"late1", b"late2"]
     assert ring.rb.pending_bytes() == 0
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.kernel import mode_probe, require, scaled
+from tests.kernel_objects import readable
 from tests.traffic import Server, connect_many, connect_once
 from ttcp import events, syscalls
 from ttcp import filters as F
@@ -29,7 +30,7 @@ def collect(tracer: Tracer, settle_s: float = 0.3, limit_s: float = 10.0) -> lis
     got: list[events.Event] = []
     deadline = time.monotonic() + scaled(limit_s)
     while time.monotonic() < deadline:
-        if not tracer.ring.wait(scaled(settle_s)):
+        if not readable(tracer.ring, scaled(settle_s)):
             break
         tracer.ring.consume(lambda raw: got.append(events.decode(raw)))
     return got

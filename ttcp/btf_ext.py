@@ -15,8 +15,9 @@ kernel wants instruction indices relative to the program, see encode_*.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ttcp.asm import INSN_SIZE
 from ttcp.btf import Btf, check_header
@@ -29,6 +30,7 @@ LINE_INFO_MIN = 16
 CORE_RELO_MIN = 16
 
 _WHAT = ".BTF.ext"
+R = TypeVar("R")
 
 
 def _bad(message: str) -> FormatError:
@@ -160,8 +162,8 @@ class BtfExt:
         return rec_size, blocks
 
 
-def _group(blocks: list[tuple[str, list[bytes]]], make) -> dict:
-    out: dict[str, list] = {}
+def _group(blocks: list[tuple[str, list[bytes]]], make: Callable[[bytes], R]) -> dict[str, list[R]]:
+    out: dict[str, list[R]] = {}
     for name, records in blocks:
         out.setdefault(name, []).extend(make(raw) for raw in records)
     return out
@@ -173,7 +175,8 @@ def _func_info(raw: bytes) -> FuncInfo:
 
 
 def _line_info(raw: bytes) -> LineInfo:
-    return LineInfo(*struct.unpack_from("<IIII", raw), raw)
+    insn_off, file_name_off, line_off, line_col = struct.unpack_from("<IIII", raw)
+    return LineInfo(insn_off, file_name_off, line_off, line_col, raw)
 
 
 def _core_relos(blocks: list[tuple[str, list[bytes]]], btf: Btf) -> dict[str, list[CoreRelo]]:

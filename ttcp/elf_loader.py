@@ -16,9 +16,10 @@ import json
 import logging
 import mmap
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self, TypeVar
 
 from . import features, syscalls
 from .asm import INSN_SIZE
@@ -67,7 +68,15 @@ class LoadedProgram:
     attach_btf_id: int = 0  # the kernel BTF id it was loaded against (BTF programs)
 
 
-def _within(records_by_section: dict, piece: Piece) -> list:
+class _Placed(Protocol):
+    @property
+    def insn_off(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Placed)
+
+
+def _within(records_by_section: Mapping[str, Sequence[R]], piece: Piece) -> list[R]:
     """The records of a section that fall inside one placed piece."""
     return [r for r in records_by_section.get(piece.section, ())
             if piece.contains(piece.section, r.insn_off // INSN_SIZE)]

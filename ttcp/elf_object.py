@@ -17,7 +17,7 @@ from typing import BinaryIO
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import Section, SymbolTableSection
+from elftools.elf.sections import Section, Symbol, SymbolTableSection
 
 from .asm import INSN_SIZE
 from .errors import FormatError
@@ -95,11 +95,9 @@ class BpfObject:
 
     path: str
     license: str
-    kern_version: int
     exec_sections: dict[str, ExecSection]
     data_sections: dict[str, DataSection]
     map_symbols: dict[str, int]  # .maps symbol name -> offset
-    maps_section_size: int
     btf: bytes | None
     btf_ext: bytes | None
     section_sizes: dict[str, int]
@@ -179,10 +177,8 @@ def _read(stream: BinaryIO, path: str) -> BpfObject:
     data_secs: dict[str, DataSection] = {}
     sizes: dict[str, int] = {}
     license_text = ""
-    kern_version = 0
     btf = btf_ext = None
     maps_index = -1
-    maps_size = 0
     for index, sec in enumerate(sections):
         sname = sec.name
         sizes[sname] = sec["sh_size"]
@@ -193,14 +189,12 @@ def _read(stream: BinaryIO, path: str) -> BpfObject:
             exec_secs[sname] = ExecSection(sname, body)
         elif sname == "license":
             license_text = _data(sec, path).split(b"\0", 1)[0].decode("ascii", "replace")
-        elif sname == "version" and sec["sh_size"] == 4:
-            kern_version = int.from_bytes(_data(sec, path), "little")
         elif sname == ".BTF":
             btf = _data(sec, path)
         elif sname == ".BTF.ext":
             btf_ext = _data(sec, path)
         elif sname == ".maps":
-            maps_index, maps_size = index, sec["sh_size"]
+            maps_index = index
         elif sname.startswith(DATA_PREFIXES) and sec["sh_type"] != "SHT_NULL":
             body = _data(sec, path)  # zeroes for SHT_NOBITS (.bss)
             readonly = sname.startswith(".rodata")
@@ -226,8 +220,8 @@ def _read(stream: BinaryIO, path: str) -> BpfObject:
             exec_secs[sec_name].functions.append(
                 Function(sym.name, sec_name, start // INSN_SIZE, size // INSN_SIZE)
             )
-    for sec in exec_secs.values():
-        sec.functions.sort(key=lambda f: f.start)
+    for exec_sec in exec_secs.values():
+        exec_sec.functions.sort(key=lambda f: f.start)
 
     for sec in sections:
         if not isinstance(sec, RelocationSection):
@@ -240,11 +234,9 @@ def _read(stream: BinaryIO, path: str) -> BpfObject:
     return BpfObject(
         path=path,
         license=license_text,
-        kern_version=kern_version,
         exec_sections=exec_secs,
         data_sections=data_secs,
         map_symbols=map_symbols,
-        maps_section_size=maps_size,
         btf=btf,
         btf_ext=btf_ext,
         section_sizes=sizes,
@@ -263,7 +255,7 @@ def _data(sec: Section, path: str) -> bytes:
     return sec.data()
 
 
-def _read_relocs(target: ExecSection, relsec: RelocationSection, symbols: list,
+def _read_relocs(target: ExecSection, relsec: RelocationSection, symbols: list[Symbol],
                  names_by_index: dict[int, str], path: str) -> None:
     for rel in relsec.iter_relocations():
         offset = rel["r_offset"]

@@ -7,7 +7,6 @@ microseconds end to end and only formatted as milliseconds at the edge.
 from __future__ import annotations
 
 import functools
-import json
 import struct
 import time
 from dataclasses import dataclass
@@ -92,7 +91,6 @@ def _utc_stamp(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"))  # what json.dumps builds on every call
 
 
 def wall_clock_offset_ns() -> int:
@@ -112,45 +110,12 @@ def _table(ts_ns: int, offset_ns: int, saddr_column: str, sport: int, daddr_colu
             f"{daddr_column} {dport:<6} {rtt_us // 1000}.{rtt_us % 1000:03d}")
 
 
-def format_table(ev: Event, offset_ns: int) -> str:
-    """The table line of a decoded event."""
-    return _table(ev.ts_ns, offset_ns, f"{ev.saddr:<15}", ev.sport, f"{ev.daddr:<15}", ev.dport,
-                  ev.rtt_us)
-
-
-def to_dict(ev: Event, offset_ns: int) -> dict:
-    """The JSON-lines object: every field, units in the names."""
-    wall_ns = ev.ts_ns + offset_ns
-    stamp = _utc_stamp(wall_ns // 1_000_000_000)
-    return {
-        "time": f"{stamp}.{wall_ns % 1_000_000_000 // 1000:06d}Z",
-        "family": "inet6" if ev.family == AF_INET6 else "inet",
-        "saddr": ev.saddr,
-        "sport": ev.sport,
-        "daddr": ev.daddr,
-        "dport": ev.dport,
-        "rtt_us": ev.rtt_us,
-        "rtt_ms": float(format_ms(ev.rtt_us)),
-        "rttvar_us": ev.rttvar_us,
-        "retrans": ev.retrans,
-        "bytes_acked": ev.bytes_acked,
-        "bytes_received": ev.bytes_received,
-        "netns": ev.netns,
-        "hook": HOOKS.get(ev.hook, str(ev.hook)),
-        "filter": ev.filter,
-    }
-
-
-def format_json(ev: Event, offset_ns: int) -> str:
-    return _JSON.encode(to_dict(ev, offset_ns))
-
-
 # The print path: straight from record bytes to the line, no Event in between
-# (building the dataclass was a third of the per-record cost). Output is
-# identical to format_table(decode(raw)) / format_json(decode(raw)).
+# (building the dataclass was a third of the per-record cost). tests/
+# reference_events.py formats a decoded Event the plain way; the two agree.
 
 def table_line(raw: bytes, offset_ns: int) -> str:
-    """format_table(decode(raw)) in one step; FormatError for a short record."""
+    """The table line of a record; FormatError for a short record."""
     if len(raw) < EVENT_SIZE:
         raise FormatError("event", f"record of {len(raw)} bytes, expected {EVENT_SIZE}")
     saddr, daddr, ts, _, _, srtt, _, _, _, sport, dport, *_ = _EVENT.unpack_from(raw)
@@ -164,8 +129,8 @@ def _json_ms(us: int) -> str:
 
 
 def json_line(raw: bytes, offset_ns: int) -> str:
-    """format_json(decode(raw)) in one step, by hand: every field is a number
-    or a string that needs no escaping (addresses, fixed names)."""
+    """The JSON line of a record, by hand: every field is a number or a string
+    that needs no escaping (addresses, filter texts, fixed names)."""
     if len(raw) < EVENT_SIZE:
         raise FormatError("event", f"record of {len(raw)} bytes, expected {EVENT_SIZE}")
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,

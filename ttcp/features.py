@@ -66,8 +66,10 @@ def _refused(feature: str, e: BpfError) -> Probe:
     return Probe(feature, False, first)
 
 
-def _load(prog_type: ProgType, insns: bytes, name: str, **kw: int) -> int:
-    return syscalls.prog_load(prog_type, insns, "GPL", name=name, **kw)
+def _load(prog_type: ProgType, insns: bytes, name: str, *, expected_attach_type: int = 0,
+          attach_btf_id: int = 0) -> int:
+    return syscalls.prog_load(prog_type, insns, "GPL", name=name, expected_attach_type=expected_attach_type,
+                              attach_btf_id=attach_btf_id)
 
 
 # ---- probes ---------------------------------------------------------------------

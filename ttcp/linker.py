@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import asm
 from .asm import INSN_SIZE
-from .elf_object import R_BPF_64_64, BpfObject, Function
+from .elf_object import R_BPF_64_64, BpfObject, Function, Reloc
 from .errors import FormatError
 from .sections import SectionKind, classify
 from .uapi import PSEUDO_CALL, PseudoSrc
@@ -119,7 +119,7 @@ def _relocate_insn(obj: BpfObject, image: ProgramImage, piece: Piece, i: int) ->
 
 
 def _link_call(obj: BpfObject, image: ProgramImage, piece: Piece, i: int, at: int,
-               imm: int, reloc) -> None:
+               imm: int, reloc: Reloc | None) -> None:
     ins = asm.decode(image.insns, at)
     if reloc is not None and ins.code == asm.LD_IMM64:
         # A function's address (callbacks): imm is a byte offset.
@@ -146,7 +146,7 @@ def _function_at(obj: BpfObject, section: str, insn: int, prog: str) -> Function
     raise FormatError("ELF", f"{prog}: call to {section}+{insn} is not the start of a function")
 
 
-def _record_map_ref(obj: BpfObject, image: ProgramImage, at: int, imm: int, reloc,
+def _record_map_ref(obj: BpfObject, image: ProgramImage, at: int, imm: int, reloc: Reloc,
                     code: int) -> None:
     if reloc.rtype != R_BPF_64_64 or code != asm.LD_IMM64:
         raise FormatError(

@@ -7,11 +7,9 @@ caller must handle (map full, key exists) get their own exception types.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno
 import mmap
-import select
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -228,7 +226,7 @@ class HashMap(_MapHandle, Generic[K, V]):
         return sum(1 for _ in self.items())
 
     def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None  # type: ignore[arg-type]
+        return self.get(key) is not None  # type: ignore[arg-type]  # any object may be asked; a non-key is a codec error
 
 
 class LpmTrie(HashMap[K, V]):
@@ -365,7 +363,6 @@ class RingBuffer:
         self._hdr_words = self._data.cast("I")  # aligned u32 loads of headers
         self._views = [self._cons_pos, self._prod_pos, self._hdr_words, self._data, prod_view]
         self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def fileno(self) -> int:
         """The map fd: level-triggered readable while data is pending."""
@@ -445,44 +442,10 @@ class RingBuffer:
             self._cons_pos[0] = pos
         return out
 
-    def wait(self, timeout_s: float | None) -> bool:
-        """Block until data is pending or the timeout passes; True if readable."""
-        self._check_open()
-        poller = select.poll()
-        poller.register(self.map_fd, select.POLLIN)
-        ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
-        return bool(poller.poll(ms))
-
-    # -- asyncio -------------------------------------------------------------------
-
-    def attach(self, loop: asyncio.AbstractEventLoop, callback: RecordCallback) -> None:
-        """Drain fully into `callback` each time the loop sees the fd readable."""
-        self._check_open()
-        if self._loop is not None:
-            raise ValueError("ring buffer already attached to a loop")
-        loop.add_reader(self.map_fd, self.consume, callback)
-        self._loop = loop
-
-    def detach(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self.map_fd)
-
-    async def run(self, callback: RecordCallback, stop: asyncio.Event) -> None:
-        """Deliver records until `stop` is set, then drain what is left."""
-        self.attach(asyncio.get_running_loop(), callback)
-        try:
-            self.consume(callback)  # data that arrived before we attached
-            await stop.wait()
-        finally:
-            self.detach()
-        self.consume(callback)
-
     def close(self) -> None:
         """Unmap (idempotent). The map fd belongs to the caller."""
         if self._closed:
             return
-        self.detach()
         self._closed = True
         for view in self._views:
             view.release()

@@ -1,0 +1,44 @@
+"""The plain way to format a decoded event: the reference the fast print path
+(ttcp.events.table_line / json_line, straight from record bytes) must equal."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ttcp.events import AF_INET6, HOOKS, Event, format_ms
+
+
+def format_table(ev: Event, offset_ns: int) -> str:
+    """The seed's line, written out independently of ttcp's own layout code."""
+    local = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime((ev.ts_ns + offset_ns) // 1_000_000_000))
+    return f"{local} {ev.saddr:<15} {ev.sport:<6} -> {ev.daddr:<15} {ev.dport:<6} {format_ms(ev.rtt_us)}"
+
+
+def to_dict(ev: Event, offset_ns: int) -> dict[str, object]:
+    """The JSON-lines object: every field, units in the names."""
+    wall_ns = ev.ts_ns + offset_ns
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ns // 1_000_000_000))
+    return {
+        "time": f"{stamp}.{wall_ns % 1_000_000_000 // 1000:06d}Z",
+        "family": "inet6" if ev.family == AF_INET6 else "inet",
+        "saddr": ev.saddr,
+        "sport": ev.sport,
+        "daddr": ev.daddr,
+        "dport": ev.dport,
+        "rtt_us": ev.rtt_us,
+        "rtt_ms": float(format_ms(ev.rtt_us)),
+        "rttvar_us": ev.rttvar_us,
+        "retrans": ev.retrans,
+        "bytes_acked": ev.bytes_acked,
+        "bytes_received": ev.bytes_received,
+        "netns": ev.netns,
+        "hook": HOOKS.get(ev.hook, str(ev.hook)),
+        "filter": ev.filter,
+    }
+
+
+def format_json(ev: Event, offset_ns: int) -> str:
+    return json.dumps(to_dict(ev, offset_ns), separators=(",", ":"))
+
+
