@@ -34,6 +34,14 @@ def scaled(seconds: float) -> float:
     return seconds * TIMEOUT_SCALE
 
 
+def settle(seconds: float) -> float:
+    """How long to see nothing more before concluding nothing more comes, when this
+    process reads the ring itself: the kernel queues an event within microseconds
+    of the close even when emulated, so a quiet period needs far less stretching
+    than a deadline (which waits for a slow Python to do something)."""
+    return seconds * min(TIMEOUT_SCALE, 3.0)
+
+
 def require(probe: Probe) -> None:
     """Skip the calling test unless the probed feature is there."""
     if not probe.supported:

@@ -62,7 +62,6 @@ def test_header_lines_and_clean_sigterm():
         assert SUMMARY.search(t.stderr).groups() == ("5", "0")
 
 
-@pytest.mark.matrix
 def test_seed_curl_lines_and_api_switch_events():
     curl = shutil.which("curl")
     assert curl, "curl is needed (make deps installs it)"
@@ -106,7 +105,6 @@ def test_json_output_parses_back():
         assert t.stop() == 0
 
 
-@pytest.mark.matrix
 @pytest.mark.parametrize("mode", MODES)
 def test_forced_modes_and_nothing_left_behind(mode):
     require(mode_probe(mode))

@@ -70,6 +70,7 @@ def test_closed_histogram_holds_exactly_the_events_rtts(tracer: Tracer) -> None:
         assert s.last_match_ns > 0
 
 
+@pytest.mark.matrix
 def test_fentry_histogram_is_tcp_info_at_close(no_bpf_leaks: None) -> None:
     require(mode_probe("fentry"))
     with Tracer(max_filters=4) as t:
@@ -158,7 +159,6 @@ def test_live_sampling_fills_the_sample_histogram_without_events(tracer: Tracer)
     assert stats(tracer, "src 127.0.54.1").sampled.count >= 50
 
 
-@pytest.mark.matrix
 def test_sampling_is_only_for_filtered_sockets(tracer: Tracer) -> None:
     tracer.add_filters([F.parse("src 127.0.55.1")])
     tracer.enable_sampling(tracer.report.mode, log=lambda m: None)

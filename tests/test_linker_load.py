@@ -3,6 +3,7 @@ global data, BTF-defined maps — loaded for real and run with PROG_TEST_RUN."""
 
 from __future__ import annotations
 
+import errno
 import re
 import struct
 import subprocess
@@ -89,6 +90,24 @@ def test_callback_program_runs(no_bpf_leaks):
 
 
 @pytest.mark.kernel
+@pytest.mark.matrix
+def test_every_program_of_the_shipped_object_loads(no_bpf_leaks):
+    """The verifier of this kernel takes all six programs (the fentry ones where
+    fentry loads at all): what decides whether ttcp runs here."""
+    fentry = kernel.fentry_probe()
+    with ObjectLoader(str(SHIPPED)) as loader:
+        for name in loader.program_names():
+            if "fentry" in name and not fentry.supported:
+                with pytest.raises(BpfError) as info:
+                    loader.load_program(name)
+                assert errno.errorcode[info.value.errno] in fentry.detail  # refused as the probe was
+                continue
+            prog = loader.load_program(name)
+            assert syscalls.prog_info(prog.fd).id > 0, name
+        assert len(loader.programs) == (6 if fentry.supported else 4)
+
+
+@pytest.mark.kernel
 def test_cli_load_reports_each_program(no_bpf_leaks):
     obj = compile_bpf("subprogs.bpf.c")
     r = subprocess.run([sys.executable, "-m", "ttcp.elf_loader", str(obj), "--load"],
@@ -97,7 +116,6 @@ def test_cli_load_reports_each_program(no_bpf_leaks):
     assert "linked: loaded as socket" in r.stdout and "second: loaded as socket" in r.stdout
 
 
-@pytest.mark.matrix
 @pytest.mark.kernel
 def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks):
     obj = compile_bpf("rejected.bpf.c")

@@ -35,7 +35,6 @@ def samples(family: object, name: str) -> dict[str, float]:
     return {s.labels.get("filter", ""): s.value for s in family.samples if s.name == name}  # type: ignore[attr-defined]
 
 
-@pytest.mark.matrix
 def test_metrics_agree_with_filters_health_and_events() -> None:
     with TtcpProcess("--filter", "127.0.60.1", "--filter", "dst 127.0.61.0/24 port 5432",
                      "--format", "json") as t, \
@@ -156,7 +155,6 @@ def test_events_stream_to_two_clients_and_a_stalled_one_is_dropped() -> None:
     assert summary and int(summary[1]) == total and int(summary[2]) == 0  # stdout lost nothing
 
 
-@pytest.mark.matrix
 def test_histogram_mode_prints_bcc_style_histograms() -> None:
     with TtcpProcess("--filter", "127.0.65.1", "--histogram", "1", "--no-api") as t, \
             Server("127.0.0.1") as srv:

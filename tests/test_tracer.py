@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.kernel import mode_probe, require, scaled
+from tests.kernel import mode_probe, require, scaled, settle
 from tests.kernel_objects import readable
 from tests.traffic import Server, connect_many, connect_once
 from ttcp import events, syscalls
@@ -19,7 +19,7 @@ from ttcp import filters as F
 from ttcp.errors import BpfError
 from ttcp.tracer import MODES, Tracer
 
-pytestmark = [pytest.mark.matrix, pytest.mark.kernel]
+pytestmark = pytest.mark.kernel
 
 N = 200
 HOOK_OF_MODE = {"fentry": 1, "tp_btf": 2, "tracepoint": 3}  # enum hook in bpf/tcprtt.bpf.c
@@ -30,7 +30,7 @@ def collect(tracer: Tracer, settle_s: float = 0.3, limit_s: float = 10.0) -> lis
     got: list[events.Event] = []
     deadline = time.monotonic() + scaled(limit_s)
     while time.monotonic() < deadline:
-        if not readable(tracer.ring, scaled(settle_s)):
+        if not readable(tracer.ring, settle(settle_s)):
             break
         tracer.ring.consume(lambda raw: got.append(events.decode(raw)))
     return got
@@ -47,6 +47,7 @@ def tracer(request, no_bpf_leaks):
         yield t
 
 
+@pytest.mark.matrix
 def test_exactly_n_events_from_filtered_source(tracer):
     tracer.add_filters([F.parse("127.0.0.2")])
     with Server("127.0.0.1") as srv:
@@ -67,6 +68,7 @@ def test_exactly_n_events_from_filtered_source(tracer):
     assert tracer.drops() == 0
 
 
+@pytest.mark.matrix
 def test_rtt_agrees_with_tcp_info(tracer):
     tracer.add_filters([F.parse("127.0.0.2")])
     with Server("127.0.0.1") as srv:
@@ -159,6 +161,7 @@ def test_match_counters_in_filter_map(tracer):
     assert 0 < time.monotonic_ns() - last_ns < 60e9
 
 
+@pytest.mark.matrix
 def test_ipv6_loopback_both_ends(tracer):
     tracer.add_filters([F.parse("::1")])
     with Server("::1", socket.AF_INET6) as srv:
@@ -174,6 +177,7 @@ def test_ipv6_loopback_both_ends(tracer):
     assert {e.dport for e in servers} == client_ports
 
 
+@pytest.mark.matrix
 def test_dual_stack_socket_matches_ipv4_entry(tracer):
     tracer.add_filters([F.parse("127.0.0.4")])
     with Server("::", socket.AF_INET6, dual_stack=True) as srv:
@@ -185,6 +189,7 @@ def test_dual_stack_socket_matches_ipv4_entry(tracer):
                for e in got)
 
 
+@pytest.mark.matrix
 def test_listeners_and_failed_connects_give_nothing(tracer):
     tracer.add_filters([F.parse("127.0.0.5")])
     srv = Server("127.0.0.5")
@@ -203,6 +208,7 @@ def test_listeners_and_failed_connects_give_nothing(tracer):
     assert len(collect(tracer)) == 1
 
 
+@pytest.mark.matrix
 def test_auto_lands_on_a_working_mode_and_says_why(no_bpf_leaks):
     said: list[str] = []
     fentry = mode_probe("fentry")
@@ -230,6 +236,7 @@ def _freed_soon(prog_id: int) -> bool:
     return False
 
 
+@pytest.mark.matrix
 def test_forced_fentry_works_exactly_where_the_probe_says(no_bpf_leaks):
     fentry = mode_probe("fentry")
     with Tracer() as t:
@@ -244,6 +251,7 @@ def test_forced_fentry_works_exactly_where_the_probe_says(no_bpf_leaks):
             assert "CAP_BPF" in str(exc.value) or "ftrace" in str(exc.value) or exc.value.log_tail()
 
 
+@pytest.mark.matrix
 def test_fentry_rtt_is_tcp_info_at_close(no_bpf_leaks):
     """fentry runs at close(): the RTT it reads is exactly what TCP_INFO said
     just before, connection by connection (no FIN exchange in between)."""
