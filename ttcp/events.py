@@ -11,9 +11,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .addresses import from_key
 from .errors import FormatError
-from .filters import FilterError, format_filter, matched
+from .filters import FilterError, address_text, format_filter, matched
 
 AF_INET = 2
 AF_INET6 = 10
@@ -68,7 +67,7 @@ def decode(record: bytes | memoryview) -> Event:
         raise FormatError("event", f"record of {len(record)} bytes, expected {EVENT_SIZE}")
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
      sport, dport, family, hook, side, bits, has_port) = _EVENT.unpack_from(record)
-    return Event(from_key(saddr), from_key(daddr), ts, acked, received, srtt, rttvar,
+    return Event(address_text(saddr), address_text(daddr), ts, acked, received, srtt, rttvar,
                  retrans, netns, sport, dport, family, hook,
                  _filter_text(side, bits, has_port, saddr, daddr, sport, dport))
 
@@ -78,7 +77,7 @@ def decode(record: bytes | memoryview) -> Event:
 @functools.lru_cache(maxsize=4096)
 def _address_column(key: bytes) -> str:
     """An address left-aligned in its 15-character column (wider for long IPv6)."""
-    return f"{from_key(key):<15}"
+    return f"{address_text(key):<15}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,8 +138,8 @@ def json_line(raw: bytes, offset_ns: int) -> str:
     hook_name = HOOKS.get(hook) or str(hook)
     filter_text = _filter_text(side, bits, has_port, saddr, daddr, sport, dport)
     return (f'{{"time":"{_utc_stamp(wall // 1_000_000_000)}.{wall % 1_000_000_000 // 1000:06d}Z",'
-            f'"family":"{"inet6" if family == AF_INET6 else "inet"}","saddr":"{from_key(saddr)}",'
-            f'"sport":{sport},"daddr":"{from_key(daddr)}","dport":{dport},"rtt_us":{srtt},'
+            f'"family":"{"inet6" if family == AF_INET6 else "inet"}","saddr":"{address_text(saddr)}",'
+            f'"sport":{sport},"daddr":"{address_text(daddr)}","dport":{dport},"rtt_us":{srtt},'
             f'"rtt_ms":{_json_ms(srtt)},"rttvar_us":{rttvar},"retrans":{retrans},'
             f'"bytes_acked":{acked},"bytes_received":{received},"netns":{netns},"hook":"{hook_name}",'
             f'"filter":"{filter_text}"}}')

@@ -166,12 +166,30 @@ def _masked(addr: bytes, bits: int) -> bytes:
     return (value & mask).to_bytes(16, "big")
 
 
+@functools.lru_cache(maxsize=8192)
+def address_text(addr: bytes) -> str:
+    """Canonical text of a 16-byte address: IPv4 for ::ffff:a.b.c.d. Cached: the
+    same few addresses recur in every event, and ipaddress takes microseconds."""
+    if len(addr) != 16:
+        raise FilterError(f"address of {len(addr)} bytes, expected 16")
+    if addr[:12] == _V4_PREFIX:
+        return str(ipaddress.IPv4Address(addr[12:]))
+    return str(ipaddress.IPv6Address(addr))
+
+
+def address_bytes(text: str) -> bytes:
+    """The 16-byte form of one address (no prefix, no port): what events and keys hold."""
+    addr, bits = _parse_address(text.strip())
+    if bits != ADDR_BITS:
+        raise FilterError(f"{_shown(text)} is a network; an address is wanted here")
+    return addr
+
+
 def _address_text(f: Filter) -> str:
-    if f.is_v4:
-        text = str(ipaddress.IPv4Address(f.addr[12:]))
-        return text if f.is_host else f"{text}/{f.bits - _V4_BITS}"
-    text = str(ipaddress.IPv6Address(f.addr))
-    return text if f.is_host else f"{text}/{f.bits}"
+    text = address_text(f.addr)
+    if f.is_host:
+        return text
+    return f"{text}/{f.bits - _V4_BITS}" if f.is_v4 else f"{text}/{f.bits}"
 
 
 @functools.lru_cache(maxsize=16384)
