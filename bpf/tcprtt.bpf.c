@@ -349,22 +349,29 @@ static __always_inline int match(const struct ends *c, __u32 kinds, struct match
 	return m->value != 0;
 }
 
-/* floor(log2(v)) for v >= 1, 0 for 0; clamped to the last bucket. */
-static __always_inline __u32 bucket(__u32 v)
+/*
+ * floor(log2(v)) for v >= 1, 0 for 0; clamped to the last bucket. In 64-bit
+ * arithmetic and masked at the end: older verifiers (6.1 and before) lose the
+ * bounds of 32-bit shifts by a variable amount, and then refuse the index.
+ */
+static __always_inline __u64 bucket(__u32 value)
 {
-	__u32 r = 0, s;
+	__u64 v = value, r = 0, s;
 
 	s = (v > 0xffff) << 4; v >>= s; r |= s;
 	s = (v > 0xff) << 3; v >>= s; r |= s;
 	s = (v > 0xf) << 2; v >>= s; r |= s;
 	s = (v > 0x3) << 1; v >>= s; r |= s;
 	r |= v >> 1;
+	/* clang knows r <= 31 and would drop the mask; the verifier needs to see it. */
+	asm volatile("" : "+r"(r));
+	r &= 31;
 	return r < HIST_BUCKETS ? r : HIST_BUCKETS - 1;
 }
 
 static __always_inline void record(struct hist *h, __u32 rtt_us)
 {
-	__u32 b = bucket(rtt_us);
+	__u64 b = bucket(rtt_us);
 
 	h->count += 1; /* per-CPU slot: no other writer */
 	h->sum_us += rtt_us;

@@ -80,8 +80,9 @@ def test_rtt_agrees_with_tcp_info(tracer):
     for e, c in zip(got, conns, strict=True):
         before = c.rtt_us
         # One more RTT sample (the ACK of our FIN) moves srtt by 1/8 of its
-        # distance from that sample; loopback samples stay well under 1 ms.
-        assert abs(e.rtt_us - before) <= before // 8 + 1000, (e, before)
+        # distance from that sample. Loopback samples stay well under 8 ms on a
+        # host; an emulated kernel (make vmtest) stretches them like everything else.
+        assert abs(e.rtt_us - before) <= before // 8 + int(scaled(1000)), (e, before)
         diffs.append(abs(e.rtt_us - before))
     assert statistics.median(diffs) <= statistics.median(c.rtt_us for c in conns) // 4 + 5
 
