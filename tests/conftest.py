@@ -32,6 +32,8 @@ from ttcp.btf import Btf
 from ttcp.errors import BpfError
 from ttcp.uapi import MapType
 
+pytest_plugins = ("tests.tracing",)  # the `tracer` fixture, one per attach mode
+
 _BPF_LINK_TARGETS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
                      "anon_inode:bpf-link", "anon_inode:[perf_event]", "anon_inode:btf")
 _GRACE_S = 3.0  # the kernel frees closed objects asynchronously (RCU, workqueues)

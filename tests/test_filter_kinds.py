@@ -9,28 +9,18 @@ specific filter that matched, with the table's counters agreeing.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from tests.kernel import mode_probe, require
-from tests.test_tracer import collect
+from tests.tracing import collect
 from tests.traffic import Conn, Server, connect_many, connect_once
 from ttcp import events
 from ttcp import filters as F
-from ttcp.tracer import MODES, Tracer
+from ttcp.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(params=MODES)
-def tracer(request: pytest.FixtureRequest, no_bpf_leaks: None) -> Iterator[Tracer]:
-    require(mode_probe(request.param))
-    with Tracer(max_filters=64) as t:
-        t.open_maps()
-        t.attach(request.param, log=lambda m: None)
-        collect(t, settle_s=0.05)
-        yield t
 
 
 def add(t: Tracer, *texts: str) -> list[F.Filter]:

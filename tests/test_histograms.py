@@ -19,14 +19,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kernel import mode_probe, require, scaled
-from tests.test_tracer import collect
+from tests.tracing import collect
 from tests.traffic import Server, connect_many, tcp_info_rtt
 from ttcp import filters as F
 from ttcp import histogram
 from ttcp.features import Probe
 from ttcp.filter_table import FilterStats
 from ttcp.histogram import BUCKETS, Histogram
-from ttcp.tracer import MODES, Tracer
+from ttcp.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 
@@ -44,14 +44,6 @@ def stats(t: Tracer, text: str) -> FilterStats:
     return t.table.stats([f])[f]
 
 
-@pytest.fixture(params=MODES)
-def tracer(request: pytest.FixtureRequest, no_bpf_leaks: None) -> Iterator[Tracer]:
-    require(mode_probe(request.param))
-    with Tracer(max_filters=16) as t:
-        t.open_maps()
-        t.attach(request.param, log=lambda m: None)
-        collect(t, settle_s=0.05)
-        yield t
 
 
 @pytest.mark.matrix

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.kernel import mode_probe, require, scaled, settle
-from tests.kernel_objects import readable
+from tests.kernel import mode_probe, require, scaled
+from tests.tracing import collect
 from tests.traffic import Server, connect_many, connect_once
 from ttcp import events, syscalls
 from ttcp import filters as F
@@ -23,28 +23,6 @@ pytestmark = pytest.mark.kernel
 
 N = 200
 HOOK_OF_MODE = {"fentry": 1, "tp_btf": 2, "tracepoint": 3}  # enum hook in bpf/tcprtt.bpf.c
-
-
-def collect(tracer: Tracer, settle_s: float = 0.3, limit_s: float = 10.0) -> list[events.Event]:
-    """Drain the ring until no new record arrived for `settle_s`."""
-    got: list[events.Event] = []
-    deadline = time.monotonic() + scaled(limit_s)
-    while time.monotonic() < deadline:
-        if not readable(tracer.ring, settle(settle_s)):
-            break
-        tracer.ring.consume(lambda raw: got.append(events.decode(raw)))
-    return got
-
-
-@pytest.fixture(params=MODES)
-def tracer(request, no_bpf_leaks):
-    require(mode_probe(request.param))
-    with Tracer() as t:
-        t.open_maps()
-        t.attach(request.param, log=lambda msg: None)
-        assert t.report.mode == request.param
-        collect(t, settle_s=0.05)  # whatever other sockets closed meanwhile
-        yield t
 
 
 @pytest.mark.matrix
