@@ -76,3 +76,13 @@ def test_a_guest_that_never_reported_fails_the_matrix() -> None:
     assert not silent.ok
     assert "NO RESULT (killed after 1200 s)" in report.table([silent])
     assert report.problems([silent])[0].startswith("linux-image-6.1.0-50-amd64: no result")
+
+
+def test_markdown_table_for_the_readme() -> None:
+    feats = report.parse_features("kernel feature memcg_accounting unsupported: EINVAL\n"
+                                  "kernel feature tracing_link_create supported\n")
+    r = report.KernelResult("5.10.0-32-amd64", report.parse_junit(JUNIT), feats, rc=1)
+    lines = report.markdown([r]).splitlines()
+    assert lines[0].startswith("| kernel | fentry | tp_btf | tracepoint | other tests | memcg_accounting")
+    assert lines[2].startswith("| 5.10.0-32-amd64 | pass 2/2 (link_create) |")
+    assert "| no | yes | ? |" in lines[2]

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(outroot, ignore_errors=True)
     print()
     print(report.table(results))
+    if keep:
+        (outroot / "matrix.md").write_text(report.markdown(results) + "\n")
     print(f"\nvmtest: {len(results)} kernels in {time.monotonic() - start:.0f} s"
           + (f"; logs in {outroot}" if keep else ""))
     bad = report.problems(results)

@@ -115,6 +115,23 @@ def table(results: Iterable[KernelResult]) -> str:
     return "\n".join(lines)
 
 
+FEATURES_SHOWN = ("memcg_accounting", "tracing_link_create", "perf_event_link", "sysfs_btf_mmap",
+                  "recursion_misses")
+
+
+def markdown(results: Iterable[KernelResult]) -> str:
+    """The README's table: per kernel, each attach mode's result and method, and the
+    probed features that change what ttcp does there."""
+    yes = {True: "yes", False: "no", None: "?"}
+    rows = ["| kernel | fentry | tp_btf | tracepoint | other tests | " + " | ".join(FEATURES_SHOWN) + " |",
+            "|---|---|---|---|---|" + "---|" * len(FEATURES_SHOWN)]
+    for r in results:
+        cells = [r.cell(m) for m in MODES] + [r.cell(None)]
+        feats = [yes[r.features.get(f)] for f in FEATURES_SHOWN]
+        rows.append(f"| {r.kernel} | " + " | ".join(cells + feats) + " |")
+    return "\n".join(rows)
+
+
 def problems(results: list[KernelResult]) -> list[str]:
     """Why the matrix fails: a kernel that failed or never reported, or an
     attach mode that passed on no kernel at all (fentry must run somewhere)."""
