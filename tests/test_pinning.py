@@ -83,6 +83,19 @@ def quiet(message: str) -> None:
     pass
 
 
+def seeded(pin_dir: Path, size: int, texts: list[str], remove: tuple[str, ...] = (), **conns: int) -> dict[str, int]:
+    """A pinned table of `size` with the filters of `texts` (less `remove`), counting `conns`
+    loopback connections per source; their counters, once that ttcp is gone."""
+    with Tracer(max_filters=size, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
+        table = t.open_maps()
+        table.add([F.parse(x) for x in texts])
+        if remove:
+            table.remove([F.parse(x) for x in remove])
+        t.attach(log=quiet)
+        traffic(srv, **conns)
+        return matches(table)
+
+
 # ---- pure: the spec comparison ------------------------------------------------------------------
 
 
@@ -127,13 +140,8 @@ def test_loader_reuses_a_matching_map_and_refuses_another(no_bpf_leaks: None) ->
 
 
 def test_pins_are_reused_with_filters_and_counters(no_bpf_leaks: None, pin_dir: Path) -> None:
-    with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
-        table = t.open_maps()
-        table.add([F.parse(A), F.parse("dst 10.0.0.0/8 port 443"), F.parse("src 127.0.14.0/28")])
-        t.attach(log=quiet)
-        traffic(srv, **{A: 3, B: 2})
-        before = matches(table)
-        ids = {name: pinned_id(pin_dir / name) for name in TABLE_MAPS}
+    before = seeded(pin_dir, 16, [A, "dst 10.0.0.0/8 port 443", "src 127.0.14.0/28"], **{A: 3, B: 2})
+    ids = {name: pinned_id(pin_dir / name) for name in TABLE_MAPS}
     assert before == {A: 3, "dst 10.0.0.0/8 port 443": 0, "src 127.0.14.0/28": 2}  # a host beats a network
     assert pins(pin_dir) == sorted(TABLE_MAPS)  # the table only: no ring, no program, no .bss
     with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
@@ -150,12 +158,7 @@ def test_pins_are_reused_with_filters_and_counters(no_bpf_leaks: None, pin_dir: 
 
 def test_another_size_migrates_entries_and_counters(no_bpf_leaks: None, pin_dir: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
-        table = t.open_maps()
-        table.add([F.parse(A), F.parse("dst 10.0.0.0/8 port 443"), F.parse("::1")])
-        t.attach(log=quiet)
-        traffic(srv, **{A: 2})
-        before = matches(table)
+    before = seeded(pin_dir, 8, [A, "dst 10.0.0.0/8 port 443", "::1"], **{A: 2})
     for size in (64, 3):
         with caplog.at_level("INFO", logger="ttcp"), Tracer(max_filters=size, ringbuf_size=4096,
                                                               pin_dir=pin_dir) as t:
@@ -175,12 +178,7 @@ def test_another_size_migrates_entries_and_counters(no_bpf_leaks: None, pin_dir:
 
 def test_a_migration_cut_between_two_renames_is_finished_by_the_next_start(
         no_bpf_leaks: None, pin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
-        table = t.open_maps()
-        table.add([F.parse(A), F.parse("src 127.0.14.0/28"), F.parse("dst ::1 port 80")])
-        t.attach(log=quiet)
-        traffic(srv, **{A: 2, B: 1})
-        before = matches(table)
+    before = seeded(pin_dir, 8, [A, "src 127.0.14.0/28", "dst ::1 port 80"], **{A: 2, B: 1})
     real_rename, renamed = os.rename, []
 
     def rename_once(src: Any, dst: Any) -> None:
@@ -206,15 +204,11 @@ def test_a_migration_cut_between_two_renames_is_finished_by_the_next_start(
 
 
 def test_a_smaller_table_moves_counter_slots_down(no_bpf_leaks: None, pin_dir: Path) -> None:
-    with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
-        table = t.open_maps()
-        table.add([F.parse(f"127.0.14.{i}") for i in range(20, 30)])
-        table.remove([F.parse(f"127.0.14.{i}") for i in range(20, 28)])  # 28 and 29 keep slots 8 and 9
-        table.add([F.parse("dst 127.0.14.0/24")])  # takes a freed low slot
-        t.attach(log=quiet)
-        traffic(srv, **{"127.0.14.28": 2, "127.0.14.29": 1})
-        before = matches(table)
-        assert {str(f): s.index for f, s in table._slots.items()}["127.0.14.29"] >= 4
+    hosts = [f"127.0.14.{i}" for i in range(20, 30)]
+    before = seeded(pin_dir, 16, hosts, remove=tuple(hosts[:8]),  # 28 and 29 keep slots 8 and 9
+                    **{"127.0.14.28": 2, "127.0.14.29": 1})
+    with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        assert t.open_maps()._slots[F.parse("127.0.14.29")].index == 9
     with Tracer(max_filters=4, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
         table = t.open_maps()
         assert matches(table) == before and all(s.index < 4 for s in table._slots.values())
@@ -451,25 +445,24 @@ def test_without_pin_nothing_is_left_in_bpffs() -> None:
     assert not [p for i, p in pinned.items() if i not in before and re.search(r"/(hosts|nets|stats)$", p)]
 
 
-def test_pin_outside_bpffs_or_read_only_is_one_line(tmp_path: Path, pin_dir: Path) -> None:
+def _on_read_only_bpffs(mnt: Path, pin: Path) -> subprocess.CompletedProcess[str]:
+    """`ttcp --pin PIN` with a read-only bpffs of its own at MNT, in a private mount
+    namespace (the mount goes with the process)."""
+    script = (f"mount -t bpf -o ro bpf {mnt} && exec {sys.executable} -m ttcp --port {free_port()} "
+              f"--pin {pin}")
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], cwd=REPO,
+                          capture_output=True, text=True, timeout=scaled(30), check=False,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_pin_outside_bpffs_or_read_only_is_one_line(tmp_path: Path) -> None:
     one_line_error(run_cli("--pin", str(tmp_path / "ttcp")), "is not in a BPF file system",
                    "mount -t bpf bpf /sys/fs/bpf", "-v /sys/fs/bpf:/sys/fs/bpf")
     mnt = tmp_path / "bpffs"
     mnt.mkdir()
-    # A read-only bpffs of its own, in a private mount namespace (gone with the process).
-    script = (f"mount -t bpf -o ro bpf {mnt} && exec {sys.executable} -m ttcp --port {free_port()} "
-              f"--pin {mnt}/ttcp")
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], cwd=REPO,
-                       capture_output=True, text=True, timeout=scaled(30), check=False,
-                       env=dict(os.environ, PYTHONPATH=REPO))
-    one_line_error(r, f"cannot create {mnt}/ttcp", "read-write")
-    pin_dir.mkdir()
-    script = (f"mount -t bpf -o ro bpf {mnt} && exec {sys.executable} -m ttcp --port {free_port()} "
-              f"--pin {mnt}")
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], cwd=REPO,
-                       capture_output=True, text=True, timeout=scaled(30), check=False,
-                       env=dict(os.environ, PYTHONPATH=REPO))
-    one_line_error(r, f"{mnt} is not writable", "read-write")
+    one_line_error(_on_read_only_bpffs(mnt, mnt / "ttcp"), f"cannot create {mnt}/ttcp", "read-write")
+    one_line_error(_on_read_only_bpffs(mnt, mnt), f"{mnt} is not writable", "read-write")
+    assert not os.path.ismount(mnt)
 
 
 def test_pin_reset_needs_pin() -> None:

@@ -19,8 +19,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import NoReturn, TextIO, TypeVar
 
 from . import filters
 from .agent import Agent, Options
@@ -90,6 +91,7 @@ needs: root (or CAP_BPF + CAP_PERFMON), a kernel with BTF
 prints a summary on stderr and exits 0.
 """
 TABLE_FULL_HINT = "restart ttcp with --max-filters M to raise it (M > {limit})"
+T = TypeVar("T")
 BIND_HINTS = {
     errno.EADDRINUSE: "another process is listening there; choose another --port or stop it",
     errno.EADDRNOTAVAIL: "no local interface has that address; check --host",
@@ -109,11 +111,18 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 4194304, 4096K, 4M)") from None
 
 
-def _filter(text: str) -> filters.Filter:
-    try:
-        return filters.parse(text)
-    except filters.FilterError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _checked(parse: Callable[[str], T], error: type[Exception]) -> Callable[[str], T]:
+    """An argparse type from a parser: the parser's error message is the usage error."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except error as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
+_filter = _checked(filters.parse, filters.FilterError)
+_host_name = _checked(normalize_name, ValueError)
 
 
 def _seconds(text: str) -> float:
@@ -134,13 +143,6 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535)")
     return port
-
-
-def _host_name(text: str) -> str:
-    try:
-        return normalize_name(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> int:

@@ -96,8 +96,10 @@ def _make_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PinDirError(f"cannot create {directory}: {e.strerror} (the BPF file system must be "
-                          "mounted read-write)") from None
+        hint = {errno.EROFS: " (the BPF file system must be mounted read-write)",
+                errno.EACCES: " (as root: an LSM such as AppArmor denies it; a container needs an "
+                              "unconfined AppArmor profile to pin)"}.get(e.errno or 0, "")
+        raise PinDirError(f"cannot create {directory}: {e.strerror}{hint}") from None
     if not os.access(directory, os.W_OK):
         raise PinDirError(f"{directory} is not writable (the BPF file system must be mounted read-write)")
 
