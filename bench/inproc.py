@@ -26,9 +26,9 @@ from ttcp import asm, events, syscalls
 from ttcp import filters as F
 from ttcp.attach import attach
 from ttcp.btf import KIND_TYPEDEF
-from ttcp.output import Printer
 from ttcp.elf_loader import read_vmlinux_btf
 from ttcp.errors import TtcpError
+from ttcp.output import Printer
 from ttcp.sections import classify
 from ttcp.tracer import Tracer
 
