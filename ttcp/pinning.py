@@ -166,7 +166,8 @@ class PinnedTable:
         self._specs = dict(specs)
         self._reusable: dict[str, int] = {}
         self._resized: dict[str, int] = {}  # old maps whose entries move to new ones
-        self.reused: list[str] = []
+        self.reused: list[str] = []  # handed to the loader as they were
+        self._committed = False
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], specs: Mapping[str, MapSpec], *,
@@ -258,7 +259,9 @@ class PinnedTable:
 
     def commit(self, fds: Mapping[str, int]) -> None:
         """Pin every map of `fds` that is not pinned yet (the loader created it), after
-        copying the entries of the map of another size it replaces."""
+        copying the entries of the map of another size it replaces (once)."""
+        if self._committed:
+            return
         done: dict[str, list[str]] = {"reused": list(self.reused), "migrated": [], "new": []}
         for name in self._specs:
             if name in self.reused:
@@ -271,7 +274,7 @@ class PinnedTable:
                     syscalls.close(old)
             self._replace_pin(name, fds[name])
             done["new" if old is None else "migrated"].append(name)
-        self.reused = list(self._specs)  # pinned, all of them: a second commit has nothing to do
+        self._committed = True
         log.info("filter table pinned in %s: %s", self.directory,
                  "; ".join(f"{state} {', '.join(sorted(names))}" for state, names in done.items() if names)
                  + (f" (now {min(s.max_entries for s in self._specs.values())} entries)"

@@ -103,7 +103,9 @@ class Tracer:
     # ---- set-up ----
 
     def open_maps(self) -> KernelFilterTable:
-        """Create the maps so filters can be loaded before anything attaches."""
+        """Create the maps so filters can be loaded before anything attaches; with a pin
+        directory, the filter table's maps are those pinned there (reused, or migrated to
+        this size), and new ones get pinned."""
         if self.table is not None:
             return self.table
         if self._pin_dir is not None and self.pins is None:
