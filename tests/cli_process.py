@@ -28,10 +28,11 @@ def free_port() -> int:
 class TtcpProcess:
     """`python -m ttcp ARGS` with stdout lines collected by a thread."""
 
-    def __init__(self, *args: str, port: int | None = None, ready_timeout: float = 20.0) -> None:
+    def __init__(self, *args: str, port: int | None = None, ready_timeout: float = 20.0,
+                 env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.args = ["--port", str(self.port), *args]
-        env = dict(os.environ, PYTHONPATH=REPO)
+        env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
         self.proc = subprocess.Popen([sys.executable, "-m", "ttcp", *self.args], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
@@ -98,8 +99,10 @@ class TtcpProcess:
                 break
         return out
 
-    def api(self, method: str, path: str = "/", body: bytes | None = None) -> tuple[int, bytes]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method)
+    def api(self, method: str, path: str = "/", body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
+                                     headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=scaled(5)) as r:
                 return r.status, r.read()

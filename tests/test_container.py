@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -205,7 +206,7 @@ def test_image_is_the_base_plus_one_layer_of_pinned_versions(engine: Engine) -> 
 
 
 def test_seed_scenario_with_real_containers(engine: Engine, server: str, client: str) -> None:
-    cmd = readme_command("--privileged")
+    cmd = readme_command("--privileged", without=("--pin",))
     assert cmd[-1] == "ttcp" and cmd[cmd.index("-p") + 1] == f"127.0.0.1:{API_PORT}:{API_PORT}"
     assert readme_docker_commands().count(cmd) >= 2  # the Docker section and the scenario's step 1
     record = Record()
@@ -278,8 +279,72 @@ def test_least_privilege_command_of_this_engine(engine: Engine, server: str) -> 
     assert ttcp.stderr[-1] == "ttcp: 1 events printed, 0 dropped", ttcp.stderr
 
 
+# ---- the filter table across a container restart (--pin) ----------------------------------------------
+
+
+def _filters(ttcp_ip: str) -> dict[str, int]:
+    status, body = curl("GET", path="/filters")
+    wait_proxy_idle(ttcp_ip)
+    assert status == 200, body
+    return {f["filter"]: f["matches"] for f in json.loads(body)["filters"]}
+
+
+def _one_control_line(engine: Engine, ttcp: TtcpContainer, server: str) -> None:
+    control = scenario.connect(server, SERVER_PORT, source=engine.control)
+    line = Line.parse(ttcp.next_text())
+    assert (line.saddr, line.sport, line.daddr) == (engine.control, control["sport"], server)
+
+
+def test_pinned_filter_table_survives_a_container_restart(engine: Engine, server: str) -> None:
+    """README's --pin line: the host's bpffs mounted into the container; after `docker stop`
+    a new container on the same directory has the filters and their counters."""
+    readme = readme_command("--pin")
+    assert "/sys/fs/bpf:/sys/fs/bpf" in readme and readme[-2:] == ["--pin", "/sys/fs/bpf/ttcp"]
+    pin_dir = Path(f"/sys/fs/bpf/ttcp-container-test-{os.getpid()}")  # the host's bpffs is shared: our own dir
+    cmd = [*readme[:-1], str(pin_dir)]
+    try:
+        first = TtcpContainer(engine, cmd, say)
+        try:
+            first.wait_ready()
+            ttcp_ip = first.inspect("{{.NetworkSettings.IPAddress}}")
+            assert curl("PUT", engine.control)[0] == 204
+            wait_proxy_idle(ttcp_ip)
+            for _ in range(3):
+                _one_control_line(engine, first, server)
+            before = _filters(ttcp_ip)
+            assert before == {engine.control: 3}
+            assert first.stop() == 0
+        finally:
+            first.remove()
+        assert sorted(os.listdir(pin_dir)) == ["hosts", "nets", "stats"]  # on the host, after the container
+        second = TtcpContainer(engine, cmd, say)
+        try:
+            second.wait_ready()
+            ttcp_ip = second.inspect("{{.NetworkSettings.IPAddress}}")
+            assert _filters(ttcp_ip) == before
+            _one_control_line(engine, second, server)  # still filtered: no PUT this time
+            assert _filters(ttcp_ip) == {engine.control: 4}
+            assert second.stop() == 0
+        finally:
+            second.remove()
+        assert any("reused hosts, nets, stats" in ln for ln in second.stderr), second.stderr
+    finally:
+        shutil.rmtree(pin_dir, ignore_errors=True)
+    assert not pin_dir.exists()
+
+
+def test_pin_without_the_bpffs_volume_says_what_to_mount(engine: Engine) -> None:
+    cmd = [w for w in readme_command("--pin") if w != "/sys/fs/bpf:/sys/fs/bpf"]
+    cmd.remove("-v")
+    done = _run_to_exit(engine, cmd)
+    assert done.returncode == 1 and done.stdout == "", done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "/sys/fs/bpf/ttcp is not in a BPF file system" in lines[0] and "-v /sys/fs/bpf:/sys/fs/bpf" in lines[0]
+
+
 def test_without_privilege_one_line_naming_the_capabilities(engine: Engine) -> None:
-    cmd = [w for w in readme_command("--privileged") if w != "--privileged"]
+    cmd = [w for w in readme_command("--privileged", without=("--pin",)) if w != "--privileged"]
     line = _one_error_line(_run_to_exit(engine, cmd))
     assert "lacks CAP_BPF and CAP_PERFMON" in line and "--cap-add SYS_ADMIN" in line, line
 

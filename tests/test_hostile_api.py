@@ -287,14 +287,14 @@ def test_malformed_http_gets_4xx_and_the_server_stays_up(live: LiveServer) -> No
     clear(live.table)
     garbage = [
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS ClientHello
-        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 9\r\n\r\n127.0.6.1",
-        b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n127.0.6.1\r\n0\r\n\r\n",
-        b"PUT / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 100_000 + b"\r\n\r\n",
-        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"PUT / HTTP/9.9\r\nHost: x\r\nContent-Length: 9\r\n\r\n127.0.6.1",
+        b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 9\r\n\r\n127.0.6.1",
+        b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n127.0.6.1\r\n0\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"PUT / HTTP/9.9\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\n127.0.6.1",
         b"\r\n\r\n\r\n",
-        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n127.0.6.1" + b"\xff" * 50,
+        b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\n127.0.6.1" + b"\xff" * 50,
     ]
     for raw in garbage:
         with socket.create_connection(("127.0.0.1", live.port), timeout=10) as s:
@@ -327,7 +327,7 @@ def test_streamed_huge_body_is_refused_early(live: LiveServer) -> None:
     sent = 0
     reply = b""
     with socket.create_connection(("127.0.0.1", live.port), timeout=10) as s:
-        s.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             while sent < 20_000_000:
                 s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
@@ -351,16 +351,16 @@ def test_slow_and_stalled_clients_do_not_block_others(live: LiveServer) -> None:
     clear(live.table)
     stalled = []
     try:
-        for prefix in (b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n127.0",  # body stalls
-                       b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Le",  # headers stall
-                       b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n127."):
+        for prefix in (b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n127.0",  # body stalls
+                       b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le",  # headers stall
+                       b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n127."):
             s = socket.create_connection(("127.0.0.1", live.port), timeout=10)
             s.sendall(prefix)
             stalled.append(s)
         trickler = socket.create_connection(("127.0.0.1", live.port), timeout=10)
         stalled.append(trickler)
         body = b"127.0.6.77\n"
-        request_head = b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        request_head = b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body)
         for i, byte in enumerate(request_head + body):
             trickler.sendall(bytes([byte]))
             if i % 8 == 0:  # meanwhile, others are served promptly

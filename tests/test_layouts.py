@@ -61,7 +61,8 @@ NEWER: dict[tuple[type, str], str] = {
 # ttcp.uapi numbers the kernel has as #defines or ioctl macros: BTF cannot check them.
 NOT_IN_BTF = ("PseudoSrc", "PSEUDO_CALL", "PERF_FLAG_FD_CLOEXEC", "PERF_EVENT_IOC_ENABLE",
               "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN",
-              "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_PERFMON", "CAP_BPF")  # linux/capability.h
+              "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_PERFMON", "CAP_BPF",  # linux/capability.h
+              "BPF_FS_MAGIC")  # linux/magic.h
 # BPF_OBJ_NAME_LEN is still checked: it is the size of map_name, prog_name and the info names.
 
 # Each bpf_attr layout and the member of union bpf_attr it describes: the
@@ -85,6 +86,7 @@ OTHER_STRUCTS: dict[type[ctypes.Structure], str] = {
     kt.BpfMapInfo: "bpf_map_info",
     kt.BpfLinkInfo: "bpf_link_info",
     kt.PerfEventAttr: "perf_event_attr",
+    kt.Statfs: "statfs",
 }
 
 # ttcp enum -> (kernel enum, None for an anonymous one; the kernel's name of a member)

@@ -19,6 +19,7 @@ from importlib import metadata
 from typing import Any
 
 from . import events
+from .api_token import Token
 from .event_stream import DEFAULT_BACKLOG, EventHub
 from .filter_table import FilterStats
 from .filters import Filter
@@ -49,6 +50,8 @@ class Options:
     sample_mode: str = "auto"  # hooks tried when sampling is switched on
     table_full_hint: str = ""
     stream_backlog: int = DEFAULT_BACKLOG  # lines a GET /events client may fall behind
+    token: Token | None = None  # required of every API call but GET /healthz
+    allowed_hosts: tuple[str, ...] = ()  # names accepted in Host besides IP literals and localhost
 
 
 class Agent:
@@ -135,7 +138,8 @@ class Agent:
         hooks = server.Agent(health=self.health, mono_to_wall=self.tracer.monotonic_to_wall,
                              metrics=self.metrics, sampling=self.sampling, set_sampling=self.set_sampling,
                              events=self.hub, table_full_hint=self.opts.table_full_hint)
-        app = server.create_app(self.tracer.table, hooks)
+        app = server.create_app(self.tracer.table, hooks, token=self.opts.token,
+                                allowed_hosts=self.opts.allowed_hosts)
         return await server.start(app, self.opts.host, self.opts.port)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event,

@@ -19,15 +19,20 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import NoReturn, TextIO, TypeVar
 
 from . import filters
 from .agent import Agent, Options
+from .api_token import TOKEN_FILE_ENV, Token, read_token_file
 from .elf_loader import VMLINUX_BTF
 from .errors import BindError, TtcpError
 from .event_stream import DEFAULT_BACKLOG
+from .filter_table import CorruptTableError
+from .host_names import is_loopback, normalize_name
 from .output import HistogramPrinter, Printer
+from .pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
 from .tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 
 EPILOG = """\
@@ -64,11 +69,29 @@ auto tries them in that order and says on stderr which one it uses. Live
 sampling (--sample) hooks fentry/tcp_rcv_established, tp_btf/tcp_probe or
 tracepoint tcp/tcp_probe, in that order, and only fills histograms.
 
+FLEET (a DaemonSet: deploy/kubernetes/ and README's "Running on a fleet"):
+  --pin /sys/fs/bpf/ttcp        the filter table outlives ttcp: the next ttcp on
+                                the directory (after SIGTERM or SIGKILL) has the
+                                same filters and counters; connections that end
+                                while no ttcp runs are not seen. A different
+                                --max-filters migrates it; pinned maps of another
+                                shape are an error (--pin-reset, or rm -r DIR).
+                                In a container: -v /sys/fs/bpf:/sys/fs/bpf.
+  --token-file /etc/ttcp/token  API calls need 'Authorization: Bearer TOKEN'
+                                (401 otherwise), except GET /healthz; or set
+                                TTCP_TOKEN_FILE=PATH. A file keeps the token out
+                                of argv and the environment.
+      curl -H "Authorization: Bearer $(cat /etc/ttcp/token)" http://127.0.0.1:8090/metrics
+  Host header: requests must name the API by IP address or localhost (any
+  port), or by an --allowed-host name; others get 421 (DNS rebinding guard).
+  Without a token, --host other than loopback draws a warning at start.
+
 needs: root (or CAP_BPF + CAP_PERFMON), a kernel with BTF
 (/sys/kernel/btf/vmlinux). On SIGINT/SIGTERM ttcp drains the ring buffer,
 prints a summary on stderr and exits 0.
 """
 TABLE_FULL_HINT = "restart ttcp with --max-filters M to raise it (M > {limit})"
+T = TypeVar("T")
 BIND_HINTS = {
     errno.EADDRINUSE: "another process is listening there; choose another --port or stop it",
     errno.EADDRNOTAVAIL: "no local interface has that address; check --host",
@@ -88,11 +111,18 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 4194304, 4096K, 4M)") from None
 
 
-def _filter(text: str) -> filters.Filter:
-    try:
-        return filters.parse(text)
-    except filters.FilterError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _checked(parse: Callable[[str], T], error: type[Exception]) -> Callable[[str], T]:
+    """An argparse type from a parser: the parser's error message is the usage error."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except error as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
+_filter = _checked(filters.parse, filters.FilterError)
+_host_name = _checked(normalize_name, ValueError)
 
 
 def _seconds(text: str) -> float:
@@ -175,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-backlog", type=_positive, default=DEFAULT_BACKLOG, metavar="LINES",
                    help="event lines a GET /events client may fall behind before it is disconnected "
                         "(default: %(default)s; about 350 bytes each)")
+    fleet = p.add_argument_group("fleet agent (see FLEET below)")
+    fleet.add_argument("--pin", type=Path, metavar="DIR",
+                       help="keep the filter table (filters, counters, histograms) pinned in DIR, a "
+                            "directory in a BPF file system (e.g. /sys/fs/bpf/ttcp): a restarted ttcp, "
+                            "even after SIGKILL, carries on with it; one ttcp per DIR")
+    fleet.add_argument("--pin-reset", action="store_true",
+                       help="with --pin: drop the pinned filter table first and start empty (the way "
+                            "out when the pinned maps do not fit this ttcp)")
+    fleet.add_argument("--token-file", metavar="PATH",
+                       help=f"require 'Authorization: Bearer TOKEN' on every API call but GET /healthz, "
+                            f"TOKEN being the content of PATH (default: the file ${TOKEN_FILE_ENV} names)")
+    fleet.add_argument("--allowed-host", dest="allowed_hosts", metavar="NAME", type=_host_name,
+                       action="append", default=[],
+                       help="also answer requests whose Host header is NAME (IP addresses and localhost "
+                            "always work; other names get 421, against DNS rebinding); repeatable")
     return p
 
 
@@ -302,15 +347,40 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, timings: Timings | N
         logger.propagate = saved_propagate
 
 
+def _token(args: argparse.Namespace) -> Token | None:
+    """The API token from --token-file, else from the file $TTCP_TOKEN_FILE names."""
+    path = args.token_file or os.environ.get(TOKEN_FILE_ENV)
+    if args.no_api or not path:
+        return None
+    return read_token_file(path)
+
+
+def _open_table(tracer: Tracer, args: argparse.Namespace) -> None:
+    """Open (or take over the pinned) filter table; pin problems get the way out in ttcp's options."""
+    try:
+        tracer.open_maps()
+    except PinLockedError as e:
+        raise TtcpError(f"{e}; stop it first, or give this ttcp another --pin directory") from None
+    except PinnedTableTooBigError as e:
+        raise TtcpError(f"{e}: start with --max-filters {e.count} or more (or remove filters first, "
+                        "at the old size)") from None
+    except (IncompatiblePinError, CorruptTableError) as e:
+        if args.pin is None:
+            raise
+        raise TtcpError(f"{e}; start once with --pin-reset to replace the pinned table (its filters and "
+                        f"counters are lost), or remove it: rm -r {args.pin}") from None
+
+
 def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Signals) -> int:
+    token = _token(args)
     preload = None if args.no_api else _preload_server(timings)
     printer = Printer(args.format, out, show=args.histogram is None)
     histograms = HistogramPrinter(out, ms=args.ms) if args.histogram is not None else None
     timings.phase("setup")
     with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
-                btf_path=args.btf) as tracer:
+                btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset) as tracer:
         timings.phase("object")
-        tracer.open_maps()
+        _open_table(tracer, args)
         wanted = list(dict.fromkeys(args.filters))
         if len(wanted) > args.max_filters:
             raise TtcpError(f"{len(wanted)} --filter filters exceed --max-filters {args.max_filters}")
@@ -322,10 +392,15 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
         tracer.release_kernel_btf()
         timings.phase("attach")
         signals.remember()
+        if not args.no_api and token is None and not is_loopback(args.host):
+            logging.getLogger("ttcp").warning(
+                "the API on %s has no token: whoever reaches port %d can change what ttcp reports; "
+                "give --token-file (or %s)", args.host, args.port, TOKEN_FILE_ENV)
         opts = Options(host=args.host, port=args.port, api=not args.no_api,
                        table_header=args.format == "table" and histograms is None,
                        histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
-                       stream_backlog=args.stream_backlog)
+                       stream_backlog=args.stream_backlog, token=token,
+                       allowed_hosts=tuple(args.allowed_hosts))
         agent = Agent(tracer, printer, opts, histograms)
 
         def ready() -> None:
@@ -345,7 +420,10 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
 
 def main(argv: list[str] | None = None) -> int:
     timings = Timings()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pin_reset and args.pin is None:
+        parser.error("--pin-reset needs --pin DIR")
     try:
         return run(args, timings=timings)
     except TtcpError as e:  # BpfError included: errno, step and verifier log tail

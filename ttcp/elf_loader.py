@@ -30,6 +30,7 @@ from .core import CoreResolver, patch_insn
 from .elf_object import BpfObject, Function, read_object
 from .errors import BpfError, FormatError, TtcpError
 from .linker import Piece, ProgramImage, link_program
+from .map_compat import IncompatibleMapError, MapShape, differences
 from .map_specs import MapSpec, map_specs
 from .sections import SectionKind
 
@@ -218,8 +219,26 @@ class ObjectLoader:
                             e.step, e.errno)
         return self._btf_fd
 
+    def reuse_map(self, name: str, fd: int) -> None:
+        """Use an existing map (e.g. a pinned one) for `name` instead of creating it.
+
+        The map must match the spec exactly (type, key and value size, flags,
+        max entries: IncompatibleMapError otherwise, and the fd stays the
+        caller's). On success the loader owns the fd and closes it in close();
+        create_maps() leaves the map as it is (no initial data is written).
+        Call before create_maps().
+        """
+        if name not in self.maps:
+            raise TtcpError(f"{self.obj.path}: no map named {name!r}")
+        if name in self.map_fds:
+            raise TtcpError(f"map {name!r} already exists in this loader; reuse it before create_maps()")
+        diffs = differences(MapShape.of(self.maps[name]), MapShape.of_info(syscalls.map_info(fd)))
+        if diffs:
+            raise IncompatibleMapError(f"map {name!r}", diffs)
+        self.map_fds[name] = fd
+
     def create_maps(self) -> dict[str, int]:
-        """Create every map (idempotent); global data is written and frozen."""
+        """Create every map not reused (idempotent); global data is written and frozen."""
         memlock = features.ensure_memlock()
         btf_fd = self.load_btf()
         for name, spec in self.maps.items():

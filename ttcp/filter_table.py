@@ -22,7 +22,7 @@ write the kernel still refuses midway is undone before the error surfaces.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +46,11 @@ class TableFullError(TtcpError):
         self.limit, self.used, self.adding = limit, used, adding
         super().__init__(f"the filter table holds {limit} entries ({used} in use, this request adds "
                          f"{adding})")
+
+
+class CorruptTableError(TtcpError):
+    """The maps hold something ttcp never writes (two filters sharing a counter slot,
+    a slot past the stats map): another writer changed a pinned table."""
 
 
 class NotInTableError(TtcpError):
@@ -130,18 +135,32 @@ class KernelFilterTable:
 
     def _reload(self) -> None:
         """Index what the maps hold already (a pinned table after a restart)."""
-        for raw_key, raw_value in self.hosts.items():
-            self._index(F.from_host_key(raw_key), raw_value)
-        for raw_key, raw_value in self.nets.items():
-            self._index(F.from_net_key(raw_key), raw_value)
-        self._free = sorted(set(range(self.stats_map.max_entries)) - {s.index for s in self._slots.values()},
-                            reverse=True)
+        self._slots = dict(_held_slots(self.hosts, self.nets))
+        owners: dict[int, Filter] = {}
+        for f, slot in self._slots.items():
+            if slot.index >= self.stats_map.max_entries:
+                raise CorruptTableError(f"filter {f} counts into slot {slot.index}, past the "
+                                        f"{self.stats_map.max_entries} slots of the stats map")
+            if slot.index in owners:
+                raise CorruptTableError(f"filters {owners[slot.index]} and {f} count into the same slot")
+            owners[slot.index] = f
+        self._next_gen = max((s.gen for s in self._slots.values()), default=0) + 1
+        self._free = sorted(set(range(self.stats_map.max_entries)) - set(owners), reverse=True)
+        self._restamp()
         self._write_kinds()
 
-    def _index(self, f: Filter, raw_value: bytes) -> None:
-        index, gen, _ = F.VALUE.unpack(raw_value)
-        self._slots[f] = _Slot(index, gen)
-        self._next_gen = max(self._next_gen, gen + 1)
+    def _restamp(self) -> None:
+        """Give every filter's slot its generation on every CPU where it lacks it
+        (a stats map pinned apart from its filters, or re-created): the program
+        would otherwise never count into it. Counters that have it are kept."""
+        rows = self.stats_map.values_of(s.index for s in self._slots.values())
+        fresh = bytes(STATS_SIZE - STATS_HEAD.size)
+        for slot in self._slots.values():
+            cpus = rows[slot.index]
+            if any(STATS_HEAD.unpack_from(r)[0] != slot.gen for r in cpus):
+                self.stats_map.put_each(slot.index, [
+                    r if STATS_HEAD.unpack_from(r)[0] == slot.gen else STATS_HEAD.pack(slot.gen, 0) + fresh
+                    for r in cpus])
 
     # ---- reading ----
 
@@ -237,3 +256,43 @@ class KernelFilterTable:
         if kinds != self._kinds:
             self.config.put(0, CONFIG.pack(kinds))
             self._kinds = kinds
+
+
+def _held_slots(hosts: HashMap[bytes, bytes] | None,
+                nets: HashMap[bytes, bytes] | None) -> Iterator[tuple[Filter, _Slot]]:
+    """Every filter the maps hold, with the counter slot its value names."""
+    for decode, target in ((F.from_host_key, hosts), (F.from_net_key, nets)):
+        for raw_key, raw_value in target.items() if target is not None else ():
+            index, gen, _ = F.VALUE.unpack(raw_value)
+            yield decode(raw_key), _Slot(index, gen)
+
+
+def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, bytes] | None,
+                  stats: PerCpuArray, limit: int) -> int:
+    """Move every filter whose counter slot is `limit` or past it to a free slot below,
+    counters kept, so that the table fits a stats map of `limit` slots; returns
+    how many moved. A filter map that does not exist is None. TableFullError
+    when more than `limit` filters exist (the caller should have said so first).
+
+    For a pinned table about to shrink, before its maps are copied. Each move
+    copies the slot's values on every CPU, repoints the filter (one map update),
+    then clears the old slot: stopped anywhere, the maps stay consistent. No
+    program may be using the maps meanwhile.
+    """
+    held = dict(_held_slots(hosts, nets))
+    if len(held) > limit:
+        raise TableFullError(limit, len(held), 0)
+    free = sorted(set(range(limit)) - {s.index for s in held.values()}, reverse=True)
+    moved = 0
+    for f, slot in sorted(held.items(), key=lambda item: item[1].index):
+        if slot.index < limit:
+            continue
+        new = free.pop()
+        stats.put_each(new, stats.values(slot.index))
+        target = hosts if f.is_host else nets
+        assert target is not None  # f came from it
+        key = F.host_key(f) if f.is_host else F.net_key(f)
+        target.put(key, F.VALUE.pack(new, slot.gen, f.bits), only_existing=True)
+        stats.put_all(slot.index, bytes(STATS_SIZE))
+        moved += 1
+    return moved

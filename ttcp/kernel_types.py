@@ -224,6 +224,21 @@ class BpfLinkInfo(ctypes.Structure):
     _fields_ = [("type", u32), ("id", u32), ("prog_id", u32)]
 
 
+# ---- statfs(2) --------------------------------------------------------------------------
+
+
+class Statfs(ctypes.Structure):
+    """struct statfs of the 64-bit architectures (asm-generic, every word a long): what
+    statfs(2) fills; ttcp reads f_type to tell a BPF file system from anything else."""
+
+    _fields_ = [
+        ("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long), ("f_blocks", ctypes.c_long),
+        ("f_bfree", ctypes.c_long), ("f_bavail", ctypes.c_long), ("f_files", ctypes.c_long),
+        ("f_ffree", ctypes.c_long), ("f_fsid", ctypes.c_int * 2), ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long), ("f_flags", ctypes.c_long), ("f_spare", ctypes.c_long * 4),
+    ]
+
+
 # ---- perf_event_open(2) and the ring buffer --------------------------------------------
 
 

@@ -317,15 +317,55 @@ class PerCpuArray(_MapHandle):
 
     def put_all(self, index: int, value: bytes) -> None:
         """Set `index` to `value` on every CPU (e.g. reset a counter)."""
-        if len(value) != self.value_size:
-            raise ValueError(f"expected {self.value_size} bytes, got {len(value)}")
-        stride = (self.value_size + 7) & ~7
-        slot = value + bytes(stride - self.value_size)
-        syscalls.map_update(self.fd, self._key(index), slot * syscalls.possible_cpus(), name=self.name)
+        self.put_each(index, [value] * syscalls.possible_cpus())
+
+    def put_each(self, index: int, values: list[bytes]) -> None:
+        """Set `index` to one value per possible CPU, in the order values() gives them."""
+        if len(values) != syscalls.possible_cpus() or any(len(v) != self.value_size for v in values):
+            raise ValueError(f"expected {syscalls.possible_cpus()} values of {self.value_size} bytes")
+        pad = bytes(((self.value_size + 7) & ~7) - self.value_size)
+        syscalls.map_update(self.fd, self._key(index), b"".join(v + pad for v in values), name=self.name)
 
     def sum_u64(self, index: int) -> int:
         """Sum over CPUs of the little/native-endian u64 at the start of each value."""
         return sum(struct.unpack_from("=Q", v)[0] for v in self.values(index))
+
+
+# ---- copying ------------------------------------------------------------------------------
+
+_ARRAYS = (MapType.ARRAY, MapType.PERCPU_ARRAY)
+_PERCPU = (MapType.PERCPU_ARRAY, MapType.PERCPU_HASH)
+
+
+def copy_entries(src: int, dst: int, name: str = "") -> int:
+    """Copy every entry of map `src` into map `dst`, which may differ only in
+    max entries (e.g. a resized table); returns how many were copied.
+
+    Hash maps and tries copy every key (MapFullError when `dst` is too small);
+    arrays copy the indices both have. Per-CPU values keep every CPU's value.
+    """
+    a, b = syscalls.map_info(src), syscalls.map_info(dst)
+    if (a.type, a.key_size, a.value_size, a.map_flags) != (b.type, b.key_size, b.value_size, b.map_flags):
+        raise BpfError(f"copy map {name}".rstrip(), errno.EINVAL,
+                       hint="the maps differ in more than their size")
+    percpu = a.type in _PERCPU
+    if a.type in _ARRAYS:
+        keys: Iterable[bytes] = (struct.pack("=I", i) for i in range(min(a.max_entries, b.max_entries)))
+    else:
+        keys = list(HashMap(src, RawCodec(a.key_size), RawCodec(a.value_size), a.max_entries, name,
+                            owns_fd=False).keys())
+    view = HashMap(dst, RawCodec(b.key_size), RawCodec(b.value_size), b.max_entries, name, owns_fd=False)
+    copied = 0
+    for key in keys:
+        value = syscalls.map_lookup(src, key, a.value_size, percpu=percpu, name=name)
+        if value is None:  # deleted meanwhile
+            continue
+        try:
+            syscalls.map_update(dst, key, value, name=name)
+        except BpfError as e:
+            raise view._translate(e) from None
+        copied += 1
+    return copied
 
 
 # ---- ring buffer ----------------------------------------------------------------------

@@ -13,6 +13,9 @@ that way: an `await` between the checks and the writes would break the
 all-or-nothing guarantee.
 
 Errors are JSON objects {"error": "..."}; client mistakes never produce a 500.
+Who may call it is decided before any handler runs, by two middlewares of
+their own module, ttcp.api_guards: the Host header (against DNS rebinding)
+and the bearer token, when one is set.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import filters as F
 from . import metrics
+from .api_guards import bearer_auth, check_host
+from .api_token import Token
 from .errors import BindError, TtcpError
 from .event_stream import EventHub
 from .filter_table import FilterStats, FilterTable, NotInTableError, TableFullError
@@ -375,10 +381,13 @@ def _load_openapi() -> bytes:
     return (Path(__file__).with_name("data") / "openapi.json").read_bytes()
 
 
-def create_app(table: FilterTable, agent: Agent, *, max_body: int = MAX_BODY) -> web.Application:
-    """The API application over `table`."""
+def create_app(table: FilterTable, agent: Agent, *, max_body: int = MAX_BODY, token: Token | None = None,
+               allowed_hosts: Iterable[str] = ()) -> web.Application:
+    """The API application over `table`: requests must name it in Host (an IP
+    address, localhost or one of `allowed_hosts`) and, given a token, carry it."""
     api = _Api(table, agent, max_body)
-    app = web.Application(middlewares=[api.errors], client_max_size=max_body)
+    middlewares = [api.errors, check_host(allowed_hosts)] + ([bearer_auth(token)] if token is not None else [])
+    app = web.Application(middlewares=middlewares, client_max_size=max_body)
     api.add_routes(app.router)
     if agent.events is not None:
         hub = agent.events
@@ -390,6 +399,25 @@ def create_app(table: FilterTable, agent: Agent, *, max_body: int = MAX_BODY) ->
     return app
 
 
+class _AiohttpReports(logging.Filter):
+    """aiohttp's own server log. A request it could not parse is the client's
+    affair (it got a 400 saying why), and its bytes may hold a token: dropped.
+    Anything else is kept as one line, without the request's bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            return False
+        if exc is not None:
+            record.msg, record.args = f"{record.getMessage()}: {type(exc).__name__}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_http_log = logging.getLogger("ttcp.http")
+_http_log.addFilter(_AiohttpReports())
+
+
 async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Listen on host:port; a bind failure becomes a one-line BindError.
 
@@ -397,7 +425,7 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     microseconds, so a short shutdown timeout only cuts off slow clients
     (e.g. one still sending a refused body) instead of delaying exit by 60 s.
     """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0, logger=_http_log)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

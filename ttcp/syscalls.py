@@ -36,10 +36,12 @@ from ttcp.kernel_types import (
     MapElemAttr,
     ObjIdAttr,
     ObjInfoAttr,
+    ObjPinAttr,
     PerfEventAttr,
     ProgLoadAttr,
     ProgTestRunAttr,
     RawTracepointOpenAttr,
+    Statfs,
 )
 from ttcp.uapi import (
     BPF_OBJ_NAME_LEN,
@@ -94,6 +96,10 @@ _perf_fn.restype = ctypes.c_long
 _perf_fn.argtypes = [
     ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_ulong,
 ]
+
+_statfs_fn = _libc["statfs"]
+_statfs_fn.restype = ctypes.c_int
+_statfs_fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 
 _mount_fn = _libc["mount"]
 _mount_fn.restype = ctypes.c_int
@@ -286,6 +292,32 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int, *,
 def map_freeze(fd: int, *, name: str = "") -> None:
     """BPF_MAP_FREEZE: no more writes from user space (e.g. .rodata)."""
     _bpf(Cmd.MAP_FREEZE, MapElemAttr(map_fd=fd), f"MAP_FREEZE {_label(name, fd)}")
+
+
+# ---- pinning (BPF file system) --------------------------------------------------------
+
+
+def obj_pin(fd: int, path: str | os.PathLike[str]) -> None:
+    """BPF_OBJ_PIN: give the object a name in a BPF file system; it then lives
+    until that name is removed (EEXIST if the name is taken)."""
+    where = _Buf(os.fsencode(path) + b"\0")
+    _bpf(Cmd.OBJ_PIN, ObjPinAttr(pathname=where.addr, bpf_fd=fd), f"OBJ_PIN {os.fspath(path)}")
+
+
+def obj_get(path: str | os.PathLike[str]) -> int:
+    """BPF_OBJ_GET: a new fd for the object pinned at `path` (read-write)."""
+    where = _Buf(os.fsencode(path) + b"\0")
+    return _bpf(Cmd.OBJ_GET, ObjPinAttr(pathname=where.addr), f"OBJ_GET {os.fspath(path)}")
+
+
+def fs_type(path: str | os.PathLike[str]) -> int:
+    """statfs(2)'s f_type of the file system holding `path` (e.g. uapi.BPF_FS_MAGIC); OSError."""
+    buf = Statfs()
+    while _statfs_fn(os.fsencode(path), ctypes.addressof(buf)) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err), os.fspath(path))
+    return int(buf.f_type) & 0xFFFFFFFF
 
 
 # ---- programs and BTF ------------------------------------------------------------

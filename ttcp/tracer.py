@@ -24,6 +24,7 @@ from .errors import BpfError, TtcpError
 from .filter_table import KernelFilterTable
 from .filters import Filter
 from .maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, RingBuffer
+from .pinning import PinnedTable
 
 log = logging.getLogger("ttcp")
 
@@ -78,7 +79,11 @@ class Tracer:
         max_filters: int = DEFAULT_MAX_FILTERS,
         ringbuf_size: int = DEFAULT_RINGBUF_SIZE,
         btf_path: Path = VMLINUX_BTF,
+        pin_dir: Path | None = None,
+        pin_reset: bool = False,
     ) -> None:
+        """`pin_dir`: keep the filter table's maps pinned there (ttcp.pinning), reusing
+        what an earlier run left; `pin_reset` drops that first."""
         if max_filters < 1:
             raise TtcpError(f"max_filters must be at least 1 (got {max_filters})")
         self.loader = ObjectLoader(str(obj_path or default_object()), btf_path=btf_path)
@@ -92,14 +97,24 @@ class Tracer:
         self._drops: PerCpuArray | None = None
         self._main: _Attached | None = None
         self._sampler: _Attached | None = None
+        self._pin_dir, self._pin_reset = pin_dir, pin_reset
+        self.pins: PinnedTable | None = None
 
     # ---- set-up ----
 
     def open_maps(self) -> KernelFilterTable:
-        """Create the maps so filters can be loaded before anything attaches."""
+        """Create the maps so filters can be loaded before anything attaches; with a pin
+        directory, the filter table's maps are those pinned there (reused, or migrated to
+        this size), and new ones get pinned."""
         if self.table is not None:
             return self.table
+        if self._pin_dir is not None and self.pins is None:
+            self.pins = PinnedTable.open(self._pin_dir, {n: self.loader.maps[n] for n in TABLE_MAPS},
+                                         reset=self._pin_reset)
+            self.pins.hand_over(self.loader)
         fds = self.loader.create_maps()
+        if self.pins is not None:
+            self.pins.commit(fds)
         spec = self.loader.maps
         hosts: HashMap[bytes, bytes] = HashMap(fds["hosts"], RawCodec(spec["hosts"].key_size),
                                                RawCodec(spec["hosts"].value_size),
@@ -221,6 +236,9 @@ class Tracer:
         self.table = None
         self._drops = None
         self.loader.close()
+        if self.pins is not None:  # the pins stay; the lock goes
+            self.pins.close()
+            self.pins = None
 
     def __enter__(self) -> Self:
         return self

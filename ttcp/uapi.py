@@ -142,3 +142,6 @@ CAP_PERFMON = 38
 CAP_BPF = 39
 
 BPF_OBJ_NAME_LEN = 16  # including the terminating NUL
+
+# linux/magic.h: statfs(2)'s f_type of a BPF file system (where OBJ_PIN can pin)
+BPF_FS_MAGIC = 0xCAFE4A11

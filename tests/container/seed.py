@@ -60,11 +60,12 @@ def readme_docker_commands() -> list[list[str]]:
     return [shlex.split(m) for m in re.findall(r"(?:^|`)(docker run [^`#\n]+)", text, re.MULTILINE)]
 
 
-def readme_command(*must: str) -> list[str]:
-    """The README's one `docker run` line that contains every word of `must`."""
-    found = [c for c in readme_docker_commands() if all(m in c for m in must)]
+def readme_command(*must: str, without: tuple[str, ...] = ()) -> list[str]:
+    """The README's one `docker run` line that contains every word of `must` and none of `without`."""
+    found = [c for c in readme_docker_commands() if all(m in c for m in must) and not any(w in c for w in without)]
     if len({tuple(c) for c in found}) != 1:
-        raise SeedError(f"README.md should have exactly one `docker run` line with {must}, found {found}")
+        raise SeedError(f"README.md should have exactly one `docker run` line with {must} "
+                        f"and without {without}, found {found}")
     return found[0]
 
 
