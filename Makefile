@@ -79,7 +79,7 @@ test-container: deps-run venv mounts
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict ttcp
+	$(VENV)/bin/mypy --strict ttcp vmtest
 
 fuzz: venv
 	TTCP_FUZZ_EXAMPLES=$${TTCP_FUZZ_EXAMPLES:-20000} $(VPY) -m pytest -q -m fuzz tests/

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.kernel import mode_probe, require, scaled
+from tests.kernel import TIMEOUT_SCALE, mode_probe, require, scaled
 from tests.tracing import collect
 from tests.traffic import Server, connect_many, connect_once
 from ttcp import events, syscalls
@@ -62,7 +62,8 @@ def test_rtt_agrees_with_tcp_info(tracer):
         # host; an emulated kernel (make vmtest) stretches them like everything else.
         assert abs(e.rtt_us - before) <= before // 8 + int(scaled(1000)), (e, before)
         diffs.append(abs(e.rtt_us - before))
-    assert statistics.median(diffs) <= statistics.median(c.rtt_us for c in conns) // 4 + 5
+    # Typically far closer than one sample's worth; under emulation samples scatter widely.
+    assert statistics.median(diffs) <= statistics.median(c.rtt_us for c in conns) // 4 + int(5 * TIMEOUT_SCALE ** 2)
 
 
 def test_client_closing_first_is_reported_once(tracer):

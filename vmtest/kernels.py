@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,14 +119,15 @@ def resolve(release: str, packages: list[str]) -> str:
         return exact
     if not re.fullmatch(r"\d+\.\d+", release):
         raise KernelError(f"no Debian kernel package {exact}")
-    series = [p for p in packages if (m := _IMAGE.match(p)) and m[1] == release]
+    series_of = {p: m[1] for p in packages if (m := _IMAGE.match(p))}
+    series = [p for p, s in series_of.items() if s == release]
     if not series:
         raise KernelError(f"no Debian kernel package for Linux {release} "
-                          f"(the archive has {', '.join(sorted({_IMAGE.match(p)[1] for p in packages}))})")
+                          f"(the archive has {', '.join(sorted(set(series_of.values())))})")
     return max(series, key=_version_key)
 
 
-def fetch(releases: list[str], log=print) -> list[Kernel]:
+def fetch(releases: list[str], log: Callable[[str], object] = print) -> list[Kernel]:
     """Resolve, download (once) and unpack (once) each release."""
     cache = cache_dir()
     apt = Apt(cache)
