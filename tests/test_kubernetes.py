@@ -219,7 +219,8 @@ def test_the_service_and_the_scrape_annotations_find_the_api() -> None:
 
 def test_readme_scrape_config_selects_these_pods_with_the_token() -> None:
     readme = (REPO / "README.md").read_text()
-    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "job_name: ttcp" in b]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+              if re.search(r"job_name: ttcp\s*$", b, re.MULTILINE)]
     assert len(blocks) == 1, "README should show one Prometheus scrape config for ttcp"
     (job,) = blocks[0]["scrape_configs"]
     assert job["metrics_path"] in OPENAPI["paths"] and job["authorization"]["type"] == "Bearer"

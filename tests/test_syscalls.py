@@ -18,7 +18,8 @@ import bpf_asm as asm
 import pytest
 
 from tests.btf_builder import BtfBuilder
-from ttcp import syscalls
+from tests.kernel import require
+from ttcp import features, syscalls
 from ttcp.errors import BpfError
 from ttcp.uapi import AttachType, MapType, ProgType, UpdateFlag
 
@@ -160,7 +161,7 @@ def test_verifier_log_grows_until_complete(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(syscalls, "_LOG_INITIAL", 256)
     with pytest.raises(BpfError) as grown:
         syscalls.prog_load(ProgType.SOCKET_FILTER, bad, "GPL", name="t_biglog")
-    assert len(full.value.log) > 4096
+    assert len(full.value.log) > 8 * 256  # (5.10 writes about 3.7 KiB of it, 6.x more)
     assert grown.value.log == full.value.log
     assert grown.value.errno == full.value.errno == errno.EACCES
     assert "R5 !read_ok" in grown.value.log
@@ -237,7 +238,10 @@ def pinned_to(cpu: int) -> Iterator[None]:
 def test_tracepoint_attach_via_perf_event(how: str) -> None:
     """One perf event is enough: the program joins the tracepoint's program
     array, which runs on every CPU; attaching it again (another CPU's event)
-    is EEXIST."""
+    is EEXIST. Perf-event links exist from 5.15: before, the ioctl (ttcp's
+    own fallback, chosen by the same probe)."""
+    if how == "link":
+        require(features.perf_event_link())
     tp_id = syscalls.tracepoint_id("sock", "inet_sock_set_state")
     assert tp_id > 0
     cpus = syscalls.online_cpus()

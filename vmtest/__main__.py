@@ -77,6 +77,9 @@ def _prepare(selection: list[str]) -> list[str]:
     """
     subprocess.run([sys.executable, "-m", "compileall", "-q", "ttcp", "tests", "vmtest"], cwd=REPO,
                    check=False, stdout=subprocess.DEVNULL)
+    # clang under emulation takes half a minute an object: the guest reuses these.
+    subprocess.run([sys.executable, "-c", "from tests.objects import compile_all; compile_all()"], cwd=REPO,
+                   check=False)
     listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *selection], cwd=REPO,
                             check=False, capture_output=True, text=True).stdout
     files = sorted({line.split("::", 1)[0] for line in listed.splitlines() if "::" in line})
