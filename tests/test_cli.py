@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -18,7 +21,7 @@ from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import mode_probe, require, scaled
 from tests.kernel_objects import held_by_others, prog_name
 from tests.traffic import Server, connect_many
-from ttcp import syscalls
+from ttcp import cli, syscalls
 from ttcp.tracer import MODES
 
 pytestmark = pytest.mark.kernel
@@ -202,3 +205,37 @@ def test_reader_of_stdout_going_away_ends_ttcp_cleanly():
             proc.kill()
             proc.wait()
     assert_none_left(before)
+
+
+class _Lines(io.StringIO):
+    """stdout for an in-process run: lets the test wait for the header."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = threading.Event()
+
+    def write(self, s: str) -> int:
+        if "YYYY/MM/DD" in s:
+            self.ready.set()
+        return super().write(s)
+
+
+def test_run_twice_in_one_process_restores_what_it_changed(no_bpf_leaks: None) -> None:
+    """cli.run as a library call: signal handlers and logging are put back, and
+    nothing from the first run leaks into the second."""
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT),
+              list(logging.getLogger("ttcp").handlers), logging.getLogger("ttcp").level)
+    for round_ in range(2):
+        args = cli.build_parser().parse_args(["--no-api", "--filter", f"127.0.1.{20 + round_}"])
+        out = _Lines()
+        stopper = threading.Thread(target=lambda o=out: o.ready.wait(scaled(30)) and os.kill(os.getpid(),
+                                                                                           signal.SIGTERM))
+        stopper.start()
+        try:
+            assert cli.run(args, out=out) == 0
+        finally:
+            stopper.join()
+        assert out.getvalue().startswith("YYYY/MM/DD")
+        after = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT),
+                 list(logging.getLogger("ttcp").handlers), logging.getLogger("ttcp").level)
+        assert after == before, round_
