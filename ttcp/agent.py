@@ -145,13 +145,13 @@ class Agent:
         printer, hub = self.printer, self.hub
 
         def drain() -> int:
-            batch = ring.read_batch()
-            lines = printer.records(batch, want_json=hub.wanted)
+            runs = ring.read_runs(events.EVENT_SIZE)
+            lines = printer.records(runs, want_json=hub.wanted)
             if lines:
                 hub.publish(lines)
             if not printer.flush():
                 stop.set()  # nobody reads our stdout any more
-            return len(batch)
+            return len(runs)
 
         def on_readable() -> None:
             # After a wakeup that brought records, stop listening for COALESCE_S:

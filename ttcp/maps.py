@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import mmap
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from ttcp import features, syscalls
 from ttcp.errors import BpfError, FormatError
@@ -334,8 +335,37 @@ class PerCpuArray(_MapHandle):
 _BUSY = int(RingbufFlag.BUSY)
 _DISCARD = int(RingbufFlag.DISCARD)
 _HDR = ctypes.sizeof(RingbufHdr)  # len is its first u32, read as words[off >> 2]
+_NO_LIMIT = 1 << 62
 
 RecordCallback = Callable[[bytes], Any]
+
+
+def _step(size: int) -> int:
+    """Bytes a record of `size` bytes takes in the ring: header, payload, 8-byte alignment."""
+    return (size + _HDR + 7) & ~7
+
+
+def run_layout(fields: str, size: int) -> struct.Struct:
+    """The `struct` of one record of a Run: its header skipped, the payload as
+    `fields` (little-endian, `size` bytes), the alignment padding skipped.
+    `layout.iter_unpack(run.data)` gives each record's fields."""
+    pad = _step(size) - _HDR - size
+    layout = struct.Struct(f"<{_HDR}x{fields}{pad}x")
+    if layout.size != _step(size):
+        raise ValueError(f"fields {fields!r} are not {size} bytes")
+    return layout
+
+
+class Run(NamedTuple):
+    """Records copied out of the ring together (RingBuffer.read_runs).
+
+    records > 0: that many records of the size asked for, each still behind
+    its ring header (unpack with run_layout). records == 0: one record of
+    another size, its payload only.
+    """
+
+    data: bytes
+    records: int
 
 
 class RingBuffer:
@@ -398,7 +428,7 @@ class RingBuffer:
             if length & _BUSY:
                 return
             size = length & ~(_BUSY | _DISCARD)
-            step = (size + _HDR + 7) & ~7
+            step = _step(size)
             if step > prod - cons:
                 raise FormatError("ring buffer", f"record of {size} bytes at {cons} passes producer {prod}")
             cons += step
@@ -440,6 +470,58 @@ class RingBuffer:
                 out.append(payload)
         if pos is not None:
             self._cons_pos[0] = pos
+        return out
+
+    def read_runs(self, size: int, limit: int | None = None) -> list[Run]:
+        """Like read_batch, but a stretch of consecutive committed records of
+        `size` bytes is copied out in one piece (a Run), with their headers:
+        the reader's hot path when every record has one fixed size. Any other
+        record (another size, a discarded one) goes through the per-record
+        step, so the record protocol is the same as _walk's: stop at BUSY,
+        skip DISCARD, and publish the consumer position once, after copying.
+
+        A run never wraps: the data area is mapped twice, so the bytes from
+        any offset up to one ring's length on are contiguous.
+        """
+        self._check_open()
+        step = _step(size)
+        stride = step >> 2
+        data, words, mask = self._data, self._hdr_words, self._mask
+        start = cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
+        out: list[Run] = []
+        left = _NO_LIMIT if limit is None else limit  # records still wanted
+        while left > 0:
+            if cons >= prod:
+                prod = self._prod_pos[0]  # more may have been committed meanwhile
+                if cons >= prod:
+                    break
+            off = cons & mask
+            n = min((prod - cons) // step, left)
+            if n:
+                # Every header of the stretch in one strided read; the run ends
+                # before the first that is not `size`, committed and kept.
+                heads = words[off >> 2 : (off >> 2) + n * stride : stride].tolist()
+                if heads.count(size) != n:
+                    n = len(list(itertools.takewhile(size.__eq__, heads)))
+            if n:
+                out.append(Run(bytes(data[off : off + n * step]), n))
+                cons += n * step
+                left -= n
+                continue
+            length = words[off >> 2]
+            if length & _BUSY:
+                break
+            size_here = length & ~(_BUSY | _DISCARD)
+            here = _step(size_here)
+            if here > prod - cons:
+                raise FormatError("ring buffer", f"record of {size_here} bytes at {cons} passes producer {prod}")
+            if not length & _DISCARD:
+                out.append(Run(bytes(data[off + _HDR : off + _HDR + size_here]), 0))
+                left -= 1
+            cons += here
+        if cons != start:
+            self._cons_pos[0] = cons
         return out
 
     def close(self) -> None:
