@@ -10,7 +10,12 @@ keeps it in the program's maps (see bpf/tcprtt.bpf.c):
   counts into a slot whose generation matches, so a slot being recycled
   never takes a stray update, and a re-added filter starts from zero;
 - `cfg.kinds` in the program's .bss says which of the eight filter kinds
-  exist, so the program skips every lookup that cannot match.
+  exist, so the program skips every lookup that cannot match, and
+  `cfg.host_bits` holds one bit per exact address of each side
+  (filters.host_bit), so a socket whose bit is clear costs no hash lookup.
+  Both are rewritten whole: before an add (the new filters' bits and kinds
+  already in, so they match from the moment they enter the maps) and after
+  every change (what is left).
 
 ttcp is the only writer of these maps (the API runs on one thread, and a
 pinned table is locked to one process), so the table keeps an index of what
@@ -36,7 +41,7 @@ STATS_HEAD = struct.Struct("=QQ")  # struct filter_stats: gen, last_match_ns, th
 STATS_SIZE = STATS_HEAD.size + 2 * HIST.size
 _CLOSED_AT = STATS_HEAD.size
 _SAMPLED_AT = STATS_HEAD.size + HIST.size
-CONFIG = struct.Struct("=I")  # struct config: kinds
+CONFIG = struct.Struct(f"=I{2 * F.HOST_BITS // 8}s")  # struct config: kinds, host_bits[2]
 
 
 class TableFullError(TtcpError):
@@ -125,7 +130,7 @@ class KernelFilterTable:
         self._slots: dict[Filter, _Slot] = {}
         self._next_gen = 1
         self._version = 0
-        self._kinds = -1
+        self._config = b""
         self._reload()
 
     def _reload(self) -> None:
@@ -136,7 +141,7 @@ class KernelFilterTable:
             self._index(F.from_net_key(raw_key), raw_value)
         self._free = sorted(set(range(self.stats_map.max_entries)) - {s.index for s in self._slots.values()},
                             reverse=True)
-        self._write_kinds()
+        self._write_config()
 
     def _index(self, f: Filter, raw_value: bytes) -> None:
         index, gen, _ = F.VALUE.unpack(raw_value)
@@ -184,12 +189,14 @@ class KernelFilterTable:
         if len(self._slots) + len(new) > self._max or len(new) > len(self._free):
             raise TableFullError(self._max, len(self._slots), len(new))
         added: list[Filter] = []
+        self._write_config(new)
         try:
             for f in new:
                 self._insert(f)
                 added.append(f)
         except BaseException:
             self._delete(added)
+            self._write_config()
             raise
         self._changed()
         return added
@@ -228,12 +235,17 @@ class KernelFilterTable:
 
     def _changed(self) -> None:
         self._version += 1
-        self._write_kinds()
+        self._write_config()
 
-    def _write_kinds(self) -> None:
+    def _write_config(self, adding: Iterable[Filter] = ()) -> None:
+        """cfg.kinds and cfg.host_bits for the filters held (and those being added)."""
         kinds = 0
-        for f in self._slots:
+        bits = [0, 0]
+        for f in (*self._slots, *adding):
             kinds |= f.kind_bit
-        if kinds != self._kinds:
-            self.config.put(0, CONFIG.pack(kinds))
-            self._kinds = kinds
+            if f.is_host:
+                bits[f.side - 1] |= 1 << F.host_bit(f.addr)
+        value = CONFIG.pack(kinds, b"".join(b.to_bytes(F.HOST_BITS // 8, "little") for b in bits))
+        if value != self._config:
+            self.config.put(0, value)
+            self._config = value

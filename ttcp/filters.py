@@ -26,6 +26,7 @@ import functools
 import ipaddress
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -34,6 +35,7 @@ MAX_TEXT = 256  # longer text is refused before any parsing
 _V4_PREFIX = bytes(10) + b"\xff\xff"
 _V4_BITS = 96  # bits of the 16-byte form before an IPv4 address
 ADDR_BITS = 128
+HOST_BITS = 2048  # bits of each side's host bitmap (struct config in bpf/tcprtt.bpf.c)
 
 
 class Side(IntEnum):
@@ -267,6 +269,14 @@ def matched(side: int, bits: int, addr: bytes, port: int) -> Filter:
     """The filter an event names: its side, prefix length and port (0: none),
     with the address of that side of the connection the event describes."""
     return Filter(Side(side), _masked(addr, bits), bits, port)
+
+
+def host_bit(addr: bytes) -> int:
+    """The bit an exact filter address sets in its side's bitmap, as the program
+    computes it: Fibonacci hashing of the address's last 32 bits, loaded in the
+    machine's byte order (maybe_host in bpf/tcprtt.bpf.c)."""
+    low = int.from_bytes(addr[12:16], sys.byteorder)
+    return ((low * 2654435761) & 0xFFFFFFFF) >> 21
 
 
 def order_key(f: Filter) -> tuple[int, int, bytes, int, int]:
