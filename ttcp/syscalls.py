@@ -15,7 +15,6 @@ import errno
 import fcntl
 import mmap
 import os
-import platform
 import re
 import resource
 from collections.abc import Callable
@@ -73,7 +72,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _syscall_numbers() -> tuple[int, int]:
-    machine = platform.machine()
+    machine = os.uname().machine
     try:
         return _SYSCALL_NUMBERS[machine]
     except KeyError:
