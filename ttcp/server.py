@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -390,8 +391,10 @@ def create_app(table: FilterTable, agent: Agent, *, max_body: int = MAX_BODY) ->
     return app
 
 
-async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Listen on host:port; a bind failure becomes a one-line BindError.
+async def start(app: web.Application, host: str, port: int,
+                sockets: Sequence[socket.socket] = ()) -> web.AppRunner:
+    """Serve on `sockets` (already listening), or listen on host:port; a bind
+    failure becomes a one-line BindError.
 
     No access log: stdout belongs to the event stream. Handlers finish in
     microseconds, so a short shutdown timeout only cuts off slow clients
@@ -400,7 +403,9 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in sockets]
+        for site in sites or [web.TCPSite(runner, host, port)]:
+            await site.start()
     except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
         await runner.cleanup()
         raise BindError(host, port, getattr(e, "errno", None), getattr(e, "strerror", None) or str(e)) from None
