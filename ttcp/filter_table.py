@@ -131,6 +131,8 @@ class KernelFilterTable:
         self._next_gen = 1
         self._version = 0
         self._config = b""
+        self._listed: tuple[int, list[Filter]] = (-1, [])  # filters() of a version
+        self._parsed: dict[_Slot, tuple[bytes, FilterStats]] = {}  # each slot's last row, parsed
         self._reload()
 
     def _reload(self) -> None:
@@ -165,17 +167,26 @@ class KernelFilterTable:
         return f in self._slots
 
     def filters(self) -> list[Filter]:
-        return sorted(self._slots, key=F.order_key)
+        if self._listed[0] != self._version:
+            self._listed = (self._version, sorted(self._slots, key=F.order_key))
+        return list(self._listed[1])
 
     def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
         held = {f: self._slots[f] for f in fs if f in self._slots}
-        rows = self.stats_map.values_of(s.index for s in held.values())
+        rows = self.stats_map.rows_of(s.index for s in held.values())
         out = {}
         for f, slot in held.items():
-            cpus = [r for r in rows[slot.index] if STATS_HEAD.unpack_from(r)[0] == slot.gen]
-            last = max((STATS_HEAD.unpack_from(r)[1] for r in cpus), default=0)
-            out[f] = FilterStats(last, summed(cpus, _CLOSED_AT), summed(cpus, _SAMPLED_AT))
+            raw = rows[slot.index]
+            known = self._parsed.get(slot)
+            if known is None or known[0] != raw:  # idle filters (most, often) are not parsed again
+                known = self._parsed[slot] = (raw, self._parse(raw, slot.gen))
+            out[f] = known[1]
         return out
+
+    def _parse(self, raw: bytes, gen: int) -> FilterStats:
+        cpus = [r for r in self.stats_map.split(raw) if STATS_HEAD.unpack_from(r)[0] == gen]
+        last = max((STATS_HEAD.unpack_from(r)[1] for r in cpus), default=0)
+        return FilterStats(last, summed(cpus, _CLOSED_AT), summed(cpus, _SAMPLED_AT))
 
     # ---- writing ----
 
@@ -228,6 +239,7 @@ class KernelFilterTable:
             target, key = self._map_of(f)
             target.delete(key)
             slot = self._slots.pop(f)
+            self._parsed.pop(slot, None)
             # Generation 0 matches no filter: late updates from a program still
             # holding the old value are dropped, and the next owner starts clean.
             self.stats_map.put_all(slot.index, bytes(STATS_SIZE))

@@ -195,6 +195,7 @@ def _address_text(f: Filter) -> str:
 
 
 @functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=4096)  # /metrics and GET / name every filter in every answer
 def format_filter(f: Filter) -> str:
     """The canonical text: parse(format_filter(f)) == f."""
     if f.side == Side.SRC and f.is_host and not f.port:

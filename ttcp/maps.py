@@ -292,29 +292,32 @@ class PerCpuArray(_MapHandle):
     def _key(self, index: int) -> bytes:
         return _index_key(index, self.max_entries)
 
-    def _split(self, raw: bytes) -> list[bytes]:
+    def split(self, raw: bytes) -> list[bytes]:
         """One lookup's bytes -> each CPU's value (slots are 8-byte aligned)."""
         stride = (self.value_size + 7) & ~7
         return [raw[i : i + self.value_size] for i in range(0, len(raw), stride)]
 
-    def values(self, index: int) -> list[bytes]:
-        """The value of `index` on each possible CPU."""
+    def _raw(self, index: int) -> bytes:
         raw = syscalls.map_lookup(self.fd, self._key(index), self.value_size, percpu=True, name=self.name)
         if raw is None:  # arrays always have every index; be explicit anyway
             raise BpfError(f"MAP_LOOKUP_ELEM {self.name}", errno.ENOENT)
-        return self._split(raw)
+        return raw
 
-    def values_of(self, indices: Iterable[int]) -> dict[int, list[bytes]]:
-        """Each CPU's value of several indices: the whole array in a few batched
-        reads where the kernel has them (and many indices are wanted), else one
-        lookup per index."""
+    def values(self, index: int) -> list[bytes]:
+        """The value of `index` on each possible CPU."""
+        return self.split(self._raw(index))
+
+    def rows_of(self, indices: Iterable[int]) -> dict[int, bytes]:
+        """Every CPU's value of several indices, each index's as one piece (split()
+        cuts it): the whole array in a few batched reads where the kernel has them
+        (and many indices are wanted), else one lookup per index."""
         wanted = sorted(set(indices))
         if len(wanted) > 8 and features.batch_map_ops().supported:
             slot = syscalls.percpu_value_size(self.value_size)
             rows = syscalls.map_lookup_batch(self.fd, 4, slot, min(self.max_entries, 1024), name=self.name)
             every = {struct.unpack("=I", k)[0]: v for k, v in rows}
-            return {i: self._split(every[i]) for i in wanted}
-        return {i: self.values(i) for i in wanted}
+            return {i: every[i] for i in wanted}
+        return {i: self._raw(i) for i in wanted}
 
     def put_all(self, index: int, value: bytes) -> None:
         """Set `index` to `value` on every CPU (e.g. reset a counter)."""

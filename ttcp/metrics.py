@@ -52,25 +52,41 @@ def _head(name: str, kind: str, text: str) -> list[str]:
     return [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
 
 
-def _histogram(name: str, help_text: str, series: Iterable[tuple[str, Histogram]]) -> list[str]:
+# Each filter's histogram block, as the last answer rendered it: a scrape renders again
+# only what changed since (with many filters most are idle). Holds the last answer's.
+_Key = tuple[str, str, Histogram]
+_blocks: dict[_Key, str] = {}
+
+
+def _block(name: str, label: str, h: Histogram) -> str:
+    f = f'filter="{escape_label(label)}"'
+    lines = [f'{name}_bucket{{{f},le="{_num(le)}"}} {count}' for le, count in cumulative(h)]
+    lines.append(f"{name}_sum{{{f}}} {_num(h.sum_us / 1e6)}")
+    lines.append(f"{name}_count{{{f}}} {h.count}")
+    return "\n".join(lines)
+
+
+def _histogram(name: str, help_text: str, series: Iterable[tuple[str, Histogram]],
+               used: dict[_Key, str]) -> list[str]:
     lines = _head(name, "histogram", help_text)
     for label, h in series:
-        f = f'filter="{escape_label(label)}"'
-        for le, count in cumulative(h):
-            lines.append(f'{name}_bucket{{{f},le="{_num(le)}"}} {count}')
-        lines.append(f"{name}_sum{{{f}}} {_num(h.sum_us / 1e6)}")
-        lines.append(f"{name}_count{{{f}}} {h.count}")
+        key = (name, label, h)
+        block = used[key] = _blocks.get(key) or _block(name, label, h)
+        lines.append(block)
     return lines
 
 
 def render(s: Snapshot) -> str:
+    global _blocks
+    used: dict[_Key, str] = {}
     lines: list[str] = []
     lines += _histogram("ttcp_connection_rtt_seconds",
                         "Smoothed RTT of each TCP connection a filter selected, when it ended.",
-                        ((f.filter, f.closed) for f in s.filters))
+                        ((f.filter, f.closed) for f in s.filters), used)
     lines += _histogram("ttcp_rtt_sample_seconds",
                         "Live RTT samples of established connections a filter selected (with sampling on).",
-                        ((f.filter, f.sampled) for f in s.filters))
+                        ((f.filter, f.sampled) for f in s.filters), used)
+    _blocks = used
     lines += _head("ttcp_filter_matches_total", "counter",
                    "Connections each filter selected (events printed or dropped).")
     lines += [f'ttcp_filter_matches_total{{filter="{escape_label(f.filter)}"}} {f.closed.count}'
