@@ -27,6 +27,7 @@ write the kernel still refuses midway is undone before the error surfaces.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -133,6 +134,9 @@ class KernelFilterTable:
         self._config = b""
         self._listed: tuple[int, list[Filter]] = (-1, [])  # filters() of a version
         self._parsed: dict[_Slot, tuple[bytes, FilterStats]] = {}  # each slot's last row, parsed
+        self._kind_uses: Counter[int] = Counter()  # filters of each kind bit
+        self._bit_uses: Counter[tuple[int, int]] = Counter()  # host filters of each (side, host bit)
+        self._bits = [0, 0]  # cfg.host_bits of each side, as integers
         self._reload()
 
     def _reload(self) -> None:
@@ -148,6 +152,7 @@ class KernelFilterTable:
     def _index(self, f: Filter, raw_value: bytes) -> None:
         index, gen, _ = F.VALUE.unpack(raw_value)
         self._slots[f] = _Slot(index, gen)
+        self._count(f, 1)
         self._next_gen = max(self._next_gen, gen + 1)
 
     # ---- reading ----
@@ -226,6 +231,7 @@ class KernelFilterTable:
         self._free.pop()
         self._next_gen += 1
         self._slots[f] = _Slot(index, gen)
+        self._count(f, 1)
 
     def remove(self, fs: Sequence[Filter]) -> None:
         missing = [f for f in dict.fromkeys(fs) if f not in self._slots]
@@ -239,6 +245,7 @@ class KernelFilterTable:
             target, key = self._map_of(f)
             target.delete(key)
             slot = self._slots.pop(f)
+            self._count(f, -1)
             self._parsed.pop(slot, None)
             # Generation 0 matches no filter: late updates from a program still
             # holding the old value are dropped, and the next owner starts clean.
@@ -249,11 +256,27 @@ class KernelFilterTable:
         self._version += 1
         self._write_config()
 
+    def _count(self, f: Filter, step: int) -> None:
+        """Keep the filters of each kind, and of each host bit, counted (a change
+        costs the same whatever the table's size)."""
+        self._kind_uses[f.kind_bit] += step
+        if f.is_host:
+            key = (f.side, F.host_bit(f.addr))
+            self._bit_uses[key] += step
+            if self._bit_uses[key]:
+                self._bits[f.side - 1] |= 1 << key[1]
+            else:
+                del self._bit_uses[key]
+                self._bits[f.side - 1] &= ~(1 << key[1])
+
     def _write_config(self, adding: Iterable[Filter] = ()) -> None:
         """cfg.kinds and cfg.host_bits for the filters held (and those being added)."""
         kinds = 0
-        bits = [0, 0]
-        for f in (*self._slots, *adding):
+        for kind, uses in self._kind_uses.items():
+            if uses:
+                kinds |= kind
+        bits = list(self._bits)
+        for f in adding:
             kinds |= f.kind_bit
             if f.is_host:
                 bits[f.side - 1] |= 1 << F.host_bit(f.addr)
