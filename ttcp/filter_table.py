@@ -133,7 +133,7 @@ class KernelFilterTable:
         self._version = 0
         self._config = b""
         self._listed: tuple[int, list[Filter]] = (-1, [])  # filters() of a version
-        self._parsed: dict[_Slot, tuple[bytes, FilterStats]] = {}  # each slot's last row, parsed
+        self._parsed: dict[int, tuple[int, bytes, FilterStats]] = {}  # slot: gen, last row, parsed
         self._kind_uses: Counter[int] = Counter()  # filters of each kind bit
         self._bit_uses: Counter[tuple[int, int]] = Counter()  # host filters of each (side, host bit)
         self._bits = [0, 0]  # cfg.host_bits of each side, as integers
@@ -182,10 +182,10 @@ class KernelFilterTable:
         out = {}
         for f, slot in held.items():
             raw = rows[slot.index]
-            known = self._parsed.get(slot)
-            if known is None or known[0] != raw:  # idle filters (most, often) are not parsed again
-                known = self._parsed[slot] = (raw, self._parse(raw, slot.gen))
-            out[f] = known[1]
+            known = self._parsed.get(slot.index)
+            if known is None or known[0] != slot.gen or known[1] != raw:  # idle filters: not parsed again
+                known = self._parsed[slot.index] = (slot.gen, raw, self._parse(raw, slot.gen))
+            out[f] = known[2]
         return out
 
     def _parse(self, raw: bytes, gen: int) -> FilterStats:
@@ -246,7 +246,7 @@ class KernelFilterTable:
             target.delete(key)
             slot = self._slots.pop(f)
             self._count(f, -1)
-            self._parsed.pop(slot, None)
+            self._parsed.pop(slot.index, None)
             # Generation 0 matches no filter: late updates from a program still
             # holding the old value are dropped, and the next owner starts clean.
             self.stats_map.put_all(slot.index, bytes(STATS_SIZE))

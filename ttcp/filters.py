@@ -27,7 +27,7 @@ import ipaddress
 import re
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -57,10 +57,16 @@ class Filter:
     addr: bytes  # 16 bytes, host bits zero
     bits: int  # prefix length over `addr`
     port: int = 0
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.addr) != 16 or not 0 <= self.bits <= ADDR_BITS or not 0 <= self.port <= 0xFFFF:
             raise FilterError(f"malformed filter {self.addr!r}/{self.bits} port {self.port}")
+        # Filters key the table's index and every answer's dicts: hash once.
+        object.__setattr__(self, "_hash", hash((self.side, self.addr, self.bits, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def is_host(self) -> bool:

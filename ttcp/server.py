@@ -250,8 +250,8 @@ class _Api:
     async def prometheus(self, request: web.Request) -> web.Response:
         if self.agent.metrics is None:
             raise ApiError(404, "no metrics in this agent")
-        text = metrics.render(self.agent.metrics())
-        return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
+        return web.Response(body=metrics.body(self.agent.metrics()),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def get_sampling(self, request: web.Request) -> web.Response:
         if self.agent.sampling is None:
