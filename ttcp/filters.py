@@ -107,6 +107,7 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 64 else text[:64] + "...")
 
 
+@functools.lru_cache(maxsize=4096)  # API bodies name the same few filters again and again
 def parse(text: str) -> Filter:
     """One filter from its text form; FilterError naming what is wrong."""
     if len(text) > MAX_TEXT:

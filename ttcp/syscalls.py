@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import re
@@ -170,6 +171,7 @@ def _parse_cpu_list(text: str) -> list[int]:
     return cpus
 
 
+@functools.cache  # fixed at boot; per-CPU map writes and reads ask for it every time
 def possible_cpus() -> int:
     """Number of possible CPUs: per-CPU map values hold one slot per possible CPU."""
     return len(_parse_cpu_list(Path("/sys/devices/system/cpu/possible").read_text()))
