@@ -182,14 +182,18 @@ def import_profile(pycache: Path, reps: int = 3) -> dict[str, Any]:
 def no_loss(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, n: int) -> dict[str, Any]:
     """n connections at full speed with ttcp's defaults: every event printed or counted."""
     run = ToolRun(tool, workdir, "noloss", pipe=False, pycache=pycache)
-    if not _wait_header(run) or not _api_ready(PORT_API):  # started: CPU from here is the load's
+    # Started (its API answers: CPU from here is the load's), asked without a request,
+    # which would end a socket on a filtered address and add an event.
+    if not _wait_header(run) or not compare.settled(run):
         run.stop()
         return {"error": run.stderr_text().strip().splitlines()[-3:]}
     rss_idle = peak_rss_kb(run.pid)
     c0 = cpu_seconds(run.pid)
+    retrans0 = handshake_retransmits()
     rate, fails, secs = gen.client(n)
     run.drain(2 * n, quiet=3.0)
     c1 = cpu_seconds(run.pid)
+    retrans = handshake_retransmits() - retrans0
     st = status(run.pid)
     ring_kb = bpf_map_rss_kb(run.pid)
     run.stop()
@@ -200,13 +204,25 @@ def no_loss(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, n: int) -> d
            "printed": printed, "dropped": dropped, "lines": run.events(),
            "cpu_s": (c1 - c0) if c0 is not None and c1 is not None else None,
            "rss_idle_kb": rss_idle, "rss_kb": rss, "rss_anon_kb": st.get("RssAnon"),
-           "rss_file_kb": st.get("RssFile"), "rss_bpf_maps_kb": ring_kb}
-    res["exact"] = printed is not None and printed + dropped == 2 * n and run.events() == printed
+           "rss_file_kb": st.get("RssFile"), "rss_bpf_maps_kb": ring_kb, "handshake_retransmits": retrans}
+    # Every event printed or counted, stdout holding exactly the printed lines; short of
+    # 2n by at most the handshakes retransmitted meanwhile (those sockets have no RTT).
+    res["exact"] = (printed is not None and run.events() == printed
+                    and 2 * n - retrans <= printed + dropped <= 2 * n)
     if res["cpu_s"] and printed:
         res["cpu_us_per_event"] = 1e6 * res["cpu_s"] / printed
     log(f"   no-loss: {n} conns at {rate:.0f}/s: printed {printed} dropped {dropped} "
         f"(lines {run.events()}, expected {2 * n}), cpu {res.get('cpu_us_per_event', -1):.1f} us/event")
     return res
+
+
+def handshake_retransmits() -> int:
+    """TcpExtTCPSynRetrans, machine-wide: SYNs and SYN-ACKs sent again. A socket whose
+    handshake was retransmitted has no RTT sample (Karn), and ttcp reports only
+    connections with one."""
+    with open("/proc/net/netstat") as f:
+        rows = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(dict(zip(rows[0], rows[1], strict=True)).get("TCPSynRetrans", 0)) if len(rows) >= 2 else 0
 
 
 def _api_loads(pid: int, port: int, clients: int, seconds: float, pycache: Path, label: str,
@@ -357,7 +373,7 @@ def main() -> int:
     handle_sigint()
     q = args.quick
     p = {"reps": 2 if q else 5, "pairs": 2 if q else 5, "n": 5000 if q else 20000,
-         "kcost_n": 5000 if q else 20000, "kcost_rounds": 1 if q else 3,
+         "kcost_n": 5000 if q else 20000, "kcost_rounds": 1 if q else 5,
          "fill": 26000, "reader_rounds": 3 if q else 7, "noloss_n": 20000 if q else 200000,
          "api_clients": 50, "api_seconds": 2.0 if q else 3.0, "api_rounds": 1 if q else 3, "api_filters": 1000,
          "metrics_clients": 1, "metrics_seconds": 2.0 if q else 5.0,
