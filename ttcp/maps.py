@@ -416,13 +416,14 @@ class RingBuffer:
         self._check_open()
         return self._prod_pos[0] - self._cons_pos[0]
 
-    def _walk(self, limit: int | None) -> Iterator[tuple[bytes | None, int]]:
+    def _walk(self, limit: int | None, start: int | None = None) -> Iterator[tuple[bytes | None, int]]:
         """Yield (payload copy, consumer position just past it) for each
-        committed record, oldest first; payload None for a discarded one.
-        Stops at a BUSY record, at the producer, or after `limit` payloads.
-        Publishing the position is the caller's business."""
+        committed record from `start` (the consumer position), oldest first;
+        payload None for a discarded one. Stops at a BUSY record, at the
+        producer, or after `limit` payloads. Publishing the position is the
+        caller's business."""
         data, words, mask = self._data, self._hdr_words, self._mask
-        cons = self._cons_pos[0]
+        cons = self._cons_pos[0] if start is None else start
         prod = self._prod_pos[0]
         delivered = 0
         while cons < prod and (limit is None or delivered < limit):
@@ -512,17 +513,14 @@ class RingBuffer:
                 cons += n * step
                 left -= n
                 continue
-            length = words[off >> 2]
-            if length & _BUSY:
-                break
-            size_here = length & ~(_BUSY | _DISCARD)
-            here = _step(size_here)
-            if here > prod - cons:
-                raise FormatError("ring buffer", f"record of {size_here} bytes at {cons} passes producer {prod}")
-            if not length & _DISCARD:
-                out.append(Run(bytes(data[off + _HDR : off + _HDR + size_here]), 0))
-                left -= 1
-            cons += here
+            at = cons  # another size, a discarded record, or BUSY: the per-record step
+            for payload, pos in self._walk(1, at):
+                if payload is not None:
+                    out.append(Run(payload, 0))
+                    left -= 1
+                cons = pos
+            if cons == at:
+                break  # BUSY
         if cons != start:
             self._cons_pos[0] = cons
         return out
