@@ -4,7 +4,7 @@ with the server.
 
     python bench/api_load.py --host H --port P --clients 50 --seconds 5 --mode get|putdel --src A
 
-get: every client repeats GET / (the filter list). putdel: client i repeats
+get: every client repeats GET PATH (/ by default: the filter list). putdel: client i repeats
 PUT / then DELETE / with its own address 127.0.7.(100+i), so every request
 succeeds (204). Prints one JSON object: requests/s, p50/p99 per method (ms),
 non-2xx answers, and this process's CPU seconds (to tell whether the client
@@ -51,8 +51,8 @@ async def _response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-def _request(method: str, host: str, port: int, body: str) -> bytes:
-    head = f"{method} / HTTP/1.1\r\nHost: {host}:{port}\r\n"
+def _request(method: str, host: str, port: int, body: str, path: str = "/") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
     if body:
         head += f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
     return (head + "\r\n" + body).encode()
@@ -63,7 +63,7 @@ async def _client(i: int, args: argparse.Namespace, record: bool, until: float,
     reader, writer = await asyncio.open_connection(args.host, args.port, local_addr=(args.src, 0))
     addr = f"127.0.7.{100 + i}"
     if args.mode == "get":
-        plan = [("GET", _request("GET", args.host, args.port, ""))]
+        plan = [("GET", _request("GET", args.host, args.port, "", args.path))]
     else:
         plan = [(m, _request(m, args.host, args.port, addr + "\n")) for m in ("PUT", "DELETE")]
     try:
@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--mode", choices=("get", "putdel"), default="get")
+    ap.add_argument("--path", default="/", help="what get mode asks for")
     print(json.dumps(asyncio.run(main_async(ap.parse_args()))))
 
 

@@ -35,6 +35,7 @@ PORT_PROBE = 24651
 PORT_OTHER = 24652
 PORT_API = 24660
 FILTERS = [SERVER] + [f"127.0.7.{2 + i}" for i in range(CLIENT_COUNT)]
+PREVIOUS = "d4ff9a7"  # the release before filter kinds and histograms: issue 12's "today"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PortParser = Callable[[str], "tuple[int, int] | None"]

@@ -52,9 +52,23 @@ def error_tail(text: str, n: int = 3) -> list[str]:
     return (hits or lines)[-n:]
 
 
+def settled(run: ToolRun, timeout: float = 30.0) -> bool:
+    """ttcp has finished starting: its API answers (it prints its timings line then, with
+    TTCP_TIMINGS=1), so the CPU of importing aiohttp after the header is not charged to
+    the load that follows. Other tools are settled once they report."""
+    if run.tool.name != "ttcp":
+        return True
+    deadline = time.monotonic() + timeout
+    while "ttcp: timings" not in run.stderr_text():
+        if time.monotonic() > deadline or not run.alive():
+            return False
+        run.poll(0.01)
+    return True
+
+
 def start_once(tool: Tool, workdir: Path, tag: str, pycache: Path) -> dict[str, Any]:
     run = ToolRun(tool, workdir, tag, pipe=True, pycache=pycache)
-    ok = run.wait_ready(timeout=60.0)
+    ok = run.wait_ready(timeout=60.0) and settled(run)
     rss = peak_rss_kb(run.pid)
     run.stop()
     res: dict[str, Any] = {"ok": ok, "header_s": run.header_t, "event_s": run.event_t,
@@ -74,7 +88,7 @@ def load_pair(tool: Tool, gen: LoadGen, workdir: Path, tag: str, n: int, pycache
     base_rate, base_fail, _ = gen.client(n)
     time.sleep(0.3)  # stragglers of the untraced run close before the tool starts
     run = ToolRun(tool, workdir, tag, pipe=False, pycache=pycache)
-    if not run.wait_ready(timeout=60.0):
+    if not run.wait_ready(timeout=60.0) or not settled(run):
         run.stop()
         return {"error": error_tail(run.stderr_text())}
     run.poll()

@@ -10,6 +10,12 @@
  *       (NSRC addresses, rotating), connect, read until the server's FIN,
  *       close. Prints "N SECONDS CONN_PER_SEC FAILURES".
  *
+ *   connload bulk SRC DST PORT BYTES
+ *       one connection from SRC to DST:PORT (a receiver forked for it): the
+ *       client writes BYTES in 1 MiB writes, shuts its side, and waits for the
+ *       receiver, which reads everything, to close. Prints "BYTES SECONDS
+ *       BYTES_PER_SEC" (from connect to the receiver's close).
+ *
  * The server closes first, so TIME_WAIT stays on the server side and the
  * client never runs out of ephemeral ports. Every connection ends two TCP
  * sockets: the server's (local port PORT) and the client's (remote PORT).
@@ -156,6 +162,71 @@ static int client(const char *src_text, int nsrc, const char *dst_text, int port
 	return fails ? 2 : 0;
 }
 
+static int bulk(const char *src_text, const char *dst_text, int port, long long bytes)
+{
+	static char buf[1 << 20];
+	struct sockaddr_in src, dst;
+	long long left = bytes;
+	int one = 1, ls, s;
+	double t0, dt;
+	pid_t pid;
+
+	if (parse_addr(src_text, 0, &src) < 0 || parse_addr(dst_text, port, &dst) < 0 || bytes < 0) {
+		fprintf(stderr, "connload: bad bulk arguments\n");
+		return 64;
+	}
+	ls = socket(AF_INET, SOCK_STREAM, 0);
+	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ls < 0 || bind(ls, (struct sockaddr *)&dst, sizeof(dst)) < 0 || listen(ls, 1) < 0) {
+		perror("bulk listen");
+		return 1;
+	}
+	pid = fork();
+	if (pid < 0) {
+		perror("fork");
+		return 1;
+	}
+	if (pid == 0) { /* the receiver: read until EOF, then close */
+		int c = accept(ls, NULL, NULL);
+
+		if (c < 0)
+			_exit(1);
+		while (read(c, buf, sizeof(buf)) > 0)
+			;
+		close(c);
+		_exit(0);
+	}
+	close(ls);
+	s = socket(AF_INET, SOCK_STREAM, 0);
+	t0 = mono();
+	if (s < 0 || bind(s, (struct sockaddr *)&src, sizeof(src)) < 0 ||
+	    connect(s, (struct sockaddr *)&dst, sizeof(dst)) < 0) {
+		perror("bulk connect");
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return 1;
+	}
+	while (left > 0) {
+		ssize_t n = write(s, buf, left < (long long)sizeof(buf) ? (size_t)left : sizeof(buf));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			perror("bulk write");
+			break;
+		}
+		left -= n;
+	}
+	shutdown(s, SHUT_WR);
+	while (read(s, buf, sizeof(buf)) > 0)
+		;
+	dt = mono() - t0;
+	close(s);
+	waitpid(pid, NULL, 0);
+	printf("%lld %.4f %.0f\n", bytes - left, dt, (double)(bytes - left) / dt);
+	return left ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && strcmp(argv[1], "server") == 0)
@@ -163,7 +234,10 @@ int main(int argc, char **argv)
 	if ((argc == 7 || argc == 8) && strcmp(argv[1], "client") == 0)
 		return client(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atol(argv[6]),
 			      argc == 8 ? atoi(argv[7]) : 1);
+	if (argc == 6 && strcmp(argv[1], "bulk") == 0)
+		return bulk(argv[2], argv[3], atoi(argv[4]), atoll(argv[5]));
 	fprintf(stderr, "usage: connload server ADDR PORT\n"
-			"       connload client SRC NSRC DST PORT N [PROCS]\n");
+			"       connload client SRC NSRC DST PORT N [PROCS]\n"
+			"       connload bulk SRC DST PORT BYTES\n");
 	return 64;
 }

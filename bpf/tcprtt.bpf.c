@@ -22,8 +22,11 @@
  * one lookup with the socket's port finds the filters naming that port and
  * one with port 0 those naming none. `cfg.kinds` (written by user space, the
  * only writer of the tables) says which of the eight kinds exist, and the
- * program skips every lookup of a kind not in use: with only exact source
- * addresses (the seed's use) a socket costs one hash lookup, as before.
+ * program skips every lookup of a kind not in use; `cfg.host_bits` has a bit
+ * per exact address of each side, so a host lookup happens only when the
+ * socket's address has its bit set. With only exact source addresses (the
+ * seed's use) a socket that matches none costs a bitmap test, read straight
+ * from the socket, and rarely a hash lookup.
  * When several filters match, the most specific wins: exact before network,
  * longer prefix first, with a port before without, src before dst.
  *
@@ -105,12 +108,14 @@ enum kind_bit {
 #define KINDS_PORT (KIND_SRC_HOST_PORT | KIND_DST_HOST_PORT | KIND_SRC_NET_PORT | KIND_DST_NET_PORT)
 
 #define HIST_BUCKETS 26 /* bucket k: [2^k, 2^(k+1)) us; the last one reaches 67 s */
+#define HOST_BITS 2048   /* bits of each side's host bitmap in struct config */
 
 /* ---- kernel structures: only what we read, relocated by name ---- */
 
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];
+		__u32 u6_addr32[4];
 	} in6_u;
 } __attribute__((preserve_access_index));
 
@@ -168,8 +173,17 @@ struct trace_event_raw_tcp_probe {
 
 /* ---- maps and the ABI shared with user space (ttcp/abi.py checks it) ---- */
 
+/*
+ * host_bits[side - 1]: bit host_bit(a) is set for every exact filter address
+ * of that side, a the address's last 32 bits as stored (the IPv4 address, or
+ * the end of an IPv6 one). A clear bit means no host filter of that side can
+ * match, so most sockets cost a multiply and one load instead of a hash
+ * lookup. User space sets a bit before the filter enters `hosts` and clears
+ * it only after the last filter with that bit left.
+ */
 struct config {
 	__u32 kinds; /* enum kind_bit: which filter kinds exist */
+	__u32 host_bits[2][HOST_BITS / 32];
 };
 
 struct host_key {
@@ -289,10 +303,22 @@ static __always_inline void v4_mapped(__u8 *out, __be32 a)
 	__builtin_memcpy(&out[12], &a, 4);
 }
 
+/* Fibonacci hashing of an address's last 32 bits to a bit of HOST_BITS (ttcp/filters.py: host_bit). */
+static __always_inline int maybe_host(__u8 side, __u32 low)
+{
+	__u32 bit = (low * 2654435761u) >> 21;
+
+	return cfg.host_bits[side - 1][bit >> 5] & (1u << (bit & 31));
+}
+
 static __always_inline struct filter_value *lookup_host(__u8 side, __u16 port, const __u8 *addr)
 {
 	struct host_key key = { .side = side, .port = port };
+	__u32 low;
 
+	__builtin_memcpy(&low, &addr[12], 4);
+	if (!maybe_host(side, low))
+		return 0;
 	__builtin_memcpy(key.addr, addr, 16);
 	return bpf_map_lookup_elem(&hosts, &key);
 }
@@ -474,6 +500,53 @@ static __always_inline __u32 to_fill(__u32 kinds)
 	       ((kinds & KINDS_PORT) ? FILL_PORTS : 0);
 }
 
+/* A BTF pointer to struct sock may not be read past sizeof(struct sock). */
+static __always_inline struct tcp_sock *tcp_sock_of(struct sock *sk, int direct)
+{
+	return direct ? bpf_skc_to_tcp_sock(sk) : (struct tcp_sock *)sk;
+}
+
+/*
+ * The filter that selects a socket, if any; returns the socket as a
+ * tcp_sock when one does (else 0). The seed's case, exact source addresses
+ * only (cfg.kinds == KIND_SRC_HOST), reads the local address straight from
+ * the socket: one bitmap test, and one lookup only when its bit is set.
+ * Other mixes of kinds read the ends they need, then match().
+ */
+static __always_inline struct tcp_sock *match_sock(struct sock *sk, __u16 family, __u32 kinds,
+						   struct match *m, int direct)
+{
+	struct host_key key;
+	struct tcp_sock *tp;
+	struct ends c;
+	__u32 low;
+
+	if (kinds == KIND_SRC_HOST) {
+		low = family == AF_INET ? READ(direct, sk, __sk_common.skc_rcv_saddr)
+					: READ(direct, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[3]);
+		if (!maybe_host(SIDE_SRC, low))
+			return 0;
+		key.side = SIDE_SRC; /* field by field: an initializer would copy a template from .rodata */
+		key.pad = 0;
+		key.port = 0;
+		sock_addr(sk, family, 1, key.addr, direct);
+		m->value = bpf_map_lookup_elem(&hosts, &key);
+		if (!m->value)
+			return 0;
+		m->side = SIDE_SRC;
+		m->port = 0;
+		return tcp_sock_of(sk, direct);
+	}
+	tp = tcp_sock_of(sk, direct);
+	if (!tp)
+		return 0;
+	/* Zeroed first: the verifier cannot tell that the lookups of a kind
+	 * read only what the same kind had filled. */
+	__builtin_memset(&c, 0, sizeof(c));
+	fill(sk, tp, family, &c, to_fill(kinds), direct);
+	return match(&c, kinds, m) ? tp : 0;
+}
+
 /*
  * The shared body of the connection-end hooks: match the filters first
  * (most sockets match none), then read the rest, count and send the event.
@@ -483,9 +556,8 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	struct filter_stats *st;
 	struct tcp_sock *tp;
 	struct match m;
-	struct ends c;
 	struct event *e;
-	__u32 kinds = cfg.kinds, filled;
+	__u32 kinds = cfg.kinds;
 	__u16 family;
 	__u32 srtt;
 	__u64 now;
@@ -495,16 +567,8 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	family = READ(direct, sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	/* A BTF pointer to struct sock may not be read past sizeof(struct sock). */
-	tp = direct ? bpf_skc_to_tcp_sock(sk) : (struct tcp_sock *)sk;
+	tp = match_sock(sk, family, kinds, &m, direct);
 	if (!tp)
-		return 0;
-	/* Zeroed first: the verifier cannot tell that the lookups of a kind
-	 * read only what the same kind had filled. */
-	__builtin_memset(&c, 0, sizeof(c));
-	filled = to_fill(kinds);
-	fill(sk, tp, family, &c, filled, direct);
-	if (!match(&c, kinds, &m))
 		return 0;
 	if (hook != HOOK_TRACEPOINT && !was_established(sk, tp, direct))
 		return 0;
@@ -522,9 +586,8 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 		count_drop();
 		return 0;
 	}
-	fill(sk, tp, family, &c, (FILL_SRC | FILL_DST | FILL_PORTS) & ~filled, direct);
-	__builtin_memcpy(e->saddr, c.saddr, 16);
-	__builtin_memcpy(e->daddr, c.daddr, 16);
+	sock_addr(sk, family, 1, e->saddr, direct);
+	sock_addr(sk, family, 0, e->daddr, direct);
 	e->ts_ns = now;
 	e->srtt_us = srtt;
 	e->rttvar_us = READ(direct, tp, mdev_us) >> 2;
@@ -533,8 +596,8 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	e->bytes_received = READ(direct, tp, bytes_received);
 	e->netns = direct ? sk->__sk_common.skc_net.net->ns.inum
 			  : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	e->sport = c.sport;
-	e->dport = c.dport;
+	e->sport = bpf_ntohs(READ(direct, (struct inet_sock *)tp, inet_sport));
+	e->dport = bpf_ntohs(READ(direct, sk, __sk_common.skc_dport));
 	e->family = family;
 	e->hook = hook;
 	e->filter_side = m.side;
@@ -595,9 +658,10 @@ static __always_inline void sample(const struct ends *c, __u32 kinds, __u32 srtt
 
 static __always_inline int sample_sock(struct sock *sk)
 {
+	struct filter_stats *st;
 	__u32 kinds = cfg.kinds;
 	struct tcp_sock *tp;
-	struct ends c;
+	struct match m;
 	__u16 family;
 
 	if (!kinds)
@@ -605,12 +669,12 @@ static __always_inline int sample_sock(struct sock *sk)
 	family = sk->__sk_common.skc_family;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	tp = bpf_skc_to_tcp_sock(sk);
+	tp = match_sock(sk, family, kinds, &m, 1);
 	if (!tp)
 		return 0;
-	__builtin_memset(&c, 0, sizeof(c));
-	fill(sk, tp, family, &c, to_fill(kinds), 1);
-	sample(&c, kinds, tp->srtt_us >> 3);
+	st = stats_of(&m);
+	if (st)
+		record(&st->sampled, tp->srtt_us >> 3);
 	return 0;
 }
 

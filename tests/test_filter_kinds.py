@@ -155,3 +155,26 @@ def test_unused_kinds_cost_no_lookups(tracer: Tracer) -> None:
     finally:
         tracer.table.hosts.delete(sneaky)
     assert {e.filter for e in got} == {"dst 127.0.47.1"} and len(got) == 3
+
+
+def test_a_host_whose_bitmap_bit_is_clear_is_never_looked_up(tracer: Tracer) -> None:
+    """cfg.host_bits: a src host entry written behind the table's back, whose
+    address has a clear bit, selects nothing; once the table holds a filter that
+    sets its bit, the program looks it up (and host_bit agrees with the program)."""
+    add(tracer, "127.0.48.1")
+    assert tracer.table is not None
+    hidden = "127.0.48.2"
+    assert F.host_bit(F.address_bytes(hidden)) != F.host_bit(F.address_bytes("127.0.48.1"))
+    sneaky = F.host_key(F.parse(hidden))
+    tracer.table.hosts.put(sneaky, F.VALUE.pack(63, 1, 128))
+    try:
+        with Server("127.0.48.1") as srv:
+            connect_many(srv, hidden, 3)
+            got = collect(tracer)
+    finally:
+        tracer.table.hosts.delete(sneaky)
+    assert {e.filter for e in got} == {"127.0.48.1"} and len(got) == 3  # the server side only
+    add(tracer, hidden)  # its bit set, and its own entry
+    with Server("127.0.48.1") as srv:
+        connect_many(srv, hidden, 2)
+    assert sorted(e.filter for e in collect(tracer)) == ["127.0.48.1"] * 2 + [hidden] * 2

@@ -24,7 +24,9 @@ from ttcp.maps import (
     PerCpuArray,
     RawCodec,
     RingBuffer,
+    Run,
     StructCodec,
+    run_layout,
 )
 from ttcp.uapi import MapType, ProgType
 
@@ -399,3 +401,56 @@ def test_read_batch_copies_in_order_and_publishes_once(ring: Ring) -> None:
         assert ring.rb.read_batch() == sent[2:]
         assert ring.rb.consumer_pos() == ring.rb.producer_pos()
         assert ring.rb.read_batch() == []
+
+
+def _payloads(runs: list[Run], size: int) -> list[bytes]:
+    """Every record's payload, runs split with their layout."""
+    layout = run_layout(f"{size}s", size)
+    out: list[bytes] = []
+    for run in runs:
+        if run.records:
+            rows = [row[0] for row in layout.iter_unpack(run.data)]
+            assert len(rows) == run.records
+            out += rows
+        else:
+            out.append(run.data)
+    return out
+
+
+def test_read_runs_matches_the_per_record_walk(ring: Ring) -> None:
+    """Runs of fixed-size records come out whole; other sizes and discarded
+    records break a run and take the per-record step; wrapping round the ring
+    (the data area is mapped twice) never splits a run; limit counts records."""
+    rng = random.Random(4)
+    size = 40  # 48 bytes a record: runs wrap at arbitrary offsets of the 4 KiB ring
+    for round_ in range(40):
+        sent: list[bytes] = []
+        for i in range(rng.randrange(1, 60)):
+            kind = rng.random()
+            if kind < 0.1:
+                assert ring.emit(b"D" + bytes(size - 1)) == 3  # discarded, same size
+            elif kind < 0.2:
+                p = _payload(rng, rng.choice((1, 39, 41, 88, 200)))  # another size
+                assert ring.emit(p) == 0
+                sent.append(p)
+            else:
+                p = _payload(rng, size)
+                assert ring.emit(p) == 0
+                sent.append(p)
+        limit = rng.choice((None, 1, 7))
+        runs = ring.rb.read_runs(size, limit=limit)
+        got = _payloads(runs, size)
+        assert got == sent[: len(got)]
+        assert len(got) == (len(sent) if limit is None else min(limit, len(sent)))
+        assert _payloads(ring.rb.read_runs(size), size) == sent[len(got):]
+        assert ring.rb.consumer_pos() == ring.rb.producer_pos()
+    assert ring.rb.read_runs(size) == []
+
+
+def test_read_runs_copies_a_whole_stretch_at_once(ring: Ring) -> None:
+    sent = [bytes([i]) * 88 for i in range(30)]
+    for p in sent:
+        assert ring.emit(p) == 0
+    runs = ring.rb.read_runs(88)
+    assert [r.records for r in runs] == [30]
+    assert _payloads(runs, 88) == sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 
@@ -11,6 +12,8 @@ from tests.btf_layout import shipped_struct
 from ttcp import events
 from ttcp import filters as F
 from ttcp.errors import FormatError
+from ttcp.maps import Run
+from ttcp.output import Printer
 
 
 def record(saddr="127.0.0.2", daddr="127.0.0.1", ts=5_000_000_000, srtt=412, family=2, hook=2,
@@ -134,3 +137,48 @@ def test_fast_print_path_matches_the_event_formatters(saddr, daddr, family, srtt
     for line in (events.table_line, events.json_line):
         with pytest.raises(FormatError):
             line(raw[:40], 0)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def _run(records: list[bytes]) -> Run:
+    """Records as RingBuffer.read_runs copies a stretch: each behind its 8-byte header."""
+    return Run(b"".join(struct.pack("<II", len(r), 0) + r for r in records), len(records))
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_printer_runs_match_the_reference_record_by_record(fmt):
+    """Whole runs (one iter_unpack each), a record of another size alone, and a
+    record naming no filter: the lines equal the reference's, the bad ones counted."""
+    recs = [record(saddr=s, daddr=d, family=f, srtt=rtt, ts=ts, sport=sp, dport=dp, hook=h)
+            for s, d, f in (("10.178.0.5", "172.217.161.206", 2), ("2001:db8::1234:5678", "::1", 10))
+            for rtt in (0, 999, 1001, 123456) for ts in (1, 987_654_321_012)
+            for sp, dp in ((65535, 0), (47090, 80)) for h in (1, 2, 77)]
+    bad = record(filter_side=3)
+    longer = record(srtt=5) + b"tail"
+    sink = _Sink()
+    printer = Printer(fmt, sink)
+    offset = printer._offset
+    runs = [_run(recs[:10]), Run(longer, 0), Run(record()[:60], 0), _run(recs[10:] + [bad] + recs[:3])]
+    json_lines = printer.records(runs, want_json=True)
+    assert printer.flush()
+    good = recs + [bad] + recs[:3] if fmt == "table" else recs + recs[:3]
+    good = good[:10] + [longer] + good[10:]
+    formatted = reference.format_table if fmt == "table" else reference.format_json
+    want = [formatted(events.decode(r), offset) if r is not bad else
+            reference.format_table(events.decode(record(filter_side=1)), offset) for r in good]
+    assert sink.text == "\n".join(want) + "\n"
+    assert json_lines == [reference.format_json(events.decode(r), offset) for r in
+                          recs[:10] + [longer] + recs[10:] + recs[:3]]
+    assert printer.undecodable == (1 if fmt == "table" else 2)
+    assert printer.printed == len(good)

@@ -1,25 +1,31 @@
 """The running agent: the event loop that drains the ring buffer, serves the
 API and prints, once the program is attached.
 
-Start-up order: the filters are loaded and the program attached first (by
-the caller), then the API listens, then the header is printed — so a header
-on stdout means ttcp is fully ready. Events go to stdout (and to GET /events
-clients), diagnostics to stderr.
+Start-up order: the API's sockets listen first (`listen`, before anything is
+loaded, so a port in use fails at once), then the filters are loaded and the
+program attached (by the caller), then the header is printed — so a header on
+stdout means the program runs and the API's socket takes connections — and
+only then does the HTTP server (aiohttp, whose import is most of ttcp's
+start-up) take over the sockets: a request made as soon as the header is out
+waits in the listen queue until the server answers it. Events go to stdout
+(and to GET /events clients), diagnostics to stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
+import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import metadata
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import events
 from .api_token import Token
+from .errors import BindError
 from .event_stream import DEFAULT_BACKLOG, EventHub
 from .filter_table import FilterStats
 from .filters import Filter
@@ -33,11 +39,37 @@ COALESCE_S = 0.002  # the most a line waits for company before it is printed
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+@functools.cache
 def version() -> str:
+    from importlib import metadata  # ~30 ms of imports: not on the way to the header
     try:
         return metadata.version("ttcp")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """The API's listening sockets, bound as asyncio's create_server binds them
+    (every address `host` resolves to; SO_REUSEADDR; IPv6 sockets v6-only).
+    BindError if one cannot be had; nothing stays open then."""
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+        for sock in socks:
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
+        for sock in socks:
+            sock.close()
+        raise BindError(host, port, getattr(e, "errno", None), getattr(e, "strerror", None) or str(e)) from None
+    return socks
 
 
 @dataclass
@@ -52,6 +84,7 @@ class Options:
     stream_backlog: int = DEFAULT_BACKLOG  # lines a GET /events client may fall behind
     token: Token | None = None  # required of every API call but GET /healthz
     allowed_hosts: tuple[str, ...] = ()  # names accepted in Host besides IP literals and localhost
+    sockets: list[socket.socket] = field(default_factory=list)  # from listen(): the API serves these
 
 
 class Agent:
@@ -64,7 +97,11 @@ class Agent:
         self.opts = opts
         self.histograms = histograms
         self.hub = EventHub(opts.stream_backlog)
-        self.version = version()
+        self._runner: Any = None  # the API's aiohttp runner, once it serves
+
+    @property
+    def version(self) -> str:
+        return version()
 
     # ---- what the API sees ----
 
@@ -111,28 +148,32 @@ class Agent:
     # ---- the loop ----
 
     async def serve(self, stop_requested: threading.Event, preload: threading.Thread | None,
-                    on_ready: Callable[[], None] | None = None) -> None:
+                    on_ready: Callable[[], None] | None = None,
+                    on_api: Callable[[], None] | None = None) -> None:
+        """Print the header (then `on_ready`), drain the ring, start the API on
+        the listening sockets once `preload` has imported the server (then
+        `on_api`), and run until a signal or stdout's reader goes."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in _SIGNALS:
             loop.add_signal_handler(sig, stop.set)
         if stop_requested.is_set():  # a signal came while the loop was being set up
             stop.set()
-        runner = None
         try:
-            if self.opts.api:
-                runner = await self._start_api(preload)
-            await self._run(loop, stop, on_ready)
+            await self._run(loop, stop, on_ready, lambda: self._start_api(preload, on_api))
         finally:
             for sig in _SIGNALS:
                 loop.remove_signal_handler(sig)
-            if runner is not None:
+            if self._runner is not None:
                 from . import server
+                runner, self._runner = self._runner, None
                 await server.stop(runner)
 
-    async def _start_api(self, preload: threading.Thread | None) -> Any:
-        if preload is not None:
-            preload.join()
+    async def _start_api(self, preload: threading.Thread | None, on_api: Callable[[], None] | None) -> None:
+        if not self.opts.api:
+            return
+        if preload is not None:  # the reader drains meanwhile
+            await asyncio.to_thread(preload.join)
         from . import server
         assert self.tracer.table is not None
         hooks = server.Agent(health=self.health, mono_to_wall=self.tracer.monotonic_to_wall,
@@ -140,22 +181,24 @@ class Agent:
                              events=self.hub, table_full_hint=self.opts.table_full_hint)
         app = server.create_app(self.tracer.table, hooks, token=self.opts.token,
                                 allowed_hosts=self.opts.allowed_hosts)
-        return await server.start(app, self.opts.host, self.opts.port)
+        self._runner = await server.start(app, self.opts.host, self.opts.port, self.opts.sockets)
+        if on_api is not None:
+            on_api()
 
     async def _run(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
-                   on_ready: Callable[[], None] | None) -> None:
+                   on_ready: Callable[[], None] | None, start_api: Callable[[], Awaitable[None]]) -> None:
         ring = self.tracer.ring
         assert ring is not None
         printer, hub = self.printer, self.hub
 
         def drain() -> int:
-            batch = ring.read_batch()
-            lines = printer.records(batch, want_json=hub.wanted)
+            runs = ring.read_runs(events.EVENT_SIZE)
+            lines = printer.records(runs, want_json=hub.wanted)
             if lines:
                 hub.publish(lines)
             if not printer.flush():
                 stop.set()  # nobody reads our stdout any more
-            return len(batch)
+            return len(runs)
 
         def on_readable() -> None:
             # After a wakeup that brought records, stop listening for COALESCE_S:
@@ -182,6 +225,7 @@ class Agent:
         loop.add_reader(ring.fileno(), on_readable)
         try:
             drain()
+            await start_api()
             await stop.wait()
         finally:
             loop.remove_reader(ring.fileno())

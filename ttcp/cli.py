@@ -1,8 +1,10 @@
 """The `ttcp` command: options, start-up and shut-down around ttcp.agent.
 
-Start-up order: the filters are loaded and the program attached first, then
-the API listens, then the header is printed — so a header on stdout means
-ttcp is fully ready. Events go to stdout, diagnostics to stderr (one line
+Start-up order: the API's sockets listen first (a port in use fails before
+anything is loaded), then the filters are loaded and the program attached,
+then the header is printed — so a header on stdout means the program runs
+and the API takes connections — then the HTTP server, imported meanwhile by
+a thread, starts answering them (ttcp.agent). Events go to stdout, diagnostics to stderr (one line
 each, prefixed "ttcp: "). `run` can be called more than once in a process:
 the signal handlers and logging it installs are put back when it returns.
 """
@@ -16,6 +18,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO, TypeVar
 
 from . import filters
-from .agent import Agent, Options
+from .agent import Agent, Options, listen
 from .api_token import TOKEN_FILE_ENV, Token, read_token_file
 from .elf_loader import VMLINUX_BTF
 from .errors import BindError, TtcpError
@@ -224,13 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Timings:
-    """Start-up phases on stderr once ready, when TTCP_TIMINGS=1 (used by `make bench`).
+    """Start-up phases on stderr once the API answers, when TTCP_TIMINGS=1 (used by
+    `make bench`).
 
-    `ttcp: timings exec=S setup=S object=S maps=S attach=S aiohttp@=S server=S ready=S
-    t_main=MONO`: exec is the process's age when main() began (interpreter and
-    imports; clock-tick resolution); each phase is the seconds since the previous
-    one; NAME@ a moment in seconds since main(); ready the seconds from main() to
-    the header; t_main the CLOCK_MONOTONIC stamp of main().
+    `ttcp: timings exec=S setup=S listen=S object=S maps=S attach=S ready=S aiohttp@=S
+    api@=S t_main=MONO`: exec is the process's age when main() began (interpreter
+    and imports; clock-tick resolution); each phase is the seconds since the
+    previous one; NAME@ a moment in seconds since main(); ready the seconds from
+    main() to the header; t_main the CLOCK_MONOTONIC stamp of main().
     """
 
     def __init__(self, enabled: bool | None = None) -> None:
@@ -240,6 +244,7 @@ class Timings:
         self.t_main = self._last = time.monotonic()
         self.exec_s = _process_age_s() if enabled else None
         self.parts: list[tuple[str, float]] = []
+        self.ready_s: float | None = None
 
     def phase(self, name: str) -> None:
         """Close the phase that ends now."""
@@ -251,12 +256,18 @@ class Timings:
         """A moment, in seconds since main() (e.g. aiohttp imported, in its thread)."""
         self.parts.append((name + "@", time.monotonic() - self.t_main))
 
+    def ready(self) -> None:
+        """The header is out."""
+        self.ready_s = time.monotonic() - self.t_main
+
     def report(self) -> None:
         if not self.enabled:
             return
         fields = [] if self.exec_s is None else [f"exec={self.exec_s:.3f}"]
         fields += [f"{name}={secs:.4f}" for name, secs in self.parts]
-        fields += [f"ready={time.monotonic() - self.t_main:.4f}", f"t_main={self.t_main:.6f}"]
+        if self.ready_s is not None:
+            fields.append(f"ready={self.ready_s:.4f}")
+        fields.append(f"t_main={self.t_main:.6f}")
         print("ttcp: timings " + " ".join(fields), file=sys.stderr, flush=True)
 
 
@@ -271,7 +282,9 @@ def _process_age_s() -> float | None:
 
 
 def _preload_server(timings: Timings) -> threading.Thread:
-    """Import aiohttp while the kernel verifies our program (ctypes drops the GIL)."""
+    """Import aiohttp (most of ttcp's start-up) in a thread, from the moment the
+    program is attached: the header does not wait for it, events are read
+    meanwhile, and the server starts on the listening sockets once it is done."""
     # Importing aiohttp builds its HTTPS *client* context, loading the system CA
     # store (~0.1 s). ttcp only serves plain HTTP and never opens an outgoing
     # TLS connection, so unless the user chose a CA file, give it an empty one.
@@ -373,49 +386,64 @@ def _open_table(tracer: Tracer, args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Signals) -> int:
     token = _token(args)
-    preload = None if args.no_api else _preload_server(timings)
     printer = Printer(args.format, out, show=args.histogram is None)
     histograms = HistogramPrinter(out, ms=args.ms) if args.histogram is not None else None
     timings.phase("setup")
-    with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
-                btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset) as tracer:
-        timings.phase("object")
-        _open_table(tracer, args)
-        wanted = list(dict.fromkeys(args.filters))
-        if len(wanted) > args.max_filters:
-            raise TtcpError(f"{len(wanted)} --filter filters exceed --max-filters {args.max_filters}")
-        tracer.add_filters(wanted)
-        timings.phase("maps")
-        tracer.attach(args.attach)
-        if args.sample:
-            tracer.enable_sampling()
-        tracer.release_kernel_btf()
-        timings.phase("attach")
-        signals.remember()
-        if not args.no_api and token is None and not is_loopback(args.host):
-            logging.getLogger("ttcp").warning(
-                "the API on %s has no token: whoever reaches port %d can change what ttcp reports; "
-                "give --token-file (or %s)", args.host, args.port, TOKEN_FILE_ENV)
-        opts = Options(host=args.host, port=args.port, api=not args.no_api,
-                       table_header=args.format == "table" and histograms is None,
-                       histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
-                       stream_backlog=args.stream_backlog, token=token,
-                       allowed_hosts=tuple(args.allowed_hosts))
-        agent = Agent(tracer, printer, opts, histograms)
+    sockets = [] if args.no_api else _listen(args.host, args.port)
+    timings.phase("listen")
+    try:
+        with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
+                    btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset) as tracer:
+            timings.phase("object")
+            _open_table(tracer, args)
+            wanted = list(dict.fromkeys(args.filters))
+            if len(wanted) > args.max_filters:
+                raise TtcpError(f"{len(wanted)} --filter filters exceed --max-filters {args.max_filters}")
+            tracer.add_filters(wanted)
+            timings.phase("maps")
+            tracer.attach(args.attach)
+            if args.sample:
+                tracer.enable_sampling()
+            tracer.release_kernel_btf()
+            timings.phase("attach")
+            preload = None if args.no_api else _preload_server(timings)
+            signals.remember()
+            if not args.no_api and token is None and not is_loopback(args.host):
+                logging.getLogger("ttcp").warning(
+                    "the API on %s has no token: whoever reaches port %d can change what ttcp reports; "
+                    "give --token-file (or %s)", args.host, args.port, TOKEN_FILE_ENV)
+            opts = Options(host=args.host, port=args.port, api=not args.no_api,
+                           table_header=args.format == "table" and histograms is None,
+                           histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
+                           stream_backlog=args.stream_backlog, token=token,
+                           allowed_hosts=tuple(args.allowed_hosts), sockets=sockets)
+            agent = Agent(tracer, printer, opts, histograms)
 
-        def ready() -> None:
-            timings.phase("server")
-            timings.report()
+            def header_out() -> None:
+                timings.ready()
+                if not opts.api:
+                    timings.report()
 
-        try:
-            asyncio.run(agent.serve(signals.stop_requested, preload, on_ready=ready))
-        except BindError as e:
-            hint = BIND_HINTS.get(e.errno or 0, "check --host and --port")
-            raise TtcpError(f"{e} ({hint})") from None
-        agent.print_totals()
-        dropped = tracer.drops()
+            def api_up() -> None:
+                timings.mark("api")
+                timings.report()
+
+            asyncio.run(agent.serve(signals.stop_requested, preload, on_ready=header_out, on_api=api_up))
+            agent.print_totals()
+            dropped = tracer.drops()
+    finally:
+        for sock in sockets:  # the server closed them; not if it never started
+            sock.close()
     print(f"ttcp: {_summary(printer, dropped, histograms is not None)}", file=sys.stderr)
     return 0
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    try:
+        return listen(host, port)
+    except BindError as e:
+        hint = BIND_HINTS.get(e.errno or 0, "check --host and --port")
+        raise TtcpError(f"{e} ({hint})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from .errors import BpfError, FormatError, TtcpError
 from .linker import Piece, ProgramImage, link_program
 from .map_compat import IncompatibleMapError, MapShape, differences
 from .map_specs import MapSpec, map_specs
-from .sections import SectionKind
+from .sections import SectionKind, classify
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 log = logging.getLogger("ttcp")
@@ -283,6 +283,12 @@ class ObjectLoader:
         prog = LoadedProgram(name, image.section, image.kind, fd, attach_btf_id)
         self.programs[name] = prog
         return prog
+
+    def attach_target(self, name: str) -> tuple[SectionKind, int]:
+        """A program's section kind and the kernel BTF id it attaches to (0: none),
+        without linking or relocating it."""
+        kind = classify(self._function(name).section)
+        return kind, self._attach_btf_id(kind)
 
     def _attach_btf_id(self, kind: SectionKind) -> int:
         target = kind.btf_target_name

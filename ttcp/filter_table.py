@@ -10,7 +10,12 @@ keeps it in the program's maps (see bpf/tcprtt.bpf.c):
   counts into a slot whose generation matches, so a slot being recycled
   never takes a stray update, and a re-added filter starts from zero;
 - `cfg.kinds` in the program's .bss says which of the eight filter kinds
-  exist, so the program skips every lookup that cannot match.
+  exist, so the program skips every lookup that cannot match, and
+  `cfg.host_bits` holds one bit per exact address of each side
+  (filters.host_bit), so a socket whose bit is clear costs no hash lookup.
+  Both are rewritten whole: before an add (the new filters' bits and kinds
+  already in, so they match from the moment they enter the maps) and after
+  every change (what is left).
 
 ttcp is the only writer of these maps (the API runs on one thread, and a
 pinned table is locked to one process), so the table keeps an index of what
@@ -22,6 +27,7 @@ write the kernel still refuses midway is undone before the error surfaces.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,7 +42,7 @@ STATS_HEAD = struct.Struct("=QQ")  # struct filter_stats: gen, last_match_ns, th
 STATS_SIZE = STATS_HEAD.size + 2 * HIST.size
 _CLOSED_AT = STATS_HEAD.size
 _SAMPLED_AT = STATS_HEAD.size + HIST.size
-CONFIG = struct.Struct("=I")  # struct config: kinds
+CONFIG = struct.Struct(f"=I{2 * F.HOST_BITS // 8}s")  # struct config: kinds, host_bits[2]
 
 
 class TableFullError(TtcpError):
@@ -130,12 +136,19 @@ class KernelFilterTable:
         self._slots: dict[Filter, _Slot] = {}
         self._next_gen = 1
         self._version = 0
-        self._kinds = -1
+        self._config = b""
+        self._listed: tuple[int, list[Filter]] = (-1, [])  # filters() of a version
+        self._parsed: dict[int, tuple[int, bytes, FilterStats]] = {}  # slot: gen, last row, parsed
+        self._kind_uses: Counter[int] = Counter()  # filters of each kind bit
+        self._bit_uses: Counter[tuple[int, int]] = Counter()  # host filters of each (side, host bit)
+        self._bits = [0, 0]  # cfg.host_bits of each side, as integers
         self._reload()
 
     def _reload(self) -> None:
         """Index what the maps hold already (a pinned table after a restart)."""
         self._slots = dict(_held_slots(self.hosts, self.nets))
+        for f in self._slots:
+            self._count(f, 1)
         owners: dict[int, Filter] = {}
         for f, slot in self._slots.items():
             if slot.index >= self.stats_map.max_entries:
@@ -147,7 +160,7 @@ class KernelFilterTable:
         self._next_gen = max((s.gen for s in self._slots.values()), default=0) + 1
         self._free = sorted(set(range(self.stats_map.max_entries)) - set(owners), reverse=True)
         self._restamp()
-        self._write_kinds()
+        self._write_config()
 
     def _restamp(self) -> None:
         """Give every filter's slot its generation on every CPU where it lacks it
@@ -179,17 +192,26 @@ class KernelFilterTable:
         return f in self._slots
 
     def filters(self) -> list[Filter]:
-        return sorted(self._slots, key=F.order_key)
+        if self._listed[0] != self._version:
+            self._listed = (self._version, sorted(self._slots, key=F.order_key))
+        return list(self._listed[1])
 
     def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
         held = {f: self._slots[f] for f in fs if f in self._slots}
-        rows = self.stats_map.values_of(s.index for s in held.values())
+        rows = self.stats_map.rows_of(s.index for s in held.values())
         out = {}
         for f, slot in held.items():
-            cpus = [r for r in rows[slot.index] if STATS_HEAD.unpack_from(r)[0] == slot.gen]
-            last = max((STATS_HEAD.unpack_from(r)[1] for r in cpus), default=0)
-            out[f] = FilterStats(last, summed(cpus, _CLOSED_AT), summed(cpus, _SAMPLED_AT))
+            raw = rows[slot.index]
+            known = self._parsed.get(slot.index)
+            if known is None or known[0] != slot.gen or known[1] != raw:  # idle filters: not parsed again
+                known = self._parsed[slot.index] = (slot.gen, raw, self._parse(raw, slot.gen))
+            out[f] = known[2]
         return out
+
+    def _parse(self, raw: bytes, gen: int) -> FilterStats:
+        cpus = [r for r in self.stats_map.split(raw) if STATS_HEAD.unpack_from(r)[0] == gen]
+        last = max((STATS_HEAD.unpack_from(r)[1] for r in cpus), default=0)
+        return FilterStats(last, summed(cpus, _CLOSED_AT), summed(cpus, _SAMPLED_AT))
 
     # ---- writing ----
 
@@ -203,12 +225,14 @@ class KernelFilterTable:
         if len(self._slots) + len(new) > self._max or len(new) > len(self._free):
             raise TableFullError(self._max, len(self._slots), len(new))
         added: list[Filter] = []
+        self._write_config(new)
         try:
             for f in new:
                 self._insert(f)
                 added.append(f)
         except BaseException:
             self._delete(added)
+            self._write_config()
             raise
         self._changed()
         return added
@@ -227,6 +251,7 @@ class KernelFilterTable:
         self._free.pop()
         self._next_gen += 1
         self._slots[f] = _Slot(index, gen)
+        self._count(f, 1)
 
     def remove(self, fs: Sequence[Filter]) -> None:
         missing = [f for f in dict.fromkeys(fs) if f not in self._slots]
@@ -240,6 +265,8 @@ class KernelFilterTable:
             target, key = self._map_of(f)
             target.delete(key)
             slot = self._slots.pop(f)
+            self._count(f, -1)
+            self._parsed.pop(slot.index, None)
             # Generation 0 matches no filter: late updates from a program still
             # holding the old value are dropped, and the next owner starts clean.
             self.stats_map.put_all(slot.index, bytes(STATS_SIZE))
@@ -247,15 +274,36 @@ class KernelFilterTable:
 
     def _changed(self) -> None:
         self._version += 1
-        self._write_kinds()
+        self._write_config()
 
-    def _write_kinds(self) -> None:
+    def _count(self, f: Filter, step: int) -> None:
+        """Keep the filters of each kind, and of each host bit, counted (a change
+        costs the same whatever the table's size)."""
+        self._kind_uses[f.kind_bit] += step
+        if f.is_host:
+            key = (f.side, F.host_bit(f.addr))
+            self._bit_uses[key] += step
+            if self._bit_uses[key]:
+                self._bits[f.side - 1] |= 1 << key[1]
+            else:
+                del self._bit_uses[key]
+                self._bits[f.side - 1] &= ~(1 << key[1])
+
+    def _write_config(self, adding: Iterable[Filter] = ()) -> None:
+        """cfg.kinds and cfg.host_bits for the filters held (and those being added)."""
         kinds = 0
-        for f in self._slots:
+        for kind, uses in self._kind_uses.items():
+            if uses:
+                kinds |= kind
+        bits = list(self._bits)
+        for f in adding:
             kinds |= f.kind_bit
-        if kinds != self._kinds:
-            self.config.put(0, CONFIG.pack(kinds))
-            self._kinds = kinds
+            if f.is_host:
+                bits[f.side - 1] |= 1 << F.host_bit(f.addr)
+        value = CONFIG.pack(kinds, b"".join(b.to_bytes(F.HOST_BITS // 8, "little") for b in bits))
+        if value != self._config:
+            self.config.put(0, value)
+            self._config = value
 
 
 def _held_slots(hosts: HashMap[bytes, bytes] | None,

@@ -26,7 +26,8 @@ import functools
 import ipaddress
 import re
 import struct
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -34,6 +35,7 @@ MAX_TEXT = 256  # longer text is refused before any parsing
 _V4_PREFIX = bytes(10) + b"\xff\xff"
 _V4_BITS = 96  # bits of the 16-byte form before an IPv4 address
 ADDR_BITS = 128
+HOST_BITS = 2048  # bits of each side's host bitmap (struct config in bpf/tcprtt.bpf.c)
 
 
 class Side(IntEnum):
@@ -55,10 +57,16 @@ class Filter:
     addr: bytes  # 16 bytes, host bits zero
     bits: int  # prefix length over `addr`
     port: int = 0
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.addr) != 16 or not 0 <= self.bits <= ADDR_BITS or not 0 <= self.port <= 0xFFFF:
             raise FilterError(f"malformed filter {self.addr!r}/{self.bits} port {self.port}")
+        # Filters key the table's index and every answer's dicts: hash once.
+        object.__setattr__(self, "_hash", hash((self.side, self.addr, self.bits, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def is_host(self) -> bool:
@@ -99,6 +107,7 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 64 else text[:64] + "...")
 
 
+@functools.lru_cache(maxsize=4096)  # API bodies name the same few filters again and again
 def parse(text: str) -> Filter:
     """One filter from its text form; FilterError naming what is wrong."""
     if len(text) > MAX_TEXT:
@@ -193,6 +202,7 @@ def _address_text(f: Filter) -> str:
 
 
 @functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=4096)  # /metrics and GET / name every filter in every answer
 def format_filter(f: Filter) -> str:
     """The canonical text: parse(format_filter(f)) == f."""
     if f.side == Side.SRC and f.is_host and not f.port:
@@ -267,6 +277,14 @@ def matched(side: int, bits: int, addr: bytes, port: int) -> Filter:
     """The filter an event names: its side, prefix length and port (0: none),
     with the address of that side of the connection the event describes."""
     return Filter(Side(side), _masked(addr, bits), bits, port)
+
+
+def host_bit(addr: bytes) -> int:
+    """The bit an exact filter address sets in its side's bitmap, as the program
+    computes it: Fibonacci hashing of the address's last 32 bits, loaded in the
+    machine's byte order (maybe_host in bpf/tcprtt.bpf.c)."""
+    low = int.from_bytes(addr[12:16], sys.byteorder)
+    return ((low * 2654435761) & 0xFFFFFFFF) >> 21
 
 
 def order_key(f: Filter) -> tuple[int, int, bytes, int, int]:

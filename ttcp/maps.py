@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import mmap
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from ttcp import features, syscalls
 from ttcp.errors import BpfError, FormatError
@@ -291,29 +292,32 @@ class PerCpuArray(_MapHandle):
     def _key(self, index: int) -> bytes:
         return _index_key(index, self.max_entries)
 
-    def _split(self, raw: bytes) -> list[bytes]:
+    def split(self, raw: bytes) -> list[bytes]:
         """One lookup's bytes -> each CPU's value (slots are 8-byte aligned)."""
         stride = (self.value_size + 7) & ~7
         return [raw[i : i + self.value_size] for i in range(0, len(raw), stride)]
 
-    def values(self, index: int) -> list[bytes]:
-        """The value of `index` on each possible CPU."""
+    def _raw(self, index: int) -> bytes:
         raw = syscalls.map_lookup(self.fd, self._key(index), self.value_size, percpu=True, name=self.name)
         if raw is None:  # arrays always have every index; be explicit anyway
             raise BpfError(f"MAP_LOOKUP_ELEM {self.name}", errno.ENOENT)
-        return self._split(raw)
+        return raw
 
-    def values_of(self, indices: Iterable[int]) -> dict[int, list[bytes]]:
-        """Each CPU's value of several indices: the whole array in a few batched
-        reads where the kernel has them (and many indices are wanted), else one
-        lookup per index."""
+    def values(self, index: int) -> list[bytes]:
+        """The value of `index` on each possible CPU."""
+        return self.split(self._raw(index))
+
+    def rows_of(self, indices: Iterable[int]) -> dict[int, bytes]:
+        """Every CPU's value of several indices, each index's as one piece (split()
+        cuts it): the whole array in a few batched reads where the kernel has them
+        (and many indices are wanted), else one lookup per index."""
         wanted = sorted(set(indices))
         if len(wanted) > 8 and features.batch_map_ops().supported:
             slot = syscalls.percpu_value_size(self.value_size)
             rows = syscalls.map_lookup_batch(self.fd, 4, slot, min(self.max_entries, 1024), name=self.name)
             every = {struct.unpack("=I", k)[0]: v for k, v in rows}
-            return {i: self._split(every[i]) for i in wanted}
-        return {i: self.values(i) for i in wanted}
+            return {i: every[i] for i in wanted}
+        return {i: self._raw(i) for i in wanted}
 
     def put_all(self, index: int, value: bytes) -> None:
         """Set `index` to `value` on every CPU (e.g. reset a counter)."""
@@ -374,8 +378,37 @@ def copy_entries(src: int, dst: int, name: str = "") -> int:
 _BUSY = int(RingbufFlag.BUSY)
 _DISCARD = int(RingbufFlag.DISCARD)
 _HDR = ctypes.sizeof(RingbufHdr)  # len is its first u32, read as words[off >> 2]
+_NO_LIMIT = 1 << 62
 
 RecordCallback = Callable[[bytes], Any]
+
+
+def _step(size: int) -> int:
+    """Bytes a record of `size` bytes takes in the ring: header, payload, 8-byte alignment."""
+    return (size + _HDR + 7) & ~7
+
+
+def run_layout(fields: str, size: int) -> struct.Struct:
+    """The `struct` of one record of a Run: its header skipped, the payload as
+    `fields` (little-endian, `size` bytes), the alignment padding skipped.
+    `layout.iter_unpack(run.data)` gives each record's fields."""
+    pad = _step(size) - _HDR - size
+    layout = struct.Struct(f"<{_HDR}x{fields}{pad}x")
+    if layout.size != _step(size):
+        raise ValueError(f"fields {fields!r} are not {size} bytes")
+    return layout
+
+
+class Run(NamedTuple):
+    """Records copied out of the ring together (RingBuffer.read_runs).
+
+    records > 0: that many records of the size asked for, each still behind
+    its ring header (unpack with run_layout). records == 0: one record of
+    another size, its payload only.
+    """
+
+    data: bytes
+    records: int
 
 
 class RingBuffer:
@@ -423,13 +456,14 @@ class RingBuffer:
         self._check_open()
         return self._prod_pos[0] - self._cons_pos[0]
 
-    def _walk(self, limit: int | None) -> Iterator[tuple[bytes | None, int]]:
+    def _walk(self, limit: int | None, start: int | None = None) -> Iterator[tuple[bytes | None, int]]:
         """Yield (payload copy, consumer position just past it) for each
-        committed record, oldest first; payload None for a discarded one.
-        Stops at a BUSY record, at the producer, or after `limit` payloads.
-        Publishing the position is the caller's business."""
+        committed record from `start` (the consumer position), oldest first;
+        payload None for a discarded one. Stops at a BUSY record, at the
+        producer, or after `limit` payloads. Publishing the position is the
+        caller's business."""
         data, words, mask = self._data, self._hdr_words, self._mask
-        cons = self._cons_pos[0]
+        cons = self._cons_pos[0] if start is None else start
         prod = self._prod_pos[0]
         delivered = 0
         while cons < prod and (limit is None or delivered < limit):
@@ -438,7 +472,7 @@ class RingBuffer:
             if length & _BUSY:
                 return
             size = length & ~(_BUSY | _DISCARD)
-            step = (size + _HDR + 7) & ~7
+            step = _step(size)
             if step > prod - cons:
                 raise FormatError("ring buffer", f"record of {size} bytes at {cons} passes producer {prod}")
             cons += step
@@ -480,6 +514,55 @@ class RingBuffer:
                 out.append(payload)
         if pos is not None:
             self._cons_pos[0] = pos
+        return out
+
+    def read_runs(self, size: int, limit: int | None = None) -> list[Run]:
+        """Like read_batch, but a stretch of consecutive committed records of
+        `size` bytes is copied out in one piece (a Run), with their headers:
+        the reader's hot path when every record has one fixed size. Any other
+        record (another size, a discarded one) goes through the per-record
+        step, so the record protocol is the same as _walk's: stop at BUSY,
+        skip DISCARD, and publish the consumer position once, after copying.
+
+        A run never wraps: the data area is mapped twice, so the bytes from
+        any offset up to one ring's length on are contiguous.
+        """
+        self._check_open()
+        step = _step(size)
+        stride = step >> 2
+        data, words, mask = self._data, self._hdr_words, self._mask
+        start = cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
+        out: list[Run] = []
+        left = _NO_LIMIT if limit is None else limit  # records still wanted
+        while left > 0:
+            if cons >= prod:
+                prod = self._prod_pos[0]  # more may have been committed meanwhile
+                if cons >= prod:
+                    break
+            off = cons & mask
+            n = min((prod - cons) // step, left)
+            if n:
+                # Every header of the stretch in one strided read; the run ends
+                # before the first that is not `size`, committed and kept.
+                heads = words[off >> 2 : (off >> 2) + n * stride : stride].tolist()
+                if heads.count(size) != n:
+                    n = len(list(itertools.takewhile(size.__eq__, heads)))
+            if n:
+                out.append(Run(bytes(data[off : off + n * step]), n))
+                cons += n * step
+                left -= n
+                continue
+            at = cons  # another size, a discarded record, or BUSY: the per-record step
+            for payload, pos in self._walk(1, at):
+                if payload is not None:
+                    out.append(Run(payload, 0))
+                    left -= 1
+                cons = pos
+            if cons == at:
+                break  # BUSY
+        if cons != start:
+            self._cons_pos[0] = cons
         return out
 
     def close(self) -> None:

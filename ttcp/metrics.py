@@ -8,16 +8,16 @@ seconds (an RTT in bucket k is under 2^(k+1) us), cumulative, then +Inf.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .histogram import Histogram, cumulative
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-@dataclass(frozen=True)
-class FilterSeries:
+class FilterSeries(NamedTuple):  # a tuple: a scrape makes one per filter
     filter: str  # canonical filter text: the label value
     closed: Histogram
     sampled: Histogram
@@ -52,30 +52,59 @@ def _head(name: str, kind: str, text: str) -> list[str]:
     return [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
 
 
-def _histogram(name: str, help_text: str, series: Iterable[tuple[str, Histogram]]) -> list[str]:
-    lines = _head(name, "histogram", help_text)
-    for label, h in series:
-        f = f'filter="{escape_label(label)}"'
-        for le, count in cumulative(h):
-            lines.append(f'{name}_bucket{{{f},le="{_num(le)}"}} {count}')
-        lines.append(f"{name}_sum{{{f}}} {_num(h.sum_us / 1e6)}")
-        lines.append(f"{name}_count{{{f}}} {h.count}")
-    return lines
+# Each filter's lines (its histogram blocks, its matches), as the last answer rendered them
+# and from what: a scrape renders again only what changed since (with many filters, most
+# are idle; the table hands back the very same Histogram while a filter's counters stand
+# still). Holds the last answer's only.
+_Key = tuple[str, str]  # metric name, filter text
+_blocks: dict[_Key, tuple[object, bytes]] = {}
 
 
-def render(s: Snapshot) -> str:
-    lines: list[str] = []
-    lines += _histogram("ttcp_connection_rtt_seconds",
-                        "Smoothed RTT of each TCP connection a filter selected, when it ended.",
-                        ((f.filter, f.closed) for f in s.filters))
-    lines += _histogram("ttcp_rtt_sample_seconds",
-                        "Live RTT samples of established connections a filter selected (with sampling on).",
-                        ((f.filter, f.sampled) for f in s.filters))
-    lines += _head("ttcp_filter_matches_total", "counter",
-                   "Connections each filter selected (events printed or dropped).")
-    lines += [f'ttcp_filter_matches_total{{filter="{escape_label(f.filter)}"}} {f.closed.count}'
+def _block(name: str, label: str, h: Histogram) -> bytes:
+    f = f'filter="{escape_label(label)}"'
+    lines = [f'{name}_bucket{{{f},le="{_num(le)}"}} {count}' for le, count in cumulative(h)]
+    lines.append(f"{name}_sum{{{f}}} {_num(h.sum_us / 1e6)}")
+    lines.append(f"{name}_count{{{f}}} {h.count}")
+    return "\n".join(lines).encode()
+
+
+def _matches(name: str, label: str, count: int) -> bytes:
+    return f'{name}{{filter="{escape_label(label)}"}} {count}'.encode()
+
+
+def _cached(used: dict[_Key, tuple[object, bytes]], make: Callable[[str, str, Any], bytes], name: str,
+            label: str, source: Any) -> bytes:
+    """make(name, label, source), or what it gave last time for the same source."""
+    key = (name, label)
+    known = _blocks.get(key)
+    if known is None or (known[0] is not source and known[0] != source):
+        known = (source, make(name, label, source))
+    used[key] = known
+    return known[1]
+
+
+def _text(lines: list[str]) -> bytes:
+    return "\n".join(lines).encode()
+
+
+def body(s: Snapshot) -> bytes:
+    """The answer to GET /metrics, UTF-8."""
+    global _blocks
+    used: dict[_Key, tuple[object, bytes]] = {}
+    parts: list[bytes] = []
+    for name, help_text, which in (
+            ("ttcp_connection_rtt_seconds",
+             "Smoothed RTT of each TCP connection a filter selected, when it ended.", "closed"),
+            ("ttcp_rtt_sample_seconds",
+             "Live RTT samples of established connections a filter selected (with sampling on).", "sampled")):
+        parts.append(_text(_head(name, "histogram", help_text)))
+        parts += [_cached(used, _block, name, f.filter, getattr(f, which)) for f in s.filters]
+    parts.append(_text(_head("ttcp_filter_matches_total", "counter",
+                             "Connections each filter selected (events printed or dropped).")))
+    parts += [_cached(used, _matches, "ttcp_filter_matches_total", f.filter, f.closed.count)
               for f in s.filters]
-    lines += _head("ttcp_events_total", "counter", "Events read from the kernel and printed.")
+    _blocks = used
+    lines = _head("ttcp_events_total", "counter", "Events read from the kernel and printed.")
     lines.append(f"ttcp_events_total {s.events_total}")
     lines += _head("ttcp_events_dropped_total", "counter",
                    "Events the kernel could not queue (ring buffer full) or runs it skipped.")
@@ -92,4 +121,11 @@ def render(s: Snapshot) -> str:
     lines += _head("ttcp_info", "gauge", "The attach mode in use and ttcp's version.")
     lines.append(f'ttcp_info{{attach_mode="{escape_label(s.attach_mode)}",'
                  f'version="{escape_label(s.version)}"}} 1')
-    return "\n".join(lines) + "\n"
+    lines.append("")  # the last newline
+    parts.append(_text(lines))
+    return b"\n".join(parts)
+
+
+def render(s: Snapshot) -> str:
+    """body() as text."""
+    return body(s).decode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TextIO
 
 from . import events, histogram
@@ -17,16 +17,22 @@ from .errors import TtcpError
 from .filter_table import FilterStats
 from .filters import Filter
 from .histogram import Histogram
+from .maps import Run, run_layout
 
-LineFormat = Callable[[bytes, int], str]
+# One record of a Run from RingBuffer.read_runs, as the table and as JSON need it.
+_TABLE_RUN = run_layout(events.TABLE_FIELDS, events.EVENT_SIZE)
+_JSON_RUN = run_layout(events.JSON_FIELDS, events.EVENT_SIZE)
 
 
 class Printer:
-    """Decodes ring-buffer records into lines; writes them once per drain.
+    """Formats ring-buffer records into lines; writes them once per drain.
 
-    `show` False (histogram mode) counts events without printing them; the
-    JSON lines for GET /events are made only when `json_wanted()` says a
-    client listens.
+    Records come as RingBuffer.read_runs gives them: runs of fixed-size
+    events are unpacked with one struct.iter_unpack each; a record of another
+    size is formatted alone (a short one is counted as undecodable, like one
+    that names no filter). `show` False (histogram mode) counts events
+    without printing them; the JSON lines for GET /events are made only when
+    the caller says a client listens.
     """
 
     def __init__(self, fmt: str, out: TextIO, show: bool = True) -> None:
@@ -37,61 +43,69 @@ class Printer:
         self.unwritten = 0
         self.reader_gone = False
         self._offset = events.wall_clock_offset_ns()
-        self._line: LineFormat = events.json_line if fmt == "json" else events.table_line
+        self._json = fmt == "json"
         self._pending: list[str] = []
 
-    def _lines(self, batch: list[bytes], fmt: LineFormat) -> list[str]:
+    def _lines(self, runs: list[Run], json: bool) -> list[str]:
         offset = self._offset
-        try:
-            return [fmt(raw, offset) for raw in batch]
-        except TtcpError:  # a record our program never sends: count it apart
-            out = []
-            for raw in batch:
+        lines_of = events.json_lines if json else events.table_lines
+        layout = _JSON_RUN if json else _TABLE_RUN
+        out: list[str] = []
+        for run in runs:
+            if not run.records:  # one record of another size, alone
                 try:
-                    out.append(fmt(raw, offset))
+                    out.append((events.json_line if json else events.table_line)(run.data, offset))
                 except TtcpError:
                     self.undecodable += 1
-            return out
+                continue
+            try:
+                out += lines_of(layout.iter_unpack(run.data), offset)
+            except TtcpError:  # a record our program never sends: count it apart
+                for row in layout.iter_unpack(run.data):
+                    try:
+                        out += lines_of((row,), offset)
+                    except TtcpError:
+                        self.undecodable += 1
+        return out
 
-    def records(self, batch: list[bytes], want_json: bool = False) -> list[str]:
+    def records(self, runs: list[Run], want_json: bool = False) -> list[str]:
         """Take a drained batch; returns its JSON lines when `want_json` (for
         event-stream clients), else []."""
         if self.show:
-            lines = self._lines(batch, self._line)
+            lines = self._lines(runs, self._json)
             self._pending += lines
             self.printed += len(lines)
-            if self._line is events.json_line:
+            if self._json:
                 return lines if want_json else []
-        else:
-            self.printed += len(self._lines(batch, _validate))
+        else:  # count what would have been printed: JSON checks every field
+            lines = self._lines(runs, True)
+            self.printed += len(lines)
+            if want_json:
+                return lines
         if not want_json:
             return []
         saved = self.undecodable
-        lines = self._lines(batch, events.json_line)
+        lines = self._lines(runs, True)
         self.undecodable = saved  # each record counted once
         return lines
 
     def flush(self) -> bool:
         """Write what is pending; False once the reader of stdout has gone
         (`ttcp | head`): from then on lines are counted as unwritten, not printed."""
-        if self._pending and not self.reader_gone:
+        lines = len(self._pending)
+        if lines and not self.reader_gone:
+            self._pending.append("")  # the last newline, without copying the joined text again
             try:
-                self.out.write("\n".join(self._pending) + "\n")
+                self.out.write("\n".join(self._pending))
                 self.out.flush()
             except BrokenPipeError:
                 self.reader_gone = True
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
         if self.reader_gone:
-            self.printed -= len(self._pending)
-            self.unwritten += len(self._pending)
+            self.printed -= lines
+            self.unwritten += lines
         self._pending.clear()
         return not self.reader_gone
-
-
-def _validate(raw: bytes, offset_ns: int) -> str:
-    """Decode only to count (histogram mode): FormatError for a record that is no event."""
-    events.decode(raw)
-    return ""
 
 
 class HistogramPrinter:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -255,8 +256,8 @@ class _Api:
     async def prometheus(self, request: web.Request) -> web.Response:
         if self.agent.metrics is None:
             raise ApiError(404, "no metrics in this agent")
-        text = metrics.render(self.agent.metrics())
-        return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
+        return web.Response(body=metrics.body(self.agent.metrics()),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def get_sampling(self, request: web.Request) -> web.Response:
         if self.agent.sampling is None:
@@ -418,8 +419,10 @@ _http_log = logging.getLogger("ttcp.http")
 _http_log.addFilter(_AiohttpReports())
 
 
-async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Listen on host:port; a bind failure becomes a one-line BindError.
+async def start(app: web.Application, host: str, port: int,
+                sockets: Sequence[socket.socket] = ()) -> web.AppRunner:
+    """Serve on `sockets` (already listening), or listen on host:port; a bind
+    failure becomes a one-line BindError.
 
     No access log: stdout belongs to the event stream. Handlers finish in
     microseconds, so a short shutdown timeout only cuts off slow clients
@@ -428,7 +431,9 @@ async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0, logger=_http_log)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in sockets]
+        for site in sites or [web.TCPSite(runner, host, port)]:
+            await site.start()
     except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
         await runner.cleanup()
         raise BindError(host, port, getattr(e, "errno", None), getattr(e, "strerror", None) or str(e)) from None

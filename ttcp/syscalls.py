@@ -13,9 +13,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import mmap
 import os
-import platform
 import re
 import resource
 from collections.abc import Callable
@@ -75,7 +75,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _syscall_numbers() -> tuple[int, int]:
-    machine = platform.machine()
+    machine = os.uname().machine
     try:
         return _SYSCALL_NUMBERS[machine]
     except KeyError:
@@ -177,6 +177,7 @@ def _parse_cpu_list(text: str) -> list[int]:
     return cpus
 
 
+@functools.cache  # fixed at boot; per-CPU map writes and reads ask for it every time
 def possible_cpus() -> int:
     """Number of possible CPUs: per-CPU map values hold one slot per possible CPU."""
     return len(_parse_cpu_list(Path("/sys/devices/system/cpu/possible").read_text()))

@@ -168,6 +168,11 @@ class Tracer:
         candidates = MODES if mode == "auto" else (mode,)
         last: BpfError | None = None
         for m in candidates:
+            refused = self._fentry_refused(programs[m]) if mode == "auto" and m == "fentry" else ""
+            if refused:
+                report.skipped.append((m, refused))
+                say(f"{what}{m} unavailable ({refused}); trying the next mode")
+                continue
             try:
                 attached = self._attach_mode(programs[m])
             except BpfError as e:
@@ -186,6 +191,14 @@ class Tracer:
         say(f"{what}attached via {report.mode} ({report.method})"
             + (f" after skipping {skipped}" if skipped else ""))
         return attached
+
+    def _fentry_refused(self, name: str) -> str:
+        """Where the kernel refuses fentry (ftrace locked down, no trampolines), a
+        two-instruction fentry program on the same function says so (why, or "")
+        before the real one is linked and relocated (tens of ms of CO-RE)."""
+        kind, btf_id = self.loader.attach_target(name)
+        probe = features.fentry(btf_id, kind.target)
+        return probe.detail if probe.supported is False else ""
 
     def _attach_mode(self, name: str) -> _Attached:
         prog = self.loader.load_program(name)
