@@ -166,10 +166,10 @@ class KernelFilterTable:
         """Give every filter's slot its generation on every CPU where it lacks it
         (a stats map pinned apart from its filters, or re-created): the program
         would otherwise never count into it. Counters that have it are kept."""
-        rows = self.stats_map.values_of(s.index for s in self._slots.values())
+        rows = self.stats_map.rows_of(s.index for s in self._slots.values())
         fresh = bytes(STATS_SIZE - STATS_HEAD.size)
         for slot in self._slots.values():
-            cpus = rows[slot.index]
+            cpus = self.stats_map.split(rows[slot.index])
             if any(STATS_HEAD.unpack_from(r)[0] != slot.gen for r in cpus):
                 self.stats_map.put_each(slot.index, [
                     r if STATS_HEAD.unpack_from(r)[0] == slot.gen else STATS_HEAD.pack(slot.gen, 0) + fresh
