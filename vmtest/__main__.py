@@ -43,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="2G", help="memory per guest (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per guest before it is killed (default: 1200, 5400 with --full)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="keep each guest's logs here (default: a temporary directory, removed)")
+    env_out = os.environ.get("VMTEST_OUT")
+    p.add_argument("--out", type=Path, default=Path(env_out) if env_out else None,
+                   help="keep each guest's logs and matrix.md here (default: $VMTEST_OUT, else a "
+                        "temporary directory, removed)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     return p
 
