@@ -201,7 +201,6 @@ def _address_text(f: Filter) -> str:
     return f"{text}/{f.bits - _V4_BITS}" if f.is_v4 else f"{text}/{f.bits}"
 
 
-@functools.lru_cache(maxsize=16384)
 @functools.lru_cache(maxsize=4096)  # /metrics and GET / name every filter in every answer
 def format_filter(f: Filter) -> str:
     """The canonical text: parse(format_filter(f)) == f."""
