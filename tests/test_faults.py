@@ -165,6 +165,8 @@ def test_cli_stopped_while_traffic_flows_accounts_for_every_event() -> None:
     printed, dropped = int(summary[1]), int(summary[2])
     assert printed == len(lines) and all(src in line for line in lines)
     assert printed + dropped == N_GENERATED and dropped > 0, t.stderr
+    why = re.search(r"dropped \((\d+) with the ring buffer full, (\d+) skipped by the kernel", t.stderr)
+    assert why and int(why[1]) + int(why[2]) == dropped and int(why[1]) > 0, t.stderr  # the reader stopped
     wait_gone(ids)
 
 

@@ -300,9 +300,14 @@ def _preload_server(timings: Timings) -> threading.Thread:
     return t
 
 
-def _summary(printer: Printer, dropped: int, histogram: bool) -> str:
+def _summary(printer: Printer, dropped: tuple[int, int], histogram: bool) -> str:
+    """`N events printed, M dropped`, and when M > 0 why: the ring buffer was full
+    (the reader fell behind; --ringbuf-size) or the kernel skipped runs."""
     verb = "read (histogram mode)" if histogram else "printed"
-    return (f"{printer.printed} events {verb}, {dropped} dropped"
+    full, skipped = dropped
+    why = (f" ({full} with the ring buffer full, {skipped} skipped by the kernel: a BPF program "
+           "was already running on that CPU)") if full + skipped else ""
+    return (f"{printer.printed} events {verb}, {full + skipped} dropped{why}"
             + (f", {printer.undecodable} undecodable" if printer.undecodable else "")
             + (f", {printer.unwritten} not written (stdout closed)" if printer.reader_gone else ""))
 
@@ -430,7 +435,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
 
             asyncio.run(agent.serve(signals.stop_requested, preload, on_ready=header_out, on_api=api_up))
             agent.print_totals()
-            dropped = tracer.drops()
+            dropped = (tracer.ring_full(), tracer.recursion_misses())
     finally:
         for sock in sockets:  # the server closed them; not if it never started
             sock.close()

@@ -217,10 +217,15 @@ class Tracer:
 
     def drops(self) -> int:
         """Events lost: ring-buffer reservation failures plus runs the kernel skipped."""
-        lost = self._drops.sum_u64(0) if self._drops is not None else 0
-        return lost + self.recursion_misses()
+        return self.ring_full() + self.recursion_misses()
+
+    def ring_full(self) -> int:
+        """Events the program could not reserve room for (the reader fell behind)."""
+        return self._drops.sum_u64(0) if self._drops is not None else 0
 
     def recursion_misses(self) -> int:
+        """Runs the kernel skipped because a BPF program was already running on
+        that CPU (a socket freed in an interrupt that came during a run)."""
         if self._main is None or not features.recursion_misses().supported:
             return 0
         return syscalls.prog_info(self.prog_fd()).recursion_misses
