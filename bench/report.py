@@ -170,7 +170,8 @@ def kept(res: dict[str, Any]) -> list[list[str]]:
         [(f"{nl.get('n', 0):,} connections: printed + dropped = 2 × connections (less handshakes "
          "retransmitted meanwhile), dropped = 0, stdout = printed"),
          "exact, 0", (f"{nl.get('printed')} + {nl.get('dropped')} of {nl.get('expected')} "
-                     f"({nl.get('handshake_retransmits', '-')} retransmitted)"),
+                     f"({nl.get('handshake_retransmits', '-')} retransmitted; dropped: "
+                     f"{nl.get('ring_full', '-')} ring full, {nl.get('kernel_skipped', '-')} skipped by the kernel)"),
          _ok(None if nl.get("printed") is None else bool(nl.get("exact")) and nl.get("dropped") == 0)],
         ["API GET (9 filters), 50 concurrent clients", "≥ 3,000 req/s, p99 ≤ 20 ms",
          f"{_f(get.get('req_per_s'), ',.0f')} req/s, p99 {_f(get.get('p99_ms'), '.1f')} ms",
@@ -389,7 +390,8 @@ def render(res: dict[str, Any]) -> str:
               (f"{nl.get('n', 0):,} connections at {_f(nl.get('rate'), ',.0f')} conn/s "
               f"({_f(nl.get('seconds'), '.1f')} s, {nl.get('failures')} failed), "
               f"{DEFAULT_RINGBUF_SIZE >> 20} MiB ring (the default): "
-              f"ttcp printed {nl.get('printed')}, dropped {nl.get('dropped')}; lines in its output "
+              f"ttcp printed {nl.get('printed')}, dropped {nl.get('dropped')} ({nl.get('ring_full', '-')} "
+              f"with the ring full, {nl.get('kernel_skipped', '-')} runs the kernel skipped); lines in its output "
               f"{nl.get('lines')}; expected {nl.get('expected')}; handshakes retransmitted machine-wide "
               f"meanwhile {nl.get('handshake_retransmits', '-')} (such a socket has no RTT sample and is "
               f"not reported). CPU "

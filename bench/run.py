@@ -66,6 +66,7 @@ from ttcp import syscalls
 PACKAGES = ["bpfcc-tools", "python3-bpfcc", "bpftrace", "libbpf-tools", "linux-headers-amd64"]
 API_CLIENT = "127.0.7.10"  # source of the API clients (not a filter)
 SUMMARY = re.compile(r"ttcp: (\d+) events printed, (\d+) dropped")
+DROP_REASONS = re.compile(r"dropped \((\d+) with the ring buffer full, (\d+) skipped by the kernel")
 
 
 def ensure_packages() -> None:
@@ -200,8 +201,10 @@ def no_loss(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, n: int) -> d
     rss = st.get("VmHWM")
     m = SUMMARY.search(run.stderr_text())
     printed, dropped = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    why = DROP_REASONS.search(run.stderr_text())  # only when dropped > 0
     res = {"n": n, "rate": rate, "seconds": secs, "failures": fails, "expected": 2 * n,
            "printed": printed, "dropped": dropped, "lines": run.events(),
+           "ring_full": int(why.group(1)) if why else 0, "kernel_skipped": int(why.group(2)) if why else 0,
            "cpu_s": (c1 - c0) if c0 is not None and c1 is not None else None,
            "rss_idle_kb": rss_idle, "rss_kb": rss, "rss_anon_kb": st.get("RssAnon"),
            "rss_file_kb": st.get("RssFile"), "rss_bpf_maps_kb": ring_kb, "handshake_retransmits": retrans}

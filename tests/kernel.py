@@ -94,7 +94,8 @@ def bpf_loop() -> Probe:
                                 name="ttcp_loop")
     except BpfError as e:
         if re.search(r"invalid func|unknown func", e.log):
-            return Probe("bpf_loop", False, e.log_tail(1))
+            line = next((ln for ln in e.log.splitlines() if re.search(r"invalid func|unknown func", ln)), "")
+            return Probe("bpf_loop", False, f"the verifier does not know the helper ({line.strip()})")
         if not e.log:
             return Probe("bpf_loop", None, str(e).splitlines()[0])
         return Probe("bpf_loop", True)
