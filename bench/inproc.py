@@ -242,7 +242,9 @@ def sampling_cost(gen: LoadGen, nbytes: int, pairs: int, workdir: Path) -> dict[
     `--sample` picks here): `pairs` pairs of bulk transfers of `nbytes` through one
     connection whose two ends are filtered, sampling off and on, in turns (off-on,
     on-off, ...); slowdown = 1 - median(on/off); the sampler's ns per sampled
-    segment over the on runs. Then, between unfiltered addresses, the sampler beside
+    segment over the on runs. A third arm in the same turns attaches an empty
+    program to the same hook instead: its "slowdown" is the hook's own cost plus the
+    noise floor of this measurement. Then, between unfiltered addresses, the sampler beside
     one hash lookup on the same hook and traffic (bench/floor.bpf.c floor_lookup)
     and an empty program there."""
     out: dict[str, Any] = {"bytes": nbytes, "pairs": pairs}
@@ -255,27 +257,35 @@ def sampling_cost(gen: LoadGen, nbytes: int, pairs: int, workdir: Path) -> dict[
         loaded = tr.loader.load_program(SAMPLER_OF_MODE[out["mode"]])
         sampler = _Prog("ttcp sampler", loaded.fd,
                         lambda: attach(loaded.kind, loaded.fd, loaded.attach_btf_id), None)
+        empty = _empty("tcp_probe")
+        progs = [empty]  # closed below
         _bulk(gen, BULK_SRC, BULK_DST, nbytes // 4)  # warm-up
-        off, on, ns, cnt = [], [], 0, 0
+        off, on, bare, ns, cnt = [], [], [], 0, 0
         samples0 = _sampled(tr)
+        arms = ("off", "on", "empty")
         for i in range(pairs):
-            for sampling in ((False, True) if i % 2 == 0 else (True, False)):
-                if not sampling:
+            for arm in arms[i % 3:] + arms[:i % 3]:  # each arm first, second and third in turn
+                if arm == "off":
                     off.append(_bulk(gen, BULK_SRC, BULK_DST, nbytes))
-                    continue
-                with _attached(sampler):
-                    ns0, cnt0 = _runs(sampler.fd)
-                    on.append(_bulk(gen, BULK_SRC, BULK_DST, nbytes))
-                    ns1, cnt1 = _runs(sampler.fd)
-                ns, cnt = ns + ns1 - ns0, cnt + cnt1 - cnt0
-        out.update(off_Bps=median(off), on_Bps=median(on), runs_off=off, runs_on=on,
+                elif arm == "empty":
+                    with _attached(empty):
+                        bare.append(_bulk(gen, BULK_SRC, BULK_DST, nbytes))
+                else:
+                    with _attached(sampler):
+                        ns0, cnt0 = _runs(sampler.fd)
+                        on.append(_bulk(gen, BULK_SRC, BULK_DST, nbytes))
+                        ns1, cnt1 = _runs(sampler.fd)
+                    ns, cnt = ns + ns1 - ns0, cnt + cnt1 - cnt0
+        out.update(off_Bps=median(off), on_Bps=median(on), empty_Bps=median(bare), runs_off=off, runs_on=on,
+                   runs_empty=bare,
                    slowdown_pct=100 * (1 - median(a / b for a, b in zip(on, off, strict=True))),
+                   empty_slowdown_pct=100 * (1 - median(a / b for a, b in zip(bare, off, strict=True))),
                    sampled_ns=ns / cnt if cnt else None, segments_per_gb=cnt / pairs / (nbytes / 1e9),
                    samples=_sampled(tr) - samples0, sampler_runs=cnt)
         log(f"   sampling ({out['mode']}): {median(off) / 1e9:.2f} -> {median(on) / 1e9:.2f} GB/s "
             f"({out['slowdown_pct']:.1f}%), {out['sampled_ns'] or -1:.0f} ns per sampled segment")
         floor = _floor(workdir)
-        progs = [sampler, _from_object(floor, "floor_lookup", "one lookup"), _empty("tcp_probe")]
+        progs = [sampler, _from_object(floor, "floor_lookup", "one lookup"), empty]
         nonmatch: dict[str, list[float]] = {p.name: [] for p in progs}
         for _ in range(max(2, pairs // 2)):
             for prog in progs:
@@ -291,8 +301,8 @@ def sampling_cost(gen: LoadGen, nbytes: int, pairs: int, workdir: Path) -> dict[
     except (TtcpError, subprocess.CalledProcessError) as e:
         out["error"] = str(e).splitlines()[0]
     finally:
-        if len(progs) == 3:
-            syscalls.close(progs[2].fd)  # the empty program; the others belong to their loaders
+        if progs:
+            syscalls.close(progs[-1].fd)  # the empty program; the others belong to their loaders
         if floor is not None:
             floor.close()
         tr.close()

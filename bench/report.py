@@ -110,6 +110,9 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
              "throughput on ÷ off (median of pairs), slowdown", "≤ 3 %",
              _x(_gb(smp.get("on_Bps")), _gb(smp.get("off_Bps")), ".2f", " GB/s"),
              smp.get("slowdown_pct"), _le(smp.get("slowdown_pct"), 3), ".1f"),
+        _row("", "context: the same measurement with an empty program on the hook instead (noise floor)", "-",
+             _x(_gb(smp.get("empty_Bps")), _gb(smp.get("off_Bps")), ".2f", " GB/s"),
+             smp.get("empty_slowdown_pct"), None, ".1f"),
         _row("13", "live sampling, non-matching sockets: sampler ÷ one hash lookup on the same hook",
              "≤ 1 (near one lookup)", _x(nonm.get("ttcp sampler"), nonm.get("one lookup"), ".0f", ns),
              r_lookup, _le(r_lookup, 1.0)),
@@ -294,7 +297,10 @@ def sampling(res: dict[str, Any]) -> list[str]:
          f"{smp.get('sampler_runs'):,} times ({_f(smp.get('segments_per_gb'), ',.0f')} per GB: a segment "
          f"received by either socket) at {_f(smp.get('sampled_ns'), '.0f')} ns each, every run a sample "
          f"({smp.get('samples'):,} in the two filters' histograms): "
-         f"{_f(_share(smp), '.2f')} % of the on runs' wall time."), "",
+         f"{_f(_share(smp), '.2f')} % of the on runs' wall time. Control arm, in the same turns: an empty "
+         f"program on the same hook, GB/s {', '.join(f'{x / 1e9:.2f}' for x in smp.get('runs_empty', []))}; "
+         f"median \"slowdown\" {_f(smp.get('empty_slowdown_pct'), '.1f')} % (the hook's own cost plus this "
+         "measurement's noise floor)."), "",
         *_table(["non-matching sockets (sampling on, no filter selects the transfer)", "ns/run, median"],
                 [["ttcp's sampler", _f(nonm.get("ttcp sampler"), ".0f")],
                  ["one hash lookup of the socket's address (bench/floor.bpf.c floor_lookup)",

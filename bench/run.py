@@ -381,7 +381,7 @@ def main() -> int:
          "api_clients": 50, "api_seconds": 2.0 if q else 3.0, "api_rounds": 1 if q else 3, "api_filters": 1000,
          "metrics_clients": 1, "metrics_seconds": 2.0 if q else 5.0,
          "phase_reps": 2 if q else 5, "bulk_bytes": 500_000_000 if q else 2_000_000_000,
-         "bulk_pairs": 2 if q else 7}
+         "bulk_pairs": 3 if q else 9}
     ensure_packages()
     workdir = Path(os.environ.get("BENCH_OUT") or tempfile.mkdtemp(prefix="ttcp-bench."))
     workdir.mkdir(parents=True, exist_ok=True)
