@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import logging
 import os
 import signal
@@ -394,6 +395,10 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
     printer = Printer(args.format, out, show=args.histogram is None)
     histograms = HistogramPrinter(out, ms=args.ms) if args.histogram is not None else None
     timings.phase("setup")
+    if not args.no_api and importlib.util.find_spec("aiohttp") is None:
+        # The server is imported after the header; a missing package must fail before it.
+        raise TtcpError("the HTTP API needs aiohttp, which is not installed: pip install aiohttp "
+                        "(or run with --no-api)")
     sockets = [] if args.no_api else _listen(args.host, args.port)
     timings.phase("listen")
     try:
