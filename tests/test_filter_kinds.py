@@ -16,6 +16,7 @@ from tests.tracing import collect
 from tests.traffic import Conn, Server, connect_many, connect_once
 from ttcp import events
 from ttcp import filters as F
+from ttcp.filter_table import CONFIG, STALE_HOST_BITS
 from ttcp.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
@@ -178,3 +179,47 @@ def test_a_host_whose_bitmap_bit_is_clear_is_never_looked_up(tracer: Tracer) -> 
     with Server("127.0.48.1") as srv:
         connect_many(srv, hidden, 2)
     assert sorted(e.filter for e in collect(tracer)) == ["127.0.48.1"] * 2 + [hidden] * 2
+
+
+def _kernel_cfg(t: Tracer) -> tuple[int, list[int]]:
+    assert t.table is not None
+    kinds, raw = CONFIG.unpack(t.table.config.get(0))
+    half = F.HOST_BITS // 8
+    return kinds, [int.from_bytes(raw[:half], "little"), int.from_bytes(raw[half:], "little")]
+
+
+def _exact_cfg(t: Tracer) -> tuple[int, list[int]]:
+    assert t.table is not None
+    kinds, bits = 0, [0, 0]
+    for f in t.table.filters():
+        kinds |= f.kind_bit
+        if f.is_host:
+            bits[f.side - 1] |= 1 << F.host_bit(f.addr)
+    return kinds, bits
+
+
+def test_removals_keep_kinds_exact_and_few_stale_host_bits(tracer: Tracer) -> None:
+    """Removing a host may leave its bit in the kernel's cfg (a lookup that
+    misses, no cfg write for an API client toggling addresses), never more than
+    STALE_HOST_BITS of them; the kinds are exact after every change, and every
+    held host's bit is always set."""
+    assert tracer.table is not None
+    add(tracer, "127.0.49.1", "dst 127.0.49.2")
+    stale_seen = []
+    for batch in (50, 51):  # 2 x 60 hosts removed: more stale bits than may be kept
+        many = [f"127.0.{batch}.{i}" for i in range(60)]
+        add(tracer, *many)
+        for text in [*many, "dst 127.0.49.2"] if batch == 51 else many:
+            tracer.table.remove([F.parse(text)])
+            (kinds, bits), (want_kinds, want_bits) = _kernel_cfg(tracer), _exact_cfg(tracer)
+            assert kinds == want_kinds, text
+            assert all(w & ~b == 0 for b, w in zip(bits, want_bits, strict=True)), text
+            stale = sum((b & ~w).bit_count() for b, w in zip(bits, want_bits, strict=True))
+            assert stale <= STALE_HOST_BITS, text
+            stale_seen.append(stale)
+    assert max(stale_seen) > 0  # removals skipped cfg writes
+    assert any(b < a for a, b in zip(stale_seen, stale_seen[1:])), stale_seen  # and past the limit, wrote it exact
+    assert _kernel_cfg(tracer)[0] & F.parse("dst 127.0.49.2").kind_bit == 0  # its kind left with it
+    with Server("127.0.49.1") as srv:  # what is held still reports
+        connect_many(srv, "127.0.49.3", 2)
+    assert [e.filter for e in collect(tracer)] == ["127.0.49.1"] * 2
