@@ -68,7 +68,7 @@ def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
     except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
         for sock in socks:
             sock.close()
-        raise BindError(host, port, getattr(e, "errno", None), getattr(e, "strerror", None) or str(e)) from None
+        raise BindError.of(host, port, e) from None
     return socks
 
 
@@ -137,9 +137,7 @@ class Agent:
     def metrics(self) -> Snapshot:
         table = self.tracer.table
         assert table is not None
-        fs = table.filters()
-        stats = table.stats(fs)
-        series = [FilterSeries(str(f), s.closed, s.sampled) for f in fs if (s := stats.get(f)) is not None]
+        series = [FilterSeries(str(f), s.closed, s.sampled) for f, s in self._stats().items()]
         return Snapshot(series, events_total=self.printer.printed, events_dropped=self.tracer.drops(),
                         filters_max=table.max_entries, attach_mode=self.tracer.report.mode,
                         version=self.version, sampling=self.tracer.sampling_enabled,

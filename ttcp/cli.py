@@ -231,8 +231,8 @@ class Timings:
     """Start-up phases on stderr once the API answers, when TTCP_TIMINGS=1 (used by
     `make bench`).
 
-    `ttcp: timings exec=S setup=S listen=S object=S maps=S attach=S ready=S aiohttp@=S
-    api@=S t_main=MONO`: exec is the process's age when main() began (interpreter
+    `ttcp: timings exec=S setup=S listen=S object=S maps=S attach=S aiohttp@=S api@=S
+    ready=S t_main=MONO`: exec is the process's age when main() began (interpreter
     and imports; clock-tick resolution); each phase is the seconds since the
     previous one; NAME@ a moment in seconds since main(); ready the seconds from
     main() to the header; t_main the CLOCK_MONOTONIC stamp of main().

@@ -40,6 +40,11 @@ class BindError(TtcpError):
         endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         super().__init__(f"cannot serve the API on {endpoint}: {reason}")
 
+    @classmethod
+    def of(cls, host: str, port: int, e: OSError | UnicodeError) -> BindError:
+        """From what socket/bind/listen raised (UnicodeError: a host IDNA cannot encode)."""
+        return cls(host, port, getattr(e, "errno", None), getattr(e, "strerror", None) or str(e))
+
 
 class CoreRelocationError(TtcpError):
     """A CO-RE relocation that cannot be applied (ambiguous, malformed, or

@@ -59,8 +59,7 @@ class Event:
 
 def decode(record: bytes | memoryview) -> Event:
     """Decode one ring-buffer record; FormatError if it is not an event."""
-    if len(record) < EVENT_SIZE:
-        raise FormatError("event", f"record of {len(record)} bytes, expected {EVENT_SIZE}")
+    _checked(record)
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
      sport, dport, family, hook, side, bits, has_port) = _EVENT.unpack_from(record)
     return Event(address_text(saddr), address_text(daddr), ts, acked, received, srtt, rttvar,
@@ -76,8 +75,6 @@ def wall_clock_offset_ns() -> int:
 def format_ms(us: int) -> str:
     """Microseconds as milliseconds with exactly three decimals, no float."""
     return f"{us // 1000}.{us % 1000:03d}"
-
-
 
 
 # ---- the print path -------------------------------------------------------------------

@@ -13,9 +13,10 @@ keeps it in the program's maps (see bpf/tcprtt.bpf.c):
   exist, so the program skips every lookup that cannot match, and
   `cfg.host_bits` holds one bit per exact address of each side
   (filters.host_bit), so a socket whose bit is clear costs no hash lookup.
-  Both are rewritten whole: before an add (the new filters' bits and kinds
-  already in, so they match from the moment they enter the maps) and after
-  every change (what is left).
+  Both are written whole, before an add (the new filters' bits and kinds
+  already in, so they match from the moment they enter the maps) and after a
+  change that leaves them wrong: the kinds always exact, the bits allowed to
+  keep up to STALE_HOST_BITS bits of removed addresses (_write_config).
 
 ttcp is the only writer of these maps (the API runs on one thread, and a
 pinned table is locked to one process), so the table keeps an index of what
@@ -217,7 +218,7 @@ class KernelFilterTable:
     # ---- writing ----
 
     def _map_of(self, f: Filter) -> tuple[HashMap[bytes, bytes], bytes]:
-        return (self.hosts, F.host_key(f)) if f.is_host else (self.nets, F.net_key(f))
+        return (self.hosts if f.is_host else self.nets), _key_of(f)
 
     def add(self, fs: Sequence[Filter]) -> list[Filter]:
         new = list(dict.fromkeys(f for f in fs if f not in self._slots))
@@ -318,6 +319,11 @@ class KernelFilterTable:
         self._written = (kinds, *bits)
 
 
+def _key_of(f: Filter) -> bytes:
+    """f's key in its map: `hosts` for an exact address, `nets` for a network."""
+    return F.host_key(f) if f.is_host else F.net_key(f)
+
+
 def _held_slots(hosts: HashMap[bytes, bytes] | None,
                 nets: HashMap[bytes, bytes] | None) -> Iterator[tuple[Filter, _Slot]]:
     """Every filter the maps hold, with the counter slot its value names."""
@@ -351,8 +357,7 @@ def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, byte
         stats.put_each(new, stats.values(slot.index))
         target = hosts if f.is_host else nets
         assert target is not None  # f came from it
-        key = F.host_key(f) if f.is_host else F.net_key(f)
-        target.put(key, F.VALUE.pack(new, slot.gen, f.bits), only_existing=True)
+        target.put(_key_of(f), F.VALUE.pack(new, slot.gen, f.bits), only_existing=True)
         stats.put_all(slot.index, bytes(STATS_SIZE))
         moved += 1
     return moved

@@ -104,20 +104,18 @@ def body(s: Snapshot) -> bytes:
     parts += [_cached(used, _matches, "ttcp_filter_matches_total", f.filter, f.closed.count)
               for f in s.filters]
     _blocks = used
-    lines = _head("ttcp_events_total", "counter", "Events read from the kernel and printed.")
-    lines.append(f"ttcp_events_total {s.events_total}")
-    lines += _head("ttcp_events_dropped_total", "counter",
-                   "Events the kernel could not queue (ring buffer full) or runs it skipped.")
-    lines.append(f"ttcp_events_dropped_total {s.events_dropped}")
-    lines += _head("ttcp_event_stream_clients_dropped_total", "counter",
-                   "GET /events clients disconnected for falling behind.")
-    lines.append(f"ttcp_event_stream_clients_dropped_total {s.stream_clients_dropped}")
-    lines += _head("ttcp_filters", "gauge", "Filters in the table.")
-    lines.append(f"ttcp_filters {len(s.filters)}")
-    lines += _head("ttcp_filters_max", "gauge", "Size of the filter table.")
-    lines.append(f"ttcp_filters_max {s.filters_max}")
-    lines += _head("ttcp_sampling", "gauge", "1 while live RTT sampling is on.")
-    lines.append(f"ttcp_sampling {int(s.sampling)}")
+    lines: list[str] = []
+    for name, kind, help_text, value in (
+            ("ttcp_events_total", "counter", "Events read from the kernel and printed.", s.events_total),
+            ("ttcp_events_dropped_total", "counter",
+             "Events the kernel could not queue (ring buffer full) or runs it skipped.", s.events_dropped),
+            ("ttcp_event_stream_clients_dropped_total", "counter",
+             "GET /events clients disconnected for falling behind.", s.stream_clients_dropped),
+            ("ttcp_filters", "gauge", "Filters in the table.", len(s.filters)),
+            ("ttcp_filters_max", "gauge", "Size of the filter table.", s.filters_max),
+            ("ttcp_sampling", "gauge", "1 while live RTT sampling is on.", int(s.sampling))):
+        lines += _head(name, kind, help_text)
+        lines.append(f"{name} {value}")
     lines += _head("ttcp_info", "gauge", "The attach mode in use and ttcp's version.")
     lines.append(f'ttcp_info{{attach_mode="{escape_label(s.attach_mode)}",'
                  f'version="{escape_label(s.version)}"}} 1')

@@ -100,7 +100,7 @@ class Printer:
                 self.out.flush()
             except BrokenPipeError:
                 self.reader_gone = True
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+                _to_devnull(self.out)
         if self.reader_gone:
             self.printed -= lines
             self.unwritten += lines
@@ -152,9 +152,19 @@ class HistogramPrinter:
             self.out.write(text)
             self.out.flush()
         except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+            _to_devnull(self.out)
             return False
         return True
+
+
+def _to_devnull(out: TextIO) -> None:
+    """stdout's reader has gone: point its descriptor at /dev/null, so that what
+    Python still holds in its buffer (and the flush at exit) raises nothing."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, out.fileno())
+    finally:
+        os.close(null)
 
 
 def _minus(h: Histogram, before: Histogram) -> Histogram:

@@ -436,7 +436,7 @@ async def start(app: web.Application, host: str, port: int,
             await site.start()
     except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
         await runner.cleanup()
-        raise BindError(host, port, getattr(e, "errno", None), getattr(e, "strerror", None) or str(e)) from None
+        raise BindError.of(host, port, e) from None
     return runner
 
 
