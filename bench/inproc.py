@@ -33,16 +33,18 @@ from common import (
     median,
 )
 
-from ttcp import asm, events, syscalls
-from ttcp import filters as F
-from ttcp.attach import attach
-from ttcp.btf import KIND_TYPEDEF
+from ttcp import syscalls
 from ttcp.elf_loader import ObjectLoader, read_vmlinux_btf
 from ttcp.errors import TtcpError
+from ttcp.kernel.attach import attach
 from ttcp.maps import RingBuffer
+from ttcp.obj import asm
+from ttcp.obj.btf import KIND_TYPEDEF
+from ttcp.obj.sections import classify
 from ttcp.output import Printer
-from ttcp.sections import classify
-from ttcp.tracer import DEFAULT_RINGBUF_SIZE, PROGRAM_OF_MODE, SAMPLER_OF_MODE, Tracer
+from ttcp.rtt import events
+from ttcp.rtt import filters as F
+from ttcp.rtt.tracer import DEFAULT_RINGBUF_SIZE, PROGRAM_OF_MODE, SAMPLER_OF_MODE, Tracer
 
 EMPTY_PROGRAM = asm.RETURN_0  # r0 = 0; exit: the cheapest program the hook can run
 RING = 8 << 20  # holds every event of a window: each matching run sends its event

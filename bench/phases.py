@@ -16,9 +16,9 @@ import time
 t_start = time.perf_counter()
 
 from ttcp import elf_loader
-from ttcp.attach import attach
 from ttcp.errors import TtcpError
-from ttcp.tracer import PROGRAM_OF_MODE, default_object
+from ttcp.kernel.attach import attach
+from ttcp.rtt.tracer import PROGRAM_OF_MODE, default_object
 
 
 def main() -> None:

@@ -263,7 +263,7 @@ def _ttcp_with(tool: Tool, addrs: list[str]) -> Tool:
 
 def _listing(workdir: Path, addrs: list[str]) -> Path:
     """The JSON list ttcp's GET / answers for these host filters (same order)."""
-    from ttcp import filters as F
+    from ttcp.rtt import filters as F
     path = workdir / f"listing{len(addrs)}.json"
     path.write_text(json.dumps([str(f) for f in sorted((F.parse(a) for a in addrs), key=F.order_key)]))
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ttcp.elf_object import read_object
+from ttcp.obj.elf import read_object
 
 
 def main(shipped: str, rebuilt: str) -> int:

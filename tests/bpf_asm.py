@@ -3,7 +3,8 @@ behaviour, so kernel-facing code is exercised without clang."""
 
 from __future__ import annotations
 
-from ttcp.asm import (  # noqa: F401 - the tests' one vocabulary for instructions
+from ttcp.kernel.uapi import Helper, PseudoSrc
+from ttcp.obj.asm import (  # noqa: F401 - the tests' one vocabulary for instructions
     R0,
     R1,
     R2,
@@ -25,7 +26,6 @@ from ttcp.asm import (  # noqa: F401 - the tests' one vocabulary for instruction
     mov_imm,
     mov_reg,
 )
-from ttcp.uapi import Helper, PseudoSrc
 
 TRIVIAL = RETURN_0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from ttcp.btf import BTF_MAGIC, KINDS
+from ttcp.obj.btf import BTF_MAGIC, KINDS
 
 KIND = {k.name: k.number for k in KINDS}  # the builder spells kinds as libbpf names them
 

@@ -12,8 +12,8 @@ import struct
 from typing import NamedTuple
 
 from tests.objects import SHIPPED
-from ttcp.btf import INT_SIGNED, KIND_STRUCT, KIND_UNION, Btf, Int
-from ttcp.elf_object import read_object
+from ttcp.obj.btf import INT_SIGNED, KIND_STRUCT, KIND_UNION, Btf, Int
+from ttcp.obj.elf import read_object
 
 
 class Field(NamedTuple):

@@ -27,10 +27,11 @@ import pytest
 
 from tests import kernel_objects
 from tests.kernel import SKIP_PREFIX
-from ttcp import elf_loader, features, syscalls
-from ttcp.btf import Btf
+from ttcp import elf_loader, syscalls
 from ttcp.errors import BpfError
-from ttcp.uapi import MapType
+from ttcp.kernel import features
+from ttcp.kernel.uapi import MapType
+from ttcp.obj.btf import Btf
 
 pytest_plugins = ("tests.tracing",)  # the `tracer` fixture, one per attach mode
 

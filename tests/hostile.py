@@ -24,15 +24,15 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from tests.btf_builder import BtfBuilder, BtfExtBuilder
-from ttcp import asm
-from ttcp import btf as B
-from ttcp.asm import insn
-from ttcp.btf import Btf
-from ttcp.btf_ext import BtfExt, CoreRelo, encode_func_info, encode_line_info
-from ttcp.btf_fixup import fixed_for_kernel
-from ttcp.core import CoreResolver, insn_class_label, patch_insn
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import TtcpError
+from ttcp.obj import asm
+from ttcp.obj import btf as B
+from ttcp.obj.asm import insn
+from ttcp.obj.btf import Btf
+from ttcp.obj.btf_ext import BtfExt, CoreRelo, encode_func_info, encode_line_info
+from ttcp.obj.btf_fixup import fixed_for_kernel
+from ttcp.obj.core import CoreResolver, insn_class_label, patch_insn
 
 SHIPPED = Path(__file__).parent.parent / "ttcp" / "data" / "tcprtt.bpf.o"
 CORPUS = Path(__file__).parent / "fuzz_corpus"

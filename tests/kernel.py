@@ -18,12 +18,14 @@ import re
 
 import pytest
 
-from ttcp import asm, elf_loader, features, syscalls
-from ttcp.btf import KIND_FUNC, KIND_TYPEDEF, Btf
+from ttcp import elf_loader, syscalls
 from ttcp.errors import BpfError
-from ttcp.features import Probe
-from ttcp.tracer import MODES
-from ttcp.uapi import Helper, ProgType
+from ttcp.kernel import features
+from ttcp.kernel.features import Probe
+from ttcp.kernel.uapi import Helper, ProgType
+from ttcp.obj import asm
+from ttcp.obj.btf import KIND_FUNC, KIND_TYPEDEF, Btf
+from ttcp.rtt.tracer import MODES
 
 SKIP_PREFIX = "kernel feature "  # every probe's reason starts so; conftest keys on it
 TIMEOUT_SCALE = max(1.0, float(os.environ.get("TTCP_TIMEOUT_SCALE", "1") or 1))
@@ -76,7 +78,7 @@ def mode_probe(mode: str) -> Probe:
 
 
 def tracing_link_probe() -> Probe:
-    from ttcp.uapi import AttachType
+    from ttcp.kernel.uapi import AttachType
     return features.tracing_link_create(AttachType.TRACE_RAW_TP,
                                         _first_id("btf_trace_tcp_destroy_sock", KIND_TYPEDEF))
 

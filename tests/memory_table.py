@@ -1,6 +1,6 @@
 """A FilterTable in memory, for the API's own tests (no root, no kernel).
 
-It follows the protocol of ttcp.filter_table exactly — the same errors, the
+It follows the protocol of ttcp.rtt.filter_table exactly — the same errors, the
 same all-or-nothing rules, the same listing order — and lets a test set a
 filter's counters. tests/test_server.py runs a set of its tests against the
 real KernelFilterTable too, so the two cannot drift apart.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ttcp import filters as F
-from ttcp.filter_table import FilterStats, NotInTableError, TableFullError
-from ttcp.filters import Filter
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import FilterStats, NotInTableError, TableFullError
+from ttcp.rtt.filters import Filter
 
 
 class MemoryFilterTable:

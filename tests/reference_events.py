@@ -1,12 +1,12 @@
 """The plain way to format a decoded event: the reference the fast print path
-(ttcp.events.table_line / json_line, straight from record bytes) must equal."""
+(ttcp.rtt.events.table_line / json_line, straight from record bytes) must equal."""
 
 from __future__ import annotations
 
 import json
 import time
 
-from ttcp.events import AF_INET6, HOOKS, Event, format_ms
+from ttcp.rtt.events import AF_INET6, HOOKS, Event, format_ms
 
 
 def format_table(ev: Event, offset_ns: int) -> str:

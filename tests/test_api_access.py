@@ -36,10 +36,11 @@ from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import scaled
 from tests.memory_table import MemoryFilterTable
 from tests.test_server import OPENAPI, _health, _mono_to_wall
-from ttcp import metrics, server
-from ttcp.api_token import Token, TokenFileError, read_token_file
-from ttcp.event_stream import EventHub
-from ttcp.host_names import host_allowed, is_loopback, normalize_name
+from ttcp import server
+from ttcp.api import metrics
+from ttcp.api.event_stream import EventHub
+from ttcp.api.host_names import host_allowed, is_loopback, normalize_name
+from ttcp.api.token import Token, TokenFileError, read_token_file
 
 TOKEN = "t0k3n-for-the-tests-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -293,7 +294,7 @@ def test_the_token_is_compared_with_compare_digest_on_bytes(monkeypatch: pytest.
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("ttcp.api_token.hmac.compare_digest", spy)
+    monkeypatch.setattr("ttcp.api.token.hmac.compare_digest", spy)
 
     async def scenario(api: Api) -> None:
         assert (await api.call("GET", "/", headers={"Authorization": "Bearer nope"}))[0] == 401
@@ -427,7 +428,7 @@ def test_unreadable_token_file(tmp_path: Path) -> None:
         if subprocess.run(["setpriv", "--help"], capture_output=True, check=False).returncode != 0:
             pytest.skip("setpriv (util-linux) is not installed")
         locked.chmod(0o700)
-        code = f"from ttcp.api_token import read_token_file; read_token_file({str(path)!r})"
+        code = f"from ttcp.api.token import read_token_file; read_token_file({str(path)!r})"
         r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                             code], cwd=REPO, capture_output=True, text=True, check=False,
                            env=dict(os.environ, PYTHONPATH=REPO))

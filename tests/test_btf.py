@@ -1,4 +1,4 @@
-"""ttcp.btf: decoding every kind, lookups, malformed blobs."""
+"""ttcp.obj.btf: decoding every kind, lookups, malformed blobs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.btf_builder import BtfBuilder
-from ttcp import btf as B
-from ttcp.btf import Btf, essential_name
-from ttcp.btf.index import REGEX_MIN_BYTES
-from ttcp.btf_fixup import fixed_for_kernel
 from ttcp.errors import FormatError
+from ttcp.obj import btf as B
+from ttcp.obj.btf import Btf, essential_name
+from ttcp.obj.btf.index import REGEX_MIN_BYTES
+from ttcp.obj.btf_fixup import fixed_for_kernel
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 

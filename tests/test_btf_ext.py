@@ -1,4 +1,4 @@
-"""ttcp.btf_ext: parsing, rebasing for PROG_LOAD, malformed sections."""
+"""ttcp.obj.btf_ext: parsing, rebasing for PROG_LOAD, malformed sections."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.btf_builder import BtfBuilder, BtfExtBuilder
-from ttcp.btf import Btf
-from ttcp.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfo, encode_func_info, encode_line_info
 from ttcp.errors import FormatError
+from ttcp.obj.btf import Btf
+from ttcp.obj.btf_ext import BtfExt, CoreRelo, FuncInfo, LineInfo, encode_func_info, encode_line_info
 
 
 def sample(extra: bytes = b"") -> tuple[Btf, bytes]:

@@ -1,14 +1,14 @@
-"""ttcp.btf_fixup: object BTF filled in as the kernel wants it (libbpf's DATASEC fix-ups)."""
+"""ttcp.obj.btf_fixup: object BTF filled in as the kernel wants it (libbpf's DATASEC fix-ups)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.btf_builder import BtfBuilder
-from ttcp import btf as B
-from ttcp.btf import Btf
-from ttcp.btf_fixup import fixed_for_kernel
 from ttcp.errors import FormatError
+from ttcp.obj import btf as B
+from ttcp.obj.btf import Btf
+from ttcp.obj.btf_fixup import fixed_for_kernel
 
 
 def datasec_btf() -> tuple[bytes, dict[str, int]]:

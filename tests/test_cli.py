@@ -22,7 +22,7 @@ from tests.kernel import mode_probe, require, scaled
 from tests.kernel_objects import held_by_others, prog_name
 from tests.traffic import Server, connect_many
 from ttcp import cli, syscalls
-from ttcp.tracer import MODES
+from ttcp.rtt.tracer import MODES
 
 pytestmark = pytest.mark.kernel
 

@@ -48,7 +48,7 @@ from tests.container.seed import (
     readme_docker_commands,
     wait_proxy_idle,
 )
-from ttcp import events
+from ttcp.rtt import events
 
 pytestmark = [pytest.mark.container, pytest.mark.kernel]
 

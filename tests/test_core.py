@@ -1,4 +1,4 @@
-"""ttcp.core: CO-RE resolution (libbpf semantics) and instruction patching."""
+"""ttcp.obj.core: CO-RE resolution (libbpf semantics) and instruction patching."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.btf_builder import BtfBuilder
-from ttcp import asm
-from ttcp import core as C
-from ttcp.asm import insn
-from ttcp.btf import KIND_STRUCT, Btf
-from ttcp.btf_ext import BtfExt, CoreRelo
-from ttcp.core import CoreResolver, patch_insn, resolve
 from ttcp.errors import CoreRelocationError
+from ttcp.obj import asm
+from ttcp.obj import core as C
+from ttcp.obj.asm import insn
+from ttcp.obj.btf import KIND_STRUCT, Btf
+from ttcp.obj.btf_ext import BtfExt, CoreRelo
+from ttcp.obj.core import CoreResolver, patch_insn, resolve
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 U64 = (1 << 64) - 1

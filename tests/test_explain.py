@@ -20,9 +20,9 @@ import pytest
 from tests import kernel
 from tests.kernel import scaled
 from tests.objects import SOURCE, compile_bpf
-from ttcp.asm import LD_IMM64
 from ttcp.elf_loader import ObjectLoader
-from ttcp.elf_object import read_object
+from ttcp.obj.asm import LD_IMM64
+from ttcp.obj.elf import read_object
 
 pytestmark = pytest.mark.kernel
 

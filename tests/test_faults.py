@@ -34,14 +34,16 @@ from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import scaled, settle
 from tests.kernel_objects import all_ids, held_ids, readable
 from tests.traffic import Server, connect_many
-from ttcp import asm, events, server, syscalls
-from ttcp import filters as F
+from ttcp import server, syscalls
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import BpfError, FormatError
-from ttcp.filter_table import STATS_HEAD
-from ttcp.histogram import summed
 from ttcp.maps import PerCpuArray
-from ttcp.tracer import Tracer
+from ttcp.obj import asm
+from ttcp.rtt import events
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import STATS_HEAD
+from ttcp.rtt.histogram import summed
+from ttcp.rtt.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 
@@ -363,7 +365,7 @@ def test_tracer_without_privilege_raises_ttcp_error_only(no_bpf_leaks: None) -> 
     code = (
         "import os, sys\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-        "from ttcp.tracer import Tracer\n"
+        "from ttcp.rtt.tracer import Tracer\n"
         "from ttcp.errors import TtcpError\n"
         "try:\n"
         "    with Tracer() as t:\n"
@@ -373,7 +375,7 @@ def test_tracer_without_privilege_raises_ttcp_error_only(no_bpf_leaks: None) -> 
         "    sys.exit(3)\n"
     )
     # The interpreter may live where nobody cannot read (/root): import first, then drop.
-    r = subprocess.run([sys.executable, "-c", "import ttcp.tracer, ttcp.errors\n" + code],
+    r = subprocess.run([sys.executable, "-c", "import ttcp.rtt.tracer, ttcp.errors\n" + code],
                        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
                        text=True, timeout=scaled(60), check=False)
     assert r.returncode == 3, r.stderr

@@ -15,10 +15,10 @@ import pytest
 
 from tests.tracing import collect
 from tests.traffic import Conn, Server, connect_many, connect_once
-from ttcp import events
-from ttcp import filters as F
-from ttcp.filter_table import CONFIG, STALE_HOST_BITS
-from ttcp.tracer import Tracer
+from ttcp.rtt import events
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import CONFIG, STALE_HOST_BITS
+from ttcp.rtt.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 

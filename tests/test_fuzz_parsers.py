@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 
 from tests import hostile as H
 from tests.btf_builder import BtfBuilder, BtfExtBuilder
-from ttcp import elf_object
-from ttcp.btf import KIND_STRUCT, Btf
-from ttcp.btf_ext import BtfExt, CoreRelo
-from ttcp.core import CoreResolver
-from ttcp.elf_object import read_object
 from ttcp.errors import CoreRelocationError, FormatError, TtcpError
+from ttcp.obj import elf as elf_object
+from ttcp.obj.btf import KIND_STRUCT, Btf
+from ttcp.obj.btf_ext import BtfExt, CoreRelo
+from ttcp.obj.core import CoreResolver
+from ttcp.obj.elf import read_object
 
 pytestmark = pytest.mark.fuzz
 

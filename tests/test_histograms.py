@@ -21,12 +21,12 @@ import pytest
 from tests.kernel import mode_probe, require, scaled
 from tests.tracing import collect
 from tests.traffic import Server, connect_many, tcp_info_rtt
-from ttcp import filters as F
-from ttcp import histogram
-from ttcp.features import Probe
-from ttcp.filter_table import FilterStats
-from ttcp.histogram import BUCKETS, Histogram
-from ttcp.tracer import Tracer
+from ttcp.kernel.features import Probe
+from ttcp.rtt import filters as F
+from ttcp.rtt import histogram
+from ttcp.rtt.filter_table import FilterStats
+from ttcp.rtt.histogram import BUCKETS, Histogram
+from ttcp.rtt.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 

@@ -32,11 +32,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ttcp import filters as F
 from ttcp import server
 from ttcp.errors import TtcpError
-from ttcp.filter_table import KernelFilterTable
-from ttcp.tracer import Tracer
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import KernelFilterTable
+from ttcp.rtt.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
 

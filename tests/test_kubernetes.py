@@ -25,10 +25,10 @@ import pytest
 import yaml
 
 from tests.test_server import OPENAPI
-from ttcp.api_guards import OPEN_ROUTES
+from ttcp.api.guards import OPEN_ROUTES
+from ttcp.api.host_names import is_loopback
 from ttcp.cli import build_parser
 from ttcp.elf_loader import VMLINUX_BTF
-from ttcp.host_names import is_loopback
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]'")
 

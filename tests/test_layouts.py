@@ -1,7 +1,7 @@
 """ttcp's kernel layouts and numbers against the kernel's own BTF; the event ABI
 against the shipped object's BTF.
 
-Every field of ttcp.kernel_types and every number of ttcp.uapi that the
+Every field of ttcp.kernel.abi and every number of ttcp.kernel.uapi that the
 running kernel describes in /sys/kernel/btf/vmlinux is compared with it,
 read with ttcp's own BTF reader (no root needed), so an offset is checked by
 the kernel's description rather than only by the kernel accepting it. A field
@@ -26,12 +26,23 @@ import pytest
 
 from tests.btf_layout import Field, fields, format_items, shipped_struct, struct_id
 from tests.kernel import kernel_btf
-from ttcp import events, filter_table, filters, histogram, uapi
-from ttcp import kernel_types as kt
-from ttcp.btf import KIND_ENUM, KIND_ENUM64, KIND_UNION, Btf
 from ttcp.elf_loader import VMLINUX_BTF
-from ttcp.features import Probe
-from ttcp.uapi import AttachType, Cmd, Helper, LinkType, MapFlag, MapType, ProgType, RingbufFlag, StatsType
+from ttcp.kernel import abi as kt
+from ttcp.kernel import uapi
+from ttcp.kernel.features import Probe
+from ttcp.kernel.uapi import (
+    AttachType,
+    Cmd,
+    Helper,
+    LinkType,
+    MapFlag,
+    MapType,
+    ProgType,
+    RingbufFlag,
+    StatsType,
+)
+from ttcp.obj.btf import KIND_ENUM, KIND_ENUM64, KIND_UNION, Btf
+from ttcp.rtt import events, filter_table, filters, histogram
 
 OLDEST_KERNEL = "5.8"  # ring buffers (README)
 
@@ -58,7 +69,7 @@ NEWER: dict[tuple[type, str], str] = {
     **{(MapFlag, name): "5.10" for name in MapFlag.__members__},
 }
 
-# ttcp.uapi numbers the kernel has as #defines or ioctl macros: BTF cannot check them.
+# ttcp.kernel.uapi numbers the kernel has as #defines or ioctl macros: BTF cannot check them.
 NOT_IN_BTF = ("PseudoSrc", "PSEUDO_CALL", "PERF_FLAG_FD_CLOEXEC", "PERF_EVENT_IOC_ENABLE",
               "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN",
               "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_PERFMON", "CAP_BPF",  # linux/capability.h
@@ -284,7 +295,7 @@ def test_perf_type_id_matches_the_kernel(kbtf: Btf) -> None:
 
 
 def test_uapi_numbers_outside_btf_are_the_listed_ones() -> None:
-    """Whatever ttcp.uapi defines is either checked above or listed in NOT_IN_BTF."""
+    """Whatever ttcp.kernel.uapi defines is either checked above or listed in NOT_IN_BTF."""
     checked = {e.__name__ for e in ENUMS} | {"PERF_TYPE_TRACEPOINT"}
     public = {n for n in vars(uapi) if n[0].isupper() and n not in ("IntEnum", "IntFlag")}
     assert public - checked == set(NOT_IN_BTF)

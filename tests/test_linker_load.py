@@ -14,13 +14,14 @@ import pytest
 from tests import kernel
 from tests.kernel import require, scaled
 from tests.objects import SHIPPED, compile_bpf
-from ttcp import asm, syscalls
+from ttcp import syscalls
 from ttcp.elf_loader import ObjectLoader
-from ttcp.elf_object import read_object
 from ttcp.errors import BpfError
-from ttcp.linker import link_program
-from ttcp.sections import classify
-from ttcp.uapi import ProgType, PseudoSrc
+from ttcp.kernel.uapi import ProgType, PseudoSrc
+from ttcp.obj import asm
+from ttcp.obj.elf import read_object
+from ttcp.obj.linker import link_program
+from ttcp.obj.sections import classify
 
 
 def test_shipped_object_reads():

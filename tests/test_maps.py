@@ -16,6 +16,7 @@ from tests.kernel import scaled
 from tests.kernel_objects import readable
 from ttcp import syscalls
 from ttcp.errors import BpfError, TtcpError
+from ttcp.kernel.uapi import MapType, ProgType
 from ttcp.maps import (
     HashMap,
     KeyExistsError,
@@ -28,7 +29,6 @@ from ttcp.maps import (
     StructCodec,
     run_layout,
 )
-from ttcp.uapi import MapType, ProgType
 
 pytestmark = [pytest.mark.matrix, pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
 

@@ -1,6 +1,6 @@
 """A filter table that survives restarts (issue 14): --pin DIR against the real kernel.
 
-In-process tests drive ttcp.tracer.Tracer with a pin directory (reuse,
+In-process tests drive ttcp.rtt.tracer.Tracer with a pin directory (reuse,
 migration to another size, a migration cut short between two renames,
 counter slots moved below a smaller size, a stats map lost, a corrupt table,
 the lock); command tests run `ttcp --pin` in a subprocess with real loopback
@@ -31,15 +31,16 @@ from tests.cli_process import REPO, TtcpProcess, free_port
 from tests.kernel import scaled
 from tests.kernel_objects import held_ids
 from tests.traffic import Server, connect_many
-from ttcp import filters as F
-from ttcp import pinning, syscalls
+from ttcp import syscalls
 from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import BpfError
-from ttcp.filter_table import STATS_HEAD, CorruptTableError, KernelFilterTable
-from ttcp.map_compat import Difference, IncompatibleMapError, MapShape, differences, only_size_differs
-from ttcp.pinning import IncompatiblePinError, PinDirError, PinLockedError, PinnedTableTooBigError
-from ttcp.tracer import TABLE_MAPS, Tracer, default_object
-from ttcp.uapi import MapFlag, MapType
+from ttcp.kernel.uapi import MapFlag, MapType
+from ttcp.obj.map_compat import Difference, IncompatibleMapError, MapShape, differences, only_size_differs
+from ttcp.rtt import filters as F
+from ttcp.rtt import pinning
+from ttcp.rtt.filter_table import STATS_HEAD, CorruptTableError, KernelFilterTable
+from ttcp.rtt.pinning import IncompatiblePinError, PinDirError, PinLockedError, PinnedTableTooBigError
+from ttcp.rtt.tracer import TABLE_MAPS, Tracer, default_object
 
 pytestmark = pytest.mark.kernel
 

@@ -21,7 +21,7 @@ import pytest
 from tests.cli_process import REPO, free_port
 from ttcp import syscalls
 from ttcp.errors import ProcessFacts, privilege_hint, process_facts
-from ttcp.uapi import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
+from ttcp.kernel.uapi import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
 
 DEFAULT_DOCKER_CAPS = 0xA80425FB  # CapEff of a default Docker 20.10 container
 ROOT = (1 << 41) - 1

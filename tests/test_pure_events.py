@@ -9,11 +9,11 @@ import pytest
 
 from tests import reference_events as reference
 from tests.btf_layout import shipped_struct
-from ttcp import events
-from ttcp import filters as F
 from ttcp.errors import FormatError
 from ttcp.maps import Run
 from ttcp.output import Printer
+from ttcp.rtt import events
+from ttcp.rtt import filters as F
 
 
 def record(saddr="127.0.0.2", daddr="127.0.0.1", ts=5_000_000_000, srtt=412, family=2, hook=2,

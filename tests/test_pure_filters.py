@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttcp import filters as F
-from ttcp import histogram, metrics
-from ttcp.filters import Filter, FilterError, Side
-from ttcp.histogram import BUCKETS, Histogram
+from ttcp.api import metrics
+from ttcp.rtt import filters as F
+from ttcp.rtt import histogram
+from ttcp.rtt.filters import Filter, FilterError, Side
+from ttcp.rtt.histogram import BUCKETS, Histogram
 
 EXAMPLES = int(os.environ.get("TTCP_FUZZ_EXAMPLES", "300"))
 

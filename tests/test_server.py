@@ -29,12 +29,12 @@ import pytest
 from tests import kernel_objects
 from tests.conftest import bpf_fds, leaked_objects
 from tests.memory_table import MemoryFilterTable
-from ttcp import filters as F
 from ttcp import server
 from ttcp.errors import BindError
-from ttcp.filter_table import FilterStats, FilterTable
-from ttcp.histogram import Histogram
-from ttcp.tracer import Tracer
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import FilterStats, FilterTable
+from ttcp.rtt.histogram import Histogram
+from ttcp.rtt.tracer import Tracer
 
 OPENAPI = json.loads(resources.files("ttcp").joinpath("data", "openapi.json").read_text())
 EPOCH = 1_700_000_000.0  # fake boot time: mono ns 0 is this Unix time

@@ -19,9 +19,10 @@ import pytest
 
 from tests.btf_builder import BtfBuilder
 from tests.kernel import require
-from ttcp import features, syscalls
+from ttcp import syscalls
 from ttcp.errors import BpfError
-from ttcp.uapi import AttachType, MapType, ProgType, UpdateFlag
+from ttcp.kernel import features
+from ttcp.kernel.uapi import AttachType, MapType, ProgType, UpdateFlag
 
 pytestmark = [pytest.mark.matrix, pytest.mark.kernel, pytest.mark.usefixtures("no_bpf_leaks")]
 
@@ -186,7 +187,7 @@ _DROP_PRIVS = """
 import os
 from ttcp import syscalls
 from ttcp.errors import BpfError
-from ttcp.uapi import ProgType
+from ttcp.kernel.uapi import ProgType
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # after imports: nobody cannot read them
 try:
     syscalls.prog_load(ProgType.TRACEPOINT, bytes.fromhex("b7000000000000009500000000000000"),

@@ -14,10 +14,11 @@ import pytest
 from tests.kernel import TIMEOUT_SCALE, mode_probe, require, scaled
 from tests.tracing import collect
 from tests.traffic import Server, connect_many, connect_once
-from ttcp import events, syscalls
-from ttcp import filters as F
+from ttcp import syscalls
 from ttcp.errors import BpfError
-from ttcp.tracer import MODES, Tracer
+from ttcp.rtt import events
+from ttcp.rtt import filters as F
+from ttcp.rtt.tracer import MODES, Tracer
 
 pytestmark = pytest.mark.kernel
 

@@ -10,8 +10,8 @@ import pytest
 
 from tests.kernel import mode_probe, require, scaled, settle
 from tests.kernel_objects import readable
-from ttcp import events
-from ttcp.tracer import MODES, Tracer
+from ttcp.rtt import events
+from ttcp.rtt.tracer import MODES, Tracer
 
 
 def collect(tracer: Tracer, settle_s: float = 0.3, limit_s: float = 10.0) -> list[events.Event]:

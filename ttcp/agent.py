@@ -23,15 +23,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import events
-from .api_token import Token
-from .errors import BindError
-from .event_stream import DEFAULT_BACKLOG, EventHub
-from .filter_table import FilterStats
-from .filters import Filter
-from .metrics import FilterSeries, Snapshot
-from .output import HistogramPrinter, Printer
-from .tracer import Tracer
+from ttcp.api.event_stream import DEFAULT_BACKLOG, EventHub
+from ttcp.api.metrics import FilterSeries, Snapshot
+from ttcp.api.token import Token
+from ttcp.errors import BindError
+from ttcp.output import HistogramPrinter, Printer
+from ttcp.rtt import events
+from ttcp.rtt.filter_table import FilterStats
+from ttcp.rtt.filters import Filter
+from ttcp.rtt.tracer import Tracer
 
 log = logging.getLogger("ttcp")
 
@@ -163,7 +163,7 @@ class Agent:
             for sig in _SIGNALS:
                 loop.remove_signal_handler(sig)
             if self._runner is not None:
-                from . import server
+                from ttcp import server
                 runner, self._runner = self._runner, None
                 await server.stop(runner)
 
@@ -172,7 +172,7 @@ class Agent:
             return
         if preload is not None:  # the reader drains meanwhile
             await asyncio.to_thread(preload.join)
-        from . import server
+        from ttcp import server
         assert self.tracer.table is not None
         hooks = server.Agent(health=self.health, mono_to_wall=self.tracer.monotonic_to_wall,
                              metrics=self.metrics, sampling=self.sampling, set_sampling=self.set_sampling,

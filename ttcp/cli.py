@@ -27,17 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TextIO, TypeVar
 
-from . import filters
-from .agent import Agent, Options, listen
-from .api_token import TOKEN_FILE_ENV, Token, read_token_file
-from .elf_loader import VMLINUX_BTF
-from .errors import BindError, TtcpError
-from .event_stream import DEFAULT_BACKLOG
-from .filter_table import CorruptTableError
-from .host_names import is_loopback, normalize_name
-from .output import HistogramPrinter, Printer
-from .pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
-from .tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
+from ttcp.agent import Agent, Options, listen
+from ttcp.api.event_stream import DEFAULT_BACKLOG
+from ttcp.api.host_names import is_loopback, normalize_name
+from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
+from ttcp.elf_loader import VMLINUX_BTF
+from ttcp.errors import BindError, TtcpError
+from ttcp.output import HistogramPrinter, Printer
+from ttcp.rtt import filters
+from ttcp.rtt.filter_table import CorruptTableError
+from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
+from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 
 EPILOG = """\
 filters ([src|dst] ADDRESS[/PREFIX] [port N]; a connection is reported when any matches):
@@ -294,7 +294,7 @@ def _preload_server(timings: Timings) -> threading.Thread:
     def work() -> None:
         # An ImportError here is raised again, properly, when the server starts.
         with contextlib.suppress(ImportError):
-            from . import server  # noqa: F401
+            from ttcp import server  # noqa: F401
         timings.mark("aiohttp")
     t = threading.Thread(target=work, name="preload-aiohttp", daemon=True)
     t.start()

@@ -21,18 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self, TypeVar
 
-from . import features, syscalls
-from .asm import INSN_SIZE
-from .btf import KIND_FUNC, KIND_TYPEDEF, Btf
-from .btf_ext import BtfExt, encode_func_info, encode_line_info
-from .btf_fixup import fixed_for_kernel
-from .core import CoreResolver, patch_insn
-from .elf_object import BpfObject, Function, read_object
-from .errors import BpfError, FormatError, TtcpError
-from .linker import Piece, ProgramImage, link_program
-from .map_compat import IncompatibleMapError, MapShape, differences
-from .map_specs import MapSpec, map_specs
-from .sections import SectionKind, classify
+from ttcp import syscalls
+from ttcp.errors import BpfError, FormatError, TtcpError
+from ttcp.kernel import features
+from ttcp.obj.asm import INSN_SIZE
+from ttcp.obj.btf import KIND_FUNC, KIND_TYPEDEF, Btf
+from ttcp.obj.btf_ext import BtfExt, encode_func_info, encode_line_info
+from ttcp.obj.btf_fixup import fixed_for_kernel
+from ttcp.obj.core import CoreResolver, patch_insn
+from ttcp.obj.elf import BpfObject, Function, read_object
+from ttcp.obj.linker import Piece, ProgramImage, link_program
+from ttcp.obj.map_compat import IncompatibleMapError, MapShape, differences
+from ttcp.obj.map_specs import MapSpec, map_specs
+from ttcp.obj.sections import SectionKind, classify
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 log = logging.getLogger("ttcp")

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .uapi import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
+from ttcp.kernel.uapi import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
 
 
 class TtcpError(Exception):

@@ -15,10 +15,11 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
-from ttcp import features, syscalls
+from ttcp import syscalls
 from ttcp.errors import BpfError, FormatError
-from ttcp.kernel_types import RingbufHdr
-from ttcp.uapi import MapType, RingbufFlag, UpdateFlag
+from ttcp.kernel import features
+from ttcp.kernel.abi import RingbufHdr
+from ttcp.kernel.uapi import MapType, RingbufFlag, UpdateFlag
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; only type checkers need it
     from typing import Self

@@ -12,12 +12,12 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from . import events, histogram
-from .errors import TtcpError
-from .filter_table import FilterStats
-from .filters import Filter
-from .histogram import Histogram
-from .maps import Run, run_layout
+from ttcp.errors import TtcpError
+from ttcp.maps import Run, run_layout
+from ttcp.rtt import events, histogram
+from ttcp.rtt.filter_table import FilterStats
+from ttcp.rtt.filters import Filter
+from ttcp.rtt.histogram import Histogram
 
 # One record of a Run from RingBuffer.read_runs, as the table and as JSON need it.
 _TABLE_RUN = run_layout(events.TABLE_FIELDS, events.EVENT_SIZE)

@@ -1,7 +1,7 @@
 """The HTTP API (aiohttp): the filter table, histograms, metrics, events.
 
-The server only speaks HTTP: it parses requests into filters (ttcp.filters),
-calls the FilterTable protocol (ttcp.filter_table) and the agent's callbacks
+The server only speaks HTTP: it parses requests into filters (ttcp.rtt.filters),
+calls the FilterTable protocol (ttcp.rtt.filter_table) and the agent's callbacks
 (health, sampling, metrics), and renders answers. It keeps no copy of the
 table; `GET /` is rendered once per table change (the table's version).
 
@@ -14,7 +14,7 @@ all-or-nothing guarantee.
 
 Errors are JSON objects {"error": "..."}; client mistakes never produce a 500.
 Who may call it is decided before any handler runs, by two middlewares of
-their own module, ttcp.api_guards: the Host header (against DNS rebinding)
+their own module, ttcp.api.guards: the Host header (against DNS rebinding)
 and the bearer token, when one is set.
 """
 
@@ -33,14 +33,14 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import filters as F
-from . import metrics
-from .api_guards import bearer_auth, check_host
-from .api_token import Token
-from .errors import BindError, TtcpError
-from .event_stream import EventHub
-from .filter_table import FilterStats, FilterTable, NotInTableError, TableFullError
-from .filters import Filter, FilterError
+from ttcp.api import metrics
+from ttcp.api.event_stream import EventHub
+from ttcp.api.guards import bearer_auth, check_host
+from ttcp.api.token import Token
+from ttcp.errors import BindError, TtcpError
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import FilterStats, FilterTable, NotInTableError, TableFullError
+from ttcp.rtt.filters import Filter, FilterError
 
 log = logging.getLogger("ttcp.server")
 

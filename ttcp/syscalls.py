@@ -1,7 +1,7 @@
 """Thin, typed wrappers over bpf(2), perf_event_open(2) and friends.
 
 This is the only module in ttcp that talks to the kernel. Every call fills
-the command's layout from ttcp.kernel_types (zeroed where not set) and tells
+the command's layout from ttcp.kernel.abi (zeroed where not set) and tells
 the kernel its size up to the command's last field (the kernel rejects
 non-zero bytes past it), retries EINTR, and turns a failure into a
 `BpfError` naming the command and the object, so callers never see a bare
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ttcp.errors import BpfError, privilege_hint
-from ttcp.kernel_types import (
+from ttcp.kernel.abi import (
     ATTR_SIZE,
     BpfLinkInfo,
     BpfMapInfo,
@@ -43,7 +43,7 @@ from ttcp.kernel_types import (
     RawTracepointOpenAttr,
     Statfs,
 )
-from ttcp.uapi import (
+from ttcp.kernel.uapi import (
     BPF_OBJ_NAME_LEN,
     PERF_EVENT_IOC_ENABLE,
     PERF_EVENT_IOC_SET_BPF,
@@ -54,7 +54,7 @@ from ttcp.uapi import (
     UpdateFlag,
 )
 
-# Kernel numbers live in ttcp.uapi, layouts in ttcp.kernel_types; these are
+# Kernel numbers live in ttcp.kernel.uapi, layouts in ttcp.kernel.abi; these are
 # this module's own conventions.
 _SYSCALL_NUMBERS = {
     "x86_64": (321, 298),  # (bpf, perf_event_open)

@@ -36,8 +36,9 @@ from typing import IO
 
 from scripts import netns_scenario as scenario
 from tests.container.engine import Engine, Log
-from ttcp import events, syscalls
+from ttcp import syscalls
 from ttcp.errors import BpfError
+from ttcp.rtt import events
 
 REPO = Path(__file__).resolve().parents[2]
 API_PORT = 8090

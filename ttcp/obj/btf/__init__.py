@@ -1,0 +1,90 @@
+"""BTF (BPF Type Format): read vmlinux, module (split) and object BTF (pure).
+
+kinds: the kind table; header: magic and section bounds; strings: the
+string section; index: the lazy record walker (type id ↔ offset); decode and
+types: one record → one BtfType; btf: the Btf facade and its queries (sizes,
+modifier chains, name lookups). The kernel fix-ups of object BTF live with
+the loader (ttcp.obj.btf_fixup).
+"""
+
+from ttcp.obj.btf.btf import Btf, essential_name
+from ttcp.obj.btf.header import BTF_MAGIC, HEADER_SIZE, check_header
+from ttcp.obj.btf.kinds import (
+    ENUM_KINDS,
+    INT_BOOL,
+    INT_CHAR,
+    INT_SIGNED,
+    KIND_ARRAY,
+    KIND_CONST,
+    KIND_DATASEC,
+    KIND_DECL_TAG,
+    KIND_ENUM,
+    KIND_ENUM64,
+    KIND_FLOAT,
+    KIND_FUNC,
+    KIND_FUNC_PROTO,
+    KIND_FWD,
+    KIND_INT,
+    KIND_MAX,
+    KIND_NAMES,
+    KIND_PTR,
+    KIND_RESTRICT,
+    KIND_STRUCT,
+    KIND_TYPE_TAG,
+    KIND_TYPEDEF,
+    KIND_UNION,
+    KIND_UNKN,
+    KIND_VAR,
+    KIND_VOLATILE,
+    KINDS,
+    LINKAGE_EXTERN,
+    LINKAGE_GLOBAL,
+    LINKAGE_STATIC,
+    Kind,
+)
+from ttcp.obj.btf.types import (
+    VOID,
+    Array,
+    BtfType,
+    Composite,
+    Const,
+    Datasec,
+    DeclTag,
+    Enum,
+    Enum64,
+    EnumValue,
+    Float,
+    Func,
+    FuncProto,
+    Fwd,
+    Int,
+    Member,
+    Param,
+    Ptr,
+    Qualifier,
+    Reference,
+    Restrict,
+    Sized,
+    Struct,
+    Symbol,
+    Typedef,
+    TypeTag,
+    Union,
+    Var,
+    VarSecInfo,
+    Void,
+    Volatile,
+)
+
+__all__ = [
+    "BTF_MAGIC", "ENUM_KINDS", "HEADER_SIZE", "INT_BOOL", "INT_CHAR",
+    "INT_SIGNED", "KINDS", "KIND_ARRAY", "KIND_CONST", "KIND_DATASEC", "KIND_DECL_TAG",
+    "KIND_ENUM", "KIND_ENUM64", "KIND_FLOAT", "KIND_FUNC", "KIND_FUNC_PROTO", "KIND_FWD",
+    "KIND_INT", "KIND_MAX", "KIND_NAMES", "KIND_PTR", "KIND_RESTRICT", "KIND_STRUCT",
+    "KIND_TYPEDEF", "KIND_TYPE_TAG", "KIND_UNION", "KIND_UNKN", "KIND_VAR", "KIND_VOLATILE",
+    "LINKAGE_EXTERN", "LINKAGE_GLOBAL", "LINKAGE_STATIC", "VOID",
+    "Array", "Btf", "BtfType", "Composite", "Const", "Datasec", "DeclTag", "Enum", "Enum64",
+    "EnumValue", "Float", "Func", "FuncProto", "Fwd", "Int", "Kind", "Member", "Param", "Ptr",
+    "Qualifier", "Reference", "Restrict", "Sized", "Struct", "Symbol", "TypeTag", "Typedef", "Union", "Var", "VarSecInfo", "Void",
+    "Volatile", "check_header", "essential_name",
+]
