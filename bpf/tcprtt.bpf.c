@@ -728,7 +728,7 @@ int tcprtt_sample_tracepoint(struct trace_event_raw_tcp_probe *args)
 /*
  * Never called, so never loaded: clang describes a function's parameter types
  * in .BTF (a local's, or one only reached through a pointer member, it does
- * not), which puts the ABI structs there for tests/test_layouts.py to check
+ * not), which puts the ABI structs there for tests/kernel/test_layouts.py to check
  * ttcp's own layouts against.
  */
 static __attribute__((used)) int abi_records(struct event *e, struct config *c)

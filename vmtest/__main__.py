@@ -80,7 +80,7 @@ def _prepare(selection: list[str]) -> list[str]:
     subprocess.run([sys.executable, "-m", "compileall", "-q", "ttcp", "tests", "vmtest"], cwd=REPO,
                    check=False, stdout=subprocess.DEVNULL)
     # clang under emulation takes half a minute an object: the guest reuses these.
-    subprocess.run([sys.executable, "-c", "from tests.objects import compile_all; compile_all()"], cwd=REPO,
+    subprocess.run([sys.executable, "-c", "from tests.support.objects import compile_all; compile_all()"], cwd=REPO,
                    check=False)
     listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *selection], cwd=REPO,
                             check=False, capture_output=True, text=True).stdout

@@ -1,7 +1,7 @@
 """The kernel structures ttcp passes through syscalls, as ctypes layouts (pure).
 
 Each layout is described once, with the kernel's own field names
-(linux/bpf.h, linux/perf_event.h), so that tests/test_layouts.py can check
+(linux/bpf.h, linux/perf_event.h), so that tests/kernel/test_layouts.py can check
 every offset and size against the running kernel's BTF instead of trusting
 byte offsets that only the kernel accepting them would check. cilium/ebpf's
 internal/sys/types.go is the model. Numbers (commands, types, flags) live in

@@ -3,7 +3,7 @@
 IntEnums rather than bare ints so that an error message or a debugger shows
 `ProgType.TRACING`, not 26. Values are fixed by the kernel ABI; the enum
 members that have a counterpart in the kernel's BTF (`enum bpf_cmd`,
-`enum bpf_prog_type`, ...) are checked against it by tests/test_layouts.py.
+`enum bpf_prog_type`, ...) are checked against it by tests/kernel/test_layouts.py.
 Pure: nothing here talks to the kernel.
 """
 

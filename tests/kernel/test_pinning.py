@@ -1,0 +1,206 @@
+"""A filter table that survives restarts (issue 14): --pin DIR in-process, against the real kernel.
+
+The loader reuses a pinned map only if it fits; the Tracer with a pin
+directory reuses the table, migrates it to another size, finishes a migration
+cut short between two renames, moves counter slots below a smaller size,
+restamps a lost stats map, refuses a corrupt table and holds the lock
+(the command's side is tests/system/test_pin_command.py's). Every test pins
+into a directory of its own under /sys/fs/bpf and removes it afterwards,
+whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.pins import HOSTS, A, B, matches, pinned_id, pins, quiet, seeded, traffic
+from tests.support.traffic import Server
+from ttcp import syscalls
+from ttcp.elf_loader import ObjectLoader
+from ttcp.kernel.uapi import MapType
+from ttcp.obj.map_compat import IncompatibleMapError
+from ttcp.rtt import filters as F
+from ttcp.rtt import pinning
+from ttcp.rtt.filter_table import STATS_HEAD, CorruptTableError
+from ttcp.rtt.pinning import IncompatiblePinError, PinDirError, PinLockedError, PinnedTableTooBigError
+from ttcp.rtt.tracer import TABLE_MAPS, Tracer, default_object
+
+pytestmark = pytest.mark.kernel
+
+
+# ---- the loader's hook ------------------------------------------------------------------------------
+
+
+def test_loader_reuses_a_matching_map_and_refuses_another(no_bpf_leaks: None) -> None:
+    with ObjectLoader(str(default_object())) as loader:
+        spec = loader.maps["hosts"]
+        wrong = syscalls.map_create(MapType.HASH, 8, spec.value_size, spec.max_entries, name="wrong")
+        try:
+            with pytest.raises(IncompatibleMapError, match=rf"map 'hosts' .*key size 8 \(wanted {spec.key_size}\)"):
+                loader.reuse_map("hosts", wrong)
+        finally:
+            syscalls.close(wrong)  # refused: still the caller's
+        right = syscalls.map_create(spec.map_type, spec.key_size, spec.value_size, spec.max_entries,
+                                    flags=spec.flags, name="right")
+        right_id = syscalls.map_info(right).id
+        loader.reuse_map("hosts", right)
+        fds = loader.create_maps()
+        assert fds["hosts"] == right and syscalls.map_info(fds["hosts"]).id == right_id
+        with pytest.raises(Exception, match="already exists"):
+            loader.reuse_map("hosts", right)
+    # the loader closed the reused fd with the others (no_bpf_leaks checks it)
+
+
+# ---- the Tracer with a pin directory ------------------------------------------------------------
+
+
+def test_pins_are_reused_with_filters_and_counters(no_bpf_leaks: None, pin_dir: Path) -> None:
+    before = seeded(pin_dir, 16, [A, "dst 10.0.0.0/8 port 443", "src 127.0.14.0/28"], **{A: 3, B: 2})
+    ids = {name: pinned_id(pin_dir / name) for name in TABLE_MAPS}
+    assert before == {A: 3, "dst 10.0.0.0/8 port 443": 0, "src 127.0.14.0/28": 2}  # a host beats a network
+    assert pins(pin_dir) == sorted(TABLE_MAPS)  # the table only: no ring, no program, no .bss
+    with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        table = t.open_maps()
+        assert matches(table) == before
+        assert {name: pinned_id(pin_dir / name) for name in TABLE_MAPS} == ids  # the same maps
+        assert sorted(t.pins.reused if t.pins else []) == sorted(TABLE_MAPS)
+        assert t.table is not None and t.table.config.get(0) != bytes(4)  # kinds recomputed for .bss
+        with Server("127.0.0.1") as srv2:
+            t.attach(log=quiet)
+            traffic(srv2, **{A: 1})
+        assert matches(table)[A] == 4
+
+
+def test_another_size_migrates_entries_and_counters(no_bpf_leaks: None, pin_dir: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    before = seeded(pin_dir, 8, [A, "dst 10.0.0.0/8 port 443", "::1"], **{A: 2})
+    for size in (64, 3):
+        with caplog.at_level("INFO", logger="ttcp"), Tracer(max_filters=size, ringbuf_size=4096,
+                                                              pin_dir=pin_dir) as t:
+            table = t.open_maps()
+            assert table.max_entries == size and matches(table) == before
+            assert {syscalls.map_info(t.loader.map_fds[n]).max_entries for n in TABLE_MAPS} == {size}
+            assert {pinned_id(pin_dir / n) for n in TABLE_MAPS} == {syscalls.map_info(t.loader.map_fds[n]).id
+                                                                    for n in TABLE_MAPS}
+        assert f"migrated hosts, nets, stats (now {size} entries)" in caplog.text
+        assert pins(pin_dir) == sorted(TABLE_MAPS)  # no staging pin left
+    with pytest.raises(PinnedTableTooBigError, match="holds 3 filters, more than the 2 entries"), \
+            Tracer(max_filters=2, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        t.open_maps()
+    with Tracer(max_filters=3, ringbuf_size=4096, pin_dir=pin_dir) as t:  # the refusal changed nothing
+        assert matches(t.open_maps()) == before
+
+
+def test_a_migration_cut_between_two_renames_is_finished_by_the_next_start(
+        no_bpf_leaks: None, pin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = seeded(pin_dir, 8, [A, "src 127.0.14.0/28", "dst ::1 port 80"], **{A: 2, B: 1})
+    real_rename, renamed = os.rename, []
+
+    def rename_once(src: Any, dst: Any) -> None:
+        if renamed:
+            raise KeyboardInterrupt  # as if SIGINT had struck right there
+        real_rename(src, dst)
+        renamed.append(dst)
+
+    monkeypatch.setattr(pinning.os, "rename", rename_once)
+    with pytest.raises(KeyboardInterrupt), Tracer(max_filters=32, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        t.open_maps()
+    monkeypatch.undo()
+    sizes = {}
+    for name in TABLE_MAPS:
+        fd = syscalls.obj_get(pin_dir / name)
+        sizes[name] = syscalls.map_info(fd).max_entries
+        syscalls.close(fd)
+    assert sorted(sizes.values()) == [8, 8, 32]  # one map replaced, two not: a mixed table
+    for size in (8, 32):  # either size: a consistent table, and the mix is migrated
+        with Tracer(max_filters=size, ringbuf_size=4096, pin_dir=pin_dir) as t:
+            assert matches(t.open_maps()) == before
+        assert pins(pin_dir) == sorted(TABLE_MAPS)
+
+
+def test_a_smaller_table_moves_counter_slots_down(no_bpf_leaks: None, pin_dir: Path) -> None:
+    hosts = [f"127.0.14.{i}" for i in range(20, 30)]
+    before = seeded(pin_dir, 16, hosts, remove=tuple(hosts[:8]),  # 28 and 29 keep slots 8 and 9
+                    **{"127.0.14.28": 2, "127.0.14.29": 1})
+    with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        assert t.open_maps()._slots[F.parse("127.0.14.29")].index == 9
+    with Tracer(max_filters=4, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
+        table = t.open_maps()
+        assert matches(table) == before and all(s.index < 4 for s in table._slots.values())
+        t.attach(log=quiet)
+        traffic(srv, **{"127.0.14.29": 1})  # the moved slot still counts
+        assert matches(table)["127.0.14.29"] == 2
+
+
+def test_a_lost_stats_map_is_restamped_so_filters_count_again(no_bpf_leaks: None, pin_dir: Path) -> None:
+    with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        t.open_maps().add([F.parse(A)])
+    (pin_dir / "stats").unlink()  # e.g. removed by hand, or never pinned (a crash at the first start)
+    with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
+        table = t.open_maps()
+        slot = table._slots[F.parse(A)]
+        assert {STATS_HEAD.unpack_from(r)[0] for r in table.stats_map.values(slot.index)} == {slot.gen}
+        t.attach(log=quiet)
+        traffic(srv, **{A: 2})
+        assert matches(table) == {A: 2}
+
+
+def test_a_corrupt_table_is_refused(no_bpf_leaks: None, pin_dir: Path) -> None:
+    with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        table = t.open_maps()
+        table.add([F.parse(A), F.parse(B)])
+        slot = table._slots[F.parse(A)]
+        table.hosts.put(F.host_key(F.parse(B)), F.VALUE.pack(slot.index, slot.gen, 128))  # another writer
+    with pytest.raises(CorruptTableError, match="count into the same slot"), \
+            Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        t.open_maps()
+
+
+def test_incompatible_pins_are_refused_and_left_alone(no_bpf_leaks: None, pin_dir: Path) -> None:
+    pin_dir.mkdir()
+    foreign = syscalls.map_create(MapType.HASH, 8, 32, 1024, name="foreign")
+    try:
+        syscalls.obj_pin(foreign, pin_dir / "hosts")
+        foreign_id = syscalls.map_info(foreign).id
+    finally:
+        syscalls.close(foreign)
+    with pytest.raises(IncompatiblePinError) as info, Tracer(pin_dir=pin_dir, ringbuf_size=4096) as t:
+        t.open_maps()
+    assert (f"{pin_dir}/hosts: key size 8 (wanted {HOSTS.key_size}), value size 32 (wanted {HOSTS.value_size})"
+            in str(info.value))
+    assert pins(pin_dir) == ["hosts"] and pinned_id(pin_dir / "hosts") == foreign_id
+    with Tracer(pin_dir=pin_dir, pin_reset=True, ringbuf_size=4096) as t:
+        assert len(t.open_maps()) == 0
+        assert pinned_id(pin_dir / "hosts") != foreign_id
+
+
+def test_one_tracer_per_directory(no_bpf_leaks: None, pin_dir: Path) -> None:
+    with Tracer(pin_dir=pin_dir, ringbuf_size=4096) as first:
+        first.open_maps()
+        second = Tracer(pin_dir=pin_dir, ringbuf_size=4096)
+        with pytest.raises(PinLockedError, match=rf"in use by another ttcp \(pid {os.getpid()}\)"):
+            second.open_maps()
+        second.close()
+    with Tracer(pin_dir=pin_dir, ringbuf_size=4096) as again:  # closing released the lock
+        again.open_maps()
+
+
+def test_directories_that_cannot_hold_pins(no_bpf_leaks: None, pin_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(PinDirError, match="is not in a BPF file system.*-v /sys/fs/bpf:/sys/fs/bpf"):
+        Tracer(pin_dir=tmp_path / "ttcp", ringbuf_size=4096).open_maps()
+    assert not (tmp_path / "ttcp").exists()
+    pin_dir.mkdir()
+    m = syscalls.map_create(MapType.ARRAY, 4, 4, 1, name="squatter")
+    try:
+        syscalls.obj_pin(m, pin_dir / "taken")
+    finally:
+        syscalls.close(m)
+    with pytest.raises(PinDirError, match="taken is not a directory"):
+        Tracer(pin_dir=pin_dir / "taken", ringbuf_size=4096).open_maps()
+    with Tracer(pin_dir=pin_dir / "deeper" / "still", ringbuf_size=4096) as t:  # parents are made
+        t.open_maps()
+    assert pins(pin_dir / "deeper" / "still") == sorted(TABLE_MAPS)
