@@ -34,9 +34,10 @@ from common import (
 )
 
 from ttcp import syscalls
-from ttcp.elf_loader import ObjectLoader, read_vmlinux_btf
+from ttcp.elf_loader import Collection
 from ttcp.errors import TtcpError
 from ttcp.kernel.attach import attach
+from ttcp.kernel.btf import read_vmlinux_btf
 from ttcp.maps import RingBuffer
 from ttcp.obj import asm
 from ttcp.obj.btf import KIND_TYPEDEF
@@ -102,26 +103,26 @@ def _empty(hook: str) -> _Prog:
     return _Prog(f"empty tp_btf/{hook}", fd, lambda: attach(kind, fd), None)
 
 
-def _from_object(loader: ObjectLoader, program: str, name: str) -> _Prog:
+def _from_object(loader: Collection, program: str, name: str) -> _Prog:
     prog = loader.load_program(program)
     ring = RingBuffer(loader.map_fds["events"])
     return _Prog(name, prog.fd, lambda: attach(prog.kind, prog.fd, prog.attach_btf_id), ring)
 
 
-def _previous(workdir: Path) -> ObjectLoader:
+def _previous(workdir: Path) -> Collection:
     """The previous release's object (git history), its filter map holding the same addresses."""
     path = workdir / "previous.bpf.o"
     path.write_bytes(subprocess.run(["git", "-C", str(ROOT), "show", f"{PREVIOUS}:ttcp/data/tcprtt.bpf.o"],
                                     capture_output=True, check=True).stdout)
-    loader = ObjectLoader(str(path))
-    loader.set_max_entries("events", RING)
+    loader = Collection(str(path))
+    loader.spec.set_max_entries("events", RING)
     fds = loader.create_maps()
     for a in FILTERS:  # key: the 16-byte address; value: its two counters
         syscalls.map_update(fds["filter"], F.address_bytes(a), bytes(16))
     return loader
 
 
-def _floor(workdir: Path) -> ObjectLoader:
+def _floor(workdir: Path) -> Collection:
     """bench/floor.bpf.c, built with the flags of `make bpf`; its hosts hash holds the filters."""
     clang = shutil.which("clang")
     if clang is None:
@@ -129,7 +130,7 @@ def _floor(workdir: Path) -> ObjectLoader:
     path = workdir / "floor.bpf.o"
     subprocess.run([clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror", "-c",
                     str(BENCH / "floor.bpf.c"), "-o", str(path)], check=True)
-    loader = ObjectLoader(str(path))
+    loader = Collection(str(path))
     fds = loader.create_maps()
     for a in FILTERS:
         syscalls.map_update(fds["hosts"], F.host_key(F.parse(a)), bytes(8))
@@ -159,7 +160,7 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path) -> dict[str, A
     """
     progs: list[_Prog] = []
     tracers: dict[str, Tracer] = {}
-    loaders: list[ObjectLoader] = []
+    loaders: list[Collection] = []
     out: dict[str, Any] = {}
 
     def add(key: str, make: Callable[[], _Prog]) -> None:
@@ -174,10 +175,10 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path) -> dict[str, A
         tracers[mode] = tr
         tr.open_maps()
         tr.add_filters(F.parse(a) for a in FILTERS)
-        prog = tr.loader.load_program(PROGRAM_OF_MODE[mode])  # attached by the rounds below
+        prog = tr.collection.load_program(PROGRAM_OF_MODE[mode])  # attached by the rounds below
         return _Prog(mode, prog.fd, lambda: attach(prog.kind, prog.fd, prog.attach_btf_id), tr.ring)
 
-    def loaded(make: Callable[[Path], ObjectLoader], program: str) -> Callable[[], _Prog]:
+    def loaded(make: Callable[[Path], Collection], program: str) -> Callable[[], _Prog]:
         def build() -> _Prog:
             loader = make(workdir)
             loaders.append(loader)
@@ -256,7 +257,7 @@ def sampling_cost(gen: LoadGen, nbytes: int, pairs: int, workdir: Path) -> dict[
     try:
         out["mode"] = tr.enable_sampling(log=lambda _msg: None).mode
         tr.disable_sampling()
-        loaded = tr.loader.load_program(SAMPLER_OF_MODE[out["mode"]])
+        loaded = tr.collection.load_program(SAMPLER_OF_MODE[out["mode"]])
         sampler = _Prog("ttcp sampler", loaded.fd,
                         lambda: attach(loaded.kind, loaded.fd, loaded.attach_btf_id), None)
         empty = _empty("tcp_probe")

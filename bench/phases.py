@@ -15,9 +15,11 @@ import time
 
 t_start = time.perf_counter()
 
-from ttcp import elf_loader
+from ttcp.elf_loader import Collection
 from ttcp.errors import TtcpError
 from ttcp.kernel.attach import attach
+from ttcp.kernel.btf import read_vmlinux_btf
+from ttcp.obj.spec import CollectionSpec
 from ttcp.rtt.tracer import PROGRAM_OF_MODE, default_object
 
 
@@ -32,9 +34,9 @@ def main() -> None:
         out[name] = now - t
         t = now
 
-    btf = elf_loader.read_vmlinux_btf()
+    btf = read_vmlinux_btf()
     lap("btf")
-    loader = elf_loader.ObjectLoader(str(default_object()), target_btf=btf)
+    loader = Collection(CollectionSpec(str(default_object())), target_btf=btf)
     lap("object")
     try:
         loader.create_maps()

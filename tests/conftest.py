@@ -26,7 +26,7 @@ import pytest
 from tests.support import kernel_objects
 from tests.support.kernel import SKIP_PREFIX, kernel_unusable_reason, require_kernel, strict
 from tests.support.leaks import bpf_fds, fd_leaks, leaked_objects
-from ttcp import elf_loader
+from ttcp.kernel import btf as kernel_btf
 from ttcp.obj.btf import Btf
 
 pytest_plugins = ("tests.support.tracing", "tests.support.pins")  # the `tracer` and `pin_dir` fixtures
@@ -92,20 +92,20 @@ def _kernel_btf_parsed_once() -> Iterator[None]:
     (make vmtest) costs seconds each. Tests of the reading itself run ttcp
     in a subprocess or pass their own path, which this leaves alone.
     """
-    real = elf_loader.read_vmlinux_btf
+    real = kernel_btf.read_vmlinux_btf
 
     @functools.cache
-    def once(path: Path = elf_loader.VMLINUX_BTF) -> Btf:
+    def once(path: Path = kernel_btf.VMLINUX_BTF) -> Btf:
         return real(path)
 
-    def shared(path: Path = elf_loader.VMLINUX_BTF) -> Btf:
-        return once(path) if path == elf_loader.VMLINUX_BTF else real(path)
+    def shared(path: Path = kernel_btf.VMLINUX_BTF) -> Btf:
+        return once(path) if path == kernel_btf.VMLINUX_BTF else real(path)
 
-    elf_loader.read_vmlinux_btf = shared
+    kernel_btf.read_vmlinux_btf = shared
     try:
         yield
     finally:
-        elf_loader.read_vmlinux_btf = real
+        kernel_btf.read_vmlinux_btf = real
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -31,8 +31,8 @@ from ttcp.agent import Agent, Options, listen
 from ttcp.api.event_stream import DEFAULT_BACKLOG
 from ttcp.api.host_names import is_loopback, normalize_name
 from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
-from ttcp.elf_loader import VMLINUX_BTF
 from ttcp.errors import BindError, TtcpError
+from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.output import HistogramPrinter, Printer
 from ttcp.rtt import filters
 from ttcp.rtt.filter_table import CorruptTableError

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TTCP_REQUIRE_KERNEL="1", TTCP_TIMEOUT_SCALE=scale,
                PYTHONFAULTHANDLER="1")
     with open(out / "features.txt", "w") as f:
-        subprocess.run([sys.executable, "-m", "ttcp.features"], stdout=f, stderr=subprocess.STDOUT,
+        subprocess.run([sys.executable, "-m", "ttcp.kernel", "features"], stdout=f, stderr=subprocess.STDOUT,
                        env=env, check=False)
     with open(out / "pytest.log", "w") as f:
         proc = subprocess.Popen(

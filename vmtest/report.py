@@ -49,7 +49,7 @@ def parse_junit(data: bytes) -> list[Case]:
 
 
 def parse_features(text: str) -> dict[str, bool | None]:
-    """`python -m ttcp.features` lines -> {feature: supported}."""
+    """`python -m ttcp.kernel features` lines -> {feature: supported}."""
     found: dict[str, bool | None] = {}
     for line in text.splitlines():
         m = re.match(r"kernel feature (\w+) (supported|unsupported|unknown)", line)

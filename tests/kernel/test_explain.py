@@ -1,4 +1,4 @@
-"""`python -m ttcp.elf_loader OBJ --explain` makes libbpf's decisions.
+"""`python -m ttcp.kernel explain OBJ` makes libbpf's decisions.
 
 Ground truth is libbpf itself: `bpftool -d prog loadall` logs every CO-RE
 patch ("patched insn #N (LDX/ST/STX) off A -> B") and every poisoning
@@ -20,9 +20,9 @@ import pytest
 from tests.support import kernel
 from tests.support.kernel import scaled
 from tests.support.objects import SOURCE, compile_bpf
-from ttcp.elf_loader import ObjectLoader
 from ttcp.obj.asm import LD_IMM64
 from ttcp.obj.elf import read_object
+from ttcp.obj.spec import CollectionSpec
 
 pytestmark = pytest.mark.kernel
 
@@ -63,19 +63,18 @@ def libbpf(obj: Path) -> set[tuple]:
 
 
 def explain(obj: Path) -> set[tuple]:
-    """Our decisions, made in this process (the --explain command prints the same
+    """Our decisions, made in this process (the explain command prints the same
     ones: test_explain_reports_poisoned_fields runs it); a poisoned ldimm64 covers
     its second slot too, as libbpf logs it."""
     elf = read_object(str(obj))
     out = set()
-    with ObjectLoader(str(obj)) as loader:
-        for d in loader.explain():
-            if d.poisoned:
-                out.add((d.program, d.insn, "poisoned"))
-                if _opcode(elf, d.program, d.insn) == LD_IMM64:
-                    out.add((d.program, d.insn + 1, "poisoned"))
-            else:
-                out.add((d.program, d.insn, d.old, d.new))
+    for d in CollectionSpec(str(obj)).explain(kernel.kernel_btf()):
+        if d.poisoned:
+            out.add((d.program, d.insn, "poisoned"))
+            if _opcode(elf, d.program, d.insn) == LD_IMM64:
+                out.add((d.program, d.insn + 1, "poisoned"))
+        else:
+            out.add((d.program, d.insn, d.old, d.new))
     return out
 
 
@@ -98,7 +97,7 @@ def test_explain_reports_poisoned_fields():
     """A field this kernel lacks is poisoned, not guessed: the line says so."""
     obj = compile_bpf("core_kinds.bpf.c")
     lines = [json.loads(x) for x in subprocess.run(
-        [sys.executable, "-m", "ttcp.elf_loader", str(obj), "--explain"],
+        [sys.executable, "-m", "ttcp.kernel", "explain", str(obj)],
         capture_output=True, text=True, timeout=scaled(60), check=True).stdout.splitlines()]
     poisoned = [d for d in lines if d.get("poisoned")]
     assert poisoned and all("new" not in d for d in poisoned)

@@ -30,7 +30,7 @@ from tests.support.kernel import scaled, settle, wait_matches
 from tests.support.kernel_objects import readable
 from tests.support.traffic import Server, connect_many
 from ttcp import server, syscalls
-from ttcp.elf_loader import ObjectLoader
+from ttcp.elf_loader import Collection
 from ttcp.errors import BpfError, FormatError
 from ttcp.obj import asm
 from ttcp.rtt import events
@@ -124,7 +124,7 @@ def test_corrupted_object_fails_before_the_kernel_sees_anything(
 @pytest.mark.matrix
 def test_second_program_refused_by_the_verifier_releases_the_first(no_bpf_leaks: None) -> None:
     blob = broken_program(H.shipped(), "tracepoint/sock/inet_sock_set_state")
-    with ObjectLoader(blob) as loader:
+    with Collection(blob) as loader:
         first = loader.load_program("tcprtt_tp_btf")
         assert syscalls.prog_info(first.fd).id in syscalls.prog_ids()
         with pytest.raises(BpfError) as info:
@@ -149,9 +149,9 @@ def test_every_mode_refused_leaves_nothing(tmp_path: Path, no_bpf_leaks: None) -
 
 @pytest.mark.matrix
 def test_map_refused_midway_releases_the_maps_already_made(no_bpf_leaks: None) -> None:
-    with ObjectLoader(str(H.SHIPPED)) as loader:
-        names = list(loader.maps)
-        loader.set_max_entries("events", 4097)  # not a power of two: MAP_CREATE refuses
+    with Collection(str(H.SHIPPED)) as loader:
+        names = list(loader.spec.maps)
+        loader.spec.set_max_entries("events", 4097)  # not a power of two: MAP_CREATE refuses
         with pytest.raises(BpfError, match="MAP_CREATE"):
             loader.create_maps()
         made = set(loader.map_fds)

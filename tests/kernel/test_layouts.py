@@ -26,9 +26,9 @@ import pytest
 
 from tests.support.btf_layout import Field, fields, format_items, shipped_struct, struct_id
 from tests.support.kernel import kernel_btf
-from ttcp.elf_loader import VMLINUX_BTF
 from ttcp.kernel import abi as kt
 from ttcp.kernel import uapi
+from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.kernel.features import Probe
 from ttcp.kernel.uapi import (
     AttachType,

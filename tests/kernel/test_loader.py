@@ -15,15 +15,15 @@ from tests.support import kernel
 from tests.support.kernel import require, scaled
 from tests.support.objects import SHIPPED, compile_bpf
 from ttcp import syscalls
-from ttcp.elf_loader import ObjectLoader
+from ttcp.elf_loader import Collection
 from ttcp.errors import BpfError
 
 
 @pytest.mark.matrix
 @pytest.mark.kernel
 def test_linked_programs_run_with_global_data(no_bpf_leaks):
-    with ObjectLoader(str(compile_bpf("subprogs.bpf.c"))) as loader:
-        assert {".rodata", ".data", ".bss", "counters"} <= set(loader.maps)
+    with Collection(str(compile_bpf("subprogs.bpf.c"))) as loader:
+        assert {".rodata", ".data", ".bss", "counters"} <= set(loader.spec.maps)
         linked = loader.load_program("linked")
         second = loader.load_program("second")
         packet = bytes(64)
@@ -40,7 +40,7 @@ def test_linked_programs_run_with_global_data(no_bpf_leaks):
 @pytest.mark.kernel
 def test_callback_program_runs(no_bpf_leaks):
     require(kernel.bpf_loop())
-    with ObjectLoader(str(compile_bpf("callbacks.bpf.c"))) as loader:
+    with Collection(str(compile_bpf("callbacks.bpf.c"))) as loader:
         prog = loader.load_program("looped")
         assert syscalls.prog_test_run(prog.fd, bytes(64)) == 13  # 2 * (0+1+2+3) + 1
 
@@ -51,8 +51,8 @@ def test_every_program_of_the_shipped_object_loads(no_bpf_leaks):
     """The verifier of this kernel takes all six programs (the fentry ones where
     fentry loads at all): what decides whether ttcp runs here."""
     fentry = kernel.fentry_probe()
-    with ObjectLoader(str(SHIPPED)) as loader:
-        for name in loader.program_names():
+    with Collection(str(SHIPPED)) as loader:
+        for name in loader.spec.program_names():
             if "fentry" in name and not fentry.supported:
                 with pytest.raises(BpfError) as info:
                     loader.load_program(name)
@@ -66,7 +66,7 @@ def test_every_program_of_the_shipped_object_loads(no_bpf_leaks):
 @pytest.mark.kernel
 def test_cli_load_reports_each_program(no_bpf_leaks):
     obj = compile_bpf("subprogs.bpf.c")
-    r = subprocess.run([sys.executable, "-m", "ttcp.elf_loader", str(obj), "--load"],
+    r = subprocess.run([sys.executable, "-m", "ttcp.kernel", "load", str(obj)],
                        capture_output=True, text=True, timeout=scaled(60), check=False)
     assert r.returncode == 0, r.stderr
     assert "linked: loaded as socket" in r.stdout and "second: loaded as socket" in r.stdout
@@ -75,7 +75,7 @@ def test_cli_load_reports_each_program(no_bpf_leaks):
 @pytest.mark.kernel
 def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks):
     obj = compile_bpf("rejected.bpf.c")
-    r = subprocess.run([sys.executable, "-m", "ttcp.elf_loader", str(obj), "--load"],
+    r = subprocess.run([sys.executable, "-m", "ttcp.kernel", "load", str(obj)],
                        capture_output=True, text=True, timeout=scaled(60), check=False)
     assert r.returncode == 1
     assert "rejected: FAILED" in r.stderr and "PROG_LOAD" in r.stderr
@@ -88,6 +88,6 @@ def test_cli_load_fails_on_verifier_rejection_with_log(no_bpf_leaks):
 def test_verifier_log_names_source_file_and_line(no_bpf_leaks):
     require(kernel.verifier_source_lines())
     obj = compile_bpf("rejected.bpf.c")
-    with ObjectLoader(str(obj)) as loader, pytest.raises(BpfError) as exc:
+    with Collection(str(obj)) as loader, pytest.raises(BpfError) as exc:
         loader.load_program("rejected")
     assert re.search(r"; return \*p; @ rejected.bpf.c:\d+", exc.value.log_tail())

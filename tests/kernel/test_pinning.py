@@ -20,7 +20,7 @@ import pytest
 from tests.support.pins import HOSTS, A, B, matches, pinned_id, pins, quiet, seeded, traffic
 from tests.support.traffic import Server
 from ttcp import syscalls
-from ttcp.elf_loader import ObjectLoader
+from ttcp.elf_loader import Collection
 from ttcp.kernel.uapi import MapType
 from ttcp.obj.map_compat import IncompatibleMapError
 from ttcp.rtt import filters as F
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.kernel
 
 
 def test_loader_reuses_a_matching_map_and_refuses_another(no_bpf_leaks: None) -> None:
-    with ObjectLoader(str(default_object())) as loader:
-        spec = loader.maps["hosts"]
+    with Collection(str(default_object())) as loader:
+        spec = loader.spec.maps["hosts"]
         wrong = syscalls.map_create(MapType.HASH, 8, spec.value_size, spec.max_entries, name="wrong")
         try:
             with pytest.raises(IncompatibleMapError, match=rf"map 'hosts' .*key size 8 \(wanted {spec.key_size}\)"):
@@ -83,8 +83,8 @@ def test_another_size_migrates_entries_and_counters(no_bpf_leaks: None, pin_dir:
                                                               pin_dir=pin_dir) as t:
             table = t.open_maps()
             assert table.max_entries == size and matches(table) == before
-            assert {syscalls.map_info(t.loader.map_fds[n]).max_entries for n in TABLE_MAPS} == {size}
-            assert {pinned_id(pin_dir / n) for n in TABLE_MAPS} == {syscalls.map_info(t.loader.map_fds[n]).id
+            assert {syscalls.map_info(t.collection.map_fds[n]).max_entries for n in TABLE_MAPS} == {size}
+            assert {pinned_id(pin_dir / n) for n in TABLE_MAPS} == {syscalls.map_info(t.collection.map_fds[n]).id
                                                                     for n in TABLE_MAPS}
         assert f"migrated hosts, nets, stats (now {size} entries)" in caplog.text
         assert pins(pin_dir) == sorted(TABLE_MAPS)  # no staging pin left

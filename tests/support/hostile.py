@@ -25,7 +25,6 @@ from elftools.elf.sections import SymbolTableSection
 
 from tests.support import paths
 from tests.support.btf_builder import BtfBuilder, BtfExtBuilder
-from ttcp.elf_loader import ObjectLoader
 from ttcp.errors import TtcpError
 from ttcp.obj import asm
 from ttcp.obj import btf as B
@@ -34,6 +33,7 @@ from ttcp.obj.btf import Btf
 from ttcp.obj.btf_ext import BtfExt, CoreRelo, encode_func_info, encode_line_info
 from ttcp.obj.btf_fixup import fixed_for_kernel
 from ttcp.obj.core import CoreResolver, insn_class_label, patch_insn
+from ttcp.obj.spec import CollectionSpec
 
 SHIPPED = paths.SHIPPED
 CORPUS = paths.FUZZ_CORPUS
@@ -176,27 +176,21 @@ def exercise_object(data: bytes, target: Btf) -> None:
     """Everything the loader does to an object before the first bpf(2) call:
     read the ELF, parse BTF and .BTF.ext, build map specs, link every
     program, apply its CO-RE relocations against `target`, encode its
-    func/line info, and prepare the BTF blob the kernel would get."""
-    loader = ObjectLoader(data, target_btf=target)
-    walk_btf(loader.btf)
-    for name, spec in loader.maps.items():
-        assert spec.kernel_name == spec.kernel_name[:15]
-        loader.set_max_entries(name, 4096)
-    fixed_for_kernel(loader.btf, loader.obj.section_sizes, loader.obj.symbol_offsets)
-    for name in loader.program_names():
-        image, _ = loader.prepare(name)
+    func/line info, and prepare the BTF blob the kernel would get
+    (ttcp.obj.spec.CollectionSpec, as ttcp.elf_loader.Collection drives it)."""
+    spec = CollectionSpec(data)
+    walk_btf(spec.btf)
+    for name, m in spec.maps.items():
+        assert m.kernel_name == m.kernel_name[:15]
+        spec.set_max_entries(name, 4096)
+    spec.kernel_btf()
+    resolver = spec.core_resolver(target)
+    for name in spec.program_names():
+        image = spec.link(name)
+        spec.relocate(image, resolver)
         assert len(image.insns) % 8 == 0
         image.set_map_fds({ref.map_name: 3 for ref in image.map_refs})
-        if loader.ext is None:
-            continue
-        for piece in image.pieces:
-            base = piece.start - piece.base
-            funcs = [r for r in loader.ext.func_info.get(piece.section, ())
-                     if piece.contains(piece.section, r.insn_off // 8)]
-            lines = [r for r in loader.ext.line_info.get(piece.section, ())
-                     if piece.contains(piece.section, r.insn_off // 8)]
-            encode_func_info(funcs, base, loader.ext.func_info_rec_size)
-            encode_line_info(lines, base, loader.ext.line_info_rec_size)
+        spec.btf_infos(image)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What the kernel under test can do, and how slow it is, for the tests.
 
-Tests branch on feature probes (ttcp.features, plus the test-only probes
+Tests branch on feature probes (ttcp.kernel.features, plus the test-only probes
 below), never on a hostname or a kernel version, and skip with the probe's
 own reason. conftest.py lets exactly those skips through under
 TTCP_REQUIRE_KERNEL=1 (CI): any other skip of a test there is a failure.
@@ -22,9 +22,10 @@ from collections.abc import Callable
 
 import pytest
 
-from ttcp import elf_loader, syscalls
+import ttcp.kernel.btf
+from ttcp import syscalls
 from ttcp.errors import BpfError
-from ttcp.kernel import features
+from ttcp.kernel import features, rlimit
 from ttcp.kernel.features import Probe
 from ttcp.kernel.uapi import Helper, MapType, ProgType
 from ttcp.obj import asm
@@ -40,7 +41,7 @@ def kernel_unusable_reason() -> str | None:
     """None if this process can create BPF maps, else why not."""
     if os.geteuid() != 0:
         return "not root"
-    features.ensure_memlock()  # kernels before 5.11 charge maps to RLIMIT_MEMLOCK
+    rlimit.ensure_memlock()  # kernels before 5.11 charge maps to RLIMIT_MEMLOCK
     try:
         fd = syscalls.map_create(MapType.ARRAY, 4, 4, 1, name="ttcp_probe")
     except BpfError as e:
@@ -94,7 +95,7 @@ def require(probe: Probe) -> None:
 
 @functools.cache
 def kernel_btf() -> Btf:
-    return elf_loader.read_vmlinux_btf()
+    return ttcp.kernel.btf.read_vmlinux_btf()  # the session's one parse (conftest.py)
 
 
 def _first_id(name: str, kind: int) -> int:
@@ -151,10 +152,10 @@ def bpf_loop() -> Probe:
 def verifier_source_lines() -> Probe:
     """The verifier prints `; source @ file.c:N` for programs with line_info (6.2+)."""
     from tests.support.objects import compile_bpf  # needs clang; only asked by tests that have it
-    from ttcp.elf_loader import ObjectLoader
+    from ttcp.elf_loader import Collection
 
     src = compile_bpf("rejected.bpf.c")
-    with ObjectLoader(str(src)) as loader:
+    with Collection(str(src)) as loader:
         try:
             loader.load_program("rejected")
         except BpfError as e:

@@ -14,13 +14,13 @@ import pytest
 
 from tests.support.traffic import Server, connect_many
 from ttcp import syscalls
-from ttcp.elf_loader import ObjectLoader
+from ttcp.obj.spec import CollectionSpec
 from ttcp.rtt import filters as F
 from ttcp.rtt.filter_table import KernelFilterTable
 from ttcp.rtt.tracer import Tracer, default_object
 
 A, B, C = "127.0.14.2", "127.0.14.3", "127.0.14.4"  # the pin tests' client addresses
-HOSTS = ObjectLoader(str(default_object())).maps["hosts"]  # the spec a pinned hosts map must meet
+HOSTS = CollectionSpec(str(default_object())).maps["hosts"]  # the spec a pinned hosts map must meet
 
 
 @pytest.fixture

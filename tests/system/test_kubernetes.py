@@ -29,7 +29,7 @@ from tests.support.paths import REPO
 from ttcp.api.guards import OPEN_ROUTES
 from ttcp.api.host_names import is_loopback
 from ttcp.cli import build_parser
-from ttcp.elf_loader import VMLINUX_BTF
+from ttcp.kernel.btf import VMLINUX_BTF
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]'")
 

@@ -4,21 +4,21 @@ Kernels differ in ways an errno from the real operation cannot tell apart
 (an EINVAL from LINK_CREATE may mean "too old" or "you passed something
 wrong"). So, like libbpf's `kernel_supports()` and cilium/ebpf's `features`
 package, each capability is probed with the smallest program or map that
-shows it, once per process, and the product and the tests both branch on
-the probe's answer. `python -m ttcp.features` prints every probe.
+shows it, and the product and the tests both branch on the probe's answer.
+`python -m ttcp.kernel features` prints every probe.
 
 A probe answers supported (True), unsupported (False, with the kernel's own
 words in `detail`) or unknown (None: the probe itself could not run, e.g.
-no privilege), and never raises.
+no privilege), and never raises. As cilium/ebpf's FeatureCache, an answer is
+kept per probe and arguments (fentry on tcp_close says nothing of fentry on
+tcp_rcv_established), once per process, and an unknown one is not kept: the
+next call asks again.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import resource
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from ttcp.kernel.abi import BpfProgInfo, end_of
 from ttcp.kernel.uapi import AttachType, Helper, MapType, ProgType
 from ttcp.obj import asm
 
-SYSFS_BTF = Path("/sys/kernel/btf/vmlinux")
 PROG_INFO_RECURSION_MISSES_END = end_of(BpfProgInfo, "recursion_misses")  # a 5.12 field
 
 
@@ -45,17 +44,20 @@ class Probe:
         return f"kernel feature {self.feature} {state}" + (f": {self.detail}" if self.detail else "")
 
 
-_results: dict[str, Probe] = {}
+_results: dict[tuple[Hashable, ...], Probe] = {}  # (feature, *arguments) -> a conclusive answer
 
 
-def _once(feature: str, probe: Callable[[], Probe]) -> Probe:
-    found = _results.get(feature)
+def _once(feature: str, args: tuple[Hashable, ...], probe: Callable[[], Probe]) -> Probe:
+    """The answer for `feature` with these arguments: kept when conclusive, asked again when not."""
+    key = (feature, *args)
+    found = _results.get(key)
     if found is None:
         try:
             found = probe()
         except BpfError as e:  # the probe could not even be set up
             found = Probe(feature, None, str(e).splitlines()[0])
-        _results[feature] = found
+        if found.supported is not None:
+            _results[key] = found
     return found
 
 
@@ -90,7 +92,7 @@ def memcg_accounting() -> Probe:
             return _refused("memcg_accounting", e)
         syscalls.close(fd)
         return Probe("memcg_accounting", True)
-    return _once("memcg_accounting", probe)
+    return _once("memcg_accounting", (), probe)
 
 
 def tracing_link_create(attach_type: AttachType, attach_btf_id: int) -> Probe:
@@ -113,7 +115,7 @@ def tracing_link_create(attach_type: AttachType, attach_btf_id: int) -> Probe:
             syscalls.close(prog)
         syscalls.close(link)
         return Probe("tracing_link_create", True)
-    return _once("tracing_link_create", probe)
+    return _once("tracing_link_create", (attach_type, attach_btf_id), probe)
 
 
 def perf_event_link() -> Probe:
@@ -138,7 +140,7 @@ def perf_event_link() -> Probe:
             return _refused("perf_event_link", e)
         finally:
             syscalls.close(prog)
-    return _once("perf_event_link", probe)
+    return _once("perf_event_link", (), probe)
 
 
 def batch_map_ops() -> Probe:
@@ -155,7 +157,7 @@ def batch_map_ops() -> Probe:
         finally:
             syscalls.close(fd)
         return Probe("batch_map_ops", True)
-    return _once("batch_map_ops", probe)
+    return _once("batch_map_ops", (), probe)
 
 
 def recursion_misses() -> Probe:
@@ -172,7 +174,7 @@ def recursion_misses() -> Probe:
         if size >= PROG_INFO_RECURSION_MISSES_END:
             return Probe("recursion_misses", True)
         return Probe("recursion_misses", False, f"bpf_prog_info is {size} bytes here")
-    return _once("recursion_misses", probe)
+    return _once("recursion_misses", (), probe)
 
 
 def fentry(func_btf_id: int, func: str) -> Probe:
@@ -185,11 +187,12 @@ def fentry(func_btf_id: int, func: str) -> Probe:
             return Probe("fentry", False, f"fentry/{func}: " + str(e).splitlines()[0])
         syscalls.close(fd)
         return Probe("fentry", True)
-    return _once("fentry", probe)
+    return _once("fentry", (func_btf_id, func), probe)
 
 
-def sysfs_btf_mmap(path: Path = SYSFS_BTF) -> Probe:
-    """mmap of /sys/kernel/btf/vmlinux (recent kernels; older ones say ENODEV)."""
+def sysfs_btf_mmap(path: Path) -> Probe:
+    """mmap of the kernel's BTF in sysfs, /sys/kernel/btf/vmlinux (ttcp.kernel.btf;
+    recent kernels; older ones say ENODEV)."""
     def probe() -> Probe:
         try:
             syscalls.mmap_file(path).close()
@@ -197,83 +200,4 @@ def sysfs_btf_mmap(path: Path = SYSFS_BTF) -> Probe:
             return Probe("sysfs_btf_mmap", False,
                          f"mmap {path}: {errno.errorcode.get(e.errno or 0, e.errno)}")
         return Probe("sysfs_btf_mmap", True)
-    return _once("sysfs_btf_mmap", probe)
-
-
-# ---- acting on them ------------------------------------------------------------------
-
-
-@dataclass
-class Memlock:
-    """What was done about RLIMIT_MEMLOCK, for the error a refused map gets."""
-
-    needed: bool
-    raised: bool
-    limit: int
-    error: str = ""
-
-    def hint(self) -> str:
-        """Why MAP_CREATE may say EPERM although the privileges are right."""
-        if not self.needed or self.raised:
-            return ""
-        shown = "unlimited" if self.limit == resource.RLIM_INFINITY else f"{self.limit} bytes"
-        return (f"this kernel charges BPF maps to RLIMIT_MEMLOCK (no memcg accounting, Linux < 5.11), "
-                f"the limit is {shown} and raising it failed ({self.error}): run with "
-                "`ulimit -l unlimited`, grant CAP_SYS_RESOURCE, or in Docker pass --ulimit memlock=-1")
-
-
-_memlock: Memlock | None = None
-
-
-def ensure_memlock() -> Memlock:
-    """Lift RLIMIT_MEMLOCK where the kernel still charges BPF memory to it,
-    as libbpf does before it creates maps; once per process."""
-    global _memlock
-    if _memlock is None:
-        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        if soft == resource.RLIM_INFINITY or memcg_accounting().supported:
-            _memlock = Memlock(needed=False, raised=False, limit=soft)
-        else:
-            try:
-                syscalls.set_memlock_unlimited()
-                _memlock = Memlock(needed=True, raised=True, limit=resource.RLIM_INFINITY)
-            except OSError as e:
-                _memlock = Memlock(needed=True, raised=False, limit=soft,
-                                   error=os.strerror(e.errno or errno.EPERM))
-    return _memlock
-
-
-def all_probes(btf_ids: dict[str, int] | None = None) -> list[Probe]:
-    """Every probe that needs no BTF, plus those whose target ids are given
-    (`fentry` -> a FUNC id of tcp_close, `tp_btf` -> btf_trace_tcp_destroy_sock)."""
-    found = [memcg_accounting(), sysfs_btf_mmap(), batch_map_ops(), recursion_misses(), perf_event_link()]
-    ids = btf_ids or {}
-    if "tp_btf" in ids:
-        found.append(tracing_link_create(AttachType.TRACE_RAW_TP, ids["tp_btf"]))
-    if "fentry" in ids:
-        found.append(fentry(ids["fentry"], "tcp_close"))
-    return found
-
-
-def main() -> int:
-    from ttcp.elf_loader import read_vmlinux_btf
-    from ttcp.errors import TtcpError
-    from ttcp.obj.btf import KIND_FUNC, KIND_TYPEDEF  # the report needs kernel BTF; the probes do not
-
-    ids: dict[str, int] = {}
-    try:
-        btf = read_vmlinux_btf()
-        for key, name, kind in (("fentry", "tcp_close", KIND_FUNC),
-                                ("tp_btf", "btf_trace_tcp_destroy_sock", KIND_TYPEDEF)):
-            found = btf.ids_by_name(name, kind)
-            if found:
-                ids[key] = found[0]
-    except TtcpError as e:  # a report: say it and go on
-        print(f"kernel BTF: {e}", file=sys.stderr)
-    for p in all_probes(ids):
-        print(p.reason)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return _once("sysfs_btf_mmap", (path,), probe)

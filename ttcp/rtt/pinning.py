@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ttcp import syscalls
-from ttcp.elf_loader import ObjectLoader
+from ttcp.elf_loader import Collection
 from ttcp.errors import BpfError, TtcpError
 from ttcp.kernel.uapi import BPF_FS_MAGIC
 from ttcp.maps import HashMap, LpmTrie, PerCpuArray, RawCodec, copy_entries
@@ -156,7 +156,7 @@ class PinnedTable:
     """The pinned maps of one directory, held (locked) by this process until close().
 
     open() locks the directory and sorts its pins; hand_over() gives the
-    reusable ones to the loader, which creates the rest; commit() then fills
+    reusable ones to the collection, which creates the rest; commit() then fills
     the new maps from the old ones and pins them.
     """
 
@@ -166,7 +166,7 @@ class PinnedTable:
         self._specs = dict(specs)
         self._reusable: dict[str, int] = {}
         self._resized: dict[str, int] = {}  # old maps whose entries move to new ones
-        self.reused: list[str] = []  # handed to the loader as they were
+        self.reused: list[str] = []  # handed to the collection as they were
         self._committed = False
 
     @classmethod
@@ -246,19 +246,19 @@ class PinnedTable:
         return kind(fd, RawCodec(spec.key_size), RawCodec(spec.value_size),
                     syscalls.map_info(fd).max_entries, name, owns_fd=False)
 
-    def hand_over(self, loader: ObjectLoader) -> None:
-        """Give the loader every pinned map it can use as it is (it owns their fds from then on)."""
+    def hand_over(self, collection: Collection) -> None:
+        """Give the collection every pinned map it can use as it is (it owns their fds from then on)."""
         while self._reusable:
             name, fd = self._reusable.popitem()
             try:
-                loader.reuse_map(name, fd)
+                collection.reuse_map(name, fd)
             except BaseException:
                 syscalls.close(fd)
                 raise
             self.reused.append(name)
 
     def commit(self, fds: Mapping[str, int]) -> None:
-        """Pin every map of `fds` that is not pinned yet (the loader created it), after
+        """Pin every map of `fds` that is not pinned yet (the collection created it), after
         copying the entries of the map of another size it replaces (once)."""
         if self._committed:
             return

@@ -1,6 +1,7 @@
 """The tcprtt program, loaded and attached, with its maps opened.
 
-This is where ttcp's own object meets the generic loader: it picks the
+This is where ttcp's own object meets the generic loader: it sizes the
+object's maps (ttcp.obj.spec), loads it (ttcp.elf_loader.Collection), picks the
 attach mode (fentry, then tp_btf, then the classic tracepoint), says why it
 skipped the earlier ones, switches live RTT sampling on and off (its own
 three hooks, tried in the same order), and exposes what the rest of ttcp
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Self
 
 from ttcp import syscalls
-from ttcp.elf_loader import VMLINUX_BTF, ObjectLoader
+from ttcp.elf_loader import Collection
 from ttcp.errors import BpfError, TtcpError
 from ttcp.kernel import features
 from ttcp.kernel.attach import Link, attach
+from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, RingBuffer
+from ttcp.obj.spec import CollectionSpec
 from ttcp.rtt.filter_table import KernelFilterTable
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.pinning import PinnedTable
@@ -71,7 +74,7 @@ class _Attached:
 
 
 class Tracer:
-    """Owns the loader, the links and the map views; close() releases all."""
+    """Owns the collection, the links and the map views; close() releases all."""
 
     def __init__(
         self,
@@ -87,10 +90,11 @@ class Tracer:
         what an earlier run left; `pin_reset` drops that first."""
         if max_filters < 1:
             raise TtcpError(f"max_filters must be at least 1 (got {max_filters})")
-        self.loader = ObjectLoader(str(obj_path or default_object()), btf_path=btf_path)
+        spec = CollectionSpec(str(obj_path or default_object()))
         for name in TABLE_MAPS:
-            self.loader.set_max_entries(name, max_filters)
-        self.loader.set_max_entries("events", check_ringbuf_size(ringbuf_size))
+            spec.set_max_entries(name, max_filters)
+        spec.set_max_entries("events", check_ringbuf_size(ringbuf_size))
+        self.collection = Collection(spec, btf_path=btf_path)
         self.report = AttachReport()
         self.sampling = AttachReport()
         self.table: KernelFilterTable | None = None
@@ -110,13 +114,13 @@ class Tracer:
         if self.table is not None:
             return self.table
         if self._pin_dir is not None and self.pins is None:
-            self.pins = PinnedTable.open(self._pin_dir, {n: self.loader.maps[n] for n in TABLE_MAPS},
+            self.pins = PinnedTable.open(self._pin_dir, {n: self.collection.spec.maps[n] for n in TABLE_MAPS},
                                          reset=self._pin_reset)
-            self.pins.hand_over(self.loader)
-        fds = self.loader.create_maps()
+            self.pins.hand_over(self.collection)
+        fds = self.collection.create_maps()
         if self.pins is not None:
             self.pins.commit(fds)
-        spec = self.loader.maps
+        spec = self.collection.spec.maps
         hosts: HashMap[bytes, bytes] = HashMap(fds["hosts"], RawCodec(spec["hosts"].key_size),
                                                RawCodec(spec["hosts"].value_size),
                                                spec["hosts"].max_entries, "hosts", owns_fd=False)
@@ -155,7 +159,7 @@ class Tracer:
         attached, self._sampler = self._sampler, None
         if attached is not None:
             attached.link.close()
-            self.loader.unload_program(attached.program)
+            self.collection.unload_program(attached.program)
             self.sampling = AttachReport()
 
     @property
@@ -197,22 +201,22 @@ class Tracer:
         """Where the kernel refuses fentry (ftrace locked down, no trampolines), a
         two-instruction fentry program on the same function says so (why, or "")
         before the real one is linked and relocated (tens of ms of CO-RE)."""
-        kind, btf_id = self.loader.attach_target(name)
+        kind, btf_id = self.collection.attach_target(name)
         probe = features.fentry(btf_id, kind.target)
         return probe.detail if probe.supported is False else ""
 
     def _attach_mode(self, name: str) -> _Attached:
-        prog = self.loader.load_program(name)
+        prog = self.collection.load_program(name)
         try:
             return _Attached(name, attach(prog.kind, prog.fd, prog.attach_btf_id))
         except BaseException:
-            self.loader.unload_program(name)
+            self.collection.unload_program(name)
             raise
 
     def release_kernel_btf(self) -> None:
         """Once nothing more will be loaded: several MB of decoded kernel types go.
         (Loading the sampler later reads them again.)"""
-        self.loader.release_target_btf()
+        self.collection.release_target_btf()
 
     # ---- running ----
 
@@ -234,7 +238,7 @@ class Tracer:
     def prog_fd(self) -> int:
         if self._main is None:
             return -1
-        return self.loader.programs[self._main.program].fd
+        return self.collection.programs[self._main.program].fd
 
     @staticmethod
     def monotonic_to_wall(mono_ns: int) -> float:
@@ -254,7 +258,7 @@ class Tracer:
             self.ring = None
         self.table = None
         self._drops = None
-        self.loader.close()
+        self.collection.close()
         if self.pins is not None:  # the pins stay; the lock goes
             self.pins.close()
             self.pins = None
