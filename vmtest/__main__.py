@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import boot, kernels, report
+from vmtest import boot, kernels, report
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_KERNELS = "5.10 6.1 6.12"

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .guest import CACHED_ROOT
-from .kernels import Kernel
+from vmtest.guest import CACHED_ROOT
+from vmtest.kernels import Kernel
 
 
 def kvm_usable() -> tuple[bool, str]:

@@ -1,0 +1,194 @@
+"""The layers of ttcp, read from every module's imports (function-level ones too).
+
+The design card's faces stay flat in ttcp/ (syscalls, elf_loader, maps, server)
+beside the command's modules; everything else lives in a package: obj/ (pure
+object parsing), kernel/ (kernel facts, probes, attaching), rtt/ (the TCP RTT
+domain) and api/ (the HTTP API's parts). Generic eBPF code knows nothing of
+the RTT domain, the API or the command; obj/ calls no syscall; rtt/ is below
+the API and the command; the API's parts are below its face. No module takes
+part in an import cycle, and every import is absolute.
+
+A new package is one line in LAYOUT (and, if it has a rule, one in RULES).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import REPO
+
+# Where each module belongs, by name prefix: every module of ttcp must be in one.
+FLAT = ("ttcp.syscalls", "ttcp.elf_loader", "ttcp.maps", "ttcp.server",  # the design card's faces
+        "ttcp.cli", "ttcp.agent", "ttcp.output", "ttcp.errors")  # the command, the agent, stdout, errors
+GENERIC = ("ttcp.syscalls", "ttcp.elf_loader", "ttcp.maps", "ttcp.errors", "ttcp.obj", "ttcp.kernel")
+FACES = ("ttcp.server", "ttcp.agent", "ttcp.cli", "ttcp.output", "ttcp.__main__")
+LAYOUT = {
+    "generic eBPF": GENERIC,
+    "the TCP RTT domain": ("ttcp.rtt",),
+    "the API's parts": ("ttcp.api",),
+    "faces and the command": FACES,
+    "the package": ("ttcp",),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Modules under `importers` import nothing under `forbidden` but what `allowed` names."""
+
+    name: str
+    importers: tuple[str, ...]
+    forbidden: tuple[str, ...]
+    why: str
+    allowed: tuple[str, ...] = ()
+
+
+RULES = (
+    Rule("generic", GENERIC, ("ttcp.rtt", "ttcp.api", *FACES),
+         "generic eBPF code knows nothing of ttcp's RTT domain, its API or its command"),
+    Rule("obj", ("ttcp.obj",), ("ttcp.syscalls", "ttcp.maps", "ttcp.elf_loader", "ttcp.kernel"),
+         "obj/ parses objects and calls no syscall (the kernel's numbers, ttcp.kernel.uapi, are data)",
+         allowed=("ttcp.kernel.uapi",)),
+    Rule("rtt", ("ttcp.rtt",), ("ttcp.api", *FACES), "the RTT domain is below the API and the command"),
+    Rule("api", ("ttcp.api",), ("ttcp.server", "ttcp.agent", "ttcp.cli", "ttcp.__main__"),
+         "the API's parts are below its face (ttcp.server) and the command"),
+)
+
+
+def under(name: str, prefixes: tuple[str, ...]) -> bool:
+    """`name` is one of `prefixes` or inside one (ttcp.kernel covers ttcp.kernel.btf)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str
+    imported: str
+    line: int
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted((REPO / "ttcp").rglob("*.py"))}
+
+
+def _resolved(importer: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an ImportFrom names (relative ones resolved, to report them)."""
+    if not node.level:
+        return node.module or ""
+    package = importer.split(".") if path.name == "__init__.py" else importer.split(".")[:-1]
+    base = package[: len(package) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(name: str) -> Iterator[Import]:
+    """Every ttcp module `name` imports, anywhere in its body (`from ttcp.rtt import
+    filters` is ttcp.rtt.filters, `from ttcp.obj.btf import Btf` is ttcp.obj.btf)."""
+    path = modules()[name]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolved(name, path, node)
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules() else base for a in node.names]
+        else:
+            continue
+        for target in dict.fromkeys(targets):
+            if under(target, ("ttcp",)):
+                yield Import(name, target, node.lineno)
+
+
+def graph() -> dict[str, set[str]]:
+    return {name: {i.imported for i in imports_of(name) if i.imported in modules()} for name in modules()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module, or a module
+    importing itself (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in edges.get(v, ()):
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+# ---- the layout ---------------------------------------------------------------------------------
+
+
+def test_every_module_has_a_place() -> None:
+    known = tuple(p for prefixes in LAYOUT.values() for p in prefixes)
+    placeless = [name for name in modules() if name != "ttcp" and not under(name, known)]
+    assert not placeless, f"add these to LAYOUT (and RULES if their package has one): {placeless}"
+
+
+def test_only_the_faces_and_the_command_are_flat() -> None:
+    flat = {name for name, path in modules().items() if path.parent == REPO / "ttcp"}
+    assert flat - {"ttcp", "ttcp.__main__"} == set(FLAT)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_imports_follow_the_layers(rule: Rule) -> None:
+    broken = [f"{i.importer} imports {i.imported} (line {i.line})"
+              for name in modules() if under(name, rule.importers)
+              for i in imports_of(name) if under(i.imported, rule.forbidden) and not under(i.imported, rule.allowed)]
+    assert not broken, f"{rule.why}:\n  " + "\n  ".join(broken)
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(graph()) == []
+
+
+def test_every_import_is_absolute() -> None:
+    relative = [f"{p.relative_to(REPO)}:{node.lineno}"
+                for d in ("ttcp", "tests", "bench", "vmtest", "scripts") for p in sorted((REPO / d).rglob("*.py"))
+                for node in ast.walk(ast.parse(p.read_text(), str(p)))
+                if isinstance(node, ast.ImportFrom) and node.level]
+    assert not relative, f"use absolute imports (from ttcp.rtt import filters): {relative}"
+
+
+# ---- the checks themselves can fail --------------------------------------------------------------
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"a"}}) == [["a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_imports_are_read_wherever_they_stand() -> None:
+    """Function-level imports count (the agent imports the server only once the header is out)."""
+    assert "ttcp.server" in {i.imported for i in imports_of("ttcp.agent")}
+    assert "ttcp.rtt.filters" in {i.imported for i in imports_of("ttcp.rtt.filter_table")}
