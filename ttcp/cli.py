@@ -35,8 +35,8 @@ from ttcp.errors import BindError, TtcpError
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.output import HistogramPrinter, Printer
 from ttcp.rtt import filters
-from ttcp.rtt.filter_table import CorruptTableError
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
+from ttcp.rtt.table_rules import CorruptTableError
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 
 EPILOG = """\

@@ -39,8 +39,9 @@ from ttcp.api.guards import bearer_auth, check_host
 from ttcp.api.token import Token
 from ttcp.errors import BindError, TtcpError
 from ttcp.rtt import filters as F
-from ttcp.rtt.filter_table import FilterStats, FilterTable, NotInTableError, TableFullError
+from ttcp.rtt.filter_table import FilterStats, FilterTable
 from ttcp.rtt.filters import Filter, FilterError
+from ttcp.rtt.table_rules import NotInTableError, TableFullError
 
 log = logging.getLogger("ttcp.server")
 

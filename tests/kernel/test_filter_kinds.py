@@ -17,7 +17,7 @@ from tests.support.tracing import collect
 from tests.support.traffic import Conn, Server, connect_many, connect_once
 from ttcp.rtt import events
 from ttcp.rtt import filters as F
-from ttcp.rtt.filter_table import CONFIG, STALE_HOST_BITS
+from ttcp.rtt.table_rules import CONFIG, STALE_HOST_BITS
 from ttcp.rtt.tracer import Tracer
 
 pytestmark = pytest.mark.kernel

@@ -42,7 +42,7 @@ from ttcp.kernel.uapi import (
     StatsType,
 )
 from ttcp.obj.btf import KIND_ENUM, KIND_ENUM64, KIND_UNION, Btf
-from ttcp.rtt import events, filter_table, filters, histogram
+from ttcp.rtt import events, filter_table, filters, histogram, table_rules
 
 OLDEST_KERNEL = "5.8"  # ring buffers (README)
 
@@ -336,7 +336,7 @@ def test_event_format_matches_struct_event() -> None:
     ("net_key", filters.NET_KEY.format),
     ("filter_value", filters.VALUE.format),
     ("hist", histogram.HIST.format),
-    ("config", filter_table.CONFIG.format),
+    ("config", table_rules.CONFIG.format),
     # struct filter_stats: its head, then two struct hist (compared above, whole here)
     ("filter_stats", f"{filter_table.STATS_HEAD.format}{histogram.HIST.size}s{histogram.HIST.size}s"),
 ])

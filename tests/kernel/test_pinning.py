@@ -25,8 +25,9 @@ from ttcp.kernel.uapi import MapType
 from ttcp.obj.map_compat import IncompatibleMapError
 from ttcp.rtt import filters as F
 from ttcp.rtt import pinning
-from ttcp.rtt.filter_table import STATS_HEAD, CorruptTableError
+from ttcp.rtt.filter_table import STATS_HEAD
 from ttcp.rtt.pinning import IncompatiblePinError, PinDirError, PinLockedError, PinnedTableTooBigError
+from ttcp.rtt.table_rules import CorruptTableError
 from ttcp.rtt.tracer import TABLE_MAPS, Tracer, default_object
 
 pytestmark = pytest.mark.kernel
@@ -127,10 +128,10 @@ def test_a_smaller_table_moves_counter_slots_down(no_bpf_leaks: None, pin_dir: P
     before = seeded(pin_dir, 16, hosts, remove=tuple(hosts[:8]),  # 28 and 29 keep slots 8 and 9
                     **{"127.0.14.28": 2, "127.0.14.29": 1})
     with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
-        assert t.open_maps()._slots[F.parse("127.0.14.29")].index == 9
+        assert t.open_maps().rules.slots[F.parse("127.0.14.29")].index == 9
     with Tracer(max_filters=4, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
         table = t.open_maps()
-        assert matches(table) == before and all(s.index < 4 for s in table._slots.values())
+        assert matches(table) == before and all(s.index < 4 for s in table.rules.slots.values())
         t.attach(log=quiet)
         traffic(srv, **{"127.0.14.29": 1})  # the moved slot still counts
         assert matches(table)["127.0.14.29"] == 2
@@ -142,7 +143,7 @@ def test_a_lost_stats_map_is_restamped_so_filters_count_again(no_bpf_leaks: None
     (pin_dir / "stats").unlink()  # e.g. removed by hand, or never pinned (a crash at the first start)
     with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
         table = t.open_maps()
-        slot = table._slots[F.parse(A)]
+        slot = table.rules.slots[F.parse(A)]
         assert {STATS_HEAD.unpack_from(r)[0] for r in table.stats_map.values(slot.index)} == {slot.gen}
         t.attach(log=quiet)
         traffic(srv, **{A: 2})
@@ -153,7 +154,7 @@ def test_a_corrupt_table_is_refused(no_bpf_leaks: None, pin_dir: Path) -> None:
     with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t:
         table = t.open_maps()
         table.add([F.parse(A), F.parse(B)])
-        slot = table._slots[F.parse(A)]
+        slot = table.rules.slots[F.parse(A)]
         table.hosts.put(F.host_key(F.parse(B)), F.VALUE.pack(slot.index, slot.gen, 128))  # another writer
     with pytest.raises(CorruptTableError, match="count into the same slot"), \
             Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t:

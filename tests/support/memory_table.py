@@ -1,74 +1,72 @@
 """A FilterTable in memory, for the API's own tests (no root, no kernel).
 
-It follows the protocol of ttcp.rtt.filter_table exactly — the same errors, the
-same all-or-nothing rules, the same listing order — and lets a test set a
-filter's counters. tests/test_server.py runs a set of its tests against the
-real KernelFilterTable too, so the two cannot drift apart.
+It keeps the table's rules with ttcp.rtt.table_rules, as KernelFilterTable
+does — the same errors, the same all-or-nothing planning, the same listing
+order and version — with no maps behind them, and lets a test set a filter's
+counters or make an insert fail midway. tests/kernel/test_server_kernel_table.py
+runs the API's tests written for any table against the real KernelFilterTable
+too, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ttcp.rtt import filters as F
-from ttcp.rtt.filter_table import FilterStats, NotInTableError, TableFullError
+from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
+from ttcp.rtt.table_rules import TableRules
 
 
 class MemoryFilterTable:
     def __init__(self, max_entries: int = 64) -> None:
-        self._max = max_entries
+        self.rules = TableRules(max_entries, max_entries)
         self._stats: dict[Filter, FilterStats] = {}
-        self._version = 0
         self.fail_after: int | None = None  # make the Nth insert of a call raise (fault tests)
 
     @property
     def max_entries(self) -> int:
-        return self._max
+        return self.rules.max_entries
 
     @property
     def version(self) -> int:
-        return self._version
+        return self.rules.version
 
     def __len__(self) -> int:
-        return len(self._stats)
+        return len(self.rules)
 
     def __contains__(self, f: object) -> bool:
-        return f in self._stats
+        return f in self.rules
 
     def filters(self) -> list[Filter]:
-        return sorted(self._stats, key=F.order_key)
+        return self.rules.filters()
 
     def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
         return {f: self._stats[f] for f in fs if f in self._stats}
 
     def add(self, fs: Sequence[Filter]) -> list[Filter]:
-        new = list(dict.fromkeys(f for f in fs if f not in self._stats))
-        if not new:
-            return []
-        if len(self._stats) + len(new) > self._max:
-            raise TableFullError(self._max, len(self._stats), len(new))
+        planned = self.rules.plan_add(fs)
         added: list[Filter] = []
         try:
-            for i, f in enumerate(new):
+            for i, (f, slot) in enumerate(planned):
                 if self.fail_after is not None and i >= self.fail_after:
                     raise OSError("injected failure")
+                self.rules.added(f, slot)
                 self._stats[f] = FilterStats.empty()
                 added.append(f)
         except BaseException:
             for f in added:
+                self.rules.removed(f)
                 del self._stats[f]
             raise
-        self._version += 1
+        if added:
+            self.rules.changed()
         return added
 
     def remove(self, fs: Sequence[Filter]) -> None:
-        missing = [f for f in dict.fromkeys(fs) if f not in self._stats]
-        if missing:
-            raise NotInTableError(missing)
-        for f in dict.fromkeys(fs):
+        for f in self.rules.plan_remove(fs):
+            self.rules.removed(f)
             del self._stats[f]
-        self._version += 1
+        self.rules.changed()
 
     # ---- for tests ----
 

@@ -22,7 +22,7 @@ the table at start.
   that a crash between two renames leaves is a consistent table, which the
   next start finishes migrating. A table about to shrink first moves filters
   whose slot would not fit to free lower slots, in place
-  (ttcp.rtt.filter_table.compact_slots).
+  (ttcp.rtt.filter_table.compact_slots, as ttcp.rtt.table_rules plans it).
 """
 
 from __future__ import annotations

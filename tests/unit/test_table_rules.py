@@ -1,0 +1,242 @@
+"""The filter table's rules on their own (ttcp.rtt.table_rules): slots and their
+reuse, generations, the counts of kinds and host bits behind cfg, the bound on
+stale host bits, all-or-nothing planning, a corrupt table refused, and the
+moves that fit a table into fewer slots. No maps, no root: what the rules
+decide is what KernelFilterTable writes (tests/kernel/test_filter_kinds.py
+reads the kernel's cfg through the same changes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttcp.rtt import filters as F
+from ttcp.rtt.filters import Filter
+from ttcp.rtt.table_rules import (
+    CONFIG,
+    STALE_HOST_BITS,
+    Config,
+    CorruptTableError,
+    NotInTableError,
+    Slot,
+    TableFullError,
+    TableRules,
+    plan_compaction,
+)
+
+
+def f(text: str) -> Filter:
+    return F.parse(text)
+
+
+def add(rules: TableRules, *texts: str) -> list[tuple[Filter, Slot]]:
+    """Plan and apply an add, as a table does once its writes succeeded."""
+    planned = rules.plan_add([f(t) for t in texts])
+    for flt, slot in planned:
+        rules.added(flt, slot)
+    rules.changed()
+    return planned
+
+
+def remove(rules: TableRules, *texts: str) -> list[Slot]:
+    slots = [rules.removed(flt) for flt in rules.plan_remove([f(t) for t in texts])]
+    rules.changed()
+    return slots
+
+
+def write(rules: TableRules, adding: tuple[str, ...] = ()) -> Config | None:
+    """What a table writes to cfg now (None: nothing), as KernelFilterTable._write_config does."""
+    cfg = rules.config_to_write([f(t) for t in adding])
+    if cfg is not None:
+        rules.config_written(cfg)
+    return cfg
+
+
+def hosts(n: int, side: str = "src") -> list[str]:
+    """n exact addresses of distinct host bits."""
+    out: list[str] = []
+    bits: set[int] = set()
+    for i in range(1, 1 << 16):
+        addr = f"10.{i >> 8}.{i & 0xFF}.1"
+        bit = F.host_bit(f(addr).addr)
+        if bit not in bits:
+            bits.add(bit)
+            out.append(f"{side} {addr}")
+            if len(out) == n:
+                return out
+    raise AssertionError("not enough distinct host bits")
+
+
+# ---- slots and generations ------------------------------------------------------------------
+
+
+def test_slots_lowest_first_and_the_last_freed_reused_first() -> None:
+    rules = TableRules(8, 8)
+    planned = add(rules, "10.0.0.1", "10.0.0.2", "dst 10.9.0.0/16")
+    assert [s for _, s in planned] == [Slot(0, 1), Slot(1, 2), Slot(2, 3)]
+    assert remove(rules, "10.0.0.2", "10.0.0.1") == [Slot(1, 2), Slot(0, 1)]
+    assert [s for _, s in add(rules, "10.0.0.3", "10.0.0.4", "10.0.0.5")] == [Slot(0, 4), Slot(1, 5), Slot(3, 6)]
+
+
+def test_a_readded_filter_gets_a_new_generation() -> None:
+    rules = TableRules(4, 4)
+    (_, first), = add(rules, "10.0.0.1")
+    remove(rules, "10.0.0.1")
+    (_, again), = add(rules, "10.0.0.1")
+    assert again.index == first.index and again.gen > first.gen  # its old counters never count again
+
+
+def test_generations_go_on_from_a_held_table() -> None:
+    held = {f("10.0.0.1"): Slot(3, 17), f("dst 10.0.0.0/8"): Slot(0, 40)}
+    rules = TableRules(8, 8, held)
+    assert len(rules) == 2 and dict(rules.slots) == held
+    assert [s for _, s in add(rules, "10.0.0.2", "10.0.0.3")] == [Slot(1, 41), Slot(2, 42)]
+
+
+def test_a_planned_slot_must_be_taken_in_order() -> None:
+    rules = TableRules(4, 4)
+    (a, sa), (b, sb) = rules.plan_add([f("10.0.0.1"), f("10.0.0.2")])
+    with pytest.raises(ValueError, match="not planned"):
+        rules.added(b, sb)
+    rules.added(a, sa)
+    with pytest.raises(ValueError, match="not planned"):
+        rules.added(a, sa)
+
+
+# ---- all or nothing --------------------------------------------------------------------------
+
+
+def test_a_request_that_does_not_fit_changes_nothing() -> None:
+    rules = TableRules(3, 8)
+    add(rules, "10.0.0.1", "10.0.0.2")
+    version, listed = rules.version, rules.filters()
+    with pytest.raises(TableFullError, match=r"holds 3 entries \(2 in use, this request adds 2\)"):
+        rules.plan_add([f("10.0.0.3"), f("10.0.0.4"), f("10.0.0.1")])
+    assert rules.version == version and rules.filters() == listed
+    assert [s for _, s in add(rules, "10.0.0.3")] == [Slot(2, 3)]  # the slots were not taken
+
+
+def test_fewer_slots_than_entries_bound_the_table_too() -> None:
+    rules = TableRules(8, 2)
+    with pytest.raises(TableFullError):
+        rules.plan_add([f(f"10.0.0.{i}") for i in range(1, 4)])
+
+
+def test_present_filters_and_repeats_are_planned_once() -> None:
+    rules = TableRules(4, 4)
+    add(rules, "10.0.0.1")
+    planned = rules.plan_add([f("10.0.0.2"), f("10.0.0.1"), f("::ffff:10.0.0.2"), f("10.0.0.3")])
+    assert [str(x) for x, _ in planned] == ["10.0.0.2", "10.0.0.3"]
+    assert rules.plan_add([f("10.0.0.1"), f("src 10.0.0.1")]) == []
+
+
+def test_a_removal_naming_an_absent_filter_changes_nothing() -> None:
+    rules = TableRules(4, 4)
+    add(rules, "10.0.0.1", "10.0.0.2")
+    with pytest.raises(NotInTableError) as info:
+        rules.plan_remove([f("10.0.0.1"), f("10.0.0.9"), f("dst 10.0.0.2")])
+    assert [str(x) for x in info.value.missing] == ["10.0.0.9", "dst 10.0.0.2"]
+    assert len(rules) == 2 and rules.plan_remove([f("10.0.0.2"), f("10.0.0.2")]) == [f("10.0.0.2")]
+
+
+def test_the_version_and_listing_follow_completed_changes() -> None:
+    rules = TableRules(8, 8)
+    assert rules.version == 0
+    add(rules, "dst 10.20.0.0/16 port 5432", "2001:db8::1", "10.178.0.5")
+    assert rules.version == 1
+    assert [str(x) for x in rules.filters()] == ["10.178.0.5", "2001:db8::1", "dst 10.20.0.0/16 port 5432"]
+    (flt, slot), = rules.plan_add([f("10.0.0.1")])
+    rules.added(flt, slot)
+    rules.removed(flt)  # rolled back: no change
+    assert rules.version == 1 and f("10.0.0.1") not in rules
+
+
+# ---- cfg: kinds and host bits ----------------------------------------------------------------
+
+
+def test_kinds_are_counted_and_always_exact() -> None:
+    rules = TableRules(16, 16)
+    src_host, dst_net = f("10.0.0.1"), f("dst 10.0.0.0/8 port 80")
+    texts = ("10.0.0.1", "10.0.0.2", "dst 10.0.0.0/8 port 80")
+    cfg = write(rules, texts)
+    assert cfg is not None and cfg.kinds == src_host.kind_bit | dst_net.kind_bit
+    add(rules, *texts)
+    assert write(rules) is None  # the pre-add cfg already had them
+    remove(rules, "10.0.0.1")
+    assert write(rules) is None  # another src host keeps the kind
+    remove(rules, "dst 10.0.0.0/8 port 80")
+    cfg = write(rules)
+    assert cfg is not None and cfg.kinds == src_host.kind_bit  # the last of a kind: written at once
+    remove(rules, "10.0.0.2")
+    assert write(rules) == Config(0, (0, 0))  # kinds changed: the stale bits go too
+
+
+def test_host_bits_are_set_before_an_add_and_kept_while_a_filter_needs_them() -> None:
+    rules = TableRules(16, 16)
+    a, b = f("10.0.0.1"), f("dst 10.0.0.1")
+    cfg = write(rules, ("10.0.0.1", "dst 10.0.0.1"))
+    assert cfg is not None
+    assert cfg.host_bits == (1 << F.host_bit(a.addr), 1 << F.host_bit(b.addr))  # one bitmap a side
+    add(rules, "10.0.0.1", "dst 10.0.0.1", "src 10.0.0.0/8")
+    assert write(rules) is not None  # a new kind (the network)
+    assert rules.config().host_bits == cfg.host_bits  # a network sets no host bit
+
+
+def test_removed_addresses_leave_at_most_the_stale_bound_of_bits() -> None:
+    rules = TableRules(512, 512)
+    texts = hosts(STALE_HOST_BITS + 10)  # the last ten keep the kind in use
+    assert write(rules, tuple(texts)) is not None
+    add(rules, *texts)
+    assert write(rules) is None
+    written = rules.config()
+    for i, text in enumerate(texts):
+        remove(rules, text)
+        cfg = write(rules)
+        if i < STALE_HOST_BITS:
+            assert cfg is None, i  # a stale bit only costs a lookup that misses
+        else:
+            assert cfg == rules.config() and cfg != written  # past the bound: written exact
+            break
+    else:
+        raise AssertionError("the bound was never reached")
+
+
+def test_a_missing_bit_is_always_written() -> None:
+    rules = TableRules(8, 8)
+    held, new = hosts(2)  # of distinct bits
+    add(rules, held)
+    write(rules)
+    remove(rules, held)
+    assert write(rules) is not None  # the kind went
+    add(rules, held)
+    assert write(rules) is not None  # the kind is back
+    cfg = write(rules, (new,))
+    assert cfg is not None and cfg.host_bits[0] == 1 << F.host_bit(f(held).addr) | 1 << F.host_bit(f(new).addr)
+
+
+def test_config_packs_as_struct_config() -> None:
+    cfg = Config(0b101, (1 << 0 | 1 << 2047, 1 << 8))
+    raw = cfg.pack()
+    assert len(raw) == CONFIG.size == 4 + 2 * 256
+    kinds, bits = CONFIG.unpack(raw)
+    assert kinds == 0b101 and bits[0] == 1 and bits[255] == 0x80 and bits[256 + 1] == 1
+
+
+# ---- a held table, and fewer slots -------------------------------------------------------------
+
+
+def test_a_corrupt_held_table_is_refused() -> None:
+    with pytest.raises(CorruptTableError, match="count into the same slot"):
+        TableRules(8, 8, {f("10.0.0.1"): Slot(2, 1), f("10.0.0.2"): Slot(2, 5)})
+    with pytest.raises(CorruptTableError, match="slot 9, past the 8 slots"):
+        TableRules(8, 8, {f("10.0.0.1"): Slot(9, 1)})
+
+
+def test_compaction_moves_only_slots_past_the_limit_to_the_lowest_free() -> None:
+    held = {f("10.0.0.1"): Slot(0, 1), f("10.0.0.2"): Slot(9, 2), f("10.0.0.3"): Slot(5, 3),
+            f("10.0.0.4"): Slot(2, 4)}
+    moves = plan_compaction(held, 4)
+    assert [(str(x), old.index, new) for x, old, new in moves] == [("10.0.0.3", 5, 1), ("10.0.0.2", 9, 3)]
+    assert all(old.gen == held[x].gen for x, old, _ in moves)  # counters move with their generation
+    assert plan_compaction(held, 10) == []
+    with pytest.raises(TableFullError):
+        plan_compaction(held, 3)
