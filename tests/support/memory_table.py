@@ -12,33 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ttcp.rtt.filter_table import FilterStats
+from ttcp.rtt.filter_table import FilterStats, RuledTable
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.table_rules import TableRules
 
 
-class MemoryFilterTable:
+class MemoryFilterTable(RuledTable):
     def __init__(self, max_entries: int = 64) -> None:
         self.rules = TableRules(max_entries, max_entries)
         self._stats: dict[Filter, FilterStats] = {}
         self.fail_after: int | None = None  # make the Nth insert of a call raise (fault tests)
-
-    @property
-    def max_entries(self) -> int:
-        return self.rules.max_entries
-
-    @property
-    def version(self) -> int:
-        return self.rules.version
-
-    def __len__(self) -> int:
-        return len(self.rules)
-
-    def __contains__(self, f: object) -> bool:
-        return f in self.rules
-
-    def filters(self) -> list[Filter]:
-        return self.rules.filters()
 
     def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
         return {f: self._stats[f] for f in fs if f in self._stats}

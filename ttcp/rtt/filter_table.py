@@ -102,7 +102,31 @@ class FilterTable(Protocol):
         ...
 
 
-class KernelFilterTable:
+class RuledTable:
+    """What a FilterTable answers from its rules alone (ttcp.rtt.table_rules): size,
+    version, membership and the listing. The tables build on it."""
+
+    rules: TableRules
+
+    @property
+    def max_entries(self) -> int:
+        return self.rules.max_entries
+
+    @property
+    def version(self) -> int:
+        return self.rules.version
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __contains__(self, f: object) -> bool:
+        return f in self.rules
+
+    def filters(self) -> list[Filter]:
+        return self.rules.filters()
+
+
+class KernelFilterTable(RuledTable):
     """A FilterTable in the BPF program's maps."""
 
     def __init__(self, hosts: HashMap[bytes, bytes], nets: LpmTrie[bytes, bytes], stats: PerCpuArray,
@@ -136,23 +160,6 @@ class KernelFilterTable:
                     for r in cpus])
 
     # ---- reading ----
-
-    @property
-    def max_entries(self) -> int:
-        return self.rules.max_entries
-
-    @property
-    def version(self) -> int:
-        return self.rules.version
-
-    def __len__(self) -> int:
-        return len(self.rules)
-
-    def __contains__(self, f: object) -> bool:
-        return f in self.rules
-
-    def filters(self) -> list[Filter]:
-        return self.rules.filters()
 
     def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
         slots = self.rules.slots
