@@ -29,7 +29,7 @@ from typing import NoReturn, TextIO, TypeVar
 
 from ttcp.agent import Agent, Options, listen
 from ttcp.api.event_stream import DEFAULT_BACKLOG
-from ttcp.api.host_names import is_loopback, normalize_name
+from ttcp.api.host_names import HostNameError, is_loopback, normalize_name
 from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
 from ttcp.errors import BindError, TtcpError
 from ttcp.kernel.btf import VMLINUX_BTF
@@ -126,7 +126,7 @@ def _checked(parse: Callable[[str], T], error: type[Exception]) -> Callable[[str
 
 
 _filter = _checked(filters.parse, filters.FilterError)
-_host_name = _checked(normalize_name, ValueError)
+_host_name = _checked(normalize_name, HostNameError)
 
 
 def _seconds(text: str) -> float:

@@ -17,7 +17,12 @@ from ttcp.kernel.uapi import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
 
 
 class TtcpError(Exception):
-    """Base class: everything ttcp raises on purpose derives from it."""
+    """Base class: everything ttcp raises on purpose derives from it.
+
+    Misusing an API (bytes of the wrong size for a map, a closed map or ring)
+    raises Python's own ValueError or IndexError, as the standard library
+    does; a few syscalls wrappers document the OSError their callers handle.
+    """
 
 
 class FormatError(TtcpError):

@@ -54,7 +54,7 @@ _OFF = {"off", "false", "0", "no"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(TtcpError):
     """A client-visible failure: HTTP status plus a one-line message."""
 
     def __init__(self, status: int, message: str) -> None:

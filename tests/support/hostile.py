@@ -33,6 +33,7 @@ from ttcp.obj.btf import Btf
 from ttcp.obj.btf_ext import BtfExt, CoreRelo, encode_func_info, encode_line_info
 from ttcp.obj.btf_fixup import fixed_for_kernel
 from ttcp.obj.core import CoreResolver, insn_class_label, patch_insn
+from ttcp.obj.core.relo import Poison, SpecError
 from ttcp.obj.spec import CollectionSpec
 
 SHIPPED = paths.SHIPPED
@@ -97,7 +98,9 @@ def only_ttcp_errors(harness: Callable[..., object], *args: object) -> TtcpError
 
 
 def check_message(err: TtcpError) -> None:
-    """A refusal must say what is wrong in words, not leak an internal failure."""
+    """A refusal must say what is wrong in words, not leak an internal failure (nor
+    ttcp.obj.core's own signals, which leave it as a CoreRelocationError)."""
+    assert not isinstance(err, (SpecError, Poison)), f"{type(err).__name__} left ttcp.obj.core: {err}"
     text = str(err)
     assert len(text.strip()) >= 8, f"uninformative error {text!r}"
     for internal in ("MemoryError", "RecursionError", "Traceback"):

@@ -16,12 +16,12 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import REPO
+from tests.support.paths import ttcp_modules as modules
 
 # Where each module belongs, by name prefix: every module of ttcp must be in one.
 FLAT = ("ttcp.syscalls", "ttcp.elf_loader", "ttcp.maps", "ttcp.server",  # the design card's faces
@@ -70,16 +70,6 @@ class Import:
     importer: str
     imported: str
     line: int
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-@cache
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted((REPO / "ttcp").rglob("*.py"))}
 
 
 def _resolved(importer: str, path: Path, node: ast.ImportFrom) -> str:

@@ -14,20 +14,26 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ttcp.errors import TtcpError
+
 ALWAYS_ALLOWED = frozenset({"localhost"})
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _BRACKETED = re.compile(r"^\[([^\[\]]+)\](?::(\d*))?$")
 
 
+class HostNameError(TtcpError, ValueError):
+    """A name --allowed-host cannot take; the message says why."""
+
+
 def normalize_name(text: str) -> str:
-    """A DNS name for --allowed-host, lower-case, without a trailing dot (ValueError if not one)."""
+    """A DNS name for --allowed-host, lower-case, without a trailing dot (HostNameError if not one)."""
     name = text.strip().lower().removesuffix(".")
     if ":" in name or "/" in name:
-        raise ValueError(f"{text!r}: give a name without scheme or port (e.g. ttcp.example.com)")
+        raise HostNameError(f"{text!r}: give a name without scheme or port (e.g. ttcp.example.com)")
     if "*" in name:
-        raise ValueError(f"{text!r}: wildcards are not accepted; give each name")
+        raise HostNameError(f"{text!r}: wildcards are not accepted; give each name")
     if not name.isascii() or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
-        raise ValueError(f"{text!r} is not a DNS name")
+        raise HostNameError(f"{text!r} is not a DNS name")
     return name
 
 

@@ -29,6 +29,10 @@ class TokenFileError(TtcpError):
     """A token file ttcp cannot use (the message never includes its content)."""
 
 
+class InvalidTokenError(TtcpError, ValueError):
+    """Bytes that cannot be a token (empty, or not printable ASCII without spaces)."""
+
+
 class Token:
     """The API's secret; its repr and str do not show it."""
 
@@ -36,7 +40,7 @@ class Token:
 
     def __init__(self, value: bytes) -> None:
         if not value or not all(0x21 <= b <= 0x7E for b in value):
-            raise ValueError("a token is one or more printable ASCII characters without spaces")
+            raise InvalidTokenError("a token is one or more printable ASCII characters without spaces")
         self._value = value
 
     def matches(self, offered: bytes) -> bool:
@@ -72,7 +76,7 @@ def read_token_file(path: str | os.PathLike[str]) -> Token:
         raise TokenFileError(f"token file {where} is larger than {MAX_TOKEN_FILE} bytes: not a token")
     try:
         token = Token(raw.strip(b" \t\r\n"))
-    except ValueError:
+    except InvalidTokenError:
         what = "is empty" if not raw.strip() else "must hold one token of printable ASCII without spaces"
         raise TokenFileError(f"token file {where} {what}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):

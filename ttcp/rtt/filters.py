@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from ttcp.errors import TtcpError
+
 MAX_TEXT = 256  # longer text is refused before any parsing
 _V4_PREFIX = bytes(10) + b"\xff\xff"
 _V4_BITS = 96  # bits of the 16-byte form before an IPv4 address
@@ -45,8 +47,9 @@ class Side(IntEnum):
     DST = 2
 
 
-class FilterError(ValueError):
-    """Text or JSON that is not a filter; the message names the offending part."""
+class FilterError(TtcpError, ValueError):
+    """Text or JSON that is not a filter; the message names the offending part (a ValueError
+    too: argparse and callers that parse values expect one)."""
 
 
 @dataclass(frozen=True, order=True)

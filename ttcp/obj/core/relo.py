@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ttcp.errors import CoreRelocationError
+from ttcp.errors import CoreRelocationError, TtcpError
 from ttcp.obj.btf_ext import CoreRelo
 
 FIELD_BYTE_OFFSET = 0
@@ -75,14 +75,15 @@ class CoreResult(NamedTuple):
     candidates: tuple[Candidate, ...] = ()
 
 
-class SpecError(Exception):
+class SpecError(TtcpError):
     """Internal: the relocation, or a BTF it walks, is malformed. Never leaves
     ttcp.obj.core: the resolver turns it into a CoreRelocationError that names
     the relocation (a ValueError from a bug in ttcp stays a ValueError)."""
 
 
-class Poison(Exception):
-    """Internal: libbpf's -EUCLEAN, the target lacks what the instruction needs."""
+class Poison(TtcpError):
+    """Internal: libbpf's -EUCLEAN, the target lacks what the instruction needs (the
+    instruction is poisoned; never leaves ttcp.obj.core)."""
 
 
 def relo_error(relo: CoreRelo, message: str) -> CoreRelocationError:
