@@ -28,7 +28,7 @@ from ttcp.api.metrics import FilterSeries, Snapshot
 from ttcp.api.token import Token
 from ttcp.errors import BindError
 from ttcp.output import HistogramPrinter, Printer
-from ttcp.rtt import events
+from ttcp.rtt import clock, events
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.tracer import Tracer
@@ -174,7 +174,7 @@ class Agent:
             await asyncio.to_thread(preload.join)
         from ttcp import server
         assert self.tracer.table is not None
-        hooks = server.Agent(health=self.health, mono_to_wall=self.tracer.monotonic_to_wall,
+        hooks = server.ApiHooks(health=self.health, mono_to_wall=clock.monotonic_to_wall,
                              metrics=self.metrics, sampling=self.sampling, set_sampling=self.set_sampling,
                              events=self.hub, table_full_hint=self.opts.table_full_hint)
         app = server.create_app(self.tracer.table, hooks, token=self.opts.token,

@@ -33,7 +33,7 @@ from ttcp.api.host_names import HostNameError, is_loopback, normalize_name
 from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
 from ttcp.errors import BindError, TtcpError
 from ttcp.kernel.btf import VMLINUX_BTF
-from ttcp.output import HistogramPrinter, Printer
+from ttcp.output import HistogramPrinter, Printer, to_devnull
 from ttcp.rtt import filters
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
 from ttcp.rtt.table_rules import CorruptTableError
@@ -41,7 +41,8 @@ from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tr
 
 EPILOG = """\
 filters ([src|dst] ADDRESS[/PREFIX] [port N]; a connection is reported when any matches):
-  10.178.0.5                    the seed's filter: local (source) address 10.178.0.5
+  10.178.0.5                    local (source) address 10.178.0.5: a plain
+                                address, as the original ttcp took them
   dst 10.20.0.0/16 port 5432    connections to the database network's port 5432
   src 172.17.0.0/16             connections from a container subnet
   dst 2001:db8::/32             IPv6 works the same; IPv4 filters also match
@@ -58,7 +59,8 @@ output (stdout), one line per TCP connection that ended, that a filter selects:
   --histogram N prints, every N seconds and at exit, a log2 RTT histogram per
   filter (bcc style) instead of the lines.
 
-API (see README / GET /openapi.json), the seed's three lines and more:
+API (see README / GET /openapi.json): the original ttcp's three curl lines,
+with plain addresses, work as they did, and any filter does too:
   curl -L http://localhost:8090 -XGET
   curl -L http://localhost:8090 -XPUT -d 192.168.0.1
   curl -L http://localhost:8090 -XDELETE -d 192.168.0.1
@@ -469,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         # `ttcp | head`: the reader left; exit quietly like other filters.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        to_devnull(sys.stdout)
         return 0
     except KeyboardInterrupt:
         print("ttcp: interrupted during start-up; everything created was released", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from ttcp.errors import TtcpError
 from ttcp.maps import Run, run_layout
-from ttcp.rtt import events, histogram
+from ttcp.rtt import clock, events, histogram
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.histogram import Histogram
@@ -29,10 +29,13 @@ class Printer:
 
     Records come as RingBuffer.read_runs gives them: runs of fixed-size
     events are unpacked with one struct.iter_unpack each; a record of another
-    size is formatted alone (a short one is counted as undecodable, like one
-    that names no filter). `show` False (histogram mode) counts events
-    without printing them; the JSON lines for GET /events are made only when
-    the caller says a client listens.
+    size is formatted alone (a longer one from its first EVENT_SIZE bytes).
+    One rule in every format (table, JSON, histogram mode): a record the
+    program never sends, one too short or one that names no filter, is
+    counted as undecodable and neither printed nor counted as printed.
+    `show` False (histogram mode) counts events without printing them; the
+    JSON lines for GET /events are made only when the caller says a client
+    listens.
     """
 
     def __init__(self, fmt: str, out: TextIO, show: bool = True) -> None:
@@ -42,7 +45,7 @@ class Printer:
         self.undecodable = 0
         self.unwritten = 0
         self.reader_gone = False
-        self._offset = events.wall_clock_offset_ns()
+        self._offset = clock.wall_clock_offset_ns()
         self._json = fmt == "json"
         self._pending: list[str] = []
 
@@ -100,7 +103,7 @@ class Printer:
                 self.out.flush()
             except BrokenPipeError:
                 self.reader_gone = True
-                _to_devnull(self.out)
+                to_devnull(self.out)
         if self.reader_gone:
             self.printed -= lines
             self.unwritten += lines
@@ -152,12 +155,12 @@ class HistogramPrinter:
             self.out.write(text)
             self.out.flush()
         except BrokenPipeError:
-            _to_devnull(self.out)
+            to_devnull(self.out)
             return False
         return True
 
 
-def _to_devnull(out: TextIO) -> None:
+def to_devnull(out: TextIO) -> None:
     """stdout's reader has gone: point its descriptor at /dev/null, so that what
     Python still holds in its buffer (and the flush at exit) raises nothing."""
     null = os.open(os.devnull, os.O_WRONLY)

@@ -1,7 +1,7 @@
 """The HTTP API (aiohttp): the filter table, histograms, metrics, events.
 
 The server only speaks HTTP: it parses requests into filters (ttcp.rtt.filters),
-calls the FilterTable protocol (ttcp.rtt.filter_table) and the agent's callbacks
+calls the FilterTable protocol (ttcp.rtt.filter_table) and the agent's callbacks (ApiHooks)
 (health, sampling, metrics), and renders answers. It keeps no copy of the
 table; `GET /` is rendered once per table change (the table's version).
 
@@ -64,8 +64,8 @@ class ApiError(TtcpError):
 
 
 @dataclass
-class Agent:
-    """What the API may ask of the running agent, beyond the table."""
+class ApiHooks:
+    """What the API may ask of the running agent (ttcp.agent.Agent), beyond the table."""
 
     health: Callable[[], dict[str, Any]]
     mono_to_wall: Callable[[int], float]
@@ -96,7 +96,7 @@ def _decode(body: bytes) -> str:
 
 def _items_from_json(text: str) -> list[object]:
     """Filters of a JSON body: {"filters": [text or {side, address, port}, ...]}, or the
-    seed's {"addresses": ["...", ...]}."""
+    original ttcp's {"addresses": ["...", ...]}."""
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -139,11 +139,11 @@ def parse_body(body: bytes, content_type: str) -> list[Filter]:
 
 
 class _Api:
-    """Handlers bound to one filter table and the agent."""
+    """Handlers bound to one filter table and the agent's hooks."""
 
-    def __init__(self, table: FilterTable, agent: Agent, max_body: int) -> None:
+    def __init__(self, table: FilterTable, hooks: ApiHooks, max_body: int) -> None:
         self.table = table
-        self.agent = agent
+        self.hooks = hooks
         self.max_body = max_body
         self.openapi_doc = _load_openapi()
         self._listing: tuple[int, bytes] | None = None
@@ -168,7 +168,7 @@ class _Api:
         return parse_body(await self._read_body(request), request.content_type)
 
     def _full(self, e: TableFullError) -> ApiError:
-        hint = f"; {self.agent.table_full_hint.format(limit=e.limit)}" if self.agent.table_full_hint else ""
+        hint = f"; {self.hooks.table_full_hint.format(limit=e.limit)}" if self.hooks.table_full_hint else ""
         return ApiError(507, f"{e}{hint}")
 
     def _add(self, fs: Sequence[Filter]) -> list[Filter]:
@@ -184,7 +184,7 @@ class _Api:
             raise ApiError(404, str(e)) from None
 
     def _entry(self, f: Filter, s: FilterStats, histograms: bool = False) -> dict[str, Any]:
-        unix = self.agent.mono_to_wall(s.last_match_ns) if s.last_match_ns else None
+        unix = self.hooks.mono_to_wall(s.last_match_ns) if s.last_match_ns else None
         out: dict[str, Any] = {
             "filter": str(f),
             **f.to_json(),
@@ -255,27 +255,27 @@ class _Api:
             for f in fs if (s := stats.get(f)) is not None]})
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        if self.agent.metrics is None:
+        if self.hooks.metrics is None:
             raise ApiError(404, "no metrics in this agent")
-        return web.Response(body=metrics.body(self.agent.metrics()),
+        return web.Response(body=metrics.body(self.hooks.metrics()),
                             headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def get_sampling(self, request: web.Request) -> web.Response:
-        if self.agent.sampling is None:
+        if self.hooks.sampling is None:
             raise ApiError(404, "live sampling is not available in this agent")
-        return web.json_response(self.agent.sampling())
+        return web.json_response(self.hooks.sampling())
 
     async def put_sampling(self, request: web.Request) -> web.Response:
-        if self.agent.set_sampling is None:
+        if self.hooks.set_sampling is None:
             raise ApiError(404, "live sampling is not available in this agent")
         on = _switch(_decode(await self._read_body(request)), request.content_type)
         try:
-            return web.json_response(self.agent.set_sampling(on))
+            return web.json_response(self.hooks.set_sampling(on))
         except TtcpError as e:
             raise ApiError(503, f"cannot switch live sampling {'on' if on else 'off'}: {e}") from None
 
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
-        hub = self.agent.events
+        hub = self.hooks.events
         if hub is None:
             raise ApiError(404, "no event stream in this agent")
         client = hub.subscribe()
@@ -301,7 +301,7 @@ class _Api:
         return response
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(self.agent.health())
+        return web.json_response(self.hooks.health())
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self.openapi_doc, content_type="application/json")
@@ -383,16 +383,16 @@ def _load_openapi() -> bytes:
     return (Path(__file__).with_name("data") / "openapi.json").read_bytes()
 
 
-def create_app(table: FilterTable, agent: Agent, *, max_body: int = MAX_BODY, token: Token | None = None,
+def create_app(table: FilterTable, hooks: ApiHooks, *, max_body: int = MAX_BODY, token: Token | None = None,
                allowed_hosts: Iterable[str] = ()) -> web.Application:
     """The API application over `table`: requests must name it in Host (an IP
     address, localhost or one of `allowed_hosts`) and, given a token, carry it."""
-    api = _Api(table, agent, max_body)
+    api = _Api(table, hooks, max_body)
     middlewares = [api.errors, check_host(allowed_hosts)] + ([bearer_auth(token)] if token is not None else [])
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     api.add_routes(app.router)
-    if agent.events is not None:
-        hub = agent.events
+    if hooks.events is not None:
+        hub = hooks.events
 
         async def end_streams(app: web.Application) -> None:
             hub.close()

@@ -33,7 +33,7 @@ from ttcp import server, syscalls
 from ttcp.elf_loader import Collection
 from ttcp.errors import BpfError, FormatError
 from ttcp.obj import asm
-from ttcp.rtt import events
+from ttcp.rtt import clock, events
 from ttcp.rtt import filters as F
 from ttcp.rtt.tracer import Tracer
 
@@ -173,7 +173,7 @@ def test_handler_exception_is_500_and_the_agent_keeps_working(
 
     async def scenario(t: Tracer) -> None:
         assert t.table is not None
-        app = server.create_app(t.table, server.Agent(health=health, mono_to_wall=t.monotonic_to_wall))
+        app = server.create_app(t.table, server.ApiHooks(health=health, mono_to_wall=clock.monotonic_to_wall))
         runner = await server.start(app, "127.0.0.1", 0)
         try:
             port = runner.addresses[0][1]

@@ -118,7 +118,7 @@ def test_overlapping_filters_report_once_naming_the_most_specific(tracer: Tracer
     named = {ends(e): e.filter for e in got}
     assert len(got) == 6 and len(named) == 6  # each socket of each connection once
     client = {c.sport: (c.src, c.sport, c.dst, c.dport) for c in (exact, narrow, wide)}
-    assert named[client[exact.sport]] == "127.0.45.3"  # exact before any network (the seed's form)
+    assert named[client[exact.sport]] == "127.0.45.3"  # exact before any network (a plain address)
     assert named[client[narrow.sport]] == "src 127.0.45.0/28"  # a longer prefix first
     assert named[client[wide.sport]] == "dst 127.0.45.0/24 port 5432"  # same prefix: the port wins
     accepted = [name for (_, sport, _, _), name in named.items() if sport == 5432]

@@ -63,7 +63,7 @@ class LiveServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        app = server.create_app(self.table, agent())
+        app = server.create_app(self.table, hooks())
         self.runner = self.loop.run_until_complete(server.start(app, "127.0.0.1", 0))
         self.port = self.runner.addresses[0][1]
         self._ready.set()
@@ -81,8 +81,8 @@ class LiveServer:
         assert not self._thread.is_alive(), "API server did not stop"
 
 
-def agent() -> server.Agent:
-    return server.Agent(health=lambda: {"status": "ok"}, mono_to_wall=lambda ns: ns / 1e9,
+def hooks() -> server.ApiHooks:
+    return server.ApiHooks(health=lambda: {"status": "ok"}, mono_to_wall=lambda ns: ns / 1e9,
                         table_full_hint="restart ttcp with --max-filters M to raise it (M > {limit})")
 
 
@@ -446,7 +446,7 @@ def test_fifty_concurrent_clients_end_with_the_expected_set(live: LiveServer) ->
 def test_unusable_host_is_one_line_ttcp_error(host: str, no_bpf_leaks: None) -> None:
     """Whatever --host holds, start() refuses it with one TtcpError line, nothing half-open."""
     with Tracer(max_filters=4, ringbuf_size=4096) as t:
-        app = server.create_app(t.open_maps(), agent())
+        app = server.create_app(t.open_maps(), hooks())
 
         async def main() -> str:
             try:

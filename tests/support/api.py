@@ -83,15 +83,15 @@ class Client:
         return reply
 
 
-def agent(**kw: Any) -> server.Agent:
+def hooks(**kw: Any) -> server.ApiHooks:
     kw.setdefault("health", health)
-    return server.Agent(mono_to_wall=mono_to_wall,
+    return server.ApiHooks(mono_to_wall=mono_to_wall,
                         table_full_hint="restart ttcp with --max-filters M to raise it (M > {limit})", **kw)
 
 
 @contextlib.asynccontextmanager
 async def serving(table: FilterTable, **kw: Any) -> AsyncIterator[Client]:
-    app = server.create_app(table, agent(**kw))
+    app = server.create_app(table, hooks(**kw))
     runner = await server.start(app, "127.0.0.1", 0)
     try:
         port = runner.addresses[0][1]

@@ -10,7 +10,7 @@ from ttcp.rtt.events import AF_INET6, HOOKS, Event, format_ms
 
 
 def format_table(ev: Event, offset_ns: int) -> str:
-    """The seed's line, written out independently of ttcp's own layout code."""
+    """A table line, written out independently of ttcp's own layout code."""
     local = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime((ev.ts_ns + offset_ns) // 1_000_000_000))
     return f"{local} {ev.saddr:<15} {ev.sport:<6} -> {ev.daddr:<15} {ev.dport:<6} {format_ms(ev.rtt_us)}"
 

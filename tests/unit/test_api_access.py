@@ -78,7 +78,7 @@ def _body(method: str, path: str) -> bytes | None:
 # ---- the server, with a full agent ------------------------------------------------------------
 
 
-def _agent() -> server.Agent:
+def _hooks() -> server.ApiHooks:
     state = {"enabled": False}
 
     def snapshot() -> metrics.Snapshot:
@@ -89,7 +89,7 @@ def _agent() -> server.Agent:
         state["enabled"] = on
         return dict(state)
 
-    return server.Agent(health=health, mono_to_wall=mono_to_wall, metrics=snapshot,
+    return server.ApiHooks(health=health, mono_to_wall=mono_to_wall, metrics=snapshot,
                         sampling=lambda: dict(state), set_sampling=set_sampling, events=EventHub(16))
 
 
@@ -129,7 +129,7 @@ class Api:
 @contextlib.asynccontextmanager
 async def serving(token: str | None = TOKEN, allowed_hosts: tuple[str, ...] = ()) -> AsyncIterator[Api]:
     table = MemoryFilterTable()
-    app = server.create_app(table, _agent(), token=Token(token.encode()) if token else None,
+    app = server.create_app(table, _hooks(), token=Token(token.encode()) if token else None,
                             allowed_hosts=allowed_hosts)
     runner = await server.start(app, "127.0.0.1", 0)
     try:

@@ -47,7 +47,7 @@ def test_decode_every_field():
 
 
 @pytest.mark.parametrize("side,bits,port,want", [
-    (1, 128, 0, "10.178.0.5"),  # the seed's filter
+    (1, 128, 0, "10.178.0.5"),  # a plain address
     (1, 128, 1, "src 10.178.0.5 port 47090"),
     (2, 128, 0, "dst 172.217.161.206"),
     (2, 112, 1, "dst 172.217.0.0/16 port 80"),  # an IPv4 /16 is 96 + 16 bits of the 16-byte form
@@ -62,11 +62,19 @@ def test_the_filter_an_event_names_is_rebuilt_from_the_event(side, bits, port, w
     assert json.loads(events.json_line(raw, 0))["filter"] == want
 
 
-def test_an_event_naming_no_filter_is_refused():
-    with pytest.raises(FormatError, match="names no filter"):
-        events.decode(record(filter_side=3))
-    with pytest.raises(FormatError, match="names no filter"):
-        events.decode(record(filter_bits=129))
+@pytest.mark.parametrize("side,bits", [(3, 128), (0, 128), (1, 129), (2, 255)])
+def test_an_event_naming_no_filter_is_refused_in_every_format(side, bits):
+    """One rule for the table, JSON and the plain decoder (histogram mode counts as JSON)."""
+    raw = record(filter_side=side, filter_bits=bits)
+    for read in (events.decode, lambda r: events.table_line(r, 0), lambda r: events.json_line(r, 0)):
+        with pytest.raises(FormatError, match=rf"names no filter \(side {side}, prefix {bits}\)"):
+            read(raw)
+
+
+def test_every_side_and_prefix_names_a_filter_in_the_table_too():
+    for side in (1, 2):
+        for bits in range(129):
+            events.table_line(record(filter_side=side, filter_bits=bits), 0)
 
 
 def test_decode_refuses_short_records():
@@ -74,7 +82,7 @@ def test_decode_refuses_short_records():
         events.decode(record()[:87])
 
 
-def test_table_line_matches_the_seed_columns():
+def test_table_line_matches_the_original_ttcp_columns():
     ev = events.decode(record(saddr="10.178.0.5", daddr="172.217.161.206"))
     line = reference.format_table(ev, 0)
     assert line[19:] == " 10.178.0.5      47090  -> 172.217.161.206 80     0.412"
@@ -159,7 +167,8 @@ def _run(records: list[bytes]) -> Run:
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_printer_runs_match_the_reference_record_by_record(fmt):
     """Whole runs (one iter_unpack each), a record of another size alone, and a
-    record naming no filter: the lines equal the reference's, the bad ones counted."""
+    record naming no filter: the lines equal the reference's, the bad ones (short,
+    or naming no filter) counted as undecodable in either format."""
     recs = [record(saddr=s, daddr=d, family=f, srtt=rtt, ts=ts, sport=sp, dport=dp, hook=h)
             for s, d, f in (("10.178.0.5", "172.217.161.206", 2), ("2001:db8::1234:5678", "::1", 10))
             for rtt in (0, 999, 1001, 123456) for ts in (1, 987_654_321_012)
@@ -172,13 +181,22 @@ def test_printer_runs_match_the_reference_record_by_record(fmt):
     runs = [_run(recs[:10]), Run(longer, 0), Run(record()[:60], 0), _run(recs[10:] + [bad] + recs[:3])]
     json_lines = printer.records(runs, want_json=True)
     assert printer.flush()
-    good = recs + [bad] + recs[:3] if fmt == "table" else recs + recs[:3]
-    good = good[:10] + [longer] + good[10:]
+    good = recs[:10] + [longer] + recs[10:] + recs[:3]
     formatted = reference.format_table if fmt == "table" else reference.format_json
-    want = [formatted(events.decode(r), offset) if r is not bad else
-            reference.format_table(events.decode(record(filter_side=1)), offset) for r in good]
+    want = [formatted(events.decode(r), offset) for r in good]
     assert sink.text == "\n".join(want) + "\n"
     assert json_lines == [reference.format_json(events.decode(r), offset) for r in
                           recs[:10] + [longer] + recs[10:] + recs[:3]]
-    assert printer.undecodable == (1 if fmt == "table" else 2)
+    assert printer.undecodable == 2  # the short record and the one naming no filter
     assert printer.printed == len(good)
+
+
+@pytest.mark.parametrize("fmt,show", [("table", True), ("json", True), ("table", False)],
+                         ids=["table", "json", "histogram"])
+def test_a_record_naming_no_filter_is_counted_alike_in_every_mode(fmt, show):
+    sink = _Sink()
+    printer = Printer(fmt, sink, show=show)
+    printer.records([_run([record(), record(filter_bits=200), record()])])
+    assert printer.flush()
+    assert (printer.printed, printer.undecodable) == (2, 1)
+    assert sink.text.count("\n") == (2 if show else 0)

@@ -23,7 +23,7 @@ EXAMPLES = int(os.environ.get("TTCP_FUZZ_EXAMPLES", "300"))
 
 
 @pytest.mark.parametrize("text,canonical", [
-    ("10.178.0.5", "10.178.0.5"),  # the seed's filter keeps its plain form
+    ("10.178.0.5", "10.178.0.5"),  # a plain address keeps its plain form
     ("  10.178.0.5\t", "10.178.0.5"),
     ("src 10.178.0.5", "10.178.0.5"),
     ("SRC ::FFFF:10.178.0.5", "10.178.0.5"),
@@ -113,7 +113,7 @@ def test_canonical_round_trip(f: Filter) -> None:
     assert F.from_json(f.to_json()) == f
     assert F.from_host_key(F.host_key(f)) == f if f.is_host else F.from_net_key(F.net_key(f)) == f
     if f.side == Side.SRC and f.is_host and not f.port:
-        assert " " not in text  # the seed's plain form
+        assert " " not in text  # the plain form
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

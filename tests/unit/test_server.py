@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.api import EPOCH, OPENAPI, Client, agent, counters, f, health, run, texts
+from tests.support.api import EPOCH, OPENAPI, Client, counters, f, health, hooks, run, texts
 from tests.support.memory_table import MemoryFilterTable
 from ttcp import server
 from ttcp.errors import BindError
@@ -449,7 +449,7 @@ def test_unexpected_exception_is_500_and_server_survives(
 
 
 def test_openapi_documents_every_route(table: FilterTable) -> None:
-    app = server.create_app(table, agent())
+    app = server.create_app(table, hooks())
     served = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource else ""
@@ -485,7 +485,7 @@ def test_no_access_log(table: FilterTable, caplog: pytest.LogCaptureFixture,
 
 def test_start_reports_bind_errors_in_one_line(table: FilterTable) -> None:
     async def main() -> None:
-        app = server.create_app(table, agent())
+        app = server.create_app(table, hooks())
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
             busy.listen()
@@ -502,7 +502,7 @@ def test_start_reports_bind_errors_in_one_line(table: FilterTable) -> None:
 
 def test_stop_closes_the_listener(table: FilterTable) -> None:
     async def main() -> None:
-        app = server.create_app(table, agent())
+        app = server.create_app(table, hooks())
         runner = await server.start(app, "127.0.0.1", 0)
         port = runner.addresses[0][1]
         await server.stop(runner)
@@ -512,7 +512,7 @@ def test_stop_closes_the_listener(table: FilterTable) -> None:
     asyncio.run(main())
 
 
-# ---- the seed's curl command lines -------------------------------------------------------------
+# ---- the original ttcp's curl command lines ---------------------------------------------------------
 
 SEED_LINES = [
     "curl -L http://localhost:8090 -XGET",

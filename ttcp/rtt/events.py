@@ -10,22 +10,24 @@ import struct
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from ttcp.errors import FormatError
-from ttcp.rtt.filters import FilterError, address_text, format_filter, matched
+from ttcp.rtt.filters import ADDR_BITS, FilterError, address_text, format_filter, matched
 
 AF_INET = 2
 AF_INET6 = 10
 HOOKS = {1: "fentry", 2: "tp_btf", 3: "tracepoint"}
 
 # struct event, every field. The print path reads the same 88 bytes two other ways:
-# TABLE_FIELDS, only what a table line shows (saddr, daddr, ts_ns, srtt_us, sport,
-# dport); JSON_FIELDS, the two addresses as one field and family, hook, filter side and
-# prefix as another (what stays the same from event to event), then has_port. No byte
-# order: the reader's run layout (ttcp.maps.run_layout) and the Structs below add it.
+# TABLE_FIELDS, what a table line shows (saddr, daddr, ts_ns, srtt_us, sport, dport)
+# and the filter's side and prefix as one u16 (side | prefix << 8), which must name a
+# filter as in every format; JSON_FIELDS, the two addresses as one field and family,
+# hook, filter side and prefix as another (what stays the same from event to event),
+# then has_port. No byte order: the reader's run layout (ttcp.maps.run_layout) and the
+# Structs below add it.
 EVENT_FIELDS = "16s16sQQQIIIIHHHBBBB6x"
-TABLE_FIELDS = "16s16sQ16xI12xHH12x"
+TABLE_FIELDS = "16s16sQ16xI12xHH3xH7x"
 JSON_FIELDS = "32sQQQIIIIHH5sB6x"
 _EVENT = struct.Struct("<" + EVENT_FIELDS)
 _TABLE = struct.Struct("<" + TABLE_FIELDS)
@@ -33,6 +35,8 @@ _JSON = struct.Struct("<" + JSON_FIELDS)
 _JSON_CONTEXT = struct.Struct("<HBBB")  # JSON_FIELDS' 5-byte field: family, hook, side, prefix
 EVENT_SIZE = _EVENT.size  # 88
 assert _TABLE.size == _JSON.size == EVENT_SIZE
+# TABLE_FIELDS' filter field of every record that names a filter: a side, a prefix of 0-128.
+_NAMED = frozenset(side | bits << 8 for side in (1, 2) for bits in range(ADDR_BITS + 1))
 
 HEADER = f"{'YYYY/MM/DD HH:MM:SS'} {'Src addr':<15} {'Port':<6} -> {'Dest addr':<15} {'Port':<6} RTT(ms)"
 
@@ -65,11 +69,6 @@ def decode(record: bytes | memoryview) -> Event:
     return Event(address_text(saddr), address_text(daddr), ts, acked, received, srtt, rttvar,
                  retrans, netns, sport, dport, family, hook,
                  _filter_text(side, bits, has_port, saddr, daddr, sport, dport))
-
-
-def wall_clock_offset_ns() -> int:
-    """Add to a CLOCK_MONOTONIC stamp (bpf_ktime_get_ns) to get Unix time."""
-    return time.time_ns() - time.monotonic_ns()
 
 
 def format_ms(us: int) -> str:
@@ -107,12 +106,22 @@ class _Memo(dict[_K, str], Generic[_K]):
             self.clear()
 
 
+def _names_no_filter(side: int, bits: int) -> FormatError:
+    """The one rule of every format: a record that names no filter is not an event of ours."""
+    return FormatError("event", f"names no filter (side {side}, prefix {bits})")
+
+
 def _filter_key_text(key: tuple[int, int, bytes, int]) -> str:
     side, bits, addr, port = key
     try:
         return format_filter(matched(side, bits, addr, port))
     except (FilterError, ValueError):
-        raise FormatError("event", f"names no filter (side {side}, prefix {bits})") from None
+        raise _names_no_filter(side, bits) from None
+
+
+def _unnamed(named: int) -> NoReturn:
+    """A table row whose filter field is not in _NAMED: the same refusal as JSON's."""
+    raise _names_no_filter(named & 0xFF, named >> 8)
 
 
 def _json_template(key: tuple[bytes, bytes, int]) -> str:
@@ -157,12 +166,13 @@ def _filter_text(side: int, bits: int, has_port: int, saddr: bytes, daddr: bytes
 
 
 def table_lines(rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
-    """The seed's lines (time, source, ports, destination, RTT in ms) of records
-    unpacked with TABLE_FIELDS."""
+    """The table's lines (time, source, ports, destination, RTT in ms) of records
+    unpacked with TABLE_FIELDS. FormatError for a record that names no filter."""
     _trim()
     col, local, port, ms = _column, _local, _port, _ms
     return [f"{local[(ts + offset_ns) // _NS]} {col[saddr]} {port[sport]} -> {col[daddr]} {port[dport]} "
-            f"{ms[srtt]}" for saddr, daddr, ts, srtt, sport, dport in rows]
+            f"{ms[srtt]}" for saddr, daddr, ts, srtt, sport, dport, named in rows
+            if named in _NAMED or _unnamed(named)]
 
 
 def json_lines(rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
@@ -185,7 +195,7 @@ def _checked(raw: bytes | memoryview) -> None:
 
 
 def table_line(raw: bytes | memoryview, offset_ns: int) -> str:
-    """The table line of one record; FormatError for a short record."""
+    """The table line of one record; FormatError for a short record or one naming no filter."""
     _checked(raw)
     return table_lines([_TABLE.unpack_from(raw)], offset_ns)[0]
 

@@ -3,7 +3,8 @@
     [src|dst] ADDRESS[/PREFIX] [port N]
 
 `src` is the socket's local side (the table's "Src addr" column), `dst` the
-remote one; a bare ADDRESS means `src ADDRESS`, the seed's filter. ADDRESS is
+remote one; a bare ADDRESS means `src ADDRESS` (a plain address, as the original
+ttcp took them). ADDRESS is
 IPv4 or IPv6; /PREFIX makes it a network (host bits must be zero, and a full
 length prefix is the host itself); `port N` (1-65535) restricts the match to
 that port on the same side. Keywords are case-insensitive; the canonical text
@@ -208,7 +209,7 @@ def _address_text(f: Filter) -> str:
 def format_filter(f: Filter) -> str:
     """The canonical text: parse(format_filter(f)) == f."""
     if f.side == Side.SRC and f.is_host and not f.port:
-        return _address_text(f)  # the seed's form
+        return _address_text(f)  # a plain address
     text = f"{f.side.name.lower()} {_address_text(f)}"
     return f"{text} port {f.port}" if f.port else text
 
@@ -290,7 +291,7 @@ def host_bit(addr: bytes) -> int:
 
 
 def order_key(f: Filter) -> tuple[int, int, bytes, int, int]:
-    """Listing order: the seed's src hosts first (IPv4 before IPv6), then by side,
-    address family, network, prefix and port."""
-    seed = f.side == Side.SRC and f.is_host and not f.port
-    return (0 if seed else 1, f.side, (b"\0" if f.is_v4 else b"\1") + f.addr, f.bits, f.port)
+    """Listing order: plain addresses (src hosts without a port) first, IPv4 before
+    IPv6, then by side, address family, network, prefix and port."""
+    plain = f.side == Side.SRC and f.is_host and not f.port
+    return (0 if plain else 1, f.side, (b"\0" if f.is_v4 else b"\1") + f.addr, f.bits, f.port)

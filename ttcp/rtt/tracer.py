@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,13 +238,6 @@ class Tracer:
         if self._main is None:
             return -1
         return self.collection.programs[self._main.program].fd
-
-    @staticmethod
-    def monotonic_to_wall(mono_ns: int) -> float:
-        """Unix time of a bpf_ktime_get_ns() stamp (0 stays 0: never matched)."""
-        if not mono_ns:
-            return 0.0
-        return (time.time_ns() - time.monotonic_ns() + mono_ns) / 1e9
 
     def close(self) -> None:
         """Detach first (no new events), then unmap and close every fd."""
