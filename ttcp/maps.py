@@ -2,7 +2,9 @@
 
 Pure Python over `ttcp.syscalls`: keys and values go through codecs so callers
 deal in addresses and records rather than raw bytes, and kernel errors that a
-caller must handle (map full, key exists) get their own exception types.
+caller must handle (map full, key exists) get their own exception types. The
+views take maps that exist (an object's, a pinned one); the agent reads the
+ring with RingBuffer.read_runs, the other two readers say what they are for.
 """
 
 from __future__ import annotations
@@ -68,23 +70,6 @@ class RawCodec:
         return bytes(data)
 
 
-class StructCodec:
-    """A `struct` format; one-field formats encode/decode a bare value."""
-
-    def __init__(self, fmt: str) -> None:
-        self._struct = struct.Struct(fmt)
-        self.format = fmt
-        self.size = self._struct.size
-        self._single = len(self._struct.unpack(bytes(self.size))) == 1
-
-    def encode(self, obj: Any) -> bytes:
-        return self._struct.pack(obj) if self._single else self._struct.pack(*obj)
-
-    def decode(self, data: bytes) -> Any:
-        fields = self._struct.unpack(data)
-        return fields[0] if self._single else fields
-
-
 # ---- hash map ----------------------------------------------------------------------
 
 
@@ -134,15 +119,6 @@ class HashMap(_MapHandle, Generic[K, V]):
         self.key_codec = key_codec
         self.value_codec = value_codec
         self._max_entries = max_entries
-
-    @classmethod
-    def create(
-        cls, key_codec: Codec[K], value_codec: Codec[V], max_entries: int, name: str = "", *, flags: int = 0
-    ) -> HashMap[K, V]:
-        fd = syscalls.map_create(
-            MapType.HASH, key_codec.size, value_codec.size, max_entries, flags=flags, name=name
-        )
-        return cls(fd, key_codec, value_codec, max_entries, name)
 
     @property
     def max_entries(self) -> int:
@@ -284,11 +260,6 @@ class PerCpuArray(_MapHandle):
         super().__init__(fd, name, owns_fd)
         self.value_size = value_size
         self.max_entries = max_entries
-
-    @classmethod
-    def create(cls, value_size: int, max_entries: int, name: str = "") -> PerCpuArray:
-        fd = syscalls.map_create(MapType.PERCPU_ARRAY, 4, value_size, max_entries, name=name)
-        return cls(fd, value_size, max_entries, name)
 
     def _key(self, index: int) -> bytes:
         return _index_key(index, self.max_entries)
@@ -488,6 +459,11 @@ class RingBuffer:
     def consume(self, callback: RecordCallback, limit: int | None = None) -> int:
         """Deliver every committed record (at most `limit`); returns how many.
 
+        The general reader, one record at a time (libbpf's ring_buffer__consume):
+        the agent reads runs (read_runs); the tests read ttcp's events this way,
+        and it states the record protocol read_runs keeps, on which tests/kernel
+        checks both.
+
         The consumer position moves past each record only once its callback
         has returned. If the callback raises, its record still counts as
         consumed (a record that always fails must not wedge the ring) and the
@@ -506,7 +482,9 @@ class RingBuffer:
 
     def read_batch(self, limit: int | None = None) -> list[bytes]:
         """Copy out every committed record (at most `limit`), then publish the
-        consumer position once: the reader's hot path, with no call per record."""
+        consumer position once, with no call per record. What read_runs is
+        measured against (bench/inproc.py's baseline: copying records out, and
+        nothing else)."""
         self._check_open()
         out: list[bytes] = []
         pos = None

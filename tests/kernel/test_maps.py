@@ -14,6 +14,7 @@ import pytest
 from tests.support import bpf_asm as asm
 from tests.support.kernel import scaled
 from tests.support.kernel_objects import readable
+from tests.support.standalone_maps import StructCodec, new_hash, new_percpu_array
 from ttcp import syscalls
 from ttcp.errors import BpfError, TtcpError
 from ttcp.kernel.uapi import MapType, ProgType
@@ -22,11 +23,9 @@ from ttcp.maps import (
     KeyExistsError,
     KeyMissingError,
     MapFullError,
-    PerCpuArray,
     RawCodec,
     RingBuffer,
     Run,
-    StructCodec,
     run_layout,
 )
 
@@ -40,7 +39,7 @@ U64 = StructCodec("<Q")
 
 @pytest.fixture
 def hmap() -> Iterator[HashMap[int, int]]:
-    with HashMap.create(U32, U64, 8, name="t_hashmap") as m:
+    with new_hash(U32, U64, 8, name="t_hashmap") as m:
         yield m
 
 
@@ -92,7 +91,7 @@ def test_hashmap_only_new_and_only_existing(hmap: HashMap[int, int]) -> None:
 
 
 def test_iteration_while_deleting_each_key_yields_each_once() -> None:
-    with HashMap.create(U32, U64, 256, name="t_iterdel") as m:
+    with new_hash(U32, U64, 256, name="t_iterdel") as m:
         for k in range(200):
             m.put(k, k)
         yielded = []
@@ -105,7 +104,7 @@ def test_iteration_while_deleting_each_key_yields_each_once() -> None:
 
 
 def test_iteration_while_deleting_some_keys_never_repeats() -> None:
-    with HashMap.create(U32, U64, 256, name="t_iterdel2") as m:
+    with new_hash(U32, U64, 256, name="t_iterdel2") as m:
         for k in range(200):
             m.put(k, k)
         yielded, deleted_early = [], set()
@@ -136,7 +135,7 @@ def test_items_skip_keys_deleted_meanwhile(hmap: HashMap[int, int]) -> None:
 
 
 def test_hashmap_close_is_idempotent_and_owns_fd() -> None:
-    m = HashMap.create(RawCodec(4), RawCodec(2), 4, name="t_close")
+    m = new_hash(RawCodec(4), RawCodec(2), 4, name="t_close")
     fd = m.fd
     m.put(b"abcd", b"xy")
     borrowed = HashMap(fd, RawCodec(4), RawCodec(2), 4, owns_fd=False)
@@ -175,7 +174,7 @@ def _counter_prog(map_fd: int) -> bytes:
 
 def test_percpu_array_counts_per_cpu() -> None:
     cpus = syscalls.online_cpus()
-    with PerCpuArray.create(8, 1, name="t_drops") as arr:
+    with new_percpu_array(8, 1, name="t_drops") as arr:
         assert arr.values(0) == [bytes(8)] * syscalls.possible_cpus()
         prog = syscalls.prog_load(ProgType.SOCKET_FILTER, _counter_prog(arr.fd), "GPL",
                                   name="t_count")
@@ -377,7 +376,7 @@ def test_ringbuffer_close_is_idempotent() -> None:
 
 def test_batched_items_are_exact_whatever_the_batch_size() -> None:
     """BPF_MAP_LOOKUP_BATCH resumes from its token and grows past full buckets (ENOSPC)."""
-    with HashMap.create(U32, U64, 512, name="t_batch") as m:
+    with new_hash(U32, U64, 512, name="t_batch") as m:
         for k in range(300):
             m.put(k, k * 7)
         for count in (1, 3, 512):

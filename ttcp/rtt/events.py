@@ -43,7 +43,7 @@ HEADER = f"{'YYYY/MM/DD HH:MM:SS'} {'Src addr':<15} {'Port':<6} -> {'Dest addr':
 
 @dataclass(frozen=True)
 class Event:
-    """One TCP connection that ended, as the kernel saw it."""
+    """One TCP connection that ended, as the kernel saw it (decode's answer)."""
 
     saddr: str
     daddr: str
@@ -62,7 +62,12 @@ class Event:
 
 
 def decode(record: bytes | memoryview) -> Event:
-    """Decode one ring-buffer record; FormatError if it is not an event."""
+    """Decode one ring-buffer record; FormatError if it is not an event.
+
+    Not the print path (table_lines/json_lines read records without it): the
+    plain reading of a record, which the tests check the print path against
+    and read ttcp's events with, and bench/inproc.py measures.
+    """
     _checked(record)
     (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
      sport, dport, family, hook, side, bits, has_port) = _EVENT.unpack_from(record)
