@@ -182,3 +182,23 @@ def test_imports_are_read_wherever_they_stand() -> None:
     """Function-level imports count (the agent imports the server only once the header is out)."""
     assert "ttcp.server" in {i.imported for i in imports_of("ttcp.agent")}
     assert "ttcp.rtt.filters" in {i.imported for i in imports_of("ttcp.rtt.filter_table")}
+
+
+def test_the_readme_layout_table_names_every_module() -> None:
+    """README's code-layout table: each flat module in the faces' rows, each package's
+    modules (a subpackage as `name/`) in the package's own row."""
+    text = (REPO / "README.md").read_text()
+    rows = text[text.index("| where | what |"):].split("\n\n", 1)[0].splitlines()[2:]
+    unnamed = []
+    for name, path in modules().items():
+        rel = path.relative_to(REPO / "ttcp").parts
+        if rel[-1] in ("__init__.py", "__main__.py"):
+            continue
+        if len(rel) == 1:
+            row = next((r for r in rows if f"`ttcp/{rel[0]}`" in r or f"`{rel[0]}`" in r), None)
+        else:
+            row = next((r for r in rows if r.startswith(f"| `ttcp/{rel[0]}/`")), "")
+            row = row if (f"`{rel[1]}`" if len(rel) == 2 else f"`{rel[1]}/`") in row else None
+        if row is None:
+            unnamed.append(name)
+    assert not unnamed, f"README.md's code-layout table does not name {unnamed}"
