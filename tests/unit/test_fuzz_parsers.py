@@ -27,7 +27,7 @@ from tests.support import hostile as H
 from tests.support.btf_builder import BtfBuilder, BtfExtBuilder
 from tests.support.mutation import FUZZ, btf_seeds, corpus_files, mutate, object_seeds
 from ttcp.errors import CoreRelocationError, FormatError
-from ttcp.obj import elf as elf_object
+from ttcp.obj import elf
 from ttcp.obj.btf import KIND_STRUCT, Btf
 from ttcp.obj.btf_ext import BtfExt, CoreRelo
 from ttcp.obj.core import CoreResolver
@@ -92,7 +92,7 @@ def test_only_malformed_input_is_a_malformed_object(monkeypatch: pytest.MonkeyPa
     def bug(*args: object) -> None:
         raise KeyError("a ttcp bug")
 
-    monkeypatch.setattr(elf_object, "_read_relocs", bug)
+    monkeypatch.setattr(elf, "_read_relocs", bug)
     with pytest.raises(KeyError, match="a ttcp bug"):
         read_object(seed)
 

@@ -3,7 +3,7 @@
 Modern kernels attach with BPF_LINK_CREATE, which gives one fd that
 detaches on close; older ones need RAW_TRACEPOINT_OPEN for BTF programs
 (before ~5.11) and PERF_EVENT_IOC_SET_BPF for classic tracepoints (before
-5.15). Which one is decided by a feature probe (ttcp.features), never by
+5.15). Which one is decided by a feature probe (ttcp.kernel.features), never by
 reading an errno of the real attach.
 """
 
