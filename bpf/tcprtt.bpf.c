@@ -30,6 +30,19 @@
  * When several filters match, the most specific wins: exact before network,
  * longer prefix first, with a port before without, src before dst.
  *
+ * Workloads. A filter may also name a workload: a cgroup-v2 cgroup (the
+ * socket's own, sk->sk_cgrp_data, or an ancestor of it) or a network
+ * namespace (sk->__sk_common.skc_net). User space gives each workload the
+ * table resolves (a cgroup id, a netns inode) a small id, its `wid`; the
+ * `cgroups` and `netns` hashes map the kernel's id to it and to the
+ * workload's own filter (the one without an address part), and the address
+ * filters of a workload are keyed with its wid in `hosts` and `nets` (wid 0:
+ * filters without a workload). A socket's cgroup is matched by walking its
+ * parent pointers towards the root, looking up only the levels where
+ * `cfg.cgroup_levels` says a cgroup filter sits, deepest first; then its
+ * netns; then the filters without a workload. Within one workload, its
+ * address filters (by the rule above) before its own filter.
+ *
  * Statistics. Each filter value names a slot of the per-CPU `stats` array
  * (count, sum and log2 histogram of RTTs at close and of live samples): no
  * atomics shared between CPUs. A slot is stamped with a generation when its
@@ -55,6 +68,7 @@ typedef __u32 __wsum;
 
 /* UAPI constants (values fixed by the kernel ABI). */
 #define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
 #define BPF_MAP_TYPE_LPM_TRIE 11
 #define BPF_MAP_TYPE_RINGBUF 27
@@ -100,15 +114,23 @@ enum kind_bit {
 	KIND_DST_NET_PORT = 1 << 5,
 	KIND_SRC_NET = 1 << 6,
 	KIND_DST_NET = 1 << 7,
+	KIND_CGROUP = 1 << 8, /* some filter names a cgroup */
+	KIND_NETNS = 1 << 9,  /* some filter names a network namespace */
 };
 
 /* What the kinds in use need read before the lookups. */
 #define KINDS_SRC (KIND_SRC_HOST_PORT | KIND_SRC_HOST | KIND_SRC_NET_PORT | KIND_SRC_NET)
 #define KINDS_DST (KIND_DST_HOST_PORT | KIND_DST_HOST | KIND_DST_NET_PORT | KIND_DST_NET)
 #define KINDS_PORT (KIND_SRC_HOST_PORT | KIND_DST_HOST_PORT | KIND_SRC_NET_PORT | KIND_DST_NET_PORT)
+#define KINDS_ADDR (KINDS_SRC | KINDS_DST)
+#define KINDS_NET (KIND_SRC_NET_PORT | KIND_DST_NET_PORT | KIND_SRC_NET | KIND_DST_NET)
+#define KINDS_WORKLOAD (KIND_CGROUP | KIND_NETNS)
 
 #define HIST_BUCKETS 26 /* bucket k: [2^k, 2^(k+1)) us; the last one reaches 67 s */
 #define HOST_BITS 2048   /* bits of each side's host bitmap in struct config */
+#define CGROUP_LEVELS 32 /* cgroup levels the walk covers (cfg.cgroup_levels: a u32) */
+#define CGROUP_HOPS 4    /* cgroups with filters tried on one socket's path, at most */
+#define MAX_TEXT 512     /* a filter's canonical text, at most (ttcp/rtt/filters.py) */
 
 /* ---- kernel structures: only what we read, relocated by name ---- */
 
@@ -142,8 +164,41 @@ struct sock_common {
 	possible_net_t skc_net;
 } __attribute__((preserve_access_index));
 
+/*
+ * The socket's cgroup (v2). Since 5.15 (and late 5.10.y) sock_cgroup_data
+ * holds a struct cgroup pointer; before, a union whose u64 `val` is the
+ * pointer unless its low bits say net_cls/net_prio took the word over
+ * (is_data) or cgroup-v2 socket matching was switched off (no_refcnt).
+ * bpf_core_field_exists tells the two apart when the program is loaded.
+ */
+struct kernfs_node {
+	__u64 id; /* the cgroup id: its directory's inode number on cgroup2 */
+} __attribute__((preserve_access_index));
+
+struct cgroup;
+
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct cgroup_subsys_state self;
+	int level; /* the root is 0 */
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data___old {
+	__u64 val;
+} __attribute__((preserve_access_index));
+
 struct sock {
 	struct sock_common __sk_common;
+	struct sock_cgroup_data sk_cgrp_data;
 } __attribute__((preserve_access_index));
 
 struct inet_sock {
@@ -169,6 +224,7 @@ struct trace_event_raw_tcp_probe {
 	__u8 saddr[28]; /* struct sockaddr_in or sockaddr_in6 */
 	__u8 daddr[28];
 	__u32 srtt;     /* srtt_us >> 3 */
+	const void *skaddr; /* since 6.9 */
 } __attribute__((preserve_access_index));
 
 /* ---- maps and the ABI shared with user space (ttcp/abi.py checks it) ---- */
@@ -182,11 +238,15 @@ struct trace_event_raw_tcp_probe {
  * it only after the last filter with that bit left.
  */
 struct config {
-	__u32 kinds; /* enum kind_bit: which filter kinds exist */
-	__u32 host_bits[2][HOST_BITS / 32];
+	__u32 kinds;         /* enum kind_bit: address kinds of filters without a workload,
+			      * KIND_CGROUP and KIND_NETNS */
+	__u32 wkinds;        /* address kinds of filters with a workload (net kinds: they are all in `nets`) */
+	__u32 cgroup_levels; /* bit L: a cgroup filter names a cgroup at level L */
+	__u32 host_bits[2][HOST_BITS / 32]; /* filters without a workload */
 };
 
 struct host_key {
+	__u32 wid;  /* the filter's workload; 0: none */
 	__u8 side;
 	__u8 pad;
 	__u16 port; /* host byte order; 0: any port */
@@ -194,9 +254,10 @@ struct host_key {
 };
 
 struct net_key {
-	__u32 prefixlen; /* 24 + address bits: side and port always compared */
+	__u32 prefixlen; /* 56 + address bits: wid, side and port always compared */
+	__u8 wid[4];     /* big-endian, as the port: the trie compares bytes in order */
 	__u8 side;
-	__u8 port[2];    /* big-endian: the trie compares bytes in order */
+	__u8 port[2];
 	__u8 addr[16];
 	__u8 pad;        /* past every prefix: never compared, always 0 */
 };
@@ -206,6 +267,25 @@ struct filter_value {
 	__u32 gen;      /* the slot's generation when this filter was created */
 	__u8 addr_bits; /* prefix length over the 16-byte address (128: exact) */
 	__u8 pad[3];
+};
+
+/* The value of `cgroups` and `netns`: a workload the table resolved. */
+struct workload {
+	__u64 up;                /* a cgroup's: the id of the nearest cgroup above it with
+				  * filters (0: none); 0 for a netns */
+	__u32 wid;               /* its address filters' keys carry it */
+	struct filter_value own; /* its filter without an address part; gen 0: none */
+};
+
+/* texts[slot]: the canonical text of the filter counting into that slot.
+ * The program never reads it: it is pinned with the table, so a restarted
+ * ttcp can name filters whose keys do not spell them (workloads). */
+struct filter_text {
+	__u32 gen;   /* the slot's generation; 0: no filter */
+	__u16 len;
+	__u8 origin; /* where the filter came from (user space's business) */
+	__u8 pad;
+	char text[MAX_TEXT];
 };
 
 struct hist {
@@ -227,18 +307,17 @@ struct event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns() when the connection ended */
 	__u64 bytes_acked;
 	__u64 bytes_received;
+	__u64 cgroup_id;      /* the socket's cgroup-v2 id; 0: none */
 	__u32 srtt_us;        /* smoothed RTT, microseconds (srtt_us >> 3) */
 	__u32 rttvar_us;      /* RTT variance, microseconds (mdev_us >> 2) */
 	__u32 total_retrans;
 	__u32 netns;          /* inode of the socket's network namespace */
+	__u32 filter_gen;     /* the generation of the filter that matched: names it */
 	__u16 sport;          /* host byte order */
 	__u16 dport;
 	__u16 family;         /* AF_INET or AF_INET6 */
 	__u8 hook;            /* enum hook */
-	__u8 filter_side;     /* enum side of the filter that matched */
-	__u8 filter_bits;     /* its prefix length over the 16-byte address */
-	__u8 filter_port;     /* 1: it names a port */
-	__u8 pad[6];
+	__u8 pad[5];
 };
 
 struct config cfg = {}; /* .bss: user space rewrites it whenever the tables change */
@@ -259,11 +338,32 @@ struct {
 } nets SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64); /* cgroup id */
+	__type(value, struct workload);
+} cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* netns inode */
+	__type(value, struct workload);
+} netns SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct filter_stats);
 } stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct filter_text);
+} texts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -311,22 +411,26 @@ static __always_inline int maybe_host(__u8 side, __u32 low)
 	return cfg.host_bits[side - 1][bit >> 5] & (1u << (bit & 31));
 }
 
-static __always_inline struct filter_value *lookup_host(__u8 side, __u16 port, const __u8 *addr)
+/* The host filter of (wid, side, port, addr). Filters without a workload
+ * (wid 0) have bits in cfg.host_bits; a workload's are looked up only once
+ * the workload matched, with no bitmap. */
+static __always_inline struct filter_value *lookup_host(__u32 wid, __u8 side, __u16 port, const __u8 *addr)
 {
-	struct host_key key = { .side = side, .port = port };
+	struct host_key key = { .wid = wid, .side = side, .port = port };
 	__u32 low;
 
 	__builtin_memcpy(&low, &addr[12], 4);
-	if (!maybe_host(side, low))
+	if (!wid && !maybe_host(side, low))
 		return 0;
 	__builtin_memcpy(key.addr, addr, 16);
 	return bpf_map_lookup_elem(&hosts, &key);
 }
 
-static __always_inline struct filter_value *lookup_net(__u8 side, __u16 port, const __u8 *addr)
+static __always_inline struct filter_value *lookup_net(__u32 wid, __u8 side, __u16 port, const __u8 *addr)
 {
 	struct net_key key = {
-		.prefixlen = 24 + 128,
+		.prefixlen = 56 + 128,
+		.wid = { wid >> 24, (wid >> 16) & 0xff, (wid >> 8) & 0xff, wid & 0xff },
 		.side = side,
 		.port = { port >> 8, port & 0xff },
 		.pad = 0,
@@ -350,28 +454,28 @@ static __always_inline void better(struct match *m, struct filter_value *cand, _
 	m->port = port;
 }
 
-/* The most specific filter that selects these ends, if any. */
-static __always_inline int match(const struct ends *c, __u32 kinds, struct match *m)
+/* The most specific address filter of workload `wid` (0: none) that selects these ends, if any. */
+static __always_inline int match(const struct ends *c, __u32 kinds, __u32 wid, struct match *m)
 {
 	m->value = 0;
 	if (kinds & KIND_SRC_HOST_PORT)
-		better(m, lookup_host(SIDE_SRC, c->sport, c->saddr), SIDE_SRC, 1);
+		better(m, lookup_host(wid, SIDE_SRC, c->sport, c->saddr), SIDE_SRC, 1);
 	if (kinds & KIND_DST_HOST_PORT && !m->value)
-		better(m, lookup_host(SIDE_DST, c->dport, c->daddr), SIDE_DST, 1);
+		better(m, lookup_host(wid, SIDE_DST, c->dport, c->daddr), SIDE_DST, 1);
 	if (kinds & KIND_SRC_HOST && !m->value)
-		better(m, lookup_host(SIDE_SRC, 0, c->saddr), SIDE_SRC, 0);
+		better(m, lookup_host(wid, SIDE_SRC, 0, c->saddr), SIDE_SRC, 0);
 	if (kinds & KIND_DST_HOST && !m->value)
-		better(m, lookup_host(SIDE_DST, 0, c->daddr), SIDE_DST, 0);
+		better(m, lookup_host(wid, SIDE_DST, 0, c->daddr), SIDE_DST, 0);
 	if (m->value)
 		return 1;
 	if (kinds & KIND_SRC_NET_PORT)
-		better(m, lookup_net(SIDE_SRC, c->sport, c->saddr), SIDE_SRC, 1);
+		better(m, lookup_net(wid, SIDE_SRC, c->sport, c->saddr), SIDE_SRC, 1);
 	if (kinds & KIND_DST_NET_PORT)
-		better(m, lookup_net(SIDE_DST, c->dport, c->daddr), SIDE_DST, 1);
+		better(m, lookup_net(wid, SIDE_DST, c->dport, c->daddr), SIDE_DST, 1);
 	if (kinds & KIND_SRC_NET)
-		better(m, lookup_net(SIDE_SRC, 0, c->saddr), SIDE_SRC, 0);
+		better(m, lookup_net(wid, SIDE_SRC, 0, c->saddr), SIDE_SRC, 0);
 	if (kinds & KIND_DST_NET)
-		better(m, lookup_net(SIDE_DST, 0, c->daddr), SIDE_DST, 0);
+		better(m, lookup_net(wid, SIDE_DST, 0, c->daddr), SIDE_DST, 0);
 	return m->value != 0;
 }
 
@@ -506,36 +610,226 @@ static __always_inline struct tcp_sock *tcp_sock_of(struct sock *sk, int direct)
 	return direct ? bpf_skc_to_tcp_sock(sk) : (struct tcp_sock *)sk;
 }
 
+/* ---- workloads: the socket's cgroup and network namespace ---- */
+
+#define NEW_CGROUP_DATA(sk) bpf_core_field_exists((sk)->sk_cgrp_data.cgroup)
+
+/*
+ * The socket's cgroup-v2 cgroup: the creating task's, set when the socket was
+ * made (an accepted socket has its listener's). 0 where it has none: the
+ * union layout's word taken over by net_cls/net_prio or matching switched off
+ * (low bits set; the kernel's helpers would say "the root", which would
+ * wrongly match `cgroup /`), or a socket made in an interrupt (0). With the
+ * union, `val` is a scalar to the verifier: read through it with probe reads
+ * (cg_btf below is 0 then).
+ */
+static __always_inline struct cgroup *sock_cgroup(struct sock *sk, int direct)
+{
+	struct sock_cgroup_data___old *old;
+	__u64 v;
+
+	if (NEW_CGROUP_DATA(sk))
+		return READ(direct, sk, sk_cgrp_data.cgroup);
+	old = (void *)&sk->sk_cgrp_data;
+	v = READ(direct, old, val);
+	if (v & 3)
+		return 0;
+	return (struct cgroup *)v;
+}
+
+/* Whether a cgroup pointer from sock_cgroup may be read with plain loads: a
+ * constant once relocated, so each program keeps one form. */
+#define CG_BTF(sk, direct) ((direct) && NEW_CGROUP_DATA(sk))
+
+static __always_inline __u64 cgroup_id(struct cgroup *cg, int btf)
+{
+	return btf ? cg->kn->id : BPF_CORE_READ(cg, kn, id);
+}
+
+static __always_inline struct cgroup *cgroup_parent(struct cgroup *cg, int btf)
+{
+	if (btf)
+		return cg->self.parent ? cg->self.parent->cgroup : 0;
+	return BPF_CORE_READ(cg, self.parent, cgroup);
+}
+
+static __always_inline __u64 sock_cgroup_id(struct sock *sk, int direct)
+{
+	struct cgroup *cg = sock_cgroup(sk, direct);
+
+	return cg ? cgroup_id(cg, CG_BTF(sk, direct)) : 0;
+}
+
+/*
+ * The filter of a workload the socket belongs to that selects it: one of its
+ * address filters, else its own filter, else none. A workload's address
+ * filters are all in `nets` (an exact address is a full-length prefix there),
+ * so at most four lookups decide, by the rule of match(): `wkinds`, the
+ * address kinds used with workloads, are its net kinds. It reads the socket's
+ * ends itself, only once a workload matched. Not inlined, and given only the
+ * socket: the verifier explores it once per state of its callers, which then
+ * hold no ends.
+ */
+static __attribute__((noinline)) struct filter_value *match_workload(struct workload *w, struct sock *sk,
+								    __u32 family, __u32 wkinds, int direct)
+{
+	struct tcp_sock *tp;
+	struct match m;
+	struct ends c;
+
+	wkinds &= KINDS_NET;
+	if (wkinds && (tp = tcp_sock_of(sk, direct))) {
+		fill(sk, tp, family, &c, FILL_SRC | FILL_DST | FILL_PORTS, direct);
+		if (match(&c, wkinds, w->wid, &m))
+			return m.value;
+	}
+	return w->own.gen ? &w->own : 0;
+}
+
+/*
+ * The workload of the deepest cgroup filter on the socket's cgroup path, among
+ * the levels `levels` names: from the socket's cgroup up its parent pointers,
+ * a lookup at each level of `levels`, until none remains at or above (with one
+ * cgroup filter: one lookup, whatever the socket's depth). A cgroup more than
+ * CGROUP_LEVELS levels below a filter's is out of its reach. Not inlined: the
+ * verifier then sees one state come back, not one per level the walk ended at.
+ */
+static __attribute__((noinline)) struct workload *cgroup_hit(struct sock *sk, __u32 levels, int direct)
+{
+	const int btf = CG_BTF(sk, direct);
+	struct cgroup *cur = sock_cgroup(sk, direct);
+	struct workload *w;
+	__u32 bit, skip;
+	__u64 id;
+	int l, i;
+
+	if (!cur)
+		return 0;
+	l = btf ? cur->level : BPF_CORE_READ(cur, level);
+	/* Below level 31 no filter can sit: up to it without lookups, in a
+	 * loop of its own (one with the walk's would make the verifier's
+	 * states grow with the square of the levels). */
+	skip = l > CGROUP_LEVELS - 1 ? l - (CGROUP_LEVELS - 1) : 0;
+	for (i = 0; i < CGROUP_LEVELS && skip && cur; i++, skip--)
+		cur = cgroup_parent(cur, btf);
+	if (skip)
+		return 0;
+	/* The walk's level as a bit: the verifier has no level bounds to tell
+	 * the states of one iteration apart by. */
+	bit = 1u << (l < 0 ? 0 : l > CGROUP_LEVELS - 1 ? CGROUP_LEVELS - 1 : l);
+	for (i = 0; i < CGROUP_LEVELS; i++) {
+		/* no filter at this level or nearer the root: done */
+		if (!cur || !(levels & (bit | (bit - 1))))
+			return 0;
+		if (levels & bit) {
+			id = cgroup_id(cur, btf);
+			w = bpf_map_lookup_elem(&cgroups, &id);
+			if (w)
+				return w;
+		}
+		bit >>= 1;
+		cur = cgroup_parent(cur, btf);
+	}
+	return 0;
+}
+
+/*
+ * The cgroup filters: the deepest cgroup with filters on the socket's path
+ * first. One whose filters do not select the socket passes it on to the
+ * nearest cgroup above it with filters (its `up`, which user space keeps: the
+ * cgroups with filters on a socket's path are exactly the deepest one's
+ * ancestors with filters), for at most CGROUP_HOPS cgroups.
+ */
+static __always_inline struct filter_value *match_cgroups(struct sock *sk, __u16 family, __u32 wkinds,
+							  int direct)
+{
+	struct workload *w = cgroup_hit(sk, cfg.cgroup_levels, direct);
+	struct filter_value *v;
+	int hop;
+
+	for (hop = 0; hop < CGROUP_HOPS && w; hop++) {
+		v = match_workload(w, sk, family, wkinds, direct);
+		if (v)
+			return v;
+		if (!w->up)
+			return 0;
+		w = bpf_map_lookup_elem(&cgroups, &w->up);
+	}
+	return 0;
+}
+
+static __always_inline __u32 sock_netns(struct sock *sk, int direct)
+{
+	return direct ? sk->__sk_common.skc_net.net->ns.inum
+		      : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline struct filter_value *match_netns(struct sock *sk, __u16 family, __u32 wkinds,
+							int direct)
+{
+	__u32 inum = sock_netns(sk, direct);
+	struct workload *w = bpf_map_lookup_elem(&netns, &inum);
+
+	return w ? match_workload(w, sk, family, wkinds, direct) : 0;
+}
+
+/* ---- which filter selects a socket ---- */
+
+/* The seed's case: exact source addresses only. One bitmap test read
+ * straight from the socket, and one lookup only when its bit is set. */
+static __always_inline struct tcp_sock *match_src_hosts(struct sock *sk, __u16 family, struct match *m,
+							int direct)
+{
+	struct host_key key;
+	__u32 low;
+
+	low = family == AF_INET ? READ(direct, sk, __sk_common.skc_rcv_saddr)
+				: READ(direct, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[3]);
+	if (!maybe_host(SIDE_SRC, low))
+		return 0;
+	key.wid = 0; /* field by field: an initializer would copy a template from .rodata */
+	key.side = SIDE_SRC;
+	key.pad = 0;
+	key.port = 0;
+	sock_addr(sk, family, 1, key.addr, direct);
+	m->value = bpf_map_lookup_elem(&hosts, &key);
+	if (!m->value)
+		return 0;
+	m->side = SIDE_SRC;
+	m->port = 0;
+	return tcp_sock_of(sk, direct);
+}
+
 /*
  * The filter that selects a socket, if any; returns the socket as a
- * tcp_sock when one does (else 0). The seed's case, exact source addresses
- * only (cfg.kinds == KIND_SRC_HOST), reads the local address straight from
- * the socket: one bitmap test, and one lookup only when its bit is set.
- * Other mixes of kinds read the ends they need, then match().
+ * tcp_sock when one does (else 0). Workloads first (cgroups, then the
+ * netns), then the filters without one: the seed's case (exact source
+ * addresses only) by match_src_hosts, any other mix by reading the ends the
+ * kinds in use need and match().
  */
 static __always_inline struct tcp_sock *match_sock(struct sock *sk, __u16 family, __u32 kinds,
 						   struct match *m, int direct)
 {
-	struct host_key key;
 	struct tcp_sock *tp;
 	struct ends c;
-	__u32 low;
+	__u32 wkinds;
 
-	if (kinds == KIND_SRC_HOST) {
-		low = family == AF_INET ? READ(direct, sk, __sk_common.skc_rcv_saddr)
-					: READ(direct, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[3]);
-		if (!maybe_host(SIDE_SRC, low))
+	if (kinds == KIND_SRC_HOST)
+		return match_src_hosts(sk, family, m, direct);
+	if (kinds & KINDS_WORKLOAD) {
+		wkinds = cfg.wkinds & KINDS_ADDR;
+		m->value = 0;
+		if (kinds & KIND_CGROUP)
+			m->value = match_cgroups(sk, family, wkinds, direct);
+		if (!m->value && kinds & KIND_NETNS)
+			m->value = match_netns(sk, family, wkinds, direct);
+		if (m->value)
+			return tcp_sock_of(sk, direct);
+		kinds &= KINDS_ADDR;
+		if (!kinds)
 			return 0;
-		key.side = SIDE_SRC; /* field by field: an initializer would copy a template from .rodata */
-		key.pad = 0;
-		key.port = 0;
-		sock_addr(sk, family, 1, key.addr, direct);
-		m->value = bpf_map_lookup_elem(&hosts, &key);
-		if (!m->value)
-			return 0;
-		m->side = SIDE_SRC;
-		m->port = 0;
-		return tcp_sock_of(sk, direct);
+		if (kinds == KIND_SRC_HOST)
+			return match_src_hosts(sk, family, m, direct);
 	}
 	tp = tcp_sock_of(sk, direct);
 	if (!tp)
@@ -544,7 +838,7 @@ static __always_inline struct tcp_sock *match_sock(struct sock *sk, __u16 family
 	 * read only what the same kind had filled. */
 	__builtin_memset(&c, 0, sizeof(c));
 	fill(sk, tp, family, &c, to_fill(kinds), direct);
-	return match(&c, kinds, m) ? tp : 0;
+	return match(&c, kinds, 0, m) ? tp : 0;
 }
 
 /*
@@ -594,15 +888,13 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	e->total_retrans = READ(direct, tp, total_retrans);
 	e->bytes_acked = READ(direct, tp, bytes_acked);
 	e->bytes_received = READ(direct, tp, bytes_received);
-	e->netns = direct ? sk->__sk_common.skc_net.net->ns.inum
-			  : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->cgroup_id = sock_cgroup_id(sk, direct);
+	e->netns = sock_netns(sk, direct);
+	e->filter_gen = m.value->gen;
 	e->sport = bpf_ntohs(READ(direct, (struct inet_sock *)tp, inet_sport));
 	e->dport = bpf_ntohs(READ(direct, sk, __sk_common.skc_dport));
 	e->family = family;
 	e->hook = hook;
-	e->filter_side = m.side;
-	e->filter_bits = m.value->addr_bits;
-	e->filter_port = m.port;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
 	bpf_ringbuf_submit(e, 0);
 	return 0;
@@ -639,24 +931,15 @@ int tcprtt_tracepoint(struct trace_event_raw_inet_sock_set_state *args)
 	    oldstate == TCP_LISTEN || oldstate == TCP_CLOSE ||
 	    oldstate == TCP_NEW_SYN_RECV)
 		return 0;
+	/* Known not NULL from here on: fewer states for the verifier to tell apart. */
+	if (!args->skaddr)
+		return 0;
 	return report((struct sock *)args->skaddr, HOOK_TRACEPOINT, 0);
 }
 
 /* ---- live samples: histograms only ---- */
 
-static __always_inline void sample(const struct ends *c, __u32 kinds, __u32 srtt_us)
-{
-	struct filter_stats *st;
-	struct match m;
-
-	if (!match(c, kinds, &m))
-		return;
-	st = stats_of(&m);
-	if (st)
-		record(&st->sampled, srtt_us);
-}
-
-static __always_inline int sample_sock(struct sock *sk)
+static __always_inline int sample_sock(struct sock *sk, int direct)
 {
 	struct filter_stats *st;
 	__u32 kinds = cfg.kinds;
@@ -666,28 +949,28 @@ static __always_inline int sample_sock(struct sock *sk)
 
 	if (!kinds)
 		return 0;
-	family = sk->__sk_common.skc_family;
+	family = READ(direct, sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	tp = match_sock(sk, family, kinds, &m, 1);
+	tp = match_sock(sk, family, kinds, &m, direct);
 	if (!tp)
 		return 0;
 	st = stats_of(&m);
 	if (st)
-		record(&st->sampled, tp->srtt_us >> 3);
+		record(&st->sampled, READ(direct, tp, srtt_us) >> 3);
 	return 0;
 }
 
 SEC("fentry/tcp_rcv_established")
 int tcprtt_sample_fentry(unsigned long long *ctx)
 {
-	return sample_sock((struct sock *)ctx[0]);
+	return sample_sock((struct sock *)ctx[0], 1);
 }
 
 SEC("tp_btf/tcp_probe")
 int tcprtt_sample_tp_btf(unsigned long long *ctx)
 {
-	return sample_sock((struct sock *)ctx[0]);
+	return sample_sock((struct sock *)ctx[0], 1);
 }
 
 /* struct sockaddr_in / sockaddr_in6 as the tcp_probe record stores them. */
@@ -707,13 +990,23 @@ static __always_inline int from_sockaddr(const __u8 *sa, __u8 *addr, __u16 *port
 	return 0;
 }
 
+/*
+ * The classic tcp/tcp_probe record has the socket's address since 6.9: then
+ * the socket is matched as at close, workloads included. Before, only the
+ * addresses and ports the record holds: filters without a workload.
+ */
 SEC("tracepoint/tcp/tcp_probe")
 int tcprtt_sample_tracepoint(struct trace_event_raw_tcp_probe *args)
 {
+	struct filter_stats *st;
 	__u32 kinds = cfg.kinds;
 	__u8 sa[28], da[28];
+	struct match m;
 	struct ends c;
 
+	if (bpf_core_field_exists(args->skaddr))
+		return args->skaddr ? sample_sock((struct sock *)args->skaddr, 0) : 0;
+	kinds &= KINDS_ADDR;
 	if (!kinds)
 		return 0;
 	/* Copied out of the record: the context may only be read at fixed offsets. */
@@ -721,7 +1014,11 @@ int tcprtt_sample_tracepoint(struct trace_event_raw_tcp_probe *args)
 		return 0;
 	if (!from_sockaddr(sa, c.saddr, &c.sport) || !from_sockaddr(da, c.daddr, &c.dport))
 		return 0;
-	sample(&c, kinds, args->srtt);
+	if (!match(&c, kinds, 0, &m))
+		return 0;
+	st = stats_of(&m);
+	if (st)
+		record(&st->sampled, args->srtt);
 	return 0;
 }
 
@@ -738,6 +1035,11 @@ static __attribute__((used)) int abi_records(struct event *e, struct config *c)
 
 static __attribute__((used)) int abi_tables(struct host_key *h, struct net_key *n, struct filter_value *v,
 					    struct filter_stats *s)
+{
+	return 0;
+}
+
+static __attribute__((used)) int abi_workloads(struct workload *w, struct filter_text *t)
 {
 	return 0;
 }

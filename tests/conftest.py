@@ -29,7 +29,8 @@ from tests.support.leaks import bpf_fds, fd_leaks, leaked_objects
 from ttcp.kernel import btf as kernel_btf
 from ttcp.obj.btf import Btf
 
-pytest_plugins = ("tests.support.tracing", "tests.support.pins")  # the `tracer` and `pin_dir` fixtures
+pytest_plugins = ("tests.support.tracing", "tests.support.pins",  # the `tracer` and `pin_dir` fixtures
+                  "tests.support.workloads")  # `cgroups` and `netns`
 
 UNIT = Path(__file__).parent / "unit"
 _NOT_IN_UNIT = ("kernel", "container")

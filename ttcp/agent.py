@@ -32,6 +32,7 @@ from ttcp.rtt import clock, events
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.tracer import Tracer
+from ttcp.workloads.resolver import Resolver
 
 log = logging.getLogger("ttcp")
 
@@ -91,9 +92,10 @@ class Agent:
     """One run: tracer, printers, event hub; the callbacks the API is given."""
 
     def __init__(self, tracer: Tracer, printer: Printer, opts: Options,
-                 histograms: HistogramPrinter | None = None) -> None:
+                 histograms: HistogramPrinter | None = None, resolver: Resolver | None = None) -> None:
         self.tracer = tracer
         self.printer = printer
+        self.resolver = resolver  # its cgroup paths are followed while the loop runs
         self.opts = opts
         self.histograms = histograms
         self.hub = EventHub(opts.stream_backlog)
@@ -123,9 +125,15 @@ class Agent:
 
     def sampling(self) -> dict[str, Any]:
         s = self.tracer.sampling
-        return {"enabled": self.tracer.sampling_enabled, "attach_mode": s.mode or None,
-                "attach_method": s.method or None,
-                "skipped": [{"mode": m, "reason": r} for m, r in s.skipped]}
+        out = {"enabled": self.tracer.sampling_enabled, "attach_mode": s.mode or None,
+               "attach_method": s.method or None,
+               "skipped": [{"mode": m, "reason": r} for m, r in s.skipped]}
+        if self.tracer.sampling_enabled:
+            out["workloads"] = self.tracer.sampling_workloads
+            if not self.tracer.sampling_workloads:
+                out["note"] = ("the classic tcp/tcp_probe tracepoint has the socket only since Linux 6.9: "
+                               "filters with a workload get no live samples here")
+        return out
 
     def set_sampling(self, on: bool) -> dict[str, Any]:
         if on:
@@ -212,8 +220,16 @@ class Agent:
                 loop.add_reader(ring.fileno(), on_readable)
                 drain()
 
+        def follow_workloads() -> None:
+            # A cgroup path's cgroup came, went or came back: the table follows (no API call).
+            table = self.tracer.table
+            assert self.resolver is not None and table is not None
+            for resolution in self.resolver.process():
+                table.resolution_changed(resolution)
+
+        watched = self.resolver.fileno() if self.resolver is not None else -1
         if self.opts.table_header:
-            printer.out.write(events.HEADER + "\n")
+            printer.out.write(printer.header + "\n")
             printer.out.flush()
         if on_ready is not None:
             on_ready()
@@ -221,12 +237,16 @@ class Agent:
         if self.histograms is not None and self.opts.histogram_s:
             ticker = asyncio.create_task(self._histogram_ticks(stop))
         loop.add_reader(ring.fileno(), on_readable)
+        if watched >= 0:
+            loop.add_reader(watched, follow_workloads)
         try:
             drain()
             await start_api()
             await stop.wait()
         finally:
             loop.remove_reader(ring.fileno())
+            if watched >= 0:
+                loop.remove_reader(watched)
             if ticker is not None:
                 ticker.cancel()
             drain()

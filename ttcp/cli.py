@@ -35,12 +35,16 @@ from ttcp.errors import BindError, TtcpError
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.output import HistogramPrinter, Printer, to_devnull
 from ttcp.rtt import filters
+from ttcp.rtt.events import Lines
+from ttcp.rtt.filter_table import KernelFilterTable
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
 from ttcp.rtt.table_rules import CorruptTableError
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
+from ttcp.workloads.resolver import Resolver
 
 EPILOG = """\
-filters ([src|dst] ADDRESS[/PREFIX] [port N]; a connection is reported when any matches):
+filters ([WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]]; a connection is reported
+when any matches):
   10.178.0.5                    local (source) address 10.178.0.5: a plain
                                 address, as the original ttcp took them
   dst 10.20.0.0/16 port 5432    connections to the database network's port 5432
@@ -49,6 +53,16 @@ filters ([src|dst] ADDRESS[/PREFIX] [port N]; a connection is reported when any 
                                 dual-stack sockets (::ffff:a.b.c.d)
   src is the socket's local side (the "Src addr" column), dst the remote one;
   `port N` applies to the same side. Host bits under a prefix are an error.
+workloads (WORKLOAD := cgroup PATH | netns PATH | netns INODE):
+  cgroup /system.slice/app.service dst 10.20.0.0/16 port 5432
+                                that service's connections to the database
+                                (its cgroup and those below; PATH as the 0:: line
+                                of /proc/PID/cgroup shows it; followed when the
+                                cgroup is created again; pending until it exists)
+  netns /run/netns/web          everything in that network namespace (a file:
+                                /run/netns/NAME, /proc/PID/ns/net; or its inode,
+                                the JSON netns field)
+  Workload filters first (the deepest cgroup, then netns), then the others.
 
 output (stdout), one line per TCP connection that ended, that a filter selects:
   YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)
@@ -56,8 +70,10 @@ output (stdout), one line per TCP connection that ended, that a filter selects:
   --format json each line is an object with every field (rtt_us, rttvar_us,
   retrans, bytes_acked, bytes_received, netns, hook, filter, ...). A loopback
   connection has two local sockets: a filter on its address reports both.
-  --histogram N prints, every N seconds and at exit, a log2 RTT histogram per
-  filter (bcc style) instead of the lines.
+  JSON also has cgroup_id and cgroup (the socket's cgroup-v2 id and path); -w
+  adds a Workload column (the cgroup path) to the table. --histogram N prints,
+  every N seconds and at exit, a log2 RTT histogram per filter (bcc style)
+  instead of the lines.
 
 API (see README / GET /openapi.json): the original ttcp's three curl lines,
 with plain addresses, work as they did, and any filter does too:
@@ -193,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table: the header and aligned columns; json: one JSON object per line "
                         "(default: %(default)s)")
+    p.add_argument("-w", "--wide", action="store_true",
+                   help="the table gets a Workload column: the cgroup path of each connection's socket")
     p.add_argument("--ringbuf-size", type=_size, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                    help=f"kernel ring buffer for events, a power of two (default: {DEFAULT_RINGBUF_SIZE >> 20}M)")
     p.add_argument("--btf", type=Path, default=VMLINUX_BTF, metavar="PATH",
@@ -376,10 +394,10 @@ def _token(args: argparse.Namespace) -> Token | None:
     return read_token_file(path)
 
 
-def _open_table(tracer: Tracer, args: argparse.Namespace) -> None:
+def _open_table(tracer: Tracer, args: argparse.Namespace) -> KernelFilterTable:
     """Open (or take over the pinned) filter table; pin problems get the way out in ttcp's options."""
     try:
-        tracer.open_maps()
+        return tracer.open_maps()
     except PinLockedError as e:
         raise TtcpError(f"{e}; stop it first, or give this ttcp another --pin directory") from None
     except PinnedTableTooBigError as e:
@@ -394,7 +412,6 @@ def _open_table(tracer: Tracer, args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Signals) -> int:
     token = _token(args)
-    printer = Printer(args.format, out, show=args.histogram is None)
     histograms = HistogramPrinter(out, ms=args.ms) if args.histogram is not None else None
     timings.phase("setup")
     if not args.no_api and importlib.util.find_spec("aiohttp") is None:
@@ -403,11 +420,14 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                         "(or run with --no-api)")
     sockets = [] if args.no_api else _listen(args.host, args.port)
     timings.phase("listen")
+    resolver = Resolver.for_host()
     try:
         with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
-                    btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset) as tracer:
+                    btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset, resolver=resolver) as tracer:
             timings.phase("object")
-            _open_table(tracer, args)
+            table = _open_table(tracer, args)
+            printer = Printer(args.format, out, show=args.histogram is None,
+                              lines=Lines(table.names, resolver.paths), wide=args.wide)
             wanted = list(dict.fromkeys(args.filters))
             if len(wanted) > args.max_filters:
                 raise TtcpError(f"{len(wanted)} --filter filters exceed --max-filters {args.max_filters}")
@@ -429,7 +449,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                            histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
                            stream_backlog=args.stream_backlog, token=token,
                            allowed_hosts=tuple(args.allowed_hosts), sockets=sockets)
-            agent = Agent(tracer, printer, opts, histograms)
+            agent = Agent(tracer, printer, opts, histograms, resolver)
 
             def header_out() -> None:
                 timings.ready()
@@ -446,6 +466,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
     finally:
         for sock in sockets:  # the server closed them; not if it never started
             sock.close()
+        resolver.close()
     print(f"ttcp: {_summary(printer, dropped, histograms is not None)}", file=sys.stderr)
     return 0
 

@@ -36,6 +36,7 @@ class LoadedProgram:
     kind: SectionKind
     fd: int
     attach_btf_id: int = 0  # the kernel BTF id it was loaded against (BTF programs)
+    verifier_stats: str = ""  # the verifier's statistics, when asked for (load_program(stats=True))
 
 
 class Collection:
@@ -148,8 +149,9 @@ class Collection:
                     syscalls.map_freeze(fd, name=name)
         return self.map_fds
 
-    def load_program(self, name: str) -> LoadedProgram:
-        """Link, relocate and load one program (maps are created first)."""
+    def load_program(self, name: str, *, stats: bool = False) -> LoadedProgram:
+        """Link, relocate and load one program (maps are created first); `stats`:
+        keep the verifier's statistics (LoadedProgram.verifier_stats)."""
         if name in self.programs:
             return self.programs[name]
         image, _ = self.prepare(name)
@@ -157,14 +159,15 @@ class Collection:
         image.set_map_fds(self.map_fds)
         func, func_sz, line, line_sz = self.spec.btf_infos(image) if self._btf_fd >= 0 else (b"", 0, b"", 0)
         attach_btf_id = self._attach_btf_id(image.kind)
+        log: list[str] | None = [] if stats else None
         fd = syscalls.prog_load(
             image.kind.prog_type, bytes(image.insns), self.spec.obj.license or "GPL",
             name=name, expected_attach_type=image.kind.attach_type,
             attach_btf_id=attach_btf_id, prog_btf_fd=max(self._btf_fd, 0),
             func_info=func, func_info_rec_size=func_sz,
-            line_info=line, line_info_rec_size=line_sz,
+            line_info=line, line_info_rec_size=line_sz, stats=log,
         )
-        prog = LoadedProgram(name, image.section, image.kind, fd, attach_btf_id)
+        prog = LoadedProgram(name, image.section, image.kind, fd, attach_btf_id, "\n".join(log or ()))
         self.programs[name] = prog
         return prog
 

@@ -248,6 +248,16 @@ class Array(_MapHandle):
             raise ValueError(f"expected {self.value_size} bytes, got {len(value)}")
         syscalls.map_update(self.fd, _index_key(index, self.max_entries), value, name=self.name)
 
+    def values(self) -> list[bytes]:
+        """Every index's value, in index order: a few batched reads where the kernel
+        has them, else one lookup per index."""
+        if self.max_entries > 8 and features.batch_map_ops().supported:
+            rows = syscalls.map_lookup_batch(self.fd, 4, self.value_size, min(self.max_entries, 1024),
+                                             name=self.name)
+            every = {struct.unpack("=I", k)[0]: v for k, v in rows}
+            return [every[i] for i in range(self.max_entries)]
+        return [self.get(i) for i in range(self.max_entries)]
+
 
 
 
@@ -313,15 +323,18 @@ _ARRAYS = (MapType.ARRAY, MapType.PERCPU_ARRAY)
 _PERCPU = (MapType.PERCPU_ARRAY, MapType.PERCPU_HASH)
 
 
-def copy_entries(src: int, dst: int, name: str = "") -> int:
+def copy_entries(src: int, dst: int, name: str = "", key_map: Callable[[bytes], bytes] | None = None) -> int:
     """Copy every entry of map `src` into map `dst`, which may differ only in
-    max entries (e.g. a resized table); returns how many were copied.
+    max entries (e.g. a resized table), and in their keys when `key_map` turns
+    each key of `src` into one of `dst` (a new key layout); returns how many
+    were copied.
 
     Hash maps and tries copy every key (MapFullError when `dst` is too small);
     arrays copy the indices both have. Per-CPU values keep every CPU's value.
     """
     a, b = syscalls.map_info(src), syscalls.map_info(dst)
-    if (a.type, a.key_size, a.value_size, a.map_flags) != (b.type, b.key_size, b.value_size, b.map_flags):
+    same_keys = a.key_size == b.key_size or key_map is not None
+    if (a.type, a.value_size, a.map_flags) != (b.type, b.value_size, b.map_flags) or not same_keys:
         raise BpfError(f"copy map {name}".rstrip(), errno.EINVAL,
                        hint="the maps differ in more than their size")
     percpu = a.type in _PERCPU
@@ -337,7 +350,7 @@ def copy_entries(src: int, dst: int, name: str = "") -> int:
         if value is None:  # deleted meanwhile
             continue
         try:
-            syscalls.map_update(dst, key, value, name=name)
+            syscalls.map_update(dst, key if key_map is None else key_map(key), value, name=name)
         except BpfError as e:
             raise view._translate(e) from None
         copied += 1

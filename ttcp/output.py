@@ -19,8 +19,9 @@ from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.histogram import Histogram
 
-# One record of a Run from RingBuffer.read_runs, as the table and as JSON need it.
+# One record of a Run from RingBuffer.read_runs, as the table (-w: with the workload) and as JSON need it.
 _TABLE_RUN = run_layout(events.TABLE_FIELDS, events.EVENT_SIZE)
+_WIDE_RUN = run_layout(events.WIDE_FIELDS, events.EVENT_SIZE)
 _JSON_RUN = run_layout(events.JSON_FIELDS, events.EVENT_SIZE)
 
 
@@ -31,16 +32,19 @@ class Printer:
     events are unpacked with one struct.iter_unpack each; a record of another
     size is formatted alone (a longer one from its first EVENT_SIZE bytes).
     One rule in every format (table, JSON, histogram mode): a record the
-    program never sends, one too short or one that names no filter, is
-    counted as undecodable and neither printed nor counted as printed.
-    `show` False (histogram mode) counts events without printing them; the
-    JSON lines for GET /events are made only when the caller says a client
-    listens.
+    program never sends, one too short or one that names no filter of
+    `lines.names` (the table's), is counted as undecodable and neither printed
+    nor counted as printed. `show` False (histogram mode) counts events without
+    printing them; the JSON lines for GET /events are made only when the caller
+    says a client listens. `wide`: the table has a Workload column.
     """
 
-    def __init__(self, fmt: str, out: TextIO, show: bool = True) -> None:
+    def __init__(self, fmt: str, out: TextIO, show: bool = True, lines: events.Lines | None = None,
+                 wide: bool = False) -> None:
         self.out = out
         self.show = show
+        self.lines = lines or events.Lines(events.FilterNames())
+        self.wide = wide
         self.printed = 0  # events read and, unless show is False, written
         self.undecodable = 0
         self.unwritten = 0
@@ -49,15 +53,23 @@ class Printer:
         self._json = fmt == "json"
         self._pending: list[str] = []
 
+    @property
+    def header(self) -> str:
+        return events.WIDE_HEADER if self.wide else events.HEADER
+
     def _lines(self, runs: list[Run], json: bool) -> list[str]:
-        offset = self._offset
-        lines_of = events.json_lines if json else events.table_lines
-        layout = _JSON_RUN if json else _TABLE_RUN
+        offset, lines = self._offset, self.lines
+        if json:
+            lines_of, line_of, layout = lines.json, lines.json_line, _JSON_RUN
+        elif self.wide:
+            lines_of, line_of, layout = lines.wide, lines.wide_line, _WIDE_RUN
+        else:
+            lines_of, line_of, layout = lines.table, lines.table_line, _TABLE_RUN
         out: list[str] = []
         for run in runs:
             if not run.records:  # one record of another size, alone
                 try:
-                    out.append((events.json_line if json else events.table_line)(run.data, offset))
+                    out.append(line_of(run.data, offset))
                 except TtcpError:
                     self.undecodable += 1
                 continue

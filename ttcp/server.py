@@ -176,6 +176,8 @@ class _Api:
             return self.table.add(fs)
         except TableFullError as e:
             raise self._full(e) from None
+        except FilterError as e:  # a workload this host cannot resolve (WorkloadError)
+            raise ApiError(400, f"bad filter: {e}") from None
 
     def _remove(self, fs: Sequence[Filter]) -> None:
         try:
@@ -192,6 +194,9 @@ class _Api:
             "last_match": None if unix is None else _iso(unix),
             "last_match_unix": unix,
         }
+        state = self.table.workload_state(f)
+        if state is not None:
+            out["workload"] = state.to_json()
         if histograms:
             out["histograms"] = {"closed": s.closed.to_json(), "sampled": s.sampled.to_json()}
         return out

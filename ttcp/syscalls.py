@@ -1,6 +1,8 @@
 """Thin, typed wrappers over bpf(2), perf_event_open(2) and friends.
 
-This is the only module in ttcp that talks to the kernel. Every call fills
+This is the only module in ttcp that talks to the kernel through ctypes (the
+file system calls of the workloads, inotify(7) and open_by_handle_at(2),
+included: Python has no wrapper for them). Every call fills
 the command's layout from ttcp.kernel.abi (zeroed where not set) and tells
 the kernel its size up to the command's last field (the kernel rejects
 non-zero bytes past it), retries EINTR, and turns a failure into a
@@ -30,6 +32,8 @@ from ttcp.kernel.abi import (
     BpfProgInfo,
     BtfLoadAttr,
     EnableStatsAttr,
+    FileHandle,
+    InotifyEvent,
     LinkCreateAttr,
     MapBatchAttr,
     MapCreateAttr,
@@ -44,7 +48,11 @@ from ttcp.kernel.abi import (
     Statfs,
 )
 from ttcp.kernel.uapi import (
+    BPF_LOG_STATS,
     BPF_OBJ_NAME_LEN,
+    IN_CLOEXEC,
+    IN_NONBLOCK,
+    NS_GET_NSTYPE,
     PERF_EVENT_IOC_ENABLE,
     PERF_EVENT_IOC_SET_BPF,
     PERF_FLAG_FD_CLOEXEC,
@@ -67,6 +75,7 @@ _SYSCALL_NUMBERS = {
 _LOG_INITIAL = 1 << 20
 _LOG_MAX = 16 << 20
 _LOAD_EAGAIN_RETRIES = 5
+_STATS_LOG = 64 << 10  # room for BPF_LOG_STATS' few lines
 
 
 # ---- libc plumbing ---------------------------------------------------------
@@ -104,6 +113,23 @@ _statfs_fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _mount_fn = _libc["mount"]
 _mount_fn.restype = ctypes.c_int
 _mount_fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+
+
+_inotify_init1 = _libc["inotify_init1"]
+_inotify_init1.restype = ctypes.c_int
+_inotify_init1.argtypes = [ctypes.c_int]
+
+_inotify_add_watch = _libc["inotify_add_watch"]
+_inotify_add_watch.restype = ctypes.c_int
+_inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
+_inotify_rm_watch = _libc["inotify_rm_watch"]
+_inotify_rm_watch.restype = ctypes.c_int
+_inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+
+_open_by_handle_at = _libc["open_by_handle_at"]
+_open_by_handle_at.restype = ctypes.c_int
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 
 
 class _Buf:
@@ -380,9 +406,11 @@ def prog_load(
     line_info: bytes = b"",
     line_info_rec_size: int = 0,
     prog_flags: int = 0,
+    stats: list[str] | None = None,
 ) -> int:
     """BPF_PROG_LOAD; returns the program fd. On rejection the BpfError
-    carries the verifier log."""
+    carries the verifier log. Given `stats`, the load asks for the verifier's
+    statistics (BPF_LOG_STATS: "processed N insns ...") and appends them."""
     if len(insns) % 8 or not insns:
         raise BpfError(f"PROG_LOAD {name}", errno.EINVAL,
                        hint="instructions must be a non-empty multiple of 8 bytes")
@@ -407,7 +435,14 @@ def prog_load(
             a.line_info_cnt = len(line_info) // line_info_rec_size
         return a
 
-    return _load_with_log(Cmd.PROG_LOAD, build, "log_true_size", f"PROG_LOAD {name or '(unnamed)'}")
+    step = f"PROG_LOAD {name or '(unnamed)'}"
+    if stats is not None:
+        log = _Buf(_STATS_LOG)
+        ret, _ = _bpf_raw(Cmd.PROG_LOAD, build(log, BPF_LOG_STATS))
+        if ret >= 0:
+            stats.append(log.raw().split(b"\0", 1)[0].decode(errors="replace").strip())
+            return ret
+    return _load_with_log(Cmd.PROG_LOAD, build, "log_true_size", step)
 
 
 def btf_load(data: bytes, *, name: str = "") -> int:
@@ -662,6 +697,78 @@ def mmap_ringbuf(map_fd: int, data_size: int) -> tuple[mmap.mmap, mmap.mmap]:
         cons.close()
         raise BpfError(f"MMAP ringbuf producer fd {map_fd}", e.errno or errno.EIO) from None
     return cons, prod
+
+
+# ---- inotify, file handles, namespaces (the workloads' file system calls) ----------------
+# These raise OSError, as os does: they are file system calls, not BPF steps.
+
+
+def _checked_libc(ret: int, what: str, path: str | None = None) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    return ret
+
+
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify instance."""
+    return _checked_libc(_inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str | os.PathLike[str], mask: int) -> int:
+    """The watch descriptor of `path` (the same one again for the same inode)."""
+    return _checked_libc(_inotify_add_watch(fd, os.fsencode(path), mask), "inotify_add_watch", os.fspath(path))
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    """Remove a watch; one the kernel removed already (its inode went) is no error."""
+    if _inotify_rm_watch(fd, wd) < 0 and ctypes.get_errno() != errno.EINVAL:
+        _checked_libc(-1, "inotify_rm_watch")
+
+
+_INOTIFY_EVENT = ctypes.sizeof(InotifyEvent)
+_INOTIFY_READ = 64 * (_INOTIFY_EVENT + 256)  # room for 64 events with the longest names
+
+
+def parse_inotify(data: bytes) -> list[tuple[int, int, str]]:
+    """(wd, mask, name) of each struct inotify_event in a read's bytes (pure)."""
+    out, at = [], 0
+    while at + _INOTIFY_EVENT <= len(data):
+        head = InotifyEvent.from_buffer_copy(data, at)
+        at += _INOTIFY_EVENT
+        name = data[at:at + head.len].split(b"\0", 1)[0]
+        at += head.len
+        out.append((head.wd, head.mask, os.fsdecode(name)))
+    return out
+
+
+def inotify_read(fd: int) -> list[tuple[int, int, str]]:
+    """Every event queued now ([] when none: the fd is non-blocking)."""
+    out: list[tuple[int, int, str]] = []
+    while True:
+        try:
+            data = os.read(fd, _INOTIFY_READ)
+        except BlockingIOError:
+            return out
+        except InterruptedError:
+            continue
+        out += parse_inotify(data)
+
+
+def open_by_handle(mount_fd: int, handle_type: int, handle: bytes, flags: int) -> int:
+    """open_by_handle_at(2): a file of the file system `mount_fd` is on, by its handle
+    (needs CAP_DAC_READ_SEARCH)."""
+    raw = bytes(FileHandle(handle_bytes=len(handle), handle_type=handle_type)) + handle
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    while True:
+        ret = _open_by_handle_at(mount_fd, ctypes.addressof(buf), flags)
+        if ret >= 0 or ctypes.get_errno() != errno.EINTR:
+            return _checked_libc(ret, "open_by_handle_at")
+
+
+def namespace_type(fd: int) -> int:
+    """The CLONE_NEW* type of the namespace file `fd` (NS_GET_NSTYPE, 4.11+)."""
+    return int(fcntl.ioctl(fd, NS_GET_NSTYPE))
 
 
 # ---- process limits and files -----------------------------------------------------------

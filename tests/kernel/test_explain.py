@@ -22,6 +22,7 @@ from tests.support.kernel import scaled
 from tests.support.objects import SOURCE, compile_bpf
 from ttcp.obj.asm import LD_IMM64
 from ttcp.obj.elf import read_object
+from ttcp.obj.linker import link_program
 from ttcp.obj.spec import CollectionSpec
 
 pytestmark = pytest.mark.kernel
@@ -65,23 +66,34 @@ def libbpf(obj: Path) -> set[tuple]:
 def explain(obj: Path) -> set[tuple]:
     """Our decisions, made in this process (the explain command prints the same
     ones: test_explain_reports_poisoned_fields runs it); a poisoned ldimm64 covers
-    its second slot too, as libbpf logs it."""
+    its second slot too, as libbpf logs it. A decision in a subprogram is named as
+    libbpf names it: by the subprogram, at its own instruction (libbpf relocates
+    each subprogram once; ttcp does in each program that calls it, alike)."""
     elf = read_object(str(obj))
     out = set()
     for d in CollectionSpec(str(obj)).explain(kernel.kernel_btf()):
+        program, insn = _in_function(elf, d.program, d.insn)
         if d.poisoned:
-            out.add((d.program, d.insn, "poisoned"))
+            out.add((program, insn, "poisoned"))
             if _opcode(elf, d.program, d.insn) == LD_IMM64:
-                out.add((d.program, d.insn + 1, "poisoned"))
+                out.add((program, insn + 1, "poisoned"))
         else:
-            out.add((d.program, d.insn, d.old, d.new))
+            out.add((program, insn, d.old, d.new))
     return out
 
 
-def _opcode(elf, program: str, insn: int) -> int:
-    """The opcode clang emitted at a program's instruction (before any patching)."""
+def _in_function(elf, program: str, insn: int) -> tuple[str, int]:
+    """(function, instruction in it) of a linked program's instruction."""
     func = next(f for f in elf.programs if f.name == program)
-    return elf.exec_sections[func.section].data[(func.start + insn) * 8]
+    piece = next(p for p in link_program(elf, func).pieces if p.base <= insn < p.base + p.count)
+    return elf.function(piece.section, piece.start).name, insn - piece.base
+
+
+def _opcode(elf, program: str, insn: int) -> int:
+    """The opcode clang emitted at a program's instruction (before any patching), its
+    subprograms appended as the loader links them."""
+    func = next(f for f in elf.programs if f.name == program)
+    return link_program(elf, func).insns[insn * 8]
 
 
 @pytest.mark.parametrize("name", ["core_kinds.bpf.c", "tcprtt.bpf.c"])

@@ -53,10 +53,11 @@ def tracer_matches(t: Tracer, addr: str) -> Callable[[], int]:
 
 def drain(tracer: Tracer, into: list[events.Event] | None = None, quiet: float = 0.2) -> int:
     """Consume until nothing new arrived for `quiet` seconds; returns how many."""
-    assert tracer.ring is not None
+    assert tracer.ring is not None and tracer.table is not None
+    names = tracer.table.names
     n = 0
     while readable(tracer.ring, settle(quiet)):
-        n += tracer.ring.consume(lambda raw: into.append(events.decode(raw)) if into is not None else None)
+        n += tracer.ring.consume(lambda raw: into.append(events.decode(raw, names)) if into is not None else None)
     return n
 
 
@@ -77,7 +78,7 @@ def test_small_ring_with_paused_reader_loses_nothing_unaccounted(no_bpf_leaks: N
             connect_many(srv, src, N_GENERATED)  # nobody reads meanwhile
             wait_matches(tracer_matches(t, src), N_GENERATED)
             got: list[events.Event] = []
-            consumed = t.ring.consume(lambda raw: got.append(events.decode(raw)))
+            consumed = t.ring.consume(lambda raw: got.append(events.decode(raw, t.table.names)))
             dropped = t.drops()
             assert consumed + dropped == N_GENERATED, (consumed, dropped)
             assert dropped > 0 and consumed > 0
@@ -130,7 +131,8 @@ def test_second_program_refused_by_the_verifier_releases_the_first(no_bpf_leaks:
         with pytest.raises(BpfError) as info:
             loader.load_program("tcprtt_tracepoint")
         assert info.value.errno == errno.EINVAL and "last insn" in str(info.value)
-        assert set(loader.map_fds) == {"hosts", "nets", "stats", "events", "drops", ".bss"}
+        assert set(loader.map_fds) == {"hosts", "nets", "stats", "texts", "cgroups", "netns", "events", "drops",
+                                           ".bss"}
 
 
 @pytest.mark.matrix

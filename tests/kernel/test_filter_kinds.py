@@ -17,7 +17,7 @@ from tests.support.tracing import collect
 from tests.support.traffic import Conn, Server, connect_many, connect_once
 from ttcp.rtt import events
 from ttcp.rtt import filters as F
-from ttcp.rtt.table_rules import CONFIG, STALE_HOST_BITS
+from ttcp.rtt.table_rules import CONFIG, STALE_HOST_BITS, Config
 from ttcp.rtt.tracer import Tracer
 
 pytestmark = pytest.mark.kernel
@@ -184,9 +184,8 @@ def test_a_host_whose_bitmap_bit_is_clear_is_never_looked_up(tracer: Tracer) -> 
 
 def _kernel_cfg(t: Tracer) -> tuple[int, list[int]]:
     assert t.table is not None
-    kinds, raw = CONFIG.unpack(t.table.config.get(0))
-    half = F.HOST_BITS // 8
-    return kinds, [int.from_bytes(raw[:half], "little"), int.from_bytes(raw[half:], "little")]
+    cfg = Config.unpack(t.table.config.get(0)[:CONFIG.size])
+    return cfg.kinds, list(cfg.host_bits)
 
 
 def _exact_cfg(t: Tracer) -> tuple[int, list[int]]:

@@ -71,9 +71,11 @@ NEWER: dict[tuple[type, str], str] = {
 
 # ttcp.kernel.uapi numbers the kernel has as #defines or ioctl macros: BTF cannot check them.
 NOT_IN_BTF = ("PseudoSrc", "PSEUDO_CALL", "PERF_FLAG_FD_CLOEXEC", "PERF_EVENT_IOC_ENABLE",
-              "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN",
+              "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN", "BPF_LOG_STATS",
               "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_PERFMON", "CAP_BPF",  # linux/capability.h
-              "BPF_FS_MAGIC")  # linux/magic.h
+              "BPF_FS_MAGIC",  # linux/magic.h
+              "InotifyMask", "IN_NONBLOCK", "IN_CLOEXEC",  # linux/inotify.h
+              "NS_GET_NSTYPE", "CLONE_NEWNET")  # linux/nsfs.h, linux/sched.h
 # BPF_OBJ_NAME_LEN is still checked: it is the size of map_name, prog_name and the info names.
 
 # Each bpf_attr layout and the member of union bpf_attr it describes: the
@@ -98,6 +100,8 @@ OTHER_STRUCTS: dict[type[ctypes.Structure], str] = {
     kt.BpfLinkInfo: "bpf_link_info",
     kt.PerfEventAttr: "perf_event_attr",
     kt.Statfs: "statfs",
+    kt.FileHandle: "file_handle",
+    kt.InotifyEvent: "inotify_event",
 }
 
 # ttcp enum -> (kernel enum, None for an anonymous one; the kernel's name of a member)
@@ -109,6 +113,7 @@ ENUMS: dict[type[IntEnum | IntFlag], tuple[str | None, Callable[[str], str]]] = 
     LinkType: ("bpf_link_type", "BPF_LINK_TYPE_{}".format),
     StatsType: ("bpf_stats_type", "BPF_STATS_{}".format),
     Helper: ("bpf_func_id", lambda n: f"BPF_FUNC_{n.lower()}"),
+    uapi.FidType: ("fid_type", "FILEID_{}".format),
     uapi.UpdateFlag: (None, "BPF_{}".format),
     MapFlag: (None, "BPF_F_{}".format),
     RingbufFlag: (None, "BPF_RINGBUF_{}_BIT".format),
@@ -335,6 +340,8 @@ def test_event_format_matches_struct_event() -> None:
     ("host_key", filters.HOST_KEY.format),
     ("net_key", filters.NET_KEY.format),
     ("filter_value", filters.VALUE.format),
+    ("workload", filters.WORKLOAD.format),
+    ("filter_text", table_rules.TEXT.format),
     ("hist", histogram.HIST.format),
     ("config", table_rules.CONFIG.format),
     # struct filter_stats: its head, then two struct hist (compared above, whole here)

@@ -12,23 +12,28 @@ whatever happened.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.pins import HOSTS, A, B, matches, pinned_id, pins, quiet, seeded, traffic
-from tests.support.traffic import Server
+from tests.support.pins import HOSTS, A, B, C, matches, pinned_id, pins, quiet, seeded, traffic
+from tests.support.traffic import Server, connect_many
+from tests.support.workloads import Cgroups, Netns, run_in
 from ttcp import syscalls
 from ttcp.elf_loader import Collection
-from ttcp.kernel.uapi import MapType
+from ttcp.kernel.uapi import MapFlag, MapType
+from ttcp.maps import PerCpuArray
 from ttcp.obj.map_compat import IncompatibleMapError
 from ttcp.rtt import filters as F
 from ttcp.rtt import pinning
-from ttcp.rtt.filter_table import STATS_HEAD
+from ttcp.rtt.filter_table import STATS_HEAD, STATS_SIZE
+from ttcp.rtt.histogram import HIST
 from ttcp.rtt.pinning import IncompatiblePinError, PinDirError, PinLockedError, PinnedTableTooBigError
-from ttcp.rtt.table_rules import CorruptTableError
-from ttcp.rtt.tracer import TABLE_MAPS, Tracer, default_object
+from ttcp.rtt.table_rules import CorruptTableError, text_of
+from ttcp.rtt.tracer import PINNED_MAPS, Tracer, default_object
+from ttcp.workloads.resolver import Resolver
 
 pytestmark = pytest.mark.kernel
 
@@ -61,14 +66,14 @@ def test_loader_reuses_a_matching_map_and_refuses_another(no_bpf_leaks: None) ->
 
 def test_pins_are_reused_with_filters_and_counters(no_bpf_leaks: None, pin_dir: Path) -> None:
     before = seeded(pin_dir, 16, [A, "dst 10.0.0.0/8 port 443", "src 127.0.14.0/28"], **{A: 3, B: 2})
-    ids = {name: pinned_id(pin_dir / name) for name in TABLE_MAPS}
+    ids = {name: pinned_id(pin_dir / name) for name in PINNED_MAPS}
     assert before == {A: 3, "dst 10.0.0.0/8 port 443": 0, "src 127.0.14.0/28": 2}  # a host beats a network
-    assert pins(pin_dir) == sorted(TABLE_MAPS)  # the table only: no ring, no program, no .bss
+    assert pins(pin_dir) == sorted(PINNED_MAPS)  # the table only: no ring, no program, no .bss
     with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
         table = t.open_maps()
         assert matches(table) == before
-        assert {name: pinned_id(pin_dir / name) for name in TABLE_MAPS} == ids  # the same maps
-        assert sorted(t.pins.reused if t.pins else []) == sorted(TABLE_MAPS)
+        assert {name: pinned_id(pin_dir / name) for name in PINNED_MAPS} == ids  # the same maps
+        assert sorted(t.pins.reused if t.pins else []) == sorted(PINNED_MAPS)
         assert t.table is not None and t.table.config.get(0) != bytes(4)  # kinds recomputed for .bss
         with Server("127.0.0.1") as srv2:
             t.attach(log=quiet)
@@ -84,11 +89,11 @@ def test_another_size_migrates_entries_and_counters(no_bpf_leaks: None, pin_dir:
                                                               pin_dir=pin_dir) as t:
             table = t.open_maps()
             assert table.max_entries == size and matches(table) == before
-            assert {syscalls.map_info(t.collection.map_fds[n]).max_entries for n in TABLE_MAPS} == {size}
-            assert {pinned_id(pin_dir / n) for n in TABLE_MAPS} == {syscalls.map_info(t.collection.map_fds[n]).id
-                                                                    for n in TABLE_MAPS}
-        assert f"migrated hosts, nets, stats (now {size} entries)" in caplog.text
-        assert pins(pin_dir) == sorted(TABLE_MAPS)  # no staging pin left
+            assert {syscalls.map_info(t.collection.map_fds[n]).max_entries for n in PINNED_MAPS} == {size}
+            assert {pinned_id(pin_dir / n) for n in PINNED_MAPS} == {syscalls.map_info(t.collection.map_fds[n]).id
+                                                                    for n in PINNED_MAPS}
+        assert f"migrated hosts, nets, stats, texts (now {size} entries)" in caplog.text
+        assert pins(pin_dir) == sorted(PINNED_MAPS)  # no staging pin left
     with pytest.raises(PinnedTableTooBigError, match="holds 3 filters, more than the 2 entries"), \
             Tracer(max_filters=2, ringbuf_size=4096, pin_dir=pin_dir) as t:
         t.open_maps()
@@ -112,15 +117,15 @@ def test_a_migration_cut_between_two_renames_is_finished_by_the_next_start(
         t.open_maps()
     monkeypatch.undo()
     sizes = {}
-    for name in TABLE_MAPS:
+    for name in PINNED_MAPS:
         fd = syscalls.obj_get(pin_dir / name)
         sizes[name] = syscalls.map_info(fd).max_entries
         syscalls.close(fd)
-    assert sorted(sizes.values()) == [8, 8, 32]  # one map replaced, two not: a mixed table
+    assert sorted(sizes.values()) == [8, 8, 8, 32]  # one map replaced, three not: a mixed table
     for size in (8, 32):  # either size: a consistent table, and the mix is migrated
         with Tracer(max_filters=size, ringbuf_size=4096, pin_dir=pin_dir) as t:
             assert matches(t.open_maps()) == before
-        assert pins(pin_dir) == sorted(TABLE_MAPS)
+        assert pins(pin_dir) == sorted(PINNED_MAPS)
 
 
 def test_a_smaller_table_moves_counter_slots_down(no_bpf_leaks: None, pin_dir: Path) -> None:
@@ -204,4 +209,92 @@ def test_directories_that_cannot_hold_pins(no_bpf_leaks: None, pin_dir: Path, tm
         Tracer(pin_dir=pin_dir / "taken", ringbuf_size=4096).open_maps()
     with Tracer(pin_dir=pin_dir / "deeper" / "still", ringbuf_size=4096) as t:  # parents are made
         t.open_maps()
-    assert pins(pin_dir / "deeper" / "still") == sorted(TABLE_MAPS)
+    assert pins(pin_dir / "deeper" / "still") == sorted(PINNED_MAPS)
+
+
+# ---- the layout before workloads, and workload filters across restarts -----------------------------
+
+# The maps a ttcp before workloads pinned (keys without a wid), written out here from that
+# layout, independently of the code that migrates them: (type, key size, flags).
+PREVIOUS_SHAPES = {"hosts": (MapType.HASH, 20, 0), "nets": (MapType.LPM_TRIE, 24, MapFlag.NO_PREALLOC)}
+
+
+def _previous_table(pin_dir: Path, size: int) -> None:
+    """A pinned table of the previous layout: A (a plain address) at slot 3 with 4
+    connections counted, a network with a port at slot 5 with none."""
+    pin_dir.mkdir()
+    fds = {name: syscalls.map_create(kind, key, F.VALUE.size, size, flags=flags, name=name)
+           for name, (kind, key, flags) in PREVIOUS_SHAPES.items()}
+    fds["stats"] = syscalls.map_create(MapType.PERCPU_ARRAY, 4, STATS_SIZE, size, name="stats")
+    try:
+        a = F.parse(A).addr
+        syscalls.map_update(fds["hosts"], struct.pack("=BxH16s", 1, 0, a), F.VALUE.pack(3, 11, 128))
+        net = F.parse("dst 10.0.0.0/8 port 443")
+        syscalls.map_update(fds["nets"], struct.pack("=IB2s16sx", 24 + net.bits, 2, (443).to_bytes(2, "big"),
+                                                      net.addr), F.VALUE.pack(5, 12, net.bits))
+        stats = PerCpuArray(fds["stats"], STATS_SIZE, size, "stats", owns_fd=False)
+        counted = HIST.pack(4, 400, *([0] * 6 + [4] + [0] * (HIST.size // 8 - 9)))
+        cpus = syscalls.possible_cpus()  # the 4 connections counted on the first CPU
+        stats.put_each(3, [STATS_HEAD.pack(11, 1) + counted + bytes(HIST.size)]
+                       + [STATS_HEAD.pack(11, 0) + bytes(2 * HIST.size)] * (cpus - 1))
+        stats.put_all(5, STATS_HEAD.pack(12, 0) + bytes(2 * HIST.size))
+        for name, fd in fds.items():
+            syscalls.obj_pin(fd, pin_dir / name)
+    finally:
+        for fd in fds.values():
+            syscalls.close(fd)
+
+
+@pytest.mark.parametrize("size", [16, 64, 4])
+def test_a_table_of_the_previous_layout_is_migrated_not_refused(
+        no_bpf_leaks: None, pin_dir: Path, size: int, caplog: pytest.LogCaptureFixture) -> None:
+    _previous_table(pin_dir, 16)
+    with caplog.at_level("INFO", logger="ttcp"), Tracer(max_filters=size, ringbuf_size=4096,
+                                                          pin_dir=pin_dir) as t, Server("127.0.0.1") as srv:
+        table = t.open_maps()
+        assert matches(table) == {A: 4, "dst 10.0.0.0/8 port 443": 0}
+        assert "keys of hosts, nets rewritten for workloads" in caplog.text
+        for name, (_, key, _) in PREVIOUS_SHAPES.items():
+            assert syscalls.map_info(t.collection.map_fds[name]).key_size > key  # the wid is in
+        texts = {i: text_of(table.texts.get(s.index)) for i, s in enumerate(table.rules.slots.values())}
+        assert {entry[2] for entry in texts.values() if entry} == {A, "dst 10.0.0.0/8 port 443"}
+        t.attach(log=quiet)
+        traffic(srv, **{A: 2})  # the migrated filter counts on
+        assert matches(table)[A] == 6
+    assert pins(pin_dir) == sorted(PINNED_MAPS)
+    with Tracer(max_filters=size, ringbuf_size=4096, pin_dir=pin_dir) as t:  # and is of this layout now
+        assert matches(t.open_maps())[A] == 6 and t.pins is not None and not t.pins.upgraded
+
+
+def test_workload_filters_survive_a_restart_and_are_resolved_again(
+        no_bpf_leaks: None, pin_dir: Path, cgroups: Cgroups, netns: Netns) -> None:
+    app = cgroups.make()
+    texts = [f"cgroup {app}", f"cgroup {app} dst 127.0.14.1", f"netns {netns.path}", A]
+    resolver = Resolver.for_host()
+    try:
+        with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir, resolver=resolver) as t, \
+                Server("127.0.14.1") as srv:
+            table = t.open_maps()
+            table.add([F.parse(x) for x in texts])
+            t.attach(log=quiet)
+            run_in(lambda: connect_many(srv, C, 3), cgroup=cgroups.tree.dir_of(app))
+            before = matches(table)
+        assert before[f"cgroup {app} dst 127.0.14.1"] == 3
+    finally:
+        resolver.close()
+    cgroups.remove(app)
+    cgroups.make()  # created again while no ttcp ran: a new id
+    resolver = Resolver.for_host()
+    try:
+        with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir, resolver=resolver) as t, \
+                Server("127.0.14.1") as srv:
+            table = t.open_maps()
+            assert matches(table) == before and sorted(map(str, table.filters())) == sorted(
+                str(F.parse(x)) for x in texts)
+            state = table.workload_state(F.parse(f"cgroup {app}"))
+            assert state is not None and (state.state, state.id) == ("resolved", cgroups.id_of(app))
+            t.attach(log=quiet)
+            run_in(lambda: connect_many(srv, C, 2), cgroup=cgroups.tree.dir_of(app))
+            assert matches(table)[f"cgroup {app} dst 127.0.14.1"] == 5
+    finally:
+        resolver.close()

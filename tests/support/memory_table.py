@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ttcp.rtt.filter_table import FilterStats, RuledTable
+from ttcp.rtt.filter_table import FilterStats, NoWorkloads, RuledTable, WorkloadResolver, resolve_all
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.table_rules import TableRules
 
 
 class MemoryFilterTable(RuledTable):
-    def __init__(self, max_entries: int = 64) -> None:
+    def __init__(self, max_entries: int = 64, resolver: WorkloadResolver | None = None) -> None:
         self.rules = TableRules(max_entries, max_entries)
+        self.resolver: WorkloadResolver = resolver or NoWorkloads()
         self._stats: dict[Filter, FilterStats] = {}
         self.fail_after: int | None = None  # make the Nth insert of a call raise (fault tests)
 
@@ -28,27 +29,36 @@ class MemoryFilterTable(RuledTable):
 
     def add(self, fs: Sequence[Filter]) -> list[Filter]:
         planned = self.rules.plan_add(fs)
+        resolutions, fresh = resolve_all(self.resolver, self.rules, (f for f, _ in planned))
         added: list[Filter] = []
         try:
             for i, (f, slot) in enumerate(planned):
                 if self.fail_after is not None and i >= self.fail_after:
                     raise OSError("injected failure")
-                self.rules.added(f, slot)
+                self.rules.added(f, slot, resolutions[f.workload] if f.workload is not None else None)
                 self._stats[f] = FilterStats.empty()
                 added.append(f)
         except BaseException:
             for f in added:
                 self.rules.removed(f)
                 del self._stats[f]
+            for w in fresh:
+                self.resolver.release(w)
             raise
+        self.rules.workload_writes()  # no maps: what they would be is all there is to keep
         if added:
             self.rules.changed()
         return added
 
     def remove(self, fs: Sequence[Filter]) -> None:
-        for f in self.rules.plan_remove(fs):
+        planned = self.rules.plan_remove(fs)
+        for f in planned:
             self.rules.removed(f)
             del self._stats[f]
+        for w in {f.workload for f in planned if f.workload is not None}:
+            if not self.rules.in_use(w):
+                self.resolver.release(w)
+        self.rules.workload_writes()
         self.rules.changed()
 
     # ---- for tests ----

@@ -9,10 +9,14 @@ import time
 from ttcp.rtt.events import AF_INET6, HOOKS, Event, format_ms
 
 
-def format_table(ev: Event, offset_ns: int) -> str:
-    """A table line, written out independently of ttcp's own layout code."""
+def format_table(ev: Event, offset_ns: int, wide: bool = False) -> str:
+    """A table line, written out independently of ttcp's own layout code; `wide`:
+    with the Workload column (the cgroup path, "-" when unknown)."""
     local = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime((ev.ts_ns + offset_ns) // 1_000_000_000))
-    return f"{local} {ev.saddr:<15} {ev.sport:<6} -> {ev.daddr:<15} {ev.dport:<6} {format_ms(ev.rtt_us)}"
+    line = f"{local} {ev.saddr:<15} {ev.sport:<6} -> {ev.daddr:<15} {ev.dport:<6} "
+    if wide:  # the RTT as wide as its "RTT(ms)" heading
+        return line + f"{format_ms(ev.rtt_us):<7} {ev.cgroup or '-'}"
+    return line + format_ms(ev.rtt_us)
 
 
 def to_dict(ev: Event, offset_ns: int) -> dict[str, object]:
@@ -33,12 +37,14 @@ def to_dict(ev: Event, offset_ns: int) -> dict[str, object]:
         "bytes_acked": ev.bytes_acked,
         "bytes_received": ev.bytes_received,
         "netns": ev.netns,
+        "cgroup_id": ev.cgroup_id,
+        "cgroup": ev.cgroup,
         "hook": HOOKS.get(ev.hook, str(ev.hook)),
-        "filter": ev.filter,
+        "filter": ev.filter or None,
     }
 
 
 def format_json(ev: Event, offset_ns: int) -> str:
-    return json.dumps(to_dict(ev, offset_ns), separators=(",", ":"))
+    return json.dumps(to_dict(ev, offset_ns), separators=(",", ":"), ensure_ascii=False)
 
 

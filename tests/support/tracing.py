@@ -12,18 +12,21 @@ from tests.support.kernel import mode_probe, require, scaled, settle
 from tests.support.kernel_objects import readable
 from ttcp.rtt import events
 from ttcp.rtt.tracer import MODES, Tracer
+from ttcp.workloads.resolver import Resolver
 
 
 def collect(tracer: Tracer, settle_s: float = 0.3, limit_s: float = 10.0) -> list[events.Event]:
-    """Drain the ring until no new record arrived for `settle_s`."""
-    assert tracer.ring is not None
-    ring = tracer.ring
+    """Drain the ring until no new record arrived for `settle_s`; events named by the
+    tracer's table (and with cgroup paths where the tracer has a resolver)."""
+    assert tracer.ring is not None and tracer.table is not None
+    ring, names = tracer.ring, tracer.table.names
+    paths = tracer.resolver.paths if isinstance(tracer.resolver, Resolver) else events.no_paths
     got: list[events.Event] = []
     deadline = time.monotonic() + scaled(limit_s)
     while time.monotonic() < deadline:
         if not readable(ring, settle(settle_s)):
             break
-        ring.consume(lambda raw: got.append(events.decode(raw)))
+        ring.consume(lambda raw: got.append(events.decode(raw, names, paths)))
     return got
 
 

@@ -29,7 +29,7 @@ from tests.support.traffic import Server
 from ttcp import syscalls
 from ttcp.errors import BpfError
 from ttcp.kernel.uapi import MapType
-from ttcp.rtt.tracer import TABLE_MAPS
+from ttcp.rtt.tracer import PINNED_MAPS
 
 pytestmark = pytest.mark.kernel
 
@@ -94,7 +94,7 @@ def test_filters_and_counters_survive_a_restart(pin_dir: Path, stop: int) -> Non
                 assert t.stop(stop) == 0
         net = "src 127.0.14.0/30"
         assert [(x.matches, x.closed) for x in before.values()] == [(3, 3), (2, 2)]  # a host beats a network
-        assert pins(pin_dir) == sorted(TABLE_MAPS)
+        assert pins(pin_dir) == sorted(PINNED_MAPS)
         with TtcpProcess("--pin", str(pin_dir)) as t:  # at once: the lock went with the process
             assert t.wait_stderr("reused hosts, nets, stats"), t.stderr
             assert filter_state(t) == before
@@ -116,14 +116,14 @@ def test_another_max_filters_migrates(pin_dir: Path) -> None:
             assert t.stop() == 0
         for size in ("100", "2"):
             with TtcpProcess("--pin", str(pin_dir), "--max-filters", size) as t:
-                assert t.wait_stderr(f"migrated hosts, nets, stats (now {size} entries)"), t.stderr
+                assert t.wait_stderr(f"migrated hosts, nets, stats, texts (now {size} entries)"), t.stderr
                 assert filter_state(t) == before
                 assert api_json(t, "/filters")["max_entries"] == int(size)
                 assert t.stop() == 0
     line = one_line_error(run_cli("--pin", str(pin_dir), "--max-filters", "1"), "holds 2 filters",
                           "--max-filters 2 or more")
     assert str(pin_dir) in line
-    assert pins(pin_dir) == sorted(TABLE_MAPS)
+    assert pins(pin_dir) == sorted(PINNED_MAPS)
 
 
 def test_an_incompatible_pin_is_one_line_naming_the_way_out(pin_dir: Path) -> None:
@@ -141,7 +141,7 @@ def test_an_incompatible_pin_is_one_line_naming_the_way_out(pin_dir: Path) -> No
         assert t.wait_stderr(f"removed the pinned filter table in {pin_dir} (hosts)"), t.stderr
         assert json.loads(t.api("GET", "/")[1]) == [A]
         assert t.stop() == 0
-    assert pinned_id(pin_dir / "hosts") > 0 and pins(pin_dir) == sorted(TABLE_MAPS)
+    assert pinned_id(pin_dir / "hosts") > 0 and pins(pin_dir) == sorted(PINNED_MAPS)
 
 
 def test_a_second_ttcp_on_the_directory_refuses(pin_dir: Path) -> None:

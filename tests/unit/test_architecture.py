@@ -3,9 +3,10 @@
 The design card's faces stay flat in ttcp/ (syscalls, elf_loader, maps, server)
 beside the command's modules; everything else lives in a package: obj/ (pure
 object parsing), kernel/ (kernel facts, probes, attaching), rtt/ (the TCP RTT
-domain) and api/ (the HTTP API's parts). Generic eBPF code knows nothing of
-the RTT domain, the API or the command; obj/ calls no syscall; rtt/ is below
-the API and the command; the API's parts are below its face. No module takes
+domain), workloads/ (cgroups and namespaces, resolved for rtt's table) and
+api/ (the HTTP API's parts). Generic eBPF code knows nothing of the RTT
+domain, the API or the command; obj/ calls no syscall; rtt/ is below the
+workloads, the API and the command; the API's parts are below its face. No module takes
 part in an import cycle, and every import is absolute.
 
 A new package is one line in LAYOUT (and, if it has a rule, one in RULES).
@@ -31,6 +32,7 @@ FACES = ("ttcp.server", "ttcp.agent", "ttcp.cli", "ttcp.output", "ttcp.__main__"
 LAYOUT = {
     "generic eBPF": GENERIC,
     "the TCP RTT domain": ("ttcp.rtt",),
+    "workloads (cgroups, namespaces)": ("ttcp.workloads",),
     "the API's parts": ("ttcp.api",),
     "faces and the command": FACES,
     "the package": ("ttcp",),
@@ -49,12 +51,15 @@ class Rule:
 
 
 RULES = (
-    Rule("generic", GENERIC, ("ttcp.rtt", "ttcp.api", *FACES),
+    Rule("generic", GENERIC, ("ttcp.rtt", "ttcp.workloads", "ttcp.api", *FACES),
          "generic eBPF code knows nothing of ttcp's RTT domain, its API or its command"),
     Rule("obj", ("ttcp.obj",), ("ttcp.syscalls", "ttcp.maps", "ttcp.elf_loader", "ttcp.kernel"),
          "obj/ parses objects and calls no syscall (the kernel's numbers, ttcp.kernel.uapi, are data)",
          allowed=("ttcp.kernel.uapi",)),
-    Rule("rtt", ("ttcp.rtt",), ("ttcp.api", *FACES), "the RTT domain is below the API and the command"),
+    Rule("rtt", ("ttcp.rtt",), ("ttcp.workloads", "ttcp.api", *FACES),
+         "the RTT domain is below the workloads, the API and the command (the table takes a resolver)"),
+    Rule("workloads", ("ttcp.workloads",), ("ttcp.api", *FACES),
+         "the workloads are below the API and the command"),
     Rule("api", ("ttcp.api",), ("ttcp.server", "ttcp.agent", "ttcp.cli", "ttcp.__main__"),
          "the API's parts are below its face (ttcp.server) and the command"),
 )

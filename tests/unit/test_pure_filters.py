@@ -55,13 +55,95 @@ def test_canonical_text(text: str, canonical: str) -> None:
     ("10.0.0.1 port 80 443", "after the port"), ("10.0.0.1 ports 80", "unexpected 'ports'"),
     ("10.0.0.1 10.0.0.2", "unexpected '10.0.0.2'"), ("src dst 10.0.0.1", "'dst' is not an IPv4"),
     ("fe80::1%eth0", "zone"), ("300.1.1.1", "not an IPv4 or IPv6"), ("[::1]", "not an IPv4"),
-    ("localhost", "not an IPv4"), ("10.0.0.1:80", "not an IPv4"), ("x" * 300, "at most 256"),
+    ("localhost", "not an IPv4"), ("10.0.0.1:80", "not an IPv4"), ("x" * 600, "at most 512"),
 ])
 def test_malformed_filters_are_refused_naming_the_part(text: str, why: str) -> None:
     with pytest.raises(FilterError) as info:
         F.parse(text)
     assert why in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# ---- workloads ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,canonical", [
+    ("cgroup /system.slice/app.service dst 10.20.0.0/16 port 5432",
+     "cgroup /system.slice/app.service dst 10.20.0.0/16 port 5432"),
+    ("CGROUP   /system.slice//app.service/ ", "cgroup /system.slice/app.service"),
+    ("cgroup /./a/./b/.", "cgroup /a/b"),
+    ("cgroup /", "cgroup /"), ("cgroup //", "cgroup /"),
+    ("cgroup /a 10.0.0.1", "cgroup /a 10.0.0.1"),  # an address part keeps its own canonical form
+    ("cgroup /a SRC 10.0.0.1", "cgroup /a 10.0.0.1"),
+    ("netns /run/netns/web", "netns /run/netns/web"),
+    ("NETNS /proc/1234/ns/net dst ::1 port 80", "netns /proc/1234/ns/net dst ::1 port 80"),
+    ("netns 4026532325", "netns 4026532325"),
+    ("netns 4294967295 src 10.0.0.0/8", "netns 4294967295 src 10.0.0.0/8"),
+    ("cgroup /a\\b\"c'd", "cgroup /a\\b\"c'd"),  # any other character a directory name may hold
+    ("cgroup /" + "/".join("l" for _ in range(31)), "cgroup /" + "/".join("l" for _ in range(31))),
+])
+def test_workload_canonical_text(text: str, canonical: str) -> None:
+    f = F.parse(text)
+    assert str(f) == canonical and F.parse(canonical) == f
+    assert F.from_json(f.to_json()) == f
+
+
+@pytest.mark.parametrize("text,why", [
+    ("cgroup", "a path must follow 'cgroup'"), ("netns", "a path or inode number must follow 'netns'"),
+    ("cgroup system.slice", "must be absolute"), ("cgroup /a/../b", "may not hold '..'"),
+    ("cgroup /a/..", "'..'"), ("cgroup /a\x01b", "control character"), ("cgroup /a\x7fb", "control character"),
+    ("netns 0", "from 1 to 4294967295"), ("netns 4294967296", "from 1 to 4294967295"),
+    ("netns 007", "from 1 to 4294967295"), ("netns 12a", "from 1 to 4294967295"),
+    ("netns run/netns/x", "must be absolute"),
+    ("dst 10.0.0.1 cgroup /a", "the workload part ('cgroup') comes first"),
+    ("src cgroup /a", "the workload part ('cgroup') comes first"),
+    ("cgroup /a netns /run/netns/x", "a filter names one workload"),
+    ("cgroup /a port 80", "not an IPv4"), ("cgroup /a 10.0.0.1/8", "host bits"),
+    ("cgroup /" + "/".join("l" for _ in range(32)), "32 levels deep"),
+    ("cgroup /" + "x" * 520, "at most 512"),
+])
+def test_malformed_workloads_are_refused_naming_the_part(text: str, why: str) -> None:
+    with pytest.raises(FilterError) as info:
+        F.parse(text)
+    assert why in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_workload_part_alone_has_no_address() -> None:
+    f = F.parse("cgroup /a")
+    assert f == Filter.of_workload(F.Workload("cgroup", "/a")) and not f.has_address
+    assert f.kind_bit == 0 and f.side == Side.NONE and f.to_json() == {"cgroup": "/a"}
+    with pytest.raises(FilterError):
+        Filter(Side.NONE, bytes(16), 0)  # no address part and no workload: no filter
+    assert F.parse("cgroup /a") != F.parse("cgroup /a src ::/0")  # precedence and naming differ
+
+
+def test_workload_levels_and_inodes() -> None:
+    assert [F.parse(t).workload.level for t in ("cgroup /", "cgroup /a", "cgroup /a/b/c")] == [0, 1, 3]
+    assert F.parse("netns 4026532325").workload.inode == 4026532325
+    assert F.parse("netns /run/netns/x").workload.inode == 0
+
+
+@pytest.mark.parametrize("item,canonical", [
+    ({"cgroup": "/a"}, "cgroup /a"),
+    ({"cgroup": "/a/", "side": "dst", "address": "10.0.0.0/8", "port": 80}, "cgroup /a dst 10.0.0.0/8 port 80"),
+    ({"netns": 4026532325}, "netns 4026532325"), ({"netns": "4026532325"}, "netns 4026532325"),
+    ({"netns": "/run/netns/web", "address": "10.1.2.3"}, "netns /run/netns/web 10.1.2.3"),
+])
+def test_workload_json_forms(item: object, canonical: str) -> None:
+    f = F.from_json(item)
+    assert str(f) == canonical and F.from_json(f.to_json()) == f
+
+
+@pytest.mark.parametrize("item,why", [
+    ({"cgroup": "/a", "netns": 1}, "one workload"), ({"cgroup": 7}, "cgroup must be a path"),
+    ({"netns": True}, "netns must be a path or an inode number"), ({"netns": 0}, "from 1 to"),
+    ({"cgroup": "rel"}, "absolute"), ({"cgroup": "/a", "port": 80}, "needs \"address\""),
+    ({"cgroup": "/a", "side": "dst"}, "needs \"address\""), ({"cgroup": "/a b"}, "whitespace"),
+    ({"cgroup": None}, "cgroup must be a path"),
+])
+def test_bad_workload_json_forms(item: object, why: str) -> None:
+    with pytest.raises(FilterError, match=why):
+        F.from_json(item)
 
 
 @pytest.mark.parametrize("item,canonical", [
@@ -92,6 +174,19 @@ _v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
 _v6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
 
 
+_component = st.text(st.characters(blacklist_categories=("Cc", "Zs", "Zl", "Zp"), blacklist_characters="/\x85"),
+                     min_size=1, max_size=8).filter(lambda c: c not in (".", "..") and not any(x.isspace() for x in c))
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        return "cgroup /" + "/".join(draw(st.lists(_component, max_size=5)))
+    if draw(st.booleans()):
+        return f"netns {draw(st.integers(1, 2**32 - 1))}"
+    return "netns /" + "/".join(draw(st.lists(_component, min_size=1, max_size=4)))
+
+
 @st.composite
 def filters(draw: st.DrawFn) -> Filter:
     ip = draw(st.one_of(_v4, _v6))
@@ -101,18 +196,23 @@ def filters(draw: st.DrawFn) -> Filter:
     port = draw(st.one_of(st.just(0), st.integers(1, 65535)))
     side = draw(st.sampled_from(["src", "dst", ""]))
     text = f"{side} {net.network_address}/{plen}" + (f" port {port}" if port else "")
-    return F.parse(text)
+    workload = draw(st.one_of(st.just(""), workloads()))
+    if workload and draw(st.booleans()):
+        text = ""  # the workload alone
+    return F.parse(f"{workload} {text}")
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(filters())
-def test_canonical_round_trip(f: Filter) -> None:
+@given(filters(), st.integers(0, 2**32 - 1))
+def test_canonical_round_trip(f: Filter, wid: int) -> None:
     text = str(f)
     assert F.parse(text) == f
     assert str(F.parse(text)) == text
     assert F.from_json(f.to_json()) == f
-    assert F.from_host_key(F.host_key(f)) == f if f.is_host else F.from_net_key(F.net_key(f)) == f
-    if f.side == Side.SRC and f.is_host and not f.port:
+    if f.has_address:
+        decode = F.from_host_key if f.in_hosts else F.from_net_key
+        assert decode(F.key_of(f, wid)) == (wid, f.address_part())
+    if f.side == Side.SRC and f.is_host and not f.port and f.workload is None:
         assert " " not in text  # the plain form
 
 
@@ -125,16 +225,6 @@ def test_any_text_parses_or_is_refused_with_one_line(text: str) -> None:
         assert str(e) and "\n" not in str(e)
     else:
         assert F.parse(str(f)) == f
-
-
-@settings(max_examples=EXAMPLES, deadline=None)
-@given(filters(), st.integers(0, 2**128 - 1))
-def test_an_event_names_the_filter_that_matched_it(f: Filter, noise: int) -> None:
-    """Any address inside the filter's network (host bits anything), with its
-    side, prefix and port flag, rebuilds exactly that filter."""
-    host_mask = (1 << (128 - f.bits)) - 1
-    addr = (int.from_bytes(f.addr, "big") | (noise & host_mask)).to_bytes(16, "big")
-    assert F.matched(f.side, f.bits, addr, f.port) == f
 
 
 def test_specificity_orders_as_documented() -> None:
@@ -150,16 +240,40 @@ def test_kind_bits_are_the_programs() -> None:
     assert [F.parse(t).kind_bit for t in ("src 1.2.3.4 port 1", "dst 1.2.3.4 port 1", "1.2.3.4",
                                           "dst 1.2.3.4", "src 1.2.3.0/24 port 1", "dst 1.2.3.0/24 port 1",
                                           "src 1.2.3.0/24", "dst 1.2.3.0/24")] == [1 << i for i in range(8)]
+    assert (F.KIND_CGROUP, F.KIND_NETNS) == (1 << 8, 1 << 9)
+    assert [F.parse(t).workload.kind_bit for t in ("cgroup /a", "netns 7")] == [F.KIND_CGROUP, F.KIND_NETNS]
+
+
+def test_a_workloads_exact_addresses_are_full_prefixes_in_nets() -> None:
+    """The program tries a workload's address filters in `nets` only (four lookups at most)."""
+    f = F.parse("cgroup /a dst 10.0.0.1 port 80")
+    assert f.is_host and not f.in_hosts and f.kind_bit == 1 << 5  # KIND_DST_NET_PORT
+    assert F.key_of(f, 7) == F.net_key(f, 7)
+    assert F.key_of(F.parse("dst 10.0.0.1"), 0) == F.host_key(F.parse("dst 10.0.0.1"))
 
 
 def test_keys_are_the_programs_layout() -> None:
     f = F.parse("dst 10.20.0.0/16 port 5432")
-    key = F.net_key(f)
-    assert len(key) == 24 and key[:4] == (24 + 112).to_bytes(4, "little")
-    assert key[4] == 2 and key[5:7] == (5432).to_bytes(2, "big")  # big-endian: the trie compares bytes
-    assert key[7:23] == bytes(10) + b"\xff\xff" + bytes([10, 20, 0, 0]) and key[23] == 0
-    h = F.host_key(F.parse("src 10.0.0.1 port 80"))
-    assert len(h) == 20 and h[0] == 1 and h[2:4] == (80).to_bytes(2, "little")
+    key = F.net_key(f, 0x01020304)
+    assert len(key) == 28 and key[:4] == (56 + 112).to_bytes(4, "little")
+    assert key[4:8] == bytes([1, 2, 3, 4])  # big-endian, like the port: the trie compares bytes in order
+    assert key[8] == 2 and key[9:11] == (5432).to_bytes(2, "big")
+    assert key[11:27] == bytes(10) + b"\xff\xff" + bytes([10, 20, 0, 0]) and key[27] == 0
+    h = F.host_key(F.parse("src 10.0.0.1 port 80"), 9)
+    assert len(h) == 24 and h[:4] == (9).to_bytes(4, "little") and h[4] == 1
+    assert h[6:8] == (80).to_bytes(2, "little")
+    assert len(F.WORKLOAD.pack(1, 2, F.VALUE.pack(3, 4, 0))) == 24
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(filters())
+def test_keys_of_the_previous_layout_are_upgraded_to_wid_0(f: Filter) -> None:
+    """A pinned table of the layout before workloads (no wid) is migrated key by key."""
+    f = f.address_part() if f.has_address else F.parse("10.0.0.1")
+    old_host = F.OLD_HOST_KEY.pack(f.side, f.port, f.addr)
+    old_net = F.OLD_NET_KEY.pack(24 + f.bits, f.side, f.port.to_bytes(2, "big"), f.addr)
+    assert F.upgraded_host_key(old_host) == F.host_key(f)
+    assert F.upgraded_net_key(old_net) == F.net_key(f)
 
 
 # ---- histograms ------------------------------------------------------------------------

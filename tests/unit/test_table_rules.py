@@ -7,6 +7,8 @@ reads the kernel's cfg through the same changes)."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from ttcp.rtt import filters as F
@@ -17,9 +19,12 @@ from ttcp.rtt.table_rules import (
     Config,
     CorruptTableError,
     NotInTableError,
+    Resolution,
     Slot,
     TableFullError,
     TableRules,
+    WorkloadState,
+    Write,
     plan_compaction,
 )
 
@@ -214,11 +219,175 @@ def test_a_missing_bit_is_always_written() -> None:
 
 
 def test_config_packs_as_struct_config() -> None:
-    cfg = Config(0b101, (1 << 0 | 1 << 2047, 1 << 8))
+    cfg = Config(0b101, (1 << 0 | 1 << 2047, 1 << 8), wkinds=1 << 5, cgroup_levels=1 << 3)
     raw = cfg.pack()
-    assert len(raw) == CONFIG.size == 4 + 2 * 256
-    kinds, bits = CONFIG.unpack(raw)
+    assert len(raw) == CONFIG.size == 3 * 4 + 2 * 256
+    kinds, wkinds, levels, bits = CONFIG.unpack(raw)
     assert kinds == 0b101 and bits[0] == 1 and bits[255] == 0x80 and bits[256 + 1] == 1
+    assert (wkinds, levels) == (1 << 5, 1 << 3)
+    assert Config.unpack(raw) == cfg
+
+
+# ---- workloads -------------------------------------------------------------------------------
+
+
+def cg(path: str, cgroup_id: int | None) -> Resolution:
+    return Resolution.cgroup(path, cgroup_id)
+
+
+def add_w(rules: TableRules, resolutions: dict[str, Resolution]) -> list[Write]:
+    """Plan and apply an add of filters with workloads (text -> its resolution); the writes."""
+    planned = rules.plan_add([f(t) for t in resolutions])
+    for flt, slot in planned:
+        rules.added(flt, slot, resolutions[str(flt)] if flt.workload is not None else None)
+    rules.changed()
+    return rules.workload_writes()
+
+
+def remove_w(rules: TableRules, *texts: str) -> list[Write]:
+    for flt in rules.plan_remove([f(t) for t in texts]):
+        rules.removed(flt)
+    rules.changed()
+    return rules.workload_writes()
+
+
+def entry(rules: TableRules, text: str, up: int = 0, own: str | None = None) -> bytes:
+    """The struct workload of the selector of filter `text`, with filter `own` as its own."""
+    flt = f(text)
+    sel = rules.workloads.selector(flt)
+    assert sel is not None
+    own_value = rules.values()[f(own)] if own is not None else bytes(F.VALUE.size)
+    return F.WORKLOAD.pack(up, rules.workloads.wid(sel), own_value)
+
+
+def test_a_workload_alone_is_one_entry_with_its_own_filter() -> None:
+    rules = TableRules(16, 16)
+    writes = add_w(rules, {"cgroup /a": cg("/a", 10)})
+    assert writes == [Write("cgroups", struct.pack("=Q", 10), entry(rules, "cgroup /a", own="cgroup /a"))]
+    value = rules.values()[f("cgroup /a")]
+    assert F.VALUE.unpack(value)[2] == 0  # no address: prefix 0
+
+
+def test_a_workloads_address_filters_are_keys_under_its_wid_before_its_entry() -> None:
+    rules = TableRules(16, 16)
+    writes = add_w(rules, {"cgroup /a dst 10.0.0.0/8 port 80": cg("/a", 10), "cgroup /a 10.1.1.1": cg("/a", 10)})
+    wid = rules.workloads.wid(("cgroup", "/a"))
+    assert wid == 1
+    assert [w.map for w in writes] == ["nets", "nets", "cgroups"]  # reachable only once all are in
+    assert writes[0] == Write("nets", F.net_key(f("dst 10.0.0.0/8 port 80"), wid),
+                              rules.values()[f("cgroup /a dst 10.0.0.0/8 port 80")])
+    assert writes[2].value == entry(rules, "cgroup /a 10.1.1.1")  # no own filter: gen 0
+    assert remove_w(rules, "cgroup /a 10.1.1.1") == [Write("nets", F.net_key(f("10.1.1.1"), wid), None)]
+    writes = remove_w(rules, "cgroup /a dst 10.0.0.0/8 port 80")
+    assert [(w.map, w.value) for w in writes] == [("cgroups", None), ("nets", None)]  # unreachable first
+
+
+def test_wids_are_shared_by_a_workloads_filters_and_reused() -> None:
+    rules = TableRules(16, 16)
+    add_w(rules, {"cgroup /a": cg("/a", 10), "cgroup /a dst ::1": cg("/a", 10), "netns 99": Resolution.netns(99)})
+    assert rules.workloads.wid(("cgroup", "/a")) == 1 and rules.workloads.wid(("netns", "99")) == 2
+    remove_w(rules, "cgroup /a", "cgroup /a dst ::1")
+    assert not rules.workloads.holds(("cgroup", "/a")) and not rules.in_use(f("cgroup /a").workload)
+    add_w(rules, {"cgroup /b": cg("/b", 11)})
+    assert rules.workloads.wid(("cgroup", "/b")) == 1  # the lowest free wid again
+
+
+def test_a_pending_cgroup_has_its_keys_and_gets_its_entry_when_it_appears() -> None:
+    rules = TableRules(16, 16)
+    writes = add_w(rules, {"cgroup /a dst 10.0.0.1": cg("/a", None), "cgroup /a": cg("/a", None)})
+    assert [w.map for w in writes] == ["nets"]  # ready, unreachable
+    assert rules.workloads.state(f("cgroup /a")).state == "pending"
+    assert rules.workloads.resolved(("cgroup", "/a"), 40)
+    assert rules.workload_writes() == [Write("cgroups", struct.pack("=Q", 40),
+                                             entry(rules, "cgroup /a", own="cgroup /a"))]
+    assert rules.workloads.state(f("cgroup /a")) == WorkloadState("cgroup", "/a", "resolved", 40)
+    assert not rules.workloads.resolved(("cgroup", "/a"), 40)  # no change, nothing to write
+    assert rules.workloads.resolved(("cgroup", "/a"), 41)  # removed and created again
+    writes = rules.workload_writes()
+    assert writes == [Write("cgroups", struct.pack("=Q", 41), entry(rules, "cgroup /a", own="cgroup /a")),
+                      Write("cgroups", struct.pack("=Q", 40), None)]  # the new one in before the old goes
+    assert rules.workloads.resolved(("cgroup", "/a"), None)
+    assert rules.workload_writes() == [Write("cgroups", struct.pack("=Q", 41), None)]
+
+
+def test_a_cgroup_entry_points_up_to_the_nearest_cgroup_with_filters() -> None:
+    rules = TableRules(16, 16)
+    add_w(rules, {"cgroup /a": cg("/a", 10), "cgroup /a/b/c": cg("/a/b/c", 30), "cgroup /x": cg("/x", 50)})
+    key30 = struct.pack("=Q", 30)
+    assert rules.workloads.desired(("cgroup", "/a/b/c"), rules.values())["cgroups", key30] == \
+        entry(rules, "cgroup /a/b/c", up=10, own="cgroup /a/b/c")
+    writes = add_w(rules, {"cgroup /a/b dst 10.0.0.0/8": cg("/a/b", 20)})
+    assert Write("cgroups", key30, entry(rules, "cgroup /a/b/c", up=20, own="cgroup /a/b/c")) in writes
+    writes = remove_w(rules, "cgroup /a/b dst 10.0.0.0/8")
+    assert Write("cgroups", key30, entry(rules, "cgroup /a/b/c", up=10, own="cgroup /a/b/c")) in writes
+    assert rules.workloads.resolved(("cgroup", "/a"), 11)  # /a created again: those below point at it
+    writes = rules.workload_writes()
+    assert Write("cgroups", key30, entry(rules, "cgroup /a/b/c", up=11, own="cgroup /a/b/c")) in writes
+    assert all(w.key != struct.pack("=Q", 50) for w in writes)  # /x is not below /a
+    assert rules.workloads.resolved(("cgroup", "/a"), None)  # pending: skipped over
+    writes = rules.workload_writes()
+    assert Write("cgroups", key30, entry(rules, "cgroup /a/b/c", up=0, own="cgroup /a/b/c")) in writes
+
+
+def test_two_names_of_one_namespace_share_it_and_one_is_shadowed() -> None:
+    rules = TableRules(16, 16)
+    ns = Resolution.netns(4026532325)
+    writes = add_w(rules, {"netns /run/netns/web": ns, "netns 4026532325": ns,
+                           "netns 4026532325 dst 10.0.0.1": ns, "netns /run/netns/web dst 10.0.0.1": ns,
+                           "netns /run/netns/web dst 10.0.0.2": ns})
+    assert rules.workloads.state(f("netns /run/netns/web")).state == "resolved"
+    shadowed = rules.workloads.state(f("netns 4026532325"))
+    assert shadowed == WorkloadState("netns", "4026532325", "shadowed", 4026532325, "netns /run/netns/web")
+    assert rules.workloads.state(f("netns /run/netns/web dst 10.0.0.1")).state == "shadowed"
+    assert rules.workloads.state(f("netns /run/netns/web dst 10.0.0.2")).state == "resolved"  # its key is its own
+    key = struct.pack("=I", 4026532325)
+    assert [w.map for w in writes] == ["nets", "nets", "netns"]
+    assert writes[-1] == Write("netns", key, entry(rules, "netns /run/netns/web", own="netns /run/netns/web"))
+    writes = remove_w(rules, "netns /run/netns/web", "netns 4026532325 dst 10.0.0.1")
+    wid = rules.workloads.wid(("netns", "4026532325"))
+    assert writes == [  # the shadowed ones take over, each with one write in place
+        Write("nets", F.net_key(f("dst 10.0.0.1"), wid), rules.values()[f("netns /run/netns/web dst 10.0.0.1")]),
+        Write("netns", key, entry(rules, "netns 4026532325", own="netns 4026532325"))]
+    assert rules.workloads.state(f("netns 4026532325")).state == "resolved"
+
+
+def test_workloads_in_cfg_kinds_and_levels() -> None:
+    rules = TableRules(16, 16)
+    cfg = write(rules, ("cgroup /a/b dst 10.0.0.0/8", "netns 7", "10.0.0.1"))
+    assert cfg is not None
+    assert cfg.kinds == F.KIND_CGROUP | F.KIND_NETNS | f("10.0.0.1").kind_bit
+    assert cfg.wkinds == f("cgroup /a/b dst 10.0.0.0/8").kind_bit == f("dst 10.0.0.0/8").kind_bit
+    assert cfg.cgroup_levels == 1 << 2
+    assert cfg.host_bits == (1 << F.host_bit(f("10.0.0.1").addr), 0)  # a workload's exact address sets no bit
+    add_w(rules, {"cgroup /a/b dst 10.0.0.0/8": cg("/a/b", None), "netns 7": Resolution.netns(7),
+                  "cgroup /": cg("/", 1), "cgroup /a dst 10.0.0.5 port 9": cg("/a", 2)})
+    cfg = rules.config()
+    assert cfg.cgroup_levels == 1 << 0 | 1 << 1 | 1 << 2  # a pending cgroup's level too
+    assert cfg.wkinds == f("dst 10.0.0.0/8").kind_bit | f("cgroup /a dst 10.0.0.5 port 9").kind_bit
+    assert f("cgroup /a dst 10.0.0.5 port 9").kind_bit == f("dst 10.0.0.0/8 port 9").kind_bit  # a net kind
+    remove_w(rules, "cgroup /a/b dst 10.0.0.0/8", "cgroup /a dst 10.0.0.5 port 9", "netns 7")
+    assert rules.config() == Config(F.KIND_CGROUP, (0, 0), 0, 1)
+
+
+def test_a_workload_part_is_resolved_once_while_filters_name_it() -> None:
+    rules = TableRules(16, 16)
+    add_w(rules, {"cgroup /a": cg("/a", 10), "cgroup /a dst 10.0.0.1": cg("/a", 10)})
+    w = f("cgroup /a").workload
+    assert rules.in_use(w) and rules.workloads.resolution_of(w) == cg("/a", 10)
+    remove_w(rules, "cgroup /a")
+    assert rules.in_use(w)
+    remove_w(rules, "cgroup /a dst 10.0.0.1")
+    assert not rules.in_use(w) and rules.workloads.resolution_of(w) is None
+
+
+def test_a_workload_filter_needs_its_resolution() -> None:
+    rules = TableRules(16, 16)
+    (flt, slot), = rules.plan_add([f("cgroup /a")])
+    with pytest.raises(ValueError, match="a resolution goes with a workload"):
+        rules.added(flt, slot)
+    (flt, slot), = rules.plan_add([f("10.0.0.1")])
+    with pytest.raises(ValueError, match="a resolution goes with a workload"):
+        rules.added(flt, slot, cg("/a", 1))
 
 
 # ---- a held table, and fewer slots -------------------------------------------------------------

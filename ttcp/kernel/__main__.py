@@ -70,9 +70,11 @@ def _load(args: argparse.Namespace) -> int:
     with Collection(args.object, target_btf=_target(args)) as collection:
         for name in collection.spec.program_names():
             try:
-                prog = collection.load_program(name)
+                prog = collection.load_program(name, stats=args.stats)
                 info = syscalls.prog_info(prog.fd)
-                print(f"{name}: loaded as {prog.kind.style} (prog id {info.id})")
+                stats = prog.verifier_stats.splitlines()[-1:] if args.stats else []
+                print(f"{name}: loaded as {prog.kind.style} (prog id {info.id})"
+                      + "".join(f"; {line}" for line in stats))
             except TtcpError as e:
                 failures += 1
                 print(f"{name}: FAILED: {e}", file=sys.stderr)
@@ -91,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("object", help="BPF ELF object (clang -g -target bpf)")
         cmd.add_argument("--btf", default=str(kernel_btf.VMLINUX_BTF),
                          help="target BTF to relocate against (default: %(default)s)")
+        if name == "load":
+            cmd.add_argument("--stats", action="store_true",
+                             help="print the verifier's statistics of each program (processed insns)")
         cmd.set_defaults(run=run)
     return p
 

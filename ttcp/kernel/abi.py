@@ -239,6 +239,22 @@ class Statfs(ctypes.Structure):
     ]
 
 
+# ---- file handles and inotify ------------------------------------------------------------
+
+
+class FileHandle(ctypes.Structure):
+    """struct file_handle before its f_handle bytes (handle_bytes of them follow):
+    what open_by_handle_at(2) takes."""
+
+    _fields_ = [("handle_bytes", u32), ("handle_type", ctypes.c_int32)]
+
+
+class InotifyEvent(ctypes.Structure):
+    """struct inotify_event before its name (len bytes, NUL-padded, follow)."""
+
+    _fields_ = [("wd", ctypes.c_int32), ("mask", u32), ("cookie", u32), ("len", u32)]
+
+
 # ---- perf_event_open(2) and the ring buffer --------------------------------------------
 
 

@@ -129,6 +129,32 @@ class Helper(IntEnum):
     LOOP = 181
 
 
+class FidType(IntEnum):
+    """enum fid_type (include/linux/exportfs.h): a file handle's type."""
+
+    KERNFS = 0xFE  # a kernfs node by its 64-bit id: a cgroup by its cgroup id
+
+
+class InotifyMask(IntFlag):
+    """inotify(7) event and watch bits (linux/inotify.h)."""
+
+    MOVED_FROM = 0x40
+    MOVED_TO = 0x80
+    CREATE = 0x100
+    DELETE = 0x200
+    DELETE_SELF = 0x400
+    MOVE_SELF = 0x800
+    Q_OVERFLOW = 0x4000
+    IGNORED = 0x8000
+    ONLYDIR = 0x1000000
+    ISDIR = 0x40000000
+
+
+IN_NONBLOCK = 0o4000  # inotify_init1(2) flags: O_NONBLOCK, O_CLOEXEC
+IN_CLOEXEC = 0o2000000
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): the CLONE_NEW* type of a namespace file (linux/nsfs.h)
+CLONE_NEWNET = 0x40000000
+
 # perf_event_open(2)
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -142,6 +168,7 @@ CAP_PERFMON = 38
 CAP_BPF = 39
 
 BPF_OBJ_NAME_LEN = 16  # including the terminating NUL
+BPF_LOG_STATS = 4  # log_level bit: the verifier's statistics ("processed N insns")
 
 # linux/magic.h: statfs(2)'s f_type of a BPF file system (where OBJ_PIN can pin)
 BPF_FS_MAGIC = 0xCAFE4A11

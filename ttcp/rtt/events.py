@@ -1,44 +1,86 @@
 """The event record the BPF program sends, and how ttcp prints it (pure).
 
 The layout mirrors `struct event` in bpf/tcprtt.bpf.c; RTTs are kept in
-microseconds end to end and only formatted as milliseconds at the edge.
+microseconds end to end and only formatted as milliseconds at the edge. An
+event names its filter by the generation stamped on the filter's slot
+(FilterNames answers its text) and its socket's cgroup by id (a CgroupPath
+callable answers the path, ttcp.workloads' cache).
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
 from ttcp.errors import FormatError
-from ttcp.rtt.filters import ADDR_BITS, FilterError, address_text, format_filter, matched
+from ttcp.rtt.filters import address_text
 
 AF_INET = 2
 AF_INET6 = 10
 HOOKS = {1: "fentry", 2: "tp_btf", 3: "tracepoint"}
+REMEMBERED_NAMES = 4096  # names of removed filters kept, for their events still in the ring
 
-# struct event, every field. The print path reads the same 88 bytes two other ways:
-# TABLE_FIELDS, what a table line shows (saddr, daddr, ts_ns, srtt_us, sport, dport)
-# and the filter's side and prefix as one u16 (side | prefix << 8), which must name a
-# filter as in every format; JSON_FIELDS, the two addresses as one field and family,
-# hook, filter side and prefix as another (what stays the same from event to event),
-# then has_port. No byte order: the reader's run layout (ttcp.maps.run_layout) and the
-# Structs below add it.
-EVENT_FIELDS = "16s16sQQQIIIIHHHBBBB6x"
-TABLE_FIELDS = "16s16sQ16xI12xHH3xH7x"
-JSON_FIELDS = "32sQQQIIIIHH5sB6x"
+# struct event, every field. The print path reads the same 96 bytes other ways:
+# TABLE_FIELDS, what a table line shows (saddr, daddr, ts_ns, srtt_us, sport, dport) and
+# the filter's generation, which must name a filter as in every format; WIDE_FIELDS, the
+# same and the cgroup id (-w); JSON_FIELDS, the two addresses as one field, family and
+# hook as another (what stays the same from event to event), then the rest. No byte
+# order: the reader's run layout (ttcp.maps.run_layout) and the Structs below add it.
+EVENT_FIELDS = "16s16sQQQQIIIIIHHHB5x"
+TABLE_FIELDS = "16s16sQ24xI12xIHH8x"
+WIDE_FIELDS = "16s16sQ16xQI12xIHH8x"
+JSON_FIELDS = "32sQQQQIIIIIHH3s5x"
 _EVENT = struct.Struct("<" + EVENT_FIELDS)
 _TABLE = struct.Struct("<" + TABLE_FIELDS)
+_WIDE = struct.Struct("<" + WIDE_FIELDS)
 _JSON = struct.Struct("<" + JSON_FIELDS)
-_JSON_CONTEXT = struct.Struct("<HBBB")  # JSON_FIELDS' 5-byte field: family, hook, side, prefix
-EVENT_SIZE = _EVENT.size  # 88
-assert _TABLE.size == _JSON.size == EVENT_SIZE
-# TABLE_FIELDS' filter field of every record that names a filter: a side, a prefix of 0-128.
-_NAMED = frozenset(side | bits << 8 for side in (1, 2) for bits in range(ADDR_BITS + 1))
+_JSON_CONTEXT = struct.Struct("<HB")  # JSON_FIELDS' 3-byte field: family, hook
+EVENT_SIZE = _EVENT.size  # 96
+assert _TABLE.size == _WIDE.size == _JSON.size == EVENT_SIZE
 
 HEADER = f"{'YYYY/MM/DD HH:MM:SS'} {'Src addr':<15} {'Port':<6} -> {'Dest addr':<15} {'Port':<6} RTT(ms)"
+WIDE_HEADER = f"{HEADER} Workload"
+
+CgroupPath = Callable[[int], "str | None"]  # a cgroup id's path on cgroup2; None: unknown
+
+
+def no_paths(cgroup_id: int) -> str | None:
+    return None
+
+
+class FilterNames:
+    """Canonical filter texts by generation, for naming the filter of an event: every
+    filter held, and the last REMEMBERED_NAMES removed (their events may still be in
+    the ring). A generation names one filter creation for good. The table keeps it."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, str] = {}
+        self._removed: OrderedDict[int, str] = OrderedDict()
+        self.issued = 0  # every generation up to this one was given to a filter
+
+    def add(self, gen: int, text: str) -> None:
+        self.live[gen] = text
+        self.issued = max(self.issued, gen)
+
+    def remove(self, gen: int) -> None:
+        text = self.live.pop(gen, None)
+        if text is not None:
+            self._removed[gen] = text
+            while len(self._removed) > REMEMBERED_NAMES:
+                self._removed.popitem(last=False)
+
+    def get(self, gen: int) -> str | None:
+        """The text of filter `gen`; "" for one removed long ago (issued, forgotten
+        since); None for a generation never issued: the record is not ours."""
+        text = self.live.get(gen) or self._removed.get(gen)
+        if text is None and 0 < gen <= self.issued:
+            return ""
+        return text
 
 
 @dataclass(frozen=True)
@@ -58,27 +100,40 @@ class Event:
     dport: int
     family: int
     hook: int
-    filter: str  # canonical text of the filter that selected the connection
+    filter: str  # canonical text of the filter that selected the connection ("": removed long ago)
+    cgroup_id: int = 0  # the socket's cgroup-v2 id (0: none)
+    cgroup: str | None = None  # its path, when known
+    filter_gen: int = 0
 
 
-def decode(record: bytes | memoryview) -> Event:
-    """Decode one ring-buffer record; FormatError if it is not an event.
+def decode(record: bytes | memoryview, names: FilterNames | None = None,
+           cgroup_path: CgroupPath = no_paths) -> Event:
+    """Decode one ring-buffer record; FormatError if it is not an event (too short,
+    or naming no filter of `names`; without names, a generation of 0).
 
-    Not the print path (table_lines/json_lines read records without it): the
-    plain reading of a record, which the tests check the print path against
-    and read ttcp's events with, and bench/inproc.py measures.
+    Not the print path (Lines reads records without it): the plain reading of a
+    record, which the tests check the print path against and read ttcp's events
+    with, and bench/inproc.py measures.
     """
     _checked(record)
-    (saddr, daddr, ts, acked, received, srtt, rttvar, retrans, netns,
-     sport, dport, family, hook, side, bits, has_port) = _EVENT.unpack_from(record)
+    (saddr, daddr, ts, acked, received, cgroup_id, srtt, rttvar, retrans, netns, gen,
+     sport, dport, family, hook) = _EVENT.unpack_from(record)
+    text = names.get(gen) if names is not None else (f"#{gen}" if gen else None)
+    if text is None:
+        raise _names_no_filter(gen)
     return Event(address_text(saddr), address_text(daddr), ts, acked, received, srtt, rttvar,
-                 retrans, netns, sport, dport, family, hook,
-                 _filter_text(side, bits, has_port, saddr, daddr, sport, dport))
+                 retrans, netns, sport, dport, family, hook, text, cgroup_id,
+                 cgroup_path(cgroup_id) if cgroup_id else None, gen)
 
 
 def format_ms(us: int) -> str:
     """Microseconds as milliseconds with exactly three decimals, no float."""
     return f"{us // 1000}.{us % 1000:03d}"
+
+
+def json_text(text: str | None) -> str:
+    """A JSON string (or null), as json.dumps writes it."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 # ---- the print path -------------------------------------------------------------------
@@ -87,7 +142,7 @@ def format_ms(us: int) -> str:
 # reader unpacks a run with one struct.iter_unpack), with no Event in between and no
 # Python call per record: the parts that recur from event to event (addresses, seconds,
 # ports, RTTs, filter texts) come from dicts that compute a missing entry once.
-# tests/reference_events.py formats a decoded Event the plain way; the two agree.
+# tests/support/reference_events.py formats a decoded Event the plain way; the two agree.
 
 _K = TypeVar("_K", bound=Hashable)
 _NS = 1_000_000_000
@@ -111,38 +166,13 @@ class _Memo(dict[_K, str], Generic[_K]):
             self.clear()
 
 
-def _names_no_filter(side: int, bits: int) -> FormatError:
+def _names_no_filter(gen: int) -> FormatError:
     """The one rule of every format: a record that names no filter is not an event of ours."""
-    return FormatError("event", f"names no filter (side {side}, prefix {bits})")
+    return FormatError("event", f"names no filter (generation {gen})")
 
 
-def _filter_key_text(key: tuple[int, int, bytes, int]) -> str:
-    side, bits, addr, port = key
-    try:
-        return format_filter(matched(side, bits, addr, port))
-    except (FilterError, ValueError):
-        raise _names_no_filter(side, bits) from None
-
-
-def _unnamed(named: int) -> NoReturn:
-    """A table row whose filter field is not in _NAMED: the same refusal as JSON's."""
-    raise _names_no_filter(named & 0xFF, named >> 8)
-
-
-def _json_template(key: tuple[bytes, bytes, int]) -> str:
-    """A JSON line with what its context fixes filled in (family, addresses, hook,
-    filter) and %-placeholders for the rest (time, ports, RTTs, counters, netns)."""
-    addrs, context, port = key
-    family, hook, side, bits = _JSON_CONTEXT.unpack(context)
-    saddr, daddr = addrs[:16], addrs[16:]
-    filter_text = _filters[side, bits, saddr if side == 1 else daddr, port]
-    fixed = [("inet6" if family == AF_INET6 else "inet"), address_text(saddr), address_text(daddr),
-             HOOKS.get(hook) or str(hook), filter_text]
-    family_text, saddr_text, daddr_text, hook_text, filter_text = (t.replace("%", "%%") for t in fixed)
-    return ('{"time":"%s.%06dZ","family":"' + family_text + '","saddr":"' + saddr_text + '","sport":%d,'
-            '"daddr":"' + daddr_text + '","dport":%d,"rtt_us":%d,"rtt_ms":%s,"rttvar_us":%d,"retrans":%d,'
-            '"bytes_acked":%d,"bytes_received":%d,"netns":%d,"hook":"' + hook_text + '","filter":"'
-            + filter_text + '"}')
+def _unnamed(gen: int) -> NoReturn:
+    raise _names_no_filter(gen)
 
 
 _column = _Memo[bytes](lambda a: f"{address_text(a):<15}", 4096)  # in its 15-character column
@@ -151,61 +181,87 @@ _utc = _Memo[int](lambda s: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)), 
 _port = _Memo[int](lambda p: f"{p:<6}", 8192)
 _ms = _Memo[int](format_ms, 8192)
 _json_ms = _Memo[int](lambda us: repr(float(format_ms(us))), 8192)  # as json.dumps writes the float
-_filters = _Memo[tuple[int, int, bytes, int]](_filter_key_text, 4096)
-_json = _Memo[tuple[bytes, bytes, int]](_json_template, 4096)  # JSON line templates
-_MEMOS: tuple[_Memo[Any], ...] = (_column, _local, _utc, _port, _ms, _json_ms, _filters, _json)
+_MEMOS: tuple[_Memo[Any], ...] = (_column, _local, _utc, _port, _ms, _json_ms)
 
 
-def _trim() -> None:
-    for memo in _MEMOS:
-        memo.trim()
+class Lines:
+    """The lines of records, for one table's filter names and one cgroup path source
+    (its memos of JSON templates belong to them)."""
 
+    def __init__(self, names: FilterNames, cgroup_path: CgroupPath = no_paths) -> None:
+        self.names = names
+        self.cgroup_path = cgroup_path
+        self._json = _Memo[tuple[bytes, bytes, int, int]](self._json_template, 4096)
+        self._paths = _Memo[int](lambda cg: cgroup_path(cg) or "-", 4096)  # the Workload column
 
-def _filter_text(side: int, bits: int, has_port: int, saddr: bytes, daddr: bytes, sport: int,
-                 dport: int) -> str:
-    """The canonical text of the filter an event names, rebuilt from the event
-    itself (so a filter removed since is still named right)."""
-    if side == 1:
-        return _filters[side, bits, saddr, sport if has_port else 0]
-    return _filters[side, bits, daddr, dport if has_port else 0]
+    def _trim(self) -> None:
+        for memo in (*_MEMOS, self._json, self._paths):
+            memo.trim()
 
+    def _json_template(self, key: tuple[bytes, bytes, int, int]) -> str:
+        """A JSON line with what its context fixes filled in (family, addresses, hook,
+        filter, cgroup) and %-placeholders for the rest (time, ports, RTTs, counters, netns)."""
+        addrs, context, gen, cgroup_id = key
+        family, hook = _JSON_CONTEXT.unpack(context)
+        name = self.names.get(gen)
+        if name is None:
+            _unnamed(gen)
+        cgroup = self.cgroup_path(cgroup_id) if cgroup_id else None
+        fixed = [("inet6" if family == AF_INET6 else "inet"), address_text(addrs[:16]), address_text(addrs[16:]),
+                 HOOKS.get(hook) or str(hook), json_text(name or None), json_text(cgroup)]
+        family_text, saddr_text, daddr_text, hook_text, filter_text, cgroup_text = (
+            t.replace("%", "%%") for t in fixed)
+        return ('{"time":"%s.%06dZ","family":"' + family_text + '","saddr":"' + saddr_text + '","sport":%d,'
+                '"daddr":"' + daddr_text + '","dport":%d,"rtt_us":%d,"rtt_ms":%s,"rttvar_us":%d,"retrans":%d,'
+                '"bytes_acked":%d,"bytes_received":%d,"netns":%d,"cgroup_id":' + str(cgroup_id)
+                + ',"cgroup":' + cgroup_text + ',"hook":"' + hook_text + '","filter":' + filter_text + '}')
 
-def table_lines(rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
-    """The table's lines (time, source, ports, destination, RTT in ms) of records
-    unpacked with TABLE_FIELDS. FormatError for a record that names no filter."""
-    _trim()
-    col, local, port, ms = _column, _local, _port, _ms
-    return [f"{local[(ts + offset_ns) // _NS]} {col[saddr]} {port[sport]} -> {col[daddr]} {port[dport]} "
-            f"{ms[srtt]}" for saddr, daddr, ts, srtt, sport, dport, named in rows
-            if named in _NAMED or _unnamed(named)]
+    def table(self, rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
+        """The table's lines (time, source, ports, destination, RTT in ms) of records
+        unpacked with TABLE_FIELDS. FormatError for a record that names no filter."""
+        self._trim()
+        col, local, port, ms, live, names = _column, _local, _port, _ms, self.names.live, self.names
+        return [f"{local[(ts + offset_ns) // _NS]} {col[saddr]} {port[sport]} -> {col[daddr]} {port[dport]} "
+                f"{ms[srtt]}" for saddr, daddr, ts, srtt, gen, sport, dport in rows
+                if gen in live or names.get(gen) is not None or _unnamed(gen)]
 
+    def wide(self, rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
+        """The table's lines with the Workload column (the socket's cgroup path), of
+        records unpacked with WIDE_FIELDS."""
+        self._trim()
+        col, local, port, ms, live, names, paths = _column, _local, _port, _ms, self.names.live, self.names, \
+            self._paths
+        return [f"{local[(ts + offset_ns) // _NS]} {col[saddr]} {port[sport]} -> {col[daddr]} {port[dport]} "
+                f"{ms[srtt]:<7} {paths[cgroup_id]}" for saddr, daddr, ts, cgroup_id, srtt, gen, sport, dport in rows
+                if gen in live or names.get(gen) is not None or _unnamed(gen)]
 
-def json_lines(rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
-    """The JSON lines of records unpacked with JSON_FIELDS, written by hand: every
-    string field is an address, a filter text or a fixed name, none needing
-    escapes. Each line is its context's template (what the addresses, family,
-    hook and filter fix; the port too when the filter names one) filled in.
-    FormatError for a record that names no filter."""
-    _trim()
-    template, utc, json_ms = _json, _utc, _json_ms
-    return [template[addrs, context, has_port and (sport if context[3] == 1 else dport)]
-            % (utc[sec], ns // 1000, sport, dport, srtt, json_ms[srtt], rttvar, retrans, acked, received, netns)
-            for (addrs, ts, acked, received, srtt, rttvar, retrans, netns, sport, dport, context, has_port) in rows
-            for sec, ns in (divmod(ts + offset_ns, _NS),)]
+    def json(self, rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
+        """The JSON lines of records unpacked with JSON_FIELDS, written by hand: each
+        line is its context's template (what the addresses, family, hook, filter and
+        cgroup fix) filled in. FormatError for a record that names no filter."""
+        self._trim()
+        template, utc, json_ms = self._json, _utc, _json_ms
+        return [template[addrs, context, gen, cgroup_id]
+                % (utc[sec], ns // 1000, sport, dport, srtt, json_ms[srtt], rttvar, retrans, acked, received, netns)
+                for (addrs, ts, acked, received, cgroup_id, srtt, rttvar, retrans, netns, gen, sport, dport,
+                     context) in rows
+                for sec, ns in (divmod(ts + offset_ns, _NS),)]
+
+    def table_line(self, raw: bytes | memoryview, offset_ns: int) -> str:
+        """The table line of one record; FormatError for a short record or one naming no filter."""
+        _checked(raw)
+        return self.table([_TABLE.unpack_from(raw)], offset_ns)[0]
+
+    def wide_line(self, raw: bytes | memoryview, offset_ns: int) -> str:
+        _checked(raw)
+        return self.wide([_WIDE.unpack_from(raw)], offset_ns)[0]
+
+    def json_line(self, raw: bytes | memoryview, offset_ns: int) -> str:
+        """The JSON line of one record; FormatError for a short record or one naming no filter."""
+        _checked(raw)
+        return self.json([_JSON.unpack_from(raw)], offset_ns)[0]
 
 
 def _checked(raw: bytes | memoryview) -> None:
     if len(raw) < EVENT_SIZE:
         raise FormatError("event", f"record of {len(raw)} bytes, expected {EVENT_SIZE}")
-
-
-def table_line(raw: bytes | memoryview, offset_ns: int) -> str:
-    """The table line of one record; FormatError for a short record or one naming no filter."""
-    _checked(raw)
-    return table_lines([_TABLE.unpack_from(raw)], offset_ns)[0]
-
-
-def json_line(raw: bytes | memoryview, offset_ns: int) -> str:
-    """The JSON line of one record; FormatError for a short record or one naming no filter."""
-    _checked(raw)
-    return json_lines([_JSON.unpack_from(raw)], offset_ns)[0]

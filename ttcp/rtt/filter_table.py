@@ -4,47 +4,66 @@
 keeps it in the program's maps (see bpf/tcprtt.bpf.c):
 
 - exact addresses in the `hosts` hash, networks in the `nets` LPM trie,
-  keyed as ttcp.rtt.filters encodes them;
+  keyed as ttcp.rtt.filters encodes them; a workload's address filters in
+  `nets` under its wid, and the workloads themselves in `cgroups` and `netns`
+  (ttcp.rtt.table_rules.WorkloadRules says what goes where);
 - each filter's value names a slot of the per-CPU `stats` array and the
   generation the slot had when the filter was created; the program only
   counts into a slot whose generation matches, so a slot being recycled
-  never takes a stray update, and a re-added filter starts from zero;
-- `cfg` in the program's .bss: which of the eight filter kinds exist, so the
-  program skips every lookup that cannot match, and one bit per exact address
-  of each side, so a socket whose bit is clear costs no hash lookup.
+  never takes a stray update, and a re-added filter starts from zero; the
+  generation also names the filter in events (FilterNames);
+- `texts[slot]`: each filter's canonical text, which the program never reads:
+  pinned with the table, it tells a restarted ttcp the filters that keys do not
+  spell (those with a workload);
+- `cfg` in the program's .bss: which filter kinds exist, so the program skips
+  every lookup that cannot match, one bit per exact address of each side, so a
+  socket whose bit is clear costs no hash lookup, and the levels of cgroup filters.
 
-Which slot, which generation, whether a request fits and which cfg to write
-are ttcp.rtt.table_rules' decisions; this module performs the map writes they
-call for, in an order that keeps the program right at every step: cfg before
-an add (the new filters' bits and kinds already in), a slot stamped before
-its filter enters a map, cfg again after a change that leaves it wrong.
+Which slot, which generation, which wid, whether a request fits and which cfg
+and workload entries to write are ttcp.rtt.table_rules' decisions; this
+module resolves workloads through a WorkloadResolver (I/O, ttcp.workloads)
+and performs the map writes the rules call for, in an order that keeps the
+program right at every step: cfg before an add (the new filters' bits and
+kinds already in), a slot stamped and its text written before its filter
+enters a map, cfg again after a change that leaves it wrong.
 
-ttcp is the only writer of these maps (the API runs on one thread, and a
-pinned table is locked to one process), so the rules' index of what was
-written is the table's. Reads of counters always go to the kernel. Every
-change is all or nothing: it is planned whole first, and a write the kernel
-still refuses midway is undone before the error surfaces.
+ttcp is the only writer of these maps (the API and the workload watcher run on
+one thread, and a pinned table is locked to one process), so the rules' index
+of what was written is the table's. Reads of counters always go to the kernel.
+Every change is all or nothing: it is planned whole first, and a write the
+kernel still refuses midway is undone before the error surfaces.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ttcp.errors import TtcpError
 from ttcp.maps import Array, HashMap, KeyExistsError, LpmTrie, MapFullError, PerCpuArray
 from ttcp.rtt import filters as F
-from ttcp.rtt.filters import Filter
+from ttcp.rtt.events import FilterNames
+from ttcp.rtt.filters import Filter, FilterError, Workload
 from ttcp.rtt.histogram import HIST, Histogram, summed
 from ttcp.rtt.table_rules import (
     CONFIG,
+    EMPTY_TEXT,
+    TEXT,
+    Resolution,
     Slot,
     TableFullError,
     TableRules,
+    WorkloadState,
+    Write,
     plan_compaction,
+    text_of,
+    text_value,
 )
+
+log = logging.getLogger("ttcp")
 
 STATS_HEAD = struct.Struct("=QQ")  # struct filter_stats: gen, last_match_ns, then two struct hist
 STATS_SIZE = STATS_HEAD.size + 2 * HIST.size
@@ -69,9 +88,37 @@ class FilterStats:
         return cls(0, Histogram.empty(), Histogram.empty())
 
 
+class WorkloadError(FilterError):
+    """A workload part that cannot be resolved here (a netns file that does not exist,
+    no cgroup2 mount): the filter is refused, with a message that says why."""
+
+
+class WorkloadResolver(Protocol):
+    """Resolves filters' workload parts (ttcp.workloads does, with the file system).
+
+    resolve() takes hold of what the filter needs (a netns fd, a cgroup path
+    watch) until release(); it raises WorkloadError for a workload this host
+    cannot give. Changes of a cgroup path's id later reach the table through
+    KernelFilterTable.resolution_changed."""
+
+    def resolve(self, w: Workload) -> Resolution: ...
+
+    def release(self, w: Workload) -> None: ...
+
+
+class NoWorkloads:
+    """The resolver of a table that takes no workload filters."""
+
+    def resolve(self, w: Workload) -> Resolution:
+        raise WorkloadError(f"{w}: this filter table takes no workload filters")
+
+    def release(self, w: Workload) -> None:
+        return None
+
+
 class FilterTable(Protocol):
     """What the API needs of a filter table; errors are TableFullError and NotInTableError
-    (ttcp.rtt.table_rules)."""
+    (ttcp.rtt.table_rules), and WorkloadError for a workload that cannot be resolved."""
 
     @property
     def max_entries(self) -> int: ...
@@ -93,6 +140,10 @@ class FilterTable(Protocol):
         """The counters of those filters the table holds."""
         ...
 
+    def workload_state(self, f: Filter) -> WorkloadState | None:
+        """Whether a workload filter is resolved, pending or shadowed (None: no workload)."""
+        ...
+
     def add(self, fs: Sequence[Filter]) -> list[Filter]:
         """Add the absent ones, all or none; returns those this call added."""
         ...
@@ -104,7 +155,7 @@ class FilterTable(Protocol):
 
 class RuledTable:
     """What a FilterTable answers from its rules alone (ttcp.rtt.table_rules): size,
-    version, membership and the listing. The tables build on it."""
+    version, membership, the listing and workload states. The tables build on it."""
 
     rules: TableRules
 
@@ -125,25 +176,71 @@ class RuledTable:
     def filters(self) -> list[Filter]:
         return self.rules.filters()
 
+    def workload_state(self, f: Filter) -> WorkloadState | None:
+        return self.rules.workloads.state(f)
+
+
+def resolve_all(resolver: WorkloadResolver, rules: TableRules,
+                fs: Iterable[Filter]) -> tuple[dict[Workload, Resolution], list[Workload]]:
+    """Each distinct workload part of `fs` resolved: those the table holds already as
+    they are, the others by `resolver` (held: the second list, for the caller to
+    release if the change is undone). On an error, those held so far are
+    released and the error goes on."""
+    done: dict[Workload, Resolution] = {}
+    fresh: list[Workload] = []
+    try:
+        for f in fs:
+            w = f.workload
+            if w is None or w in done:
+                continue
+            known = rules.workloads.resolution_of(w)
+            if known is None:
+                known = resolver.resolve(w)
+                fresh.append(w)
+            done[w] = known
+    except BaseException:
+        for w in fresh:
+            resolver.release(w)
+        raise
+    return done, fresh
+
 
 class KernelFilterTable(RuledTable):
     """A FilterTable in the BPF program's maps."""
 
     def __init__(self, hosts: HashMap[bytes, bytes], nets: LpmTrie[bytes, bytes], stats: PerCpuArray,
-                 config: Array) -> None:
+                 config: Array, texts: Array, workload_maps: Mapping[str, HashMap[bytes, bytes]],
+                 resolver: WorkloadResolver | None = None) -> None:
         """Take over the maps as they are: what they hold already (a pinned table
         after a restart) is indexed and checked, its slots restamped where needed,
-        and cfg written for it."""
-        self.hosts, self.nets, self.stats_map, self.config = hosts, nets, stats, config
-        if config.value_size != CONFIG.size or stats.value_size != STATS_SIZE:
-            raise TtcpError(f"the program's config ({config.value_size} bytes) or stats "
-                            f"({stats.value_size} bytes) differ from ttcp's layout "
-                            f"({CONFIG.size}, {STATS_SIZE}): object and ttcp do not match")
-        self.rules = TableRules(min(hosts.max_entries, nets.max_entries, stats.max_entries),
-                                stats.max_entries, dict(_held_slots(hosts, nets)))
+        its workloads resolved again and cfg written for it."""
+        self.hosts, self.nets, self.stats_map, self.config, self.texts = hosts, nets, stats, config, texts
+        self.maps: dict[str, HashMap[bytes, bytes]] = {"hosts": hosts, "nets": nets, **workload_maps}
+        self.resolver: WorkloadResolver = resolver or NoWorkloads()
+        self.names = FilterNames()
+        if config.value_size != CONFIG.size or stats.value_size != STATS_SIZE or texts.value_size != TEXT.size:
+            raise TtcpError(f"the program's config ({config.value_size} bytes), stats ({stats.value_size} "
+                            f"bytes) or texts ({texts.value_size} bytes) differ from ttcp's layout "
+                            f"({CONFIG.size}, {STATS_SIZE}, {TEXT.size}): object and ttcp do not match")
+        held = held_filters(hosts, nets, texts)
+        self._drop_workload_keys()
+        limit = min([hosts.max_entries, nets.max_entries, stats.max_entries, texts.max_entries,
+                     *(m.max_entries for m in workload_maps.values())])
+        self.rules = TableRules(limit, stats.max_entries, held)
         self._parsed: dict[int, tuple[int, bytes, FilterStats]] = {}  # slot: gen, last row, parsed
+        for f, slot in self.rules.slots.items():
+            self.names.add(slot.gen, str(f))
         self._restamp()
+        self._write_texts(held)
+        self._resolve_held()
         self._write_config()
+
+    def _drop_workload_keys(self) -> None:
+        """Address keys of workloads (wid != 0) go: their wids are given again below."""
+        for key in [k for k in self.nets if F.from_net_key(k)[0]]:
+            self.nets.delete(key)
+        for key in [k for k in self.hosts if F.from_host_key(k)[0]]:
+            self.hosts.delete(key)
 
     def _restamp(self) -> None:
         """Give every filter's slot its generation on every CPU where it lacks it
@@ -158,6 +255,32 @@ class KernelFilterTable(RuledTable):
                 self.stats_map.put_each(slot.index, [
                     r if STATS_HEAD.unpack_from(r)[0] == slot.gen else STATS_HEAD.pack(slot.gen, 0) + fresh
                     for r in cpus])
+
+    def _write_texts(self, held: Mapping[Filter, Slot]) -> None:
+        """Every held filter's text, where the texts map lacks it (a table of the
+        previous layout had none)."""
+        for f, slot in held.items():
+            want = text_value(f, slot)
+            if self.texts.get(slot.index) != want:
+                self.texts.put(slot.index, want)
+
+    def _resolve_held(self) -> None:
+        """The held filters with a workload, resolved as now (pending where it cannot
+        be: a namespace whose file is gone), and their kernel entries written."""
+        resolved: dict[Workload, Resolution] = {}
+        for f in self.rules.slots:
+            w = f.workload
+            if w is None:
+                continue
+            if w not in resolved:
+                try:
+                    resolved[w] = self.resolver.resolve(w)
+                except WorkloadError as e:
+                    log.warning("filter %s: %s; kept, pending", f, e)
+                    resolved[w] = (Resolution.cgroup(w.name, None) if w.kind == F.CGROUP
+                                   else Resolution.netns(None, w.name))
+            self.rules.workloads.add(f, resolved[w])
+        self._apply(self.rules.workload_writes())
 
     # ---- reading ----
 
@@ -181,52 +304,88 @@ class KernelFilterTable(RuledTable):
 
     # ---- writing ----
 
-    def _map_of(self, f: Filter) -> tuple[HashMap[bytes, bytes], bytes]:
-        return (self.hosts if f.is_host else self.nets), _key_of(f)
-
     def add(self, fs: Sequence[Filter]) -> list[Filter]:
         planned = self.rules.plan_add(fs)
         if not planned:
             return []
+        resolutions, fresh = resolve_all(self.resolver, self.rules, (f for f, _ in planned))
         added: list[Filter] = []
         self._write_config(f for f, _ in planned)
         try:
             for f, slot in planned:
-                self._insert(f, slot)
+                self._insert(f, slot, resolutions[f.workload] if f.workload is not None else None)
                 added.append(f)
+            self._apply(self.rules.workload_writes())
         except BaseException:
             self._delete(added)
+            self._release(fresh)
             self._write_config()
             raise
         self._changed()
         return added
 
-    def _insert(self, f: Filter, slot: Slot) -> None:
+    def _insert(self, f: Filter, slot: Slot, resolution: Resolution | None) -> None:
         # The slot starts from zero under its new generation before the filter can match.
         self.stats_map.put_all(slot.index, STATS_HEAD.pack(slot.gen, 0) + bytes(STATS_SIZE - STATS_HEAD.size))
-        target, key = self._map_of(f)
+        self.texts.put(slot.index, text_value(f, slot))
+        if f.workload is None:
+            self._put_key(f, self.hosts if f.in_hosts else self.nets, F.key_of(f),
+                          F.VALUE.pack(slot.index, slot.gen, f.bits))
+        self.rules.added(f, slot, resolution)  # a workload's entries: workload_writes()
+        self.names.add(slot.gen, str(f))
+
+    def _put_key(self, f: Filter, target: HashMap[bytes, bytes], key: bytes, value: bytes) -> None:
         try:
-            target.put(key, F.VALUE.pack(slot.index, slot.gen, f.bits), only_new=True)
+            target.put(key, value, only_new=True)
         except MapFullError:
             raise TableFullError(self.max_entries, len(self.rules), 1) from None
         except KeyExistsError:  # not in the index, yet in the map: refuse rather than share a slot
             raise TtcpError(f"filter {f} is in the kernel table but not in ttcp's index") from None
-        self.rules.added(f, slot)
+
+    def _apply(self, writes: Iterable[Write]) -> None:
+        for w in writes:
+            target = self.maps[w.map]
+            if w.value is None:
+                target.delete(w.key)
+            else:
+                try:
+                    target.put(w.key, w.value)
+                except MapFullError:
+                    raise TableFullError(self.max_entries, len(self.rules), 1) from None
 
     def remove(self, fs: Sequence[Filter]) -> None:
-        self._delete(self.rules.plan_remove(fs))
+        planned = self.rules.plan_remove(fs)
+        self._delete(planned)
+        self._release({f.workload: None for f in planned if f.workload is not None})
         self._changed()
 
     def _delete(self, fs: Sequence[Filter]) -> None:
         for f in fs:
-            target, key = self._map_of(f)
-            target.delete(key)
-            slot = self.rules.removed(f)
+            slot = self.rules.slots[f]
+            self.texts.put(slot.index, EMPTY_TEXT)  # first: a crash then leaves no workload to rebuild
+            if f.workload is None:
+                (self.hosts if f.in_hosts else self.nets).delete(F.key_of(f))
+            self.rules.removed(f)
+            self.names.remove(slot.gen)
             self._parsed.pop(slot.index, None)
             # The slot keeps its counters until a new owner stamps it (_insert):
             # nothing reads a free slot, and a program still holding the old
             # value only ever counts into its own generation, which no reader
             # asks for once the filter is gone. One bpf() call fewer per removal.
+        self._apply(self.rules.workload_writes())
+
+    def _release(self, workloads: Iterable[Workload]) -> None:
+        for w in workloads:
+            if not self.rules.in_use(w):
+                self.resolver.release(w)
+
+    def resolution_changed(self, resolution: Resolution) -> bool:
+        """A cgroup path's id changed (removed, created, created again: the watcher
+        says so): its entries follow. False when the table had nothing to change."""
+        if not self.rules.workloads.resolved(resolution.selector, resolution.id):
+            return False
+        self._apply(self.rules.workload_writes())
+        return True
 
     def _changed(self) -> None:
         self.rules.changed()
@@ -240,37 +399,69 @@ class KernelFilterTable(RuledTable):
             self.rules.config_written(cfg)
 
 
-def _key_of(f: Filter) -> bytes:
-    """f's key in its map: `hosts` for an exact address, `nets` for a network."""
-    return F.host_key(f) if f.is_host else F.net_key(f)
+def held_filters(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, bytes] | None,
+                 texts: Array | None, old_layout: Collection[str] = ()) -> dict[Filter, Slot]:
+    """Every filter a table's maps hold, with the counter slot its value names: those
+    without a workload from their keys (wid 0), those with one from `texts` (their
+    keys do not spell them). `old_layout` names the maps whose keys are of the
+    previous layout (no wid: a pinned table of an earlier ttcp)."""
+    return {f: slot for f, slot, _, _ in _held_entries(hosts, nets, texts, old_layout)}
 
 
-def _held_slots(hosts: HashMap[bytes, bytes] | None,
-                nets: HashMap[bytes, bytes] | None) -> Iterator[tuple[Filter, Slot]]:
-    """Every filter the maps hold, with the counter slot its value names."""
-    for decode, target in ((F.from_host_key, hosts), (F.from_net_key, nets)):
+def _held_entries(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, bytes] | None,
+                  texts: Array | None, old_layout: Collection[str]
+                  ) -> Iterator[tuple[Filter, Slot, HashMap[bytes, bytes] | None, bytes]]:
+    """(filter, slot, the map holding its key and the key as stored) of every filter
+    held; a workload's filter has no such key (None, b"")."""
+    seen: set[Filter] = set()
+    decoders = (("hosts", F.from_host_key, F.upgraded_host_key, hosts),
+                ("nets", F.from_net_key, F.upgraded_net_key, nets))
+    for name, decode, upgrade, target in decoders:
         for raw_key, raw_value in target.items() if target is not None else ():
-            index, gen, _ = F.VALUE.unpack(raw_value)
-            yield decode(raw_key), Slot(index, gen)
+            wid, f = decode(upgrade(raw_key) if name in old_layout else raw_key)
+            if not wid:
+                index, gen, _ = F.VALUE.unpack(raw_value)
+                seen.add(f)
+                yield f, Slot(index, gen), target, raw_key
+    for index, raw in enumerate(texts.values()) if texts is not None else ():
+        entry = text_of(raw)
+        if entry is None:
+            continue
+        gen, _, text = entry
+        try:
+            f = F.parse(text)
+        except FilterError:
+            log.warning("texts[%d] holds %r, which is no filter: ignored", index, text[:80])
+            continue
+        if f.workload is not None and f not in seen:
+            seen.add(f)
+            yield f, Slot(index, gen), None, b""
 
 
 def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, bytes] | None,
-                  stats: PerCpuArray, limit: int) -> int:
+                  stats: PerCpuArray, texts: Array | None, limit: int, old_layout: Collection[str] = ()) -> int:
     """Move every filter whose counter slot is `limit` or past it to a free slot below,
-    counters kept, so that the table fits a stats map of `limit` slots; returns
-    how many moved. A filter map that does not exist is None. TableFullError
-    when more than `limit` filters exist (the caller should have said so first).
+    counters and text kept, so that the table fits a stats map of `limit` slots;
+    returns how many moved. A map that does not exist is None; `old_layout` as
+    for held_filters. TableFullError when more than `limit` filters exist (the
+    caller should have said so first).
 
     For a pinned table about to shrink, before its maps are copied. Each move
-    copies the slot's values on every CPU, repoints the filter (one map update),
-    then clears the old slot: stopped anywhere, the maps stay consistent. No
-    program may be using the maps meanwhile.
+    copies the slot's values on every CPU and its text, repoints the filter (one
+    map update; a workload's filter has no key to repoint: its keys are written
+    again at start), then clears the old slot: stopped anywhere, the maps stay
+    consistent. No program may be using the maps meanwhile.
     """
-    moves = plan_compaction(dict(_held_slots(hosts, nets)), limit)
+    entries = {f: (target, key) for f, _, target, key in _held_entries(hosts, nets, texts, old_layout)}
+    moves = plan_compaction(held_filters(hosts, nets, texts, old_layout), limit)
     for f, slot, new in moves:
         stats.put_each(new, stats.values(slot.index))
-        target = hosts if f.is_host else nets
-        assert target is not None  # f came from it
-        target.put(_key_of(f), F.VALUE.pack(new, slot.gen, f.bits), only_existing=True)
+        if texts is not None:
+            texts.put(new, text_value(f, Slot(new, slot.gen)))
+        target, key = entries[f]
+        if target is not None:
+            target.put(key, F.VALUE.pack(new, slot.gen, f.bits), only_existing=True)
         stats.put_all(slot.index, bytes(STATS_SIZE))
+        if texts is not None:
+            texts.put(slot.index, EMPTY_TEXT)
     return len(moves)

@@ -1,6 +1,15 @@
 """The filter language: parse, print and encode filters (pure).
 
-    [src|dst] ADDRESS[/PREFIX] [port N]
+    [WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]]      (at least one of the two)
+    WORKLOAD := cgroup PATH | netns PATH | netns INODE
+
+A workload part selects the sockets of a cgroup-v2 cgroup (PATH as
+/proc/PID/cgroup's `0::` line shows it; its sub-cgroups too) or of a network
+namespace (a file such as /run/netns/NAME or /proc/PID/ns/net, or its inode
+number); with an address part too, a socket must match both. Paths are
+canonical: absolute, no `.` or empty components, no trailing `/`; `..`,
+control characters and whitespace are refused. A cgroup deeper than
+MAX_CGROUP_LEVEL levels is refused: the kernel's walk does not reach it.
 
 `src` is the socket's local side (the table's "Src addr" column), `dst` the
 remote one; a bare ADDRESS means `src ADDRESS` (a plain address, as the original
@@ -9,7 +18,8 @@ IPv4 or IPv6; /PREFIX makes it a network (host bits must be zero, and a full
 length prefix is the host itself); `port N` (1-65535) restricts the match to
 that port on the same side. Keywords are case-insensitive; the canonical text
 is lower-case, with canonical addresses, and leaves `src` out of a plain host:
-"10.178.0.5", "src 10.0.0.0/8", "dst 10.20.0.0/16 port 5432".
+"10.178.0.5", "src 10.0.0.0/8", "dst 10.20.0.0/16 port 5432",
+"cgroup /system.slice/app.service dst 10.20.0.0/16 port 5432".
 
 Every address is stored in 16 bytes, IPv4 as ::ffff:a.b.c.d, so an IPv4
 filter (host or network) also matches dual-stack sockets, and a prefix
@@ -17,8 +27,10 @@ counts bits of those 16 bytes (an IPv4 /8 is 104 there).
 
 The kernel side (bpf/tcprtt.bpf.c) keeps exact addresses in the `hosts`
 hash and networks in the `nets` LPM trie; `host_key`/`net_key` below are
-their key layouts, `kind_bit` the bit of `cfg.kinds` that says a kind is in
-use, and `specificity` the order the program picks among several matches.
+their key layouts (with the workload's wid: 0 for a filter without one; a
+workload's exact addresses are full-length prefixes in `nets`), `kind_bit`
+the bit of `cfg.kinds` that says a kind is in use, and `specificity` the
+order the program picks among several matches.
 """
 
 from __future__ import annotations
@@ -34,18 +46,27 @@ from typing import Any
 
 from ttcp.errors import TtcpError
 
-MAX_TEXT = 256  # longer text is refused before any parsing
+MAX_TEXT = 512  # longer text is refused before any parsing (room for a pod's cgroup path)
 _V4_PREFIX = bytes(10) + b"\xff\xff"
 _V4_BITS = 96  # bits of the 16-byte form before an IPv4 address
 ADDR_BITS = 128
 HOST_BITS = 2048  # bits of each side's host bitmap (struct config in bpf/tcprtt.bpf.c)
+MAX_CGROUP_LEVEL = 31  # cfg.cgroup_levels is a u32: bit L for level L
+KIND_CGROUP = 1 << 8  # enum kind_bit: some filter names a cgroup
+KIND_NETNS = 1 << 9  # ... a network namespace
 
 
 class Side(IntEnum):
-    """enum side in bpf/tcprtt.bpf.c."""
+    """enum side in bpf/tcprtt.bpf.c; NONE: the filter has no address part."""
 
+    NONE = 0
     SRC = 1
     DST = 2
+
+
+CGROUP = "cgroup"
+NETNS = "netns"
+WORKLOAD_KINDS = (CGROUP, NETNS)
 
 
 class FilterError(TtcpError, ValueError):
@@ -54,23 +75,75 @@ class FilterError(TtcpError, ValueError):
 
 
 @dataclass(frozen=True, order=True)
+class Workload:
+    """A filter's workload part: a cgroup (`name` its canonical path) or a network
+    namespace (`name` a canonical path, or the decimal inode number)."""
+
+    kind: str  # CGROUP or NETNS
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    @property
+    def inode(self) -> int:
+        """A netns given by its inode number: that number; else 0."""
+        return int(self.name) if self.kind == NETNS and self.name.isdigit() else 0
+
+    @property
+    def level(self) -> int:
+        """A cgroup's level: its path's components (the root's is 0)."""
+        return 0 if self.name == "/" else self.name.count("/")
+
+    @property
+    def kind_bit(self) -> int:
+        return KIND_CGROUP if self.kind == CGROUP else KIND_NETNS
+
+    def to_json(self) -> dict[str, Any]:
+        return {self.kind: self.inode or self.name}
+
+
+@dataclass(frozen=True)
 class Filter:
-    """One filter: a side, a network in the 16-byte form (bits == 128: a host), a port (0: any)."""
+    """One filter: a side, a network in the 16-byte form (bits == 128: a host), a port
+    (0: any), and a workload (None: any). A filter with a workload may have no
+    address part: side NONE (address ::/0, no port)."""
 
     side: Side
     addr: bytes  # 16 bytes, host bits zero
     bits: int  # prefix length over `addr`
     port: int = 0
+    workload: Workload | None = None
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.addr) != 16 or not 0 <= self.bits <= ADDR_BITS or not 0 <= self.port <= 0xFFFF:
             raise FilterError(f"malformed filter {self.addr!r}/{self.bits} port {self.port}")
+        if self.side == Side.NONE and (self.workload is None or self.bits or self.port or any(self.addr)):
+            raise FilterError("a filter without an address part must name a workload (and nothing else)")
         # Filters key the table's index and every answer's dicts: hash once.
-        object.__setattr__(self, "_hash", hash((self.side, self.addr, self.bits, self.port)))
+        object.__setattr__(self, "_hash", hash((self.side, self.addr, self.bits, self.port, self.workload)))
 
     def __hash__(self) -> int:
         return self._hash
+
+    @classmethod
+    def of_workload(cls, workload: Workload) -> Filter:
+        """The filter of a workload alone: all of its connections."""
+        return cls(Side.NONE, bytes(16), 0, 0, workload)
+
+    @property
+    def has_address(self) -> bool:
+        return self.side != Side.NONE
+
+    @property
+    def in_hosts(self) -> bool:
+        """Whether its key is in `hosts` (an exact address without a workload) rather than `nets`."""
+        return self.is_host and self.workload is None
+
+    def address_part(self) -> Filter:
+        """The same filter without its workload (itself when it has none)."""
+        return self if self.workload is None else Filter(self.side, self.addr, self.bits, self.port)
 
     @property
     def is_host(self) -> bool:
@@ -82,8 +155,12 @@ class Filter:
 
     @property
     def kind_bit(self) -> int:
-        """enum kind_bit in bpf/tcprtt.bpf.c: which lookups the program must do."""
-        order = (0 if self.port else 2) + (0 if self.side == Side.SRC else 1) + (0 if self.is_host else 4)
+        """enum kind_bit in bpf/tcprtt.bpf.c of its address part: which lookups the
+        program must do (0: no address part). A workload's address filters are all
+        in `nets`: theirs is a net kind."""
+        if not self.has_address:
+            return 0
+        order = (0 if self.port else 2) + (0 if self.side == Side.SRC else 1) + (0 if self.in_hosts else 4)
         return 1 << order
 
     def specificity(self) -> tuple[int, int, int, int]:
@@ -94,8 +171,11 @@ class Filter:
         return format_filter(self)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object form: {"side", "address" (with /PREFIX for a network), "port"}."""
-        out: dict[str, Any] = {"side": self.side.name.lower(), "address": _address_text(self)}
+        """The JSON object form: {"cgroup" or "netns", "side", "address" (with /PREFIX for
+        a network), "port"}, each part only when the filter has it."""
+        out: dict[str, Any] = self.workload.to_json() if self.workload is not None else {}
+        if self.has_address:
+            out.update(side=self.side.name.lower(), address=_address_text(self))
         if self.port:
             out["port"] = self.port
         return out
@@ -119,14 +199,28 @@ def parse(text: str) -> Filter:
     tokens = _TOKEN.findall(text)
     if not tokens:
         raise FilterError("empty filter")
+    workload = None
+    if tokens[0].lower() in WORKLOAD_KINDS:
+        kind = tokens.pop(0).lower()
+        if not tokens:
+            raise FilterError(f"{_shown(text)}: a {'path' if kind == CGROUP else 'path or inode number'} "
+                              f"must follow {kind!r}")
+        workload = parse_workload(kind, tokens.pop(0))
+        if not tokens:
+            return Filter.of_workload(workload)
     side = Side.SRC
     if tokens[0].lower() in ("src", "dst"):
         side = Side[tokens.pop(0).upper()]
         if not tokens:
             raise FilterError(f"{_shown(text)}: an address must follow {side.name.lower()!r}")
+    if tokens[0].lower() in WORKLOAD_KINDS:
+        raise FilterError(f"{_shown(text)}: " + (f"the workload part ({tokens[0]!r}) comes first" if workload is None
+                                                 else "a filter names one workload"))
     addr, bits = _parse_address(tokens.pop(0))
     port = 0
     if tokens:
+        if tokens[0].lower() in WORKLOAD_KINDS:
+            raise FilterError(f"{_shown(text)}: the workload part ({tokens[0]!r}) comes first")
         if tokens[0].lower() != "port":
             raise FilterError(f"{_shown(text)}: unexpected {_shown(tokens[0])} "
                               "(expected `port N` or the end)")
@@ -135,7 +229,37 @@ def parse(text: str) -> Filter:
         port = parse_port(tokens[1])
         if len(tokens) > 2:
             raise FilterError(f"{_shown(text)}: unexpected {_shown(' '.join(tokens[2:]))} after the port")
-    return Filter(side, addr, bits, port)
+    return Filter(side, addr, bits, port, workload)
+
+
+def parse_workload(kind: str, text: str) -> Workload:
+    """The workload of `kind` a token names: a cgroup's path, a netns path or inode number."""
+    if kind == NETNS and text[:1].isdigit():
+        if not text.isascii() or not text.isdigit() or text[0] == "0" or not 0 < int(text) <= 0xFFFFFFFF:
+            raise FilterError(f"netns {_shown(text)}: an inode number is a whole number from 1 to 4294967295")
+        return Workload(NETNS, text)
+    path = canonical_path(text, kind)
+    if kind == CGROUP and Workload(CGROUP, path).level > MAX_CGROUP_LEVEL:
+        raise FilterError(f"cgroup {_shown(text)} is {Workload(CGROUP, path).level} levels deep; the kernel "
+                          f"side follows cgroups down to level {MAX_CGROUP_LEVEL}")
+    return Workload(kind, path)
+
+
+def canonical_path(text: str, what: str) -> str:
+    """An absolute path in canonical form (no `.` or empty components, no trailing
+    `/`); FilterError for a relative one, `..`, control characters or whitespace
+    (a filter's text separates its parts with whitespace)."""
+    bad = next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise FilterError(f"{what} path {_shown(text)} holds a control character ({bad!r})")
+    if any(c.isspace() for c in text):
+        raise FilterError(f"{what} path {_shown(text)} holds whitespace, which a filter's text cannot carry")
+    if not text.startswith("/"):
+        raise FilterError(f"{what} path {_shown(text)} must be absolute (start with /)")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise FilterError(f"{what} path {_shown(text)} may not hold '..'")
+    return "/" + "/".join(parts)
 
 
 def parse_port(text: str) -> int:
@@ -208,6 +332,8 @@ def _address_text(f: Filter) -> str:
 @functools.lru_cache(maxsize=4096)  # /metrics and GET / name every filter in every answer
 def format_filter(f: Filter) -> str:
     """The canonical text: parse(format_filter(f)) == f."""
+    if f.workload is not None:
+        return str(f.workload) + (" " + format_filter(f.address_part()) if f.has_address else "")
     if f.side == Side.SRC and f.is_host and not f.port:
         return _address_text(f)  # a plain address
     text = f"{f.side.name.lower()} {_address_text(f)}"
@@ -222,26 +348,43 @@ def canonical(text: str) -> str:
 
 
 def from_json(item: object) -> Filter:
-    """A filter from a JSON body item: its text, or {"side", "address", "port"}."""
+    """A filter from a JSON body item: its text, or {"cgroup" or "netns", "side",
+    "address", "port"} (an address, a workload, or both)."""
     if isinstance(item, str):
         return parse(item)
     if not isinstance(item, dict):
         raise FilterError(f"a filter is a string or an object, not {type(item).__name__}")
-    unknown = set(item) - {"side", "address", "port"}
+    unknown = set(item) - {"side", "address", "port", *WORKLOAD_KINDS}
     if unknown:
         raise FilterError(f"unknown filter field(s) {', '.join(sorted(map(str, unknown)))} "
-                          "(expected side, address, port)")
+                          "(expected cgroup or netns, side, address, port)")
+    kinds = [k for k in WORKLOAD_KINDS if k in item]
+    if len(kinds) > 1:
+        raise FilterError("a filter names one workload: cgroup or netns, not both")
+    workload = _workload_from_json(kinds[0], item[kinds[0]]) if kinds else None
+    if workload is not None and not ({"side", "address", "port"} & set(item)):
+        return Filter.of_workload(workload)
     side = item.get("side", "src")
     if side not in ("src", "dst"):
         raise FilterError(f"side must be \"src\" or \"dst\", not {json_repr(side)}")
     address = item.get("address")
     if not isinstance(address, str):
-        raise FilterError("a filter object needs \"address\": \"ADDRESS[/PREFIX]\"")
+        raise FilterError("a filter object needs \"address\": \"ADDRESS[/PREFIX]\" (or a workload: "
+                          "\"cgroup\" or \"netns\")")
     addr, bits = _parse_address(address.strip())
     port = item.get("port", 0)
     if "port" in item and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFF):
         raise FilterError(f"port must be a number from 1 to 65535, not {json_repr(port)}")
-    return Filter(Side[side.upper()], addr, bits, port)
+    return Filter(Side[side.upper()], addr, bits, port, workload)
+
+
+def _workload_from_json(kind: str, value: object) -> Workload:
+    if kind == NETNS and isinstance(value, int) and not isinstance(value, bool):
+        return parse_workload(kind, str(value))
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise FilterError(f"{kind} must be a path{' or an inode number' if kind == NETNS else ''}, "
+                          f"not {json_repr(value)}")
+    return parse_workload(kind, value)
 
 
 def json_repr(value: object) -> str:
@@ -251,35 +394,57 @@ def json_repr(value: object) -> str:
 
 # ---- kernel keys --------------------------------------------------------------------
 
-HOST_KEY = struct.Struct("=BxH16s")  # struct host_key: side, pad, port (host order), addr
-NET_KEY = struct.Struct("=IB2s16sx")  # struct net_key: prefixlen, side, port (big-endian), addr, pad
-NET_KEY_FIXED_BITS = 24  # side and port precede the address in the trie's data
+HOST_KEY = struct.Struct("=IBxH16s")  # struct host_key: wid, side, pad, port (host order), addr
+NET_KEY = struct.Struct("=I4sB2s16sx")  # struct net_key: prefixlen, wid, side, port (both big-endian), addr, pad
+NET_KEY_FIXED_BITS = 56  # wid, side and port precede the address in the trie's data
 VALUE = struct.Struct("=IIB3x")  # struct filter_value: slot, gen, addr_bits
+WORKLOAD = struct.Struct("=QI12s")  # struct workload: up, wid, own (a VALUE; gen 0: none)
 
 
-def host_key(f: Filter) -> bytes:
-    return HOST_KEY.pack(f.side, f.port, f.addr)
+def host_key(f: Filter, wid: int = 0) -> bytes:
+    return HOST_KEY.pack(wid, f.side, f.port, f.addr)
 
 
-def net_key(f: Filter) -> bytes:
-    # The trie compares data bytes in order, so the port is stored big-endian.
-    return NET_KEY.pack(NET_KEY_FIXED_BITS + f.bits, f.side, f.port.to_bytes(2, "big"), f.addr)
+def net_key(f: Filter, wid: int = 0) -> bytes:
+    # The trie compares data bytes in order, so the wid and the port are stored big-endian.
+    return NET_KEY.pack(NET_KEY_FIXED_BITS + f.bits, wid.to_bytes(4, "big"), f.side, f.port.to_bytes(2, "big"),
+                        f.addr)
 
 
-def from_host_key(key: bytes) -> Filter:
-    side, port, addr = HOST_KEY.unpack(key)
-    return Filter(Side(side), addr, ADDR_BITS, port)
+def key_of(f: Filter, wid: int = 0) -> bytes:
+    """f's key in its map (`hosts` when f.in_hosts, else `nets`), under workload `wid`."""
+    return host_key(f, wid) if f.in_hosts else net_key(f, wid)
 
 
-def from_net_key(key: bytes) -> Filter:
-    prefixlen, side, port, addr = NET_KEY.unpack(key)
-    return Filter(Side(side), addr, prefixlen - NET_KEY_FIXED_BITS, int.from_bytes(port, "big"))
+def from_host_key(key: bytes) -> tuple[int, Filter]:
+    """(wid, the address part) of a `hosts` key."""
+    wid, side, port, addr = HOST_KEY.unpack(key)
+    return wid, Filter(Side(side), addr, ADDR_BITS, port)
 
 
-def matched(side: int, bits: int, addr: bytes, port: int) -> Filter:
-    """The filter an event names: its side, prefix length and port (0: none),
-    with the address of that side of the connection the event describes."""
-    return Filter(Side(side), _masked(addr, bits), bits, port)
+def from_net_key(key: bytes) -> tuple[int, Filter]:
+    """(wid, the address part) of a `nets` key."""
+    prefixlen, wid, side, port, addr = NET_KEY.unpack(key)
+    return (int.from_bytes(wid, "big"),
+            Filter(Side(side), addr, prefixlen - NET_KEY_FIXED_BITS, int.from_bytes(port, "big")))
+
+
+# The previous layout (no wid), as a pinned table of an earlier ttcp holds it.
+OLD_HOST_KEY = struct.Struct("=BxH16s")
+OLD_NET_KEY = struct.Struct("=IB2s16sx")
+OLD_NET_KEY_FIXED_BITS = 24
+
+
+def upgraded_host_key(old: bytes) -> bytes:
+    """A `hosts` key of the previous layout in this one (wid 0)."""
+    side, port, addr = OLD_HOST_KEY.unpack(old)
+    return HOST_KEY.pack(0, side, port, addr)
+
+
+def upgraded_net_key(old: bytes) -> bytes:
+    """A `nets` key of the previous layout in this one (wid 0)."""
+    prefixlen, side, port, addr = OLD_NET_KEY.unpack(old)
+    return NET_KEY.pack(prefixlen - OLD_NET_KEY_FIXED_BITS + NET_KEY_FIXED_BITS, bytes(4), side, port, addr)
 
 
 def host_bit(addr: bytes) -> int:
@@ -290,8 +455,11 @@ def host_bit(addr: bytes) -> int:
     return ((low * 2654435761) & 0xFFFFFFFF) >> 21
 
 
-def order_key(f: Filter) -> tuple[int, int, bytes, int, int]:
+def order_key(f: Filter) -> tuple[int, str, str, int, bytes, int, int]:
     """Listing order: plain addresses (src hosts without a port) first, IPv4 before
-    IPv6, then by side, address family, network, prefix and port."""
-    plain = f.side == Side.SRC and f.is_host and not f.port
-    return (0 if plain else 1, f.side, (b"\0" if f.is_v4 else b"\1") + f.addr, f.bits, f.port)
+    IPv6, then by side, address family, network, prefix and port; then the filters
+    with a workload, by workload (its own filter first), then the same way."""
+    plain = f.side == Side.SRC and f.is_host and not f.port and f.workload is None
+    group = 0 if plain else 1 if f.workload is None else 2
+    kind, name = (f.workload.kind, f.workload.name) if f.workload is not None else ("", "")
+    return (group, kind, name, f.side, (b"\0" if f.is_v4 else b"\1") + f.addr, f.bits, f.port)

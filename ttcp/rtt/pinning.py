@@ -1,11 +1,12 @@
 """A filter table that outlives ttcp: its maps pinned in a BPF file system.
 
-With `--pin DIR` the maps that hold the filter table (hosts, nets, stats) get
-names in DIR, so the kernel keeps them when ttcp exits, SIGKILL included, and
-the next ttcp on DIR carries on with the same filters and counters. Nothing
-else is pinned: the programs and links go with the process (no tracing without
-an agent to read the events), and the program's config word is recomputed from
-the table at start.
+With `--pin DIR` the maps that hold the filter table (hosts, nets, stats,
+texts) get names in DIR, so the kernel keeps them when ttcp exits, SIGKILL
+included, and the next ttcp on DIR carries on with the same filters and
+counters. Nothing else is pinned: the programs and links go with the process
+(no tracing without an agent to read the events), and the program's config
+word and the workload maps (cgroups, netns: resolved again, ids change while
+no ttcp runs) are recomputed from the table at start.
 
 - One agent per directory: an exclusive flock(2) on DIR itself, which the
   kernel drops when the holder dies. bpffs cannot hold a lock file (creating a
@@ -16,7 +17,9 @@ the table at start.
 - Every pinned map is checked against the object's spec (ttcp.obj.map_compat):
   equal, it is reused; different only in max entries (another --max-filters),
   its entries are copied into a map of the new size, which then replaces the
-  pin with rename(2), atomic per name; any other difference is an
+  pin with rename(2), atomic per name; `hosts` and `nets` of the previous key
+  layout (before workloads: no wid) are migrated the same way, each key
+  rewritten (ttcp.rtt.filters.upgraded_*_key); any other difference is an
   IncompatiblePinError and nothing changes.
 - Copies keep each filter's counter slot, so any mix of old- and new-size maps
   that a crash between two renames leaves is a consistent table, which the
@@ -39,14 +42,18 @@ from ttcp import syscalls
 from ttcp.elf_loader import Collection
 from ttcp.errors import BpfError, TtcpError
 from ttcp.kernel.uapi import BPF_FS_MAGIC
-from ttcp.maps import HashMap, LpmTrie, PerCpuArray, RawCodec, copy_entries
-from ttcp.obj.map_compat import MapShape, differences, only_size_differs
+from ttcp.maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, copy_entries
+from ttcp.obj.map_compat import Difference, MapShape, differences, only_size_differs
 from ttcp.obj.map_specs import MapSpec
-from ttcp.rtt.filter_table import compact_slots
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import compact_slots, held_filters
 
 log = logging.getLogger("ttcp")
 
 STAGING_SUFFIX = "_new"  # a map is pinned as NAME_new, then renamed to NAME (bpffs refuses dots)
+# The maps whose keys changed with workloads: the previous key size and how a key of it becomes one of now.
+PREVIOUS_KEYS = {"hosts": (F.OLD_HOST_KEY.size, F.upgraded_host_key),
+                 "nets": (F.OLD_NET_KEY.size, F.upgraded_net_key)}
 
 
 class PinError(TtcpError):
@@ -166,6 +173,7 @@ class PinnedTable:
         self._specs = dict(specs)
         self._reusable: dict[str, int] = {}
         self._resized: dict[str, int] = {}  # old maps whose entries move to new ones
+        self.upgraded: set[str] = set()  # those of them with keys of the previous layout
         self.reused: list[str] = []  # handed to the collection as they were
         self._committed = False
 
@@ -213,6 +221,9 @@ class PinnedTable:
                 self._reusable[name] = fd
             elif only_size_differs(diffs):
                 self._resized[name] = fd
+            elif _previous_layout(name, diffs):
+                self._resized[name] = fd
+                self.upgraded.add(name)
             else:
                 syscalls.close(fd)
                 problems.append(f"{self._path(name)}: " + ", ".join(map(str, diffs)))
@@ -228,23 +239,26 @@ class PinnedTable:
         limit = min(spec.max_entries for spec in self._specs.values())
         hosts = self._view(HashMap, old.get("hosts"), "hosts")
         nets = self._view(LpmTrie, old.get("nets"), "nets")
-        count = sum(sum(1 for _ in view) for view in (hosts, nets) if view is not None)
+        texts_fd = old.get("texts")
+        texts = None if texts_fd is None else Array(texts_fd, self._specs["texts"].value_size,
+                                                    syscalls.map_info(texts_fd).max_entries, "texts",
+                                                    owns_fd=False)
+        count = len(held_filters(hosts, nets, texts, self.upgraded))
         if count > limit:
             raise PinnedTableTooBigError(count, limit, self.directory)
         stats_fd = self._resized.get("stats")
         if stats_fd is not None:
             stats = PerCpuArray(stats_fd, self._specs["stats"].value_size,
                                 syscalls.map_info(stats_fd).max_entries, "stats", owns_fd=False)
-            moved = compact_slots(hosts, nets, stats, self._specs["stats"].max_entries)
+            moved = compact_slots(hosts, nets, stats, texts, self._specs["stats"].max_entries, self.upgraded)
             if moved:
                 log.info("moved %d counter slots below %d to fit the smaller table", moved, limit)
 
     def _view(self, kind: type[HashMap[bytes, bytes]], fd: int | None, name: str) -> HashMap[bytes, bytes] | None:
         if fd is None:
             return None
-        spec = self._specs[name]
-        return kind(fd, RawCodec(spec.key_size), RawCodec(spec.value_size),
-                    syscalls.map_info(fd).max_entries, name, owns_fd=False)
+        info = syscalls.map_info(fd)
+        return kind(fd, RawCodec(info.key_size), RawCodec(info.value_size), info.max_entries, name, owns_fd=False)
 
     def hand_over(self, collection: Collection) -> None:
         """Give the collection every pinned map it can use as it is (it owns their fds from then on)."""
@@ -269,7 +283,7 @@ class PinnedTable:
             old = self._resized.pop(name, None)
             if old is not None:
                 try:
-                    copy_entries(old, fds[name], name)
+                    copy_entries(old, fds[name], name, PREVIOUS_KEYS[name][1] if name in self.upgraded else None)
                 finally:
                     syscalls.close(old)
             self._replace_pin(name, fds[name])
@@ -278,7 +292,9 @@ class PinnedTable:
         log.info("filter table pinned in %s: %s", self.directory,
                  "; ".join(f"{state} {', '.join(sorted(names))}" for state, names in done.items() if names)
                  + (f" (now {min(s.max_entries for s in self._specs.values())} entries)"
-                    if done["migrated"] else ""))
+                    if done["migrated"] else "")
+                 + (f" (keys of {', '.join(sorted(self.upgraded))} rewritten for workloads)"
+                    if self.upgraded else ""))
 
     def _replace_pin(self, name: str, fd: int) -> None:
         """Pin under a staging name, then rename over NAME: readers see the old map or the new one."""
@@ -299,3 +315,11 @@ class PinnedTable:
         lock, self._lock_fd = self._lock_fd, None
         if lock is not None:
             os.close(lock)
+
+
+def _previous_layout(name: str, diffs: list[Difference]) -> bool:
+    """A filter map of the layout before workloads: only its key size (and maybe its
+    size) differs, and the key size is the previous one."""
+    previous = PREVIOUS_KEYS.get(name)
+    return (previous is not None and all(d.field in ("key_size", "max_entries") for d in diffs)
+            and any(d.field == "key_size" and d.found == previous[0] for d in diffs))

@@ -14,23 +14,41 @@ A filter counts by its kind bit (one bit of cfg.kinds per kind of lookup the
 program does), whatever its key; the host bitmap is one policy on top, for
 the filters it gives a bit (exact addresses). A new key kind adds a kind bit,
 and a policy of its own if it wants a bitmap.
+
+Workloads (WorkloadRules): each filter with a workload part is resolved by the
+caller (I/O: ttcp.workloads) to a Resolution: the kernel workload it selects
+(a cgroup by its path, a network namespace by its inode) and, for a cgroup,
+its id right now (None: pending, the path does not exist). Each distinct
+kernel workload gets a small id, its wid, while filters resolve to it; its
+entry in `cgroups`/`netns` (keyed by the cgroup id or inode) carries the wid,
+its own filter (the one without an address part) and, for a cgroup, the id of
+the nearest cgroup above it with filters (`up`: where the program goes on when
+this one's filters do not select a socket). Two filters whose kernel keys are
+the same (two names of one namespace) cannot both own it: the first does, the
+other is shadowed until the owner goes. The kernel entries are a function of
+all that; WorkloadRules keeps what was written and answers the writes that
+bring the maps to that function for what changed (workload_writes).
 """
 
 from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ttcp.errors import TtcpError
 from ttcp.rtt import filters as F
-from ttcp.rtt.filters import Filter
+from ttcp.rtt.filters import Filter, Workload
 
 STALE_HOST_BITS = 64  # host bits of removed addresses a written cfg may keep
 SIDES = 2  # src, dst: one host bitmap each
-CONFIG = struct.Struct(f"=I{SIDES * F.HOST_BITS // 8}s")  # struct config: kinds, host_bits[2]
+# struct config: kinds, wkinds, cgroup_levels, host_bits[2]
+CONFIG = struct.Struct(f"=III{SIDES * F.HOST_BITS // 8}s")
+TEXT = struct.Struct(f"=IHBx{F.MAX_TEXT}s")  # struct filter_text: gen, len, origin, text
+WORKLOAD_MAPS = {F.CGROUP: "cgroups", F.NETNS: "netns"}  # a workload kind's map
+_WORKLOAD_KEYS = {F.CGROUP: struct.Struct("=Q"), F.NETNS: struct.Struct("=I")}  # cgroup id, netns inode
 
 
 class TableFullError(TtcpError):
@@ -65,20 +83,54 @@ class Slot:
 
 @dataclass(frozen=True)
 class Config:
-    """`cfg` as the program reads it: the kinds in use and each side's host bitmap."""
+    """`cfg` as the program reads it: the kinds in use, each side's host bitmap, the
+    address kinds used with workloads and the levels of cgroup filters."""
 
     kinds: int
     host_bits: tuple[int, ...]  # one bitmap per side, bit n set: some filter's address hashes to n
+    wkinds: int = 0  # address kinds (net kinds) of the filters with a workload
+    cgroup_levels: int = 0  # bit L: some cgroup filter names a cgroup at level L
 
     def pack(self) -> bytes:
-        return CONFIG.pack(self.kinds, b"".join(b.to_bytes(F.HOST_BITS // 8, "little") for b in self.host_bits))
+        return CONFIG.pack(self.kinds, self.wkinds, self.cgroup_levels,
+                           b"".join(b.to_bytes(F.HOST_BITS // 8, "little") for b in self.host_bits))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Config:
+        kinds, wkinds, levels, bits = CONFIG.unpack(raw)
+        half = F.HOST_BITS // 8
+        return cls(kinds, tuple(int.from_bytes(bits[i * half:(i + 1) * half], "little") for i in range(SIDES)),
+                   wkinds, levels)
 
     def serves(self, wanted: Config) -> bool:
         """Whether this cfg, already written, still does for `wanted`: the same kinds,
-        every wanted bit set, and at most STALE_HOST_BITS bits no filter needs."""
+        workload kinds and levels, every wanted bit set, and at most STALE_HOST_BITS
+        bits no filter needs."""
         pairs = list(zip(wanted.host_bits, self.host_bits, strict=True))
-        return (self.kinds == wanted.kinds and not any(w & ~h for w, h in pairs)
+        return ((self.kinds, self.wkinds, self.cgroup_levels) == (wanted.kinds, wanted.wkinds, wanted.cgroup_levels)
+                and not any(w & ~h for w, h in pairs)
                 and sum((h & ~w).bit_count() for w, h in pairs) <= STALE_HOST_BITS)
+
+
+def text_value(f: Filter, slot: Slot, origin: int = 0) -> bytes:
+    """texts[slot] for filter f: its generation and canonical text."""
+    text = str(f).encode()
+    return TEXT.pack(slot.gen, len(text), origin, text)
+
+
+def text_of(raw: bytes) -> tuple[int, int, str] | None:
+    """(gen, origin, text) of a texts entry; None for an empty one (gen 0) or one
+    ttcp cannot have written."""
+    gen, length, origin, text = TEXT.unpack(raw)
+    if not gen or length > F.MAX_TEXT:
+        return None
+    try:
+        return gen, origin, text[:length].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+EMPTY_TEXT = bytes(TEXT.size)
 
 
 class HostBitmap:
@@ -114,6 +166,270 @@ class HostBitmap:
         return tuple(bits)
 
 
+# ---- workloads ---------------------------------------------------------------------------
+
+Selector = tuple[str, str]  # (kind, cgroup path or netns inode in decimal): one kernel workload
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a filter's workload part selects in the kernel: `selector`, the workload
+    (filters of one selector share its wid), and `id`, its key in the workload map
+    now (a cgroup id, a netns inode; None: a cgroup path that does not exist yet)."""
+
+    selector: Selector
+    id: int | None
+
+    @classmethod
+    def cgroup(cls, path: str, cgroup_id: int | None) -> Resolution:
+        return cls((F.CGROUP, path), cgroup_id)
+
+    @classmethod
+    def netns(cls, inode: int | None, name: str = "") -> Resolution:
+        """A namespace by its inode; None (pending, under `name`): one that cannot be
+        opened any more (a pinned table's, after a restart)."""
+        return cls((F.NETNS, str(inode) if inode else f"?{name}"), inode)
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """A workload filter as GET /filters shows it."""
+
+    kind: str
+    name: str
+    state: str  # "resolved", "pending" or "shadowed"
+    id: int | None  # the cgroup id or netns inode it resolves to
+    shadowed_by: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"kind": self.kind}
+        if self.kind == F.CGROUP:
+            out.update(path=self.name, state=self.state, cgroup_id=self.id)
+        else:
+            out.update(**({"inode": int(self.name)} if self.name.isdigit() else {"path": self.name}),
+                       state=self.state, netns=self.id)
+        if self.shadowed_by is not None:
+            out["shadowed_by"] = self.shadowed_by
+        return out
+
+
+@dataclass(frozen=True)
+class Write:
+    """One kernel write a change calls for: `value` into map[key], or a delete (None)."""
+
+    map: str  # hosts, nets, cgroups or netns
+    key: bytes
+    value: bytes | None
+
+
+@dataclass
+class _Workload:
+    """One selector's bookkeeping."""
+
+    wid: int
+    id: int | None
+    filters: dict[Filter, None] = field(default_factory=dict)  # in the order they came
+    written: dict[tuple[str, bytes], bytes] = field(default_factory=dict)  # its kernel entries now
+
+
+class WorkloadRules:
+    """The workload part of a table: wids, resolutions, owners, `up` links, and the
+    kernel entries they call for. Pure: the caller resolves and writes."""
+
+    def __init__(self, max_wids: int) -> None:
+        self.max_wids = max_wids
+        self._of: dict[Filter, Selector] = {}  # every workload filter's selector
+        self._named: dict[Workload, tuple[Selector, int]] = {}  # a workload part: its selector, filters naming it
+        self._sel: dict[Selector, _Workload] = {}
+        self._owners: dict[tuple[Selector, Filter | None], list[Filter]] = {}  # kernel key -> filters, owner first
+        self._free_wids: list[int] = []
+        self._next_wid = 1
+        self._dirty: dict[Selector, None] = {}
+        self._gone: list[_Workload] = []  # selectors left with entries to delete
+
+    # ---- reading ----
+
+    def selector(self, f: Filter) -> Selector | None:
+        return self._of.get(f)
+
+    def resolution(self, f: Filter) -> Resolution | None:
+        sel = self._of.get(f)
+        return None if sel is None else Resolution(sel, self._sel[sel].id)
+
+    def resolution_of(self, w: Workload) -> Resolution | None:
+        """How the filters naming workload part `w` resolved (None: no filter names it)."""
+        named = self._named.get(w)
+        return None if named is None else Resolution(named[0], self._sel[named[0]].id)
+
+    def selectors(self) -> dict[Selector, int | None]:
+        """Every selector and its id now (None: pending)."""
+        return {sel: w.id for sel, w in self._sel.items()}
+
+    def owner(self, f: Filter) -> Filter | None:
+        """The filter that owns f's kernel key (f itself, unless shadowed)."""
+        sel = self._of.get(f)
+        if sel is None:
+            return None
+        return self._owners[sel, _address_of(f)][0]
+
+    def state(self, f: Filter) -> WorkloadState | None:
+        sel = self._of.get(f)
+        if sel is None or f.workload is None:
+            return None
+        w = self._sel[sel]
+        owner = self.owner(f)
+        if owner != f:
+            return WorkloadState(f.workload.kind, f.workload.name, "shadowed", w.id, str(owner))
+        return WorkloadState(f.workload.kind, f.workload.name, "pending" if w.id is None else "resolved", w.id)
+
+    def wid(self, sel: Selector) -> int:
+        return self._sel[sel].wid
+
+    # ---- changes ----
+
+    def add(self, f: Filter, res: Resolution) -> None:
+        if f in self._of:
+            raise ValueError(f"{f} is held already")
+        w = self._sel.get(res.selector)
+        if w is None:
+            wid = self._free_wids.pop() if self._free_wids else self._take_wid()
+            w = self._sel[res.selector] = _Workload(wid, res.id)
+            self._touch_relatives(res.selector)
+        w.filters[f] = None
+        self._of[f] = res.selector
+        assert f.workload is not None
+        sel, uses = self._named.get(f.workload, (res.selector, 0))
+        self._named[f.workload] = (sel, uses + 1)
+        self._owners.setdefault((res.selector, _address_of(f)), []).append(f)
+        self._dirty[res.selector] = None
+
+    def _take_wid(self) -> int:
+        wid = self._next_wid
+        self._next_wid += 1
+        return wid
+
+    def remove(self, f: Filter) -> Selector:
+        """f is gone; returns its selector (the caller releases it when it is no longer held)."""
+        sel = self._of.pop(f)
+        w = self._sel[sel]
+        del w.filters[f]
+        assert f.workload is not None
+        named, uses = self._named[f.workload]
+        if uses > 1:
+            self._named[f.workload] = (named, uses - 1)
+        else:
+            del self._named[f.workload]
+        key = (sel, _address_of(f))
+        holders = self._owners[key]
+        holders.remove(f)
+        if not holders:
+            del self._owners[key]
+        if not w.filters:
+            del self._sel[sel]
+            self._free_wids.append(w.wid)
+            self._free_wids.sort(reverse=True)
+            self._gone.append(w)
+            self._dirty.pop(sel, None)
+            self._touch_relatives(sel)
+        else:
+            self._dirty[sel] = None
+        return sel
+
+    def holds(self, sel: Selector) -> bool:
+        return sel in self._sel
+
+    def resolved(self, sel: Selector, new_id: int | None) -> bool:
+        """The selector's id is now `new_id` (a cgroup removed, created, or created
+        again); False when that changes nothing."""
+        w = self._sel.get(sel)
+        if w is None or w.id == new_id:
+            return False
+        w.id = new_id
+        self._dirty[sel] = None
+        self._touch_relatives(sel)
+        return True
+
+    def _touch_relatives(self, sel: Selector) -> None:
+        """A cgroup selector appeared, went or changed id: the `up` of those below it changes."""
+        kind, path = sel
+        if kind != F.CGROUP:
+            return
+        prefix = path.rstrip("/") + "/"
+        for other in self._sel:
+            if other[0] == F.CGROUP and other != sel and other[1].startswith(prefix):
+                self._dirty[other] = None
+
+    def _up(self, sel: Selector) -> int:
+        """The id of the nearest resolved cgroup selector above `sel` (0: none)."""
+        path = sel[1]
+        while path != "/":
+            path = path.rsplit("/", 1)[0] or "/"
+            w = self._sel.get((F.CGROUP, path))
+            if w is not None and w.id is not None:
+                return w.id
+        return 0
+
+    # ---- the kernel entries ----
+
+    def desired(self, sel: Selector, values: Mapping[Filter, bytes]) -> dict[tuple[str, bytes], bytes]:
+        """The kernel entries of one selector: its owners' address keys in `nets` (with
+        its wid, pending or not) and, once resolved, its entry in the workload map.
+        `values` holds each filter's struct filter_value."""
+        w = self._sel[sel]
+        out: dict[tuple[str, bytes], bytes] = {}
+        own = bytes(F.VALUE.size)
+        for f in w.filters:
+            if self.owner(f) != f:
+                continue
+            if f.has_address:
+                out["nets", F.net_key(f, w.wid)] = values[f]
+            else:
+                own = values[f]
+        if w.id is not None:
+            kind = sel[0]
+            up = self._up(sel) if kind == F.CGROUP else 0
+            out[WORKLOAD_MAPS[kind], _WORKLOAD_KEYS[kind].pack(w.id)] = F.WORKLOAD.pack(up, w.wid, own)
+        return out
+
+    def workload_writes(self, values: Mapping[Filter, bytes]) -> list[Write]:
+        """The writes that bring the kernel's entries of every selector changed since
+        the last call to what they should be, in a safe order: address keys in,
+        then workload entries in, then workload entries out, then address keys out
+        (a workload entry makes its keys reachable). Marks them written."""
+        keys_in: list[Write] = []
+        entries_in: list[Write] = []
+        entries_out: list[Write] = []
+        keys_out: list[Write] = []
+        gone, self._gone = self._gone, []
+        for old in gone:
+            for (name, key) in old.written:
+                (keys_out if name in ("hosts", "nets") else entries_out).append(Write(name, key, None))
+        dirty, self._dirty = list(self._dirty), {}
+        for sel in dirty:
+            w = self._sel[sel]
+            want = self.desired(sel, values)
+            for (name, key), value in want.items():
+                if w.written.get((name, key)) != value:
+                    (keys_in if name in ("hosts", "nets") else entries_in).append(Write(name, key, value))
+            for (name, key) in w.written:
+                if (name, key) not in want:
+                    (keys_out if name in ("hosts", "nets") else entries_out).append(Write(name, key, None))
+            w.written = want
+        return keys_in + entries_in + entries_out + keys_out
+
+    def forget_written(self) -> None:
+        """Every selector's entries are to be written again (the maps were emptied)."""
+        for sel, w in self._sel.items():
+            w.written = {}
+            self._dirty[sel] = None
+
+
+def _address_of(f: Filter) -> Filter | None:
+    """The part of f's kernel key besides its workload: its address part (None: its own filter)."""
+    return f.address_part() if f.has_address else None
+
+
+
 class TableRules:
     """The bookkeeping of one filter table: filters, slots, generations, counts, cfg.
 
@@ -124,11 +440,16 @@ class TableRules:
 
     def __init__(self, max_entries: int, slots: int, held: Mapping[Filter, Slot] | None = None) -> None:
         """`max_entries` filters at most, `slots` counter slots; `held`: what the maps
-        hold already (a pinned table), checked (CorruptTableError)."""
+        hold already (a pinned table), checked (CorruptTableError). Held filters with
+        a workload are resolved by the caller next (workloads.add)."""
         self.max_entries = max_entries
         self._slots: dict[Filter, Slot] = {}
-        self._kinds: Counter[int] = Counter()  # filters of each kind bit
+        self._kinds: Counter[int] = Counter()  # filters of each kind bit (a workload's kind for theirs)
+        self._wkinds: Counter[int] = Counter()  # filters with a workload, of each address kind bit
+        self._levels: Counter[int] = Counter()  # cgroup filters of each level
+        self._uses: Counter[Workload] = Counter()  # filters of each workload part
         self._hosts = HostBitmap()
+        self.workloads = WorkloadRules(max_entries)
         owners: dict[int, Filter] = {}
         for f, slot in (held or {}).items():
             if slot.index >= slots:
@@ -189,13 +510,19 @@ class TableRules:
 
     # ---- what the caller did ----
 
-    def added(self, f: Filter, slot: Slot) -> None:
-        """`f` is in the maps now, counting into `slot`: the next one plan_add gave."""
+    def added(self, f: Filter, slot: Slot, resolution: Resolution | None = None) -> None:
+        """`f` is in the maps now, counting into `slot`: the next one plan_add gave. A
+        filter with a workload comes with its resolution (its kernel entries are
+        then among workloads.workload_writes())."""
         if f in self._slots or not self._free or slot != Slot(self._free[-1], self._next_gen):
             raise ValueError(f"{f} was not planned to take {slot} next")
+        if (f.workload is None) != (resolution is None):
+            raise ValueError(f"{f}: a resolution goes with a workload, and only with one")
         self._free.pop()
         self._next_gen += 1
         self._hold(f, slot)
+        if resolution is not None:
+            self.workloads.add(f, resolution)
 
     def removed(self, f: Filter) -> Slot:
         """`f` is out of the maps: its slot is free again (the next one taken). Its
@@ -203,7 +530,21 @@ class TableRules:
         slot = self._slots.pop(f)
         self._count(f, -1)
         self._free.append(slot.index)
+        if self.workloads.selector(f) is not None:
+            self.workloads.remove(f)
         return slot
+
+    def in_use(self, w: Workload) -> bool:
+        """Whether a filter held names this workload part."""
+        return self._uses[w] > 0
+
+    def values(self) -> dict[Filter, bytes]:
+        """Every filter's struct filter_value (its slot, generation, prefix length)."""
+        return {f: F.VALUE.pack(s.index, s.gen, f.bits) for f, s in self._slots.items()}
+
+    def workload_writes(self) -> list[Write]:
+        """The kernel writes the workload changes since the last call call for."""
+        return self.workloads.workload_writes(_Values(self._slots))
 
     def changed(self) -> None:
         """A change is complete (a rolled-back one is not a change)."""
@@ -214,13 +555,14 @@ class TableRules:
     def config(self, adding: Iterable[Filter] = ()) -> Config:
         """The exact cfg for the filters held, and those of `adding` (about to be added)."""
         adding = list(adding)
-        kinds = 0
-        for kind, uses in self._kinds.items():
-            if uses:
-                kinds |= kind
+        kinds, wkinds = _in_use(self._kinds), _in_use(self._wkinds)
+        levels = _in_use(Counter({1 << level: n for level, n in self._levels.items()}))
         for f in adding:
-            kinds |= f.kind_bit
-        return Config(kinds, self._hosts.with_filters(adding))
+            k, w, level = _counts(f)
+            kinds |= k
+            wkinds |= w
+            levels |= 0 if level is None else 1 << level
+        return Config(kinds, self._hosts.with_filters(f for f in adding if f.workload is None), wkinds, levels)
 
     def config_to_write(self, adding: Iterable[Filter] = ()) -> Config | None:
         """The cfg to write now (before an add: with its filters in, so they match
@@ -243,8 +585,51 @@ class TableRules:
     def _count(self, f: Filter, step: int) -> None:
         """Keep the filters of each kind, and of each host bit, counted (a change
         costs the same whatever the table's size)."""
-        self._kinds[f.kind_bit] += step
-        self._hosts.count(f, step)
+        kind, wkind, level = _counts(f)
+        self._kinds[kind] += step
+        if f.workload is None:
+            self._hosts.count(f, step)
+            return
+        self._uses[f.workload] += step
+        if wkind:
+            self._wkinds[wkind] += step
+        if level is not None:
+            self._levels[level] += step
+
+
+def _in_use(counter: Counter[int]) -> int:
+    """The bits of a counter's keys that some filter uses."""
+    bits = 0
+    for bit, uses in counter.items():
+        if uses:
+            bits |= bit
+    return bits
+
+
+def _counts(f: Filter) -> tuple[int, int, int | None]:
+    """What f adds to cfg: its bit of cfg.kinds (a workload's kind for a filter with
+    one), its address kind among cfg.wkinds, and its cgroup level (None: no cgroup)."""
+    if f.workload is None:
+        return f.kind_bit, 0, None
+    level = f.workload.level if f.workload.kind == F.CGROUP else None
+    return f.workload.kind_bit, f.kind_bit, level
+
+
+class _Values(Mapping[Filter, bytes]):
+    """Each filter's struct filter_value, made when asked for (a change reads a few)."""
+
+    def __init__(self, slots: Mapping[Filter, Slot]) -> None:
+        self._slots = slots
+
+    def __getitem__(self, f: Filter) -> bytes:
+        s = self._slots[f]
+        return F.VALUE.pack(s.index, s.gen, f.bits)
+
+    def __iter__(self) -> Iterator[Filter]:
+        return iter(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
 
 
 def plan_compaction(held: Mapping[Filter, Slot], limit: int) -> list[tuple[Filter, Slot, int]]:

@@ -24,8 +24,9 @@ from ttcp.kernel import features
 from ttcp.kernel.attach import Link, attach
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, RingBuffer
+from ttcp.obj.btf import KIND_STRUCT, Composite
 from ttcp.obj.spec import CollectionSpec
-from ttcp.rtt.filter_table import KernelFilterTable
+from ttcp.rtt.filter_table import KernelFilterTable, WorkloadResolver
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.pinning import PinnedTable
 
@@ -37,7 +38,8 @@ SAMPLER_OF_MODE = {"fentry": "tcprtt_sample_fentry", "tp_btf": "tcprtt_sample_tp
                    "tracepoint": "tcprtt_sample_tracepoint"}
 HOOK_OF_SAMPLER = {"fentry": "fentry/tcp_rcv_established", "tp_btf": "tp_btf/tcp_probe",
                    "tracepoint": "tracepoint tcp/tcp_probe"}
-TABLE_MAPS = ("hosts", "nets", "stats")  # sized by max_filters
+TABLE_MAPS = ("hosts", "nets", "stats", "texts", "cgroups", "netns")  # sized by max_filters
+PINNED_MAPS = ("hosts", "nets", "stats", "texts")  # the table --pin keeps (ttcp.rtt.pinning)
 DEFAULT_MAX_FILTERS = 1024
 DEFAULT_RINGBUF_SIZE = 2 << 20  # ~26,000 events: over a second of the busiest loopback traffic
 
@@ -84,9 +86,11 @@ class Tracer:
         btf_path: Path = VMLINUX_BTF,
         pin_dir: Path | None = None,
         pin_reset: bool = False,
+        resolver: WorkloadResolver | None = None,
     ) -> None:
         """`pin_dir`: keep the filter table's maps pinned there (ttcp.rtt.pinning), reusing
-        what an earlier run left; `pin_reset` drops that first."""
+        what an earlier run left; `pin_reset` drops that first. `resolver` resolves the
+        workload parts of filters (ttcp.workloads); without one, the table takes none."""
         if max_filters < 1:
             raise TtcpError(f"max_filters must be at least 1 (got {max_filters})")
         spec = CollectionSpec(str(obj_path or default_object()))
@@ -96,6 +100,7 @@ class Tracer:
         self.collection = Collection(spec, btf_path=btf_path)
         self.report = AttachReport()
         self.sampling = AttachReport()
+        self.sampling_workloads = False  # whether the sampler matches filters with a workload
         self.table: KernelFilterTable | None = None
         self.ring: RingBuffer | None = None
         self._drops: PerCpuArray | None = None
@@ -103,6 +108,7 @@ class Tracer:
         self._sampler: _Attached | None = None
         self._pin_dir, self._pin_reset = pin_dir, pin_reset
         self.pins: PinnedTable | None = None
+        self.resolver = resolver
 
     # ---- set-up ----
 
@@ -113,7 +119,7 @@ class Tracer:
         if self.table is not None:
             return self.table
         if self._pin_dir is not None and self.pins is None:
-            self.pins = PinnedTable.open(self._pin_dir, {n: self.collection.spec.maps[n] for n in TABLE_MAPS},
+            self.pins = PinnedTable.open(self._pin_dir, {n: self.collection.spec.maps[n] for n in PINNED_MAPS},
                                          reset=self._pin_reset)
             self.pins.hand_over(self.collection)
         fds = self.collection.create_maps()
@@ -129,7 +135,11 @@ class Tracer:
         stats = PerCpuArray(fds["stats"], spec["stats"].value_size, spec["stats"].max_entries, "stats",
                             owns_fd=False)
         config = Array(fds[".bss"], spec[".bss"].value_size, 1, ".bss", owns_fd=False)
-        self.table = KernelFilterTable(hosts, nets, stats, config)
+        texts = Array(fds["texts"], spec["texts"].value_size, spec["texts"].max_entries, "texts", owns_fd=False)
+        workloads: dict[str, HashMap[bytes, bytes]] = {
+            name: HashMap(fds[name], RawCodec(spec[name].key_size), RawCodec(spec[name].value_size),
+                          spec[name].max_entries, name, owns_fd=False) for name in ("cgroups", "netns")}
+        self.table = KernelFilterTable(hosts, nets, stats, config, texts, workloads, self.resolver)
         self._drops = PerCpuArray(fds["drops"], 8, 1, "drops", owns_fd=False)
         self.ring = RingBuffer(fds["events"], spec["events"].max_entries)
         return self.table
@@ -151,7 +161,15 @@ class Tracer:
             self.sampling = AttachReport()
             self._sampler = self._attach_first(SAMPLER_OF_MODE, mode, self.sampling, log or _info,
                                                "live sampling ")
+            self.sampling_workloads = self.sampling.mode != "tracepoint" or self._tcp_probe_has_socket()
         return self.sampling
+
+    def _tcp_probe_has_socket(self) -> bool:
+        """Whether the classic tcp/tcp_probe record carries the socket (skaddr, 6.9+): the
+        tracepoint sampler then matches workloads; before, filters without one only."""
+        btf = self.collection.target_btf
+        records = [btf.type(tid) for tid in btf.ids_by_name("trace_event_raw_tcp_probe", KIND_STRUCT)]
+        return any(m.name == "skaddr" for t in records if isinstance(t, Composite) for m in t.members)
 
     def disable_sampling(self) -> None:
         """Detach and unload the sampling program; histograms keep what they have."""
@@ -160,6 +178,7 @@ class Tracer:
             attached.link.close()
             self.collection.unload_program(attached.program)
             self.sampling = AttachReport()
+            self.sampling_workloads = False
 
     @property
     def sampling_enabled(self) -> bool:

@@ -1,0 +1,80 @@
+"""The filter table's workload resolver (ttcp.rtt.filter_table.WorkloadResolver).
+
+`cgroup PATH`: the cgroup at PATH on the host's cgroup2 hierarchy, followed with
+inotify (ttcp.workloads.watch); a path with no cgroup yet is accepted and
+pending until one appears, and a cgroup created again at the path is followed
+without an API call. `netns PATH`: the namespace file's inode, the file held
+open while filters name it (ttcp.workloads.netns). `netns INODE`: the number as
+given. Refusals (no cgroup2 mount, a namespace file that does not exist) are
+WorkloadErrors: the API answers 400 with their message.
+"""
+
+from __future__ import annotations
+
+from ttcp.rtt import filters as F
+from ttcp.rtt.filter_table import WorkloadError
+from ttcp.rtt.filters import Workload
+from ttcp.rtt.table_rules import Resolution
+from ttcp.workloads.cgroupfs import CgroupPaths, CgroupTree
+from ttcp.workloads.netns import NetnsHandles
+from ttcp.workloads.watch import PathWatcher
+
+
+class Resolver:
+    """Resolves workload parts on this host; owns the descriptors that takes."""
+
+    def __init__(self, tree: CgroupTree | str) -> None:
+        """`tree`: the cgroup2 hierarchy, or why there is none (cgroup filters are then refused so)."""
+        self.tree = tree if isinstance(tree, CgroupTree) else None
+        self.no_tree = tree if isinstance(tree, str) else ""
+        self.watcher: PathWatcher | None = None
+        if self.tree is not None:
+            try:
+                self.watcher = PathWatcher(self.tree.root)
+            except OSError as e:  # e.g. fs.inotify.max_user_instances reached
+                self.no_tree = f"cgroup paths cannot be followed without inotify ({e.strerror})"
+        self.paths = CgroupPaths(self.tree)
+        self.netns = NetnsHandles()
+
+    @classmethod
+    def for_host(cls) -> Resolver:
+        return cls(CgroupTree.find())
+
+    def resolve(self, w: Workload) -> Resolution:
+        if w.kind == F.NETNS:
+            return Resolution.netns(w.inode or self.netns.acquire(w.name))
+        if self.watcher is None:
+            raise WorkloadError(f"{w}: {self.no_tree}")
+        cgroup_id = self.watcher.watch(w.name)
+        if cgroup_id is not None:
+            self.paths.remember(cgroup_id, w.name)
+        return Resolution.cgroup(w.name, cgroup_id)
+
+    def release(self, w: Workload) -> None:
+        if w.kind == F.NETNS:
+            if not w.inode:
+                self.netns.release(w.name)
+        elif self.watcher is not None:
+            self.watcher.unwatch(w.name)
+
+    def fileno(self) -> int:
+        """What to wait on for cgroup changes (-1: nothing ever changes)."""
+        return self.watcher.fileno() if self.watcher is not None else -1
+
+    def process(self) -> list[Resolution]:
+        """The cgroup paths whose cgroup changed since the last call, resolved as now."""
+        if self.watcher is None:
+            return []
+        out = []
+        for path, cgroup_id in self.watcher.process():
+            if cgroup_id is not None:
+                self.paths.remember(cgroup_id, path)
+            out.append(Resolution.cgroup(path, cgroup_id))
+        return out
+
+    def close(self) -> None:
+        self.netns.close()
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.tree is not None:
+            self.tree.close()
