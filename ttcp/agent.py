@@ -14,23 +14,29 @@ waits in the listen queue until the server answers it. Events go to stdout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ttcp.api.event_stream import DEFAULT_BACKLOG, EventHub
-from ttcp.api.metrics import FilterSeries, Snapshot
+from ttcp.api.metrics import FileCounters, FilterSeries, ProgramStats, Snapshot
+from ttcp.api.process_metrics import ProcessMetrics, ProcessReader
+from ttcp.api.series_bound import DEFAULT_MAX_SERIES, SeriesBound
 from ttcp.api.token import Token
-from ttcp.errors import BindError
+from ttcp.errors import BindError, FormatError
+from ttcp.kernel.bpf_stats import BpfStats
 from ttcp.output import HistogramPrinter, Printer
 from ttcp.rtt import clock, events
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
+from ttcp.rtt.filters_sync import SETTLE_S, FiltersFile
 from ttcp.rtt.tracer import Tracer
 
 log = logging.getLogger("ttcp")
@@ -85,6 +91,9 @@ class Options:
     token: Token | None = None  # required of every API call but GET /healthz
     allowed_hosts: tuple[str, ...] = ()  # names accepted in Host besides IP literals and localhost
     sockets: list[socket.socket] = field(default_factory=list)  # from listen(): the API serves these
+    filters_file: FiltersFile | None = None  # started: applied once, its directory watched
+    bpf_stats: BpfStats = field(default_factory=BpfStats)  # the kernel's BPF statistics (--bpf-stats)
+    max_series: int = DEFAULT_MAX_SERIES  # bound on /metrics' series (0: none)
 
 
 class Agent:
@@ -97,6 +106,10 @@ class Agent:
         self.opts = opts
         self.histograms = histograms
         self.hub = EventHub(opts.stream_backlog)
+        self.bound = SeriesBound(opts.max_series)
+        self.process: ProcessReader | None = None
+        with contextlib.suppress(OSError, FormatError):  # no /proc: no process metrics
+            self.process = ProcessReader()
         self._runner: Any = None  # the API's aiohttp runner, once it serves
 
     @property
@@ -137,11 +150,25 @@ class Agent:
     def metrics(self) -> Snapshot:
         table = self.tracer.table
         assert table is not None
-        series = [FilterSeries(str(f), s.closed, s.sampled) for f, s in self._stats().items()]
-        return Snapshot(series, events_total=self.printer.printed, events_dropped=self.tracer.drops(),
+        series = [FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns) for f, s in self._stats().items()]
+        source = self.opts.filters_file
+        return Snapshot(series, events_total=self.printer.printed,
+                        dropped={"ring_full": self.tracer.ring_full(), "recursion": self.tracer.recursion_misses()},
                         filters_max=table.max_entries, attach_mode=self.tracer.report.mode,
                         version=self.version, sampling=self.tracer.sampling_enabled,
-                        stream_clients_dropped=self.hub.dropped_clients)
+                        stream_clients_dropped=self.hub.dropped_clients, process=self._process(),
+                        programs=[ProgramStats(*p) for p in self.tracer.program_stats()],
+                        bpf_stats=self.opts.bpf_stats.enabled(),
+                        filters_file=None if source is None else FileCounters(source.errors_total, source.reload_ok),
+                        bound=self.bound, now_ns=time.monotonic_ns())
+
+    def _process(self) -> ProcessMetrics | None:
+        if self.process is None:
+            return None
+        try:
+            return self.process.read()
+        except (OSError, FormatError):  # left out of this answer rather than failing it
+            return None
 
     # ---- the loop ----
 
@@ -174,9 +201,11 @@ class Agent:
             await asyncio.to_thread(preload.join)
         from ttcp import server
         assert self.tracer.table is not None
+        source = self.opts.filters_file
         hooks = server.ApiHooks(health=self.health, mono_to_wall=clock.monotonic_to_wall,
                              metrics=self.metrics, sampling=self.sampling, set_sampling=self.set_sampling,
-                             events=self.hub, table_full_hint=self.opts.table_full_hint)
+                             events=self.hub, table_full_hint=self.opts.table_full_hint,
+                             filters_file=None if source is None else source.status)
         app = server.create_app(self.tracer.table, hooks, token=self.opts.token,
                                 allowed_hosts=self.opts.allowed_hosts)
         self._runner = await server.start(app, self.opts.host, self.opts.port, self.opts.sockets)
@@ -221,15 +250,44 @@ class Agent:
         if self.histograms is not None and self.opts.histogram_s:
             ticker = asyncio.create_task(self._histogram_ticks(stop))
         loop.add_reader(ring.fileno(), on_readable)
+        unwatch = self._watch_filters_file(loop)
         try:
             drain()
             await start_api()
             await stop.wait()
         finally:
             loop.remove_reader(ring.fileno())
+            unwatch()
             if ticker is not None:
                 ticker.cancel()
             drain()
+
+    def _watch_filters_file(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """Read the filters file again SETTLE_S after its directory's first event (a
+        ConfigMap update is several); returns what stops watching."""
+        source = self.opts.filters_file
+        if source is None or source.watch is None:
+            return lambda: None
+        fd = source.watch.fileno()
+        pending: list[asyncio.TimerHandle] = []
+
+        def on_events() -> None:
+            if source.changed() and not pending:
+                pending.append(loop.call_later(SETTLE_S, reload))
+
+        def reload() -> None:
+            pending.clear()
+            source.reload()
+            if source.lost_watch():
+                loop.remove_reader(fd)
+
+        def unwatch() -> None:
+            loop.remove_reader(fd)
+            for handle in pending:
+                handle.cancel()
+
+        loop.add_reader(fd, on_events)
+        return unwatch
 
     async def _histogram_ticks(self, stop: asyncio.Event) -> None:
         assert self.histograms is not None and self.opts.histogram_s

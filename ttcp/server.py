@@ -41,7 +41,8 @@ from ttcp.errors import BindError, TtcpError
 from ttcp.rtt import filters as F
 from ttcp.rtt.filter_table import FilterStats, FilterTable
 from ttcp.rtt.filters import Filter, FilterError
-from ttcp.rtt.table_rules import NotInTableError, TableFullError
+from ttcp.rtt.filters_file import Status as FileStatus
+from ttcp.rtt.table_rules import NotInTableError, Origin, TableFullError
 
 log = logging.getLogger("ttcp.server")
 
@@ -74,6 +75,7 @@ class ApiHooks:
     set_sampling: Callable[[bool], dict[str, Any]] | None = None  # raises TtcpError
     events: EventHub | None = None
     table_full_hint: str = ""  # how to get a larger table, in the caller's terms
+    filters_file: Callable[[], FileStatus] | None = None  # --filters-file: its state
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -178,6 +180,10 @@ class _Api:
             raise self._full(e) from None
 
     def _remove(self, fs: Sequence[Filter]) -> None:
+        managed = [f for f in fs if self.table.origin(f) is Origin.FILE]
+        if managed and self.hooks.filters_file is not None:
+            raise ApiError(409, f"{', '.join(map(str, managed))}: managed by the filters file "
+                                f"{self.hooks.filters_file().path}; remove it there (nothing was removed)")
         try:
             self.table.remove(fs)
         except NotInTableError as e:
@@ -191,6 +197,7 @@ class _Api:
             "matches": s.matches,
             "last_match": None if unix is None else _iso(unix),
             "last_match_unix": unix,
+            "origin": "file" if self.table.origin(f) is Origin.FILE else "api",
         }
         if histograms:
             out["histograms"] = {"closed": s.closed.to_json(), "sampled": s.sampled.to_json()}
@@ -226,8 +233,9 @@ class _Api:
         fs = self.table.filters()
         stats = self.table.stats(fs)
         entries = [self._entry(f, stats.get(f, FilterStats.empty())) for f in fs]
-        return web.json_response(
-            {"filters": entries, "count": len(entries), "max_entries": self.table.max_entries})
+        source = None if self.hooks.filters_file is None else _file_status(self.hooks.filters_file())
+        return web.json_response({"filters": entries, "count": len(entries), "max_entries": self.table.max_entries,
+                                  "filters_file": source})
 
     async def get_filter(self, request: web.Request) -> web.Response:
         f = self._path_filter(request)
@@ -355,6 +363,12 @@ class _Api:
         router.add_get("/events", self.stream_events, allow_head=False)
         router.add_get("/healthz", self.healthz, allow_head=False)
         router.add_get("/openapi.json", self.openapi, allow_head=False)
+
+
+def _file_status(s: FileStatus) -> dict[str, Any]:
+    error = None if s.error is None else {"line": s.error.line, "message": s.error.message, "at": _iso(s.error.at)}
+    return {"path": s.path, "version": s.version, "applied_at": None if s.applied_at is None else _iso(s.applied_at),
+            "filters": s.filters, "error": error}
 
 
 def _switch(text: str, content_type: str) -> bool:

@@ -1,4 +1,4 @@
-"""Thin, typed wrappers over bpf(2), perf_event_open(2) and friends.
+"""Thin, typed wrappers over bpf(2), perf_event_open(2) and friends (inotify(7) too).
 
 This is the only module in ttcp that talks to the kernel. Every call fills
 the command's layout from ttcp.kernel.abi (zeroed where not set) and tells
@@ -30,6 +30,7 @@ from ttcp.kernel.abi import (
     BpfProgInfo,
     BtfLoadAttr,
     EnableStatsAttr,
+    InotifyEvent,
     LinkCreateAttr,
     MapBatchAttr,
     MapCreateAttr,
@@ -50,6 +51,7 @@ from ttcp.kernel.uapi import (
     PERF_FLAG_FD_CLOEXEC,
     PERF_TYPE_TRACEPOINT,
     Cmd,
+    Inotify,
     StatsType,
     UpdateFlag,
 )
@@ -104,6 +106,14 @@ _statfs_fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _mount_fn = _libc["mount"]
 _mount_fn.restype = ctypes.c_int
 _mount_fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+
+_inotify_init1_fn = _libc["inotify_init1"]
+_inotify_init1_fn.restype = ctypes.c_int
+_inotify_init1_fn.argtypes = [ctypes.c_int]
+
+_inotify_add_watch_fn = _libc["inotify_add_watch"]
+_inotify_add_watch_fn.restype = ctypes.c_int
+_inotify_add_watch_fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
 
 class _Buf:
@@ -684,3 +694,62 @@ def mmap_file(path: str | os.PathLike[str]) -> mmap.mmap:
             return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
         except ValueError as e:  # an empty file
             raise OSError(errno.EINVAL, f"cannot map {path}: {e}") from None
+
+
+# ---- file watches (inotify) --------------------------------------------------------------
+
+_INOTIFY_HEAD = ctypes.sizeof(InotifyEvent)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    wd: int
+    mask: Inotify
+    name: str  # the entry of the watched directory it is about ("" for the directory itself)
+
+
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify fd. Raises OSError (EMFILE: the user's
+    max_user_instances is reached)."""
+    fd: int = _inotify_init1_fn(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def inotify_add_watch(fd: int, path: str | os.PathLike[str], mask: Inotify) -> int:
+    """Watch `path` for `mask`; the watch descriptor. Raises OSError (ENOENT, ENOTDIR
+    with Inotify.ONLYDIR, EACCES)."""
+    wd: int = _inotify_add_watch_fn(fd, os.fsencode(path), int(mask))
+    if wd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fspath(path))
+    return wd
+
+
+def inotify_read(fd: int) -> list[WatchEvent]:
+    """The events queued on an inotify fd (none when it has none). Raises OSError."""
+    try:
+        raw = os.read(fd, 64 * 1024)
+    except BlockingIOError:
+        return []
+    return parse_inotify(raw)
+
+
+def parse_inotify(raw: bytes) -> list[WatchEvent]:
+    """struct inotify_event records, back to back (pure). ValueError on a cut record:
+    the kernel only ever returns whole ones."""
+    out: list[WatchEvent] = []
+    at = 0
+    while at < len(raw):
+        if len(raw) - at < _INOTIFY_HEAD:
+            raise ValueError(f"inotify: {len(raw) - at} bytes left, a record needs {_INOTIFY_HEAD}")
+        head = InotifyEvent.from_buffer_copy(raw, at)
+        end = at + _INOTIFY_HEAD + head.len
+        if end > len(raw):
+            raise ValueError(f"inotify: a name of {head.len} bytes runs past the {len(raw)} read")
+        name = raw[at + _INOTIFY_HEAD:end].split(b"\0", 1)[0]
+        out.append(WatchEvent(head.wd, Inotify(head.mask), os.fsdecode(name)))
+        at = end
+    return out

@@ -73,7 +73,8 @@ NEWER: dict[tuple[type, str], str] = {
 NOT_IN_BTF = ("PseudoSrc", "PSEUDO_CALL", "PERF_FLAG_FD_CLOEXEC", "PERF_EVENT_IOC_ENABLE",
               "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN",
               "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_PERFMON", "CAP_BPF",  # linux/capability.h
-              "BPF_FS_MAGIC")  # linux/magic.h
+              "BPF_FS_MAGIC",  # linux/magic.h
+              "Inotify")  # linux/inotify.h
 # BPF_OBJ_NAME_LEN is still checked: it is the size of map_name, prog_name and the info names.
 
 # Each bpf_attr layout and the member of union bpf_attr it describes: the
@@ -98,6 +99,7 @@ OTHER_STRUCTS: dict[type[ctypes.Structure], str] = {
     kt.BpfLinkInfo: "bpf_link_info",
     kt.PerfEventAttr: "perf_event_attr",
     kt.Statfs: "statfs",
+    kt.InotifyEvent: "inotify_event",
 }
 
 # ttcp enum -> (kernel enum, None for an anonymous one; the kernel's name of a member)

@@ -294,9 +294,9 @@ def test_filters_listing_shows_counters(table: MemoryFilterTable) -> None:
         assert v4["last_match"] == "2023-11-14T22:13:22.500000Z"
         assert datetime.fromisoformat(v4["last_match"]) == when
         assert v6 == {"filter": "2001:db8::5", "side": "src", "address": "2001:db8::5", "matches": 0,
-                      "last_match": None, "last_match_unix": None}
+                      "last_match": None, "last_match_unix": None, "origin": "api"}
         assert net == {"filter": "dst 10.20.0.0/16 port 5432", "side": "dst", "address": "10.20.0.0/16",
-                       "port": 5432, "matches": 0, "last_match": None, "last_match_unix": None}
+                       "port": 5432, "matches": 0, "last_match": None, "last_match_unix": None, "origin": "api"}
 
     run(table, scenario)
 
@@ -338,7 +338,7 @@ def test_single_filter_resource(table: FilterTable) -> None:
         r = await c.call("PUT", "/filters/2001:DB8::1", 201)
         assert r.headers["Location"] == "/filters/2001:db8::1"
         assert r.body == {"filter": "2001:db8::1", "side": "src", "address": "2001:db8::1", "matches": 0,
-                          "last_match": None, "last_match_unix": None}
+                          "last_match": None, "last_match_unix": None, "origin": "api"}
         r = await c.call("PUT", "/filters/2001:db8:0::1", 200)
         assert r.body["matches"] == 0
         r = await c.call("GET", "/filters/2001:db8::1", 200)

@@ -255,6 +255,13 @@ class PerfEventAttr(ctypes.Structure):
     ]
 
 
+class InotifyEvent(ctypes.Structure):
+    """struct inotify_event without its name: a read(2) of an inotify fd returns these
+    back to back, each followed by `len` bytes of NUL-padded name."""
+
+    _fields_ = [("wd", ctypes.c_int32), ("mask", u32), ("cookie", u32), ("len", u32)]
+
+
 class RingbufHdr(ctypes.Structure):
     """The 8-byte header before each ring buffer record (struct bpf_ringbuf_hdr);
     len carries the RingbufFlag bits (ttcp.kernel.uapi)."""

@@ -1,4 +1,4 @@
-"""Kernel UAPI numbers ttcp uses, each defined once (linux/bpf.h, perf_event.h).
+"""Kernel UAPI numbers ttcp uses, each defined once (linux/bpf.h, perf_event.h, inotify.h).
 
 IntEnums rather than bare ints so that an error message or a debugger shows
 `ProgType.TRACING`, not 26. Values are fixed by the kernel ABI; the enum
@@ -145,3 +145,21 @@ BPF_OBJ_NAME_LEN = 16  # including the terminating NUL
 
 # linux/magic.h: statfs(2)'s f_type of a BPF file system (where OBJ_PIN can pin)
 BPF_FS_MAGIC = 0xCAFE4A11
+
+# linux/inotify.h: the events of a directory watch (the filters file)
+
+
+class Inotify(IntFlag):
+    """inotify event masks (#defines: BTF does not know them)."""
+
+    ATTRIB = 0x4  # metadata changed (a chmod can make the file readable)
+    CLOSE_WRITE = 0x8  # a writer closed it: a plain write is complete
+    MOVED_FROM = 0x40
+    MOVED_TO = 0x80  # renamed into the directory (`mv`, a ConfigMap's `..data` swap)
+    CREATE = 0x100
+    DELETE = 0x200
+    DELETE_SELF = 0x400  # the watched directory itself
+    MOVE_SELF = 0x800
+    Q_OVERFLOW = 0x4000  # events were lost: look again
+    IGNORED = 0x8000  # the watch is gone (its directory was removed)
+    ONLYDIR = 0x01000000

@@ -40,6 +40,7 @@ from ttcp.rtt.filters import Filter
 from ttcp.rtt.histogram import HIST, Histogram, summed
 from ttcp.rtt.table_rules import (
     CONFIG,
+    Origin,
     Slot,
     TableFullError,
     TableRules,
@@ -93,8 +94,16 @@ class FilterTable(Protocol):
         """The counters of those filters the table holds."""
         ...
 
-    def add(self, fs: Sequence[Filter]) -> list[Filter]:
-        """Add the absent ones, all or none; returns those this call added."""
+    def add(self, fs: Sequence[Filter], origin: Origin = Origin.API) -> list[Filter]:
+        """Add the absent ones, all or none, as `origin`'s; returns those this call added."""
+        ...
+
+    def origin(self, f: Filter) -> Origin | None:
+        """Who added `f` (None: not in the table)."""
+        ...
+
+    def set_origin(self, fs: Iterable[Filter], origin: Origin) -> None:
+        """Hand those of `fs` in the table to `origin` (counters kept)."""
         ...
 
     def remove(self, fs: Sequence[Filter]) -> None:
@@ -124,6 +133,12 @@ class RuledTable:
 
     def filters(self) -> list[Filter]:
         return self.rules.filters()
+
+    def origin(self, f: Filter) -> Origin | None:
+        return self.rules.origin(f)
+
+    def set_origin(self, fs: Iterable[Filter], origin: Origin) -> None:
+        self.rules.set_origin(fs, origin)
 
 
 class KernelFilterTable(RuledTable):
@@ -184,7 +199,7 @@ class KernelFilterTable(RuledTable):
     def _map_of(self, f: Filter) -> tuple[HashMap[bytes, bytes], bytes]:
         return (self.hosts if f.is_host else self.nets), _key_of(f)
 
-    def add(self, fs: Sequence[Filter]) -> list[Filter]:
+    def add(self, fs: Sequence[Filter], origin: Origin = Origin.API) -> list[Filter]:
         planned = self.rules.plan_add(fs)
         if not planned:
             return []
@@ -192,7 +207,7 @@ class KernelFilterTable(RuledTable):
         self._write_config(f for f, _ in planned)
         try:
             for f, slot in planned:
-                self._insert(f, slot)
+                self._insert(f, slot, origin)
                 added.append(f)
         except BaseException:
             self._delete(added)
@@ -201,7 +216,7 @@ class KernelFilterTable(RuledTable):
         self._changed()
         return added
 
-    def _insert(self, f: Filter, slot: Slot) -> None:
+    def _insert(self, f: Filter, slot: Slot, origin: Origin) -> None:
         # The slot starts from zero under its new generation before the filter can match.
         self.stats_map.put_all(slot.index, STATS_HEAD.pack(slot.gen, 0) + bytes(STATS_SIZE - STATS_HEAD.size))
         target, key = self._map_of(f)
@@ -211,7 +226,7 @@ class KernelFilterTable(RuledTable):
             raise TableFullError(self.max_entries, len(self.rules), 1) from None
         except KeyExistsError:  # not in the index, yet in the map: refuse rather than share a slot
             raise TtcpError(f"filter {f} is in the kernel table but not in ttcp's index") from None
-        self.rules.added(f, slot)
+        self.rules.added(f, slot, origin)
 
     def remove(self, fs: Sequence[Filter]) -> None:
         self._delete(self.rules.plan_remove(fs))

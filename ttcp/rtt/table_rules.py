@@ -22,6 +22,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from types import MappingProxyType
 
 from ttcp.errors import TtcpError
@@ -53,6 +54,15 @@ class NotInTableError(TtcpError):
 class CorruptTableError(TtcpError):
     """The maps hold something ttcp never writes (two filters sharing a counter slot,
     a slot past the stats map): another writer changed a pinned table."""
+
+
+class Origin(IntEnum):
+    """Who put a filter in the table. The API (and --filter) add and remove their own;
+    a filter of the filters file (--filters-file) is the file's to remove: the API may
+    read it, not delete it. The file takes over a filter it lists that the API added."""
+
+    API = 0
+    FILE = 1
 
 
 @dataclass(frozen=True)
@@ -122,11 +132,14 @@ class TableRules:
     each one done (added, removed), and a finished change (changed).
     """
 
-    def __init__(self, max_entries: int, slots: int, held: Mapping[Filter, Slot] | None = None) -> None:
+    def __init__(self, max_entries: int, slots: int, held: Mapping[Filter, Slot] | None = None,
+                 origins: Mapping[Filter, Origin] | None = None) -> None:
         """`max_entries` filters at most, `slots` counter slots; `held`: what the maps
-        hold already (a pinned table), checked (CorruptTableError)."""
+        hold already (a pinned table), checked (CorruptTableError), and who added each
+        (`origins`; Origin.API where it does not say)."""
         self.max_entries = max_entries
         self._slots: dict[Filter, Slot] = {}
+        self._origins: dict[Filter, Origin] = {}
         self._kinds: Counter[int] = Counter()  # filters of each kind bit
         self._hosts = HostBitmap()
         owners: dict[int, Filter] = {}
@@ -137,7 +150,7 @@ class TableRules:
             if slot.index in owners:
                 raise CorruptTableError(f"filters {owners[slot.index]} and {f} count into the same slot")
             owners[slot.index] = f
-            self._hold(f, slot)
+            self._hold(f, slot, (origins or {}).get(f, Origin.API))
         self._free = sorted(set(range(slots)) - set(owners), reverse=True)  # the next one is last
         self._next_gen = max((s.gen for s in self._slots.values()), default=0) + 1
         self._version = 0
@@ -168,6 +181,10 @@ class TableRules:
             self._listed = (self._version, sorted(self._slots, key=F.order_key))
         return list(self._listed[1])
 
+    def origin(self, f: Filter) -> Origin | None:
+        """Who added `f`; None when it is not held."""
+        return self._origins.get(f)
+
     # ---- planning: nothing changes ----
 
     def plan_add(self, fs: Sequence[Filter]) -> list[tuple[Filter, Slot]]:
@@ -189,18 +206,25 @@ class TableRules:
 
     # ---- what the caller did ----
 
-    def added(self, f: Filter, slot: Slot) -> None:
+    def added(self, f: Filter, slot: Slot, origin: Origin = Origin.API) -> None:
         """`f` is in the maps now, counting into `slot`: the next one plan_add gave."""
         if f in self._slots or not self._free or slot != Slot(self._free[-1], self._next_gen):
             raise ValueError(f"{f} was not planned to take {slot} next")
         self._free.pop()
         self._next_gen += 1
-        self._hold(f, slot)
+        self._hold(f, slot, origin)
+
+    def set_origin(self, fs: Iterable[Filter], origin: Origin) -> None:
+        """Those of `fs` that are held now belong to `origin` (their counters stay)."""
+        for f in fs:
+            if f in self._slots:
+                self._origins[f] = origin
 
     def removed(self, f: Filter) -> Slot:
         """`f` is out of the maps: its slot is free again (the next one taken). Its
         counters stay until a new owner stamps the slot with its own generation."""
         slot = self._slots.pop(f)
+        del self._origins[f]
         self._count(f, -1)
         self._free.append(slot.index)
         return slot
@@ -236,8 +260,9 @@ class TableRules:
 
     # ---- counting ----
 
-    def _hold(self, f: Filter, slot: Slot) -> None:
+    def _hold(self, f: Filter, slot: Slot, origin: Origin) -> None:
         self._slots[f] = slot
+        self._origins[f] = origin
         self._count(f, 1)
 
     def _count(self, f: Filter, step: int) -> None:
