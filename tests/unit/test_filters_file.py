@@ -121,9 +121,9 @@ def test_a_bad_version_keeps_the_last_good_one_and_says_so_once(path: Path,
     status = source.status()
     assert status.version == good and status.error is not None and status.error.line == 3
     assert "not-a-filter" in status.error.message
-    assert [r.getMessage() for r in caplog.records] == [
-        f"filters file {path} line 3: 'not-a-filter' is not an IPv4 or IPv6 address; keeping the last good "
-        f"one (version {good})"]
+    said = (f"filters file {path} line 3: 'not-a-filter' is not an IPv4 or IPv6 address; keeping the last "
+            f"good one (version {good})")
+    assert [r.getMessage() for r in caplog.records] == [said]
     path.write_text("10.0.0.1\n10.0.0.3 port\n")  # another bad version: counted
     assert not source.reload() and source.errors_total == 2
     path.write_text("10.0.0.1\n")  # the good one again: the error clears, nothing else moves
