@@ -333,12 +333,15 @@ def kernel_headers_tree(workdir: Path) -> tuple[Path, str] | None:
     return tree, arch[-1].name
 
 
+def ttcp_tool() -> Tool:
+    return Tool("ttcp", ttcp_argv(), parse_ttcp, {"TTCP_TIMINGS": "1"}, signal.SIGTERM,
+                "tp_btf/tcp_destroy_sock (auto, fentry refused here), filter of 9 addresses", python=True)
+
+
 def tools(workdir: Path, only: str = "") -> list[Tool]:
     """ttcp and the tools users would pick instead, in measuring order."""
     found = [
-        Tool("ttcp", ttcp_argv(), parse_ttcp, {"TTCP_TIMINGS": "1"}, signal.SIGTERM,
-             "tp_btf/tcp_destroy_sock (auto, fentry refused here), filter of 9 addresses",
-             python=True),
+        ttcp_tool(),
         Tool("libbpf tcplife", ["stdbuf", "-oL", "/usr/sbin/tcplife"], parse_tcplife,
              note="libbpf-tools, tracepoint sock/inet_sock_set_state, every TCP socket"),
         Tool("bpftrace destroy_sock", ["bpftrace", "-B", "line", "-e", BT_DESTROY], parse_bt,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import fleet
 from common import PREVIOUS
 
 from ttcp.rtt.tracer import DEFAULT_RINGBUF_SIZE
@@ -410,6 +411,8 @@ def render(res: dict[str, Any]) -> str:
     lines += api(res)
     lines += ["", "### 5b. /metrics while events flow", ""]
     lines += metrics_load(res)
+    lines += ["", "### 5c. A bounded /metrics, and the BPF statistics' cost", ""]
+    lines += fleet.report(res)
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import compare
+import fleet
 import inproc
 import report
 from common import (
@@ -59,6 +60,7 @@ from common import (
     status,
     stop_process,
     tools,
+    ttcp_tool,
 )
 
 from ttcp import syscalls
@@ -312,17 +314,21 @@ def api(tool: Tool, workdir: Path, pycache: Path, clients: int, seconds: float, 
 
 
 def metrics_under_load(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, filters: int, clients: int,
-                       seconds: float) -> dict[str, Any]:
+                       seconds: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """GET /metrics with `filters` filters, back to back from `clients` clients: first
     with no traffic, then while connload makes connections between filtered
-    addresses at full speed."""
-    run = ToolRun(_ttcp_with(tool, many_filters(filters)), workdir, "metrics", pipe=False, pycache=pycache)
-    out: dict[str, Any] = {"filters": filters, "clients": clients}
+    addresses at full speed. `extra`: more arguments for ttcp."""
+    base = _ttcp_with(tool, many_filters(filters))
+    base = Tool(base.name, base.argv + list(extra), base.parse, base.env, base.stop_signal, base.note, base.python)
+    run = ToolRun(base, workdir, "metrics" + "".join(extra).replace("-", "_"), pipe=False, pycache=pycache)
+    out: dict[str, Any] = {"filters": filters, "clients": clients, "args": list(extra)}
     if not _wait_header(run) or not _api_ready(PORT_API):
         run.stop()
         return {"error": run.stderr_text().strip().splitlines()[-3:]}
     try:
-        out["bytes"] = len(_get(PORT_API, "/metrics"))
+        answer = _get(PORT_API, "/metrics")
+        out["bytes"] = len(answer)
+        out["series"] = sum(1 for line in answer.splitlines() if line and not line.startswith(b"#"))
         out["idle"] = _api_loads(run.pid, PORT_API, clients, seconds, pycache, "metrics, no traffic",
                                  modes=("get",), path="/metrics")["get"]
         load = subprocess.Popen([str(gen.exe), "client", CLIENT_BASE, str(CLIENT_COUNT), SERVER,
@@ -369,6 +375,9 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma list: compare ttcp only with tools whose name "
                                                "contains one of these")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--stage", choices=("all", "fleet"), default="all",
+                    help="fleet: only issue 25's measurements (bounded /metrics, BPF statistics); printed, "
+                         "BENCHMARKS.md left alone")
     args = ap.parse_args()
     if os.geteuid() != 0:
         log("bench: run as root (make bench)")
@@ -381,7 +390,7 @@ def main() -> int:
          "api_clients": 50, "api_seconds": 2.0 if q else 3.0, "api_rounds": 1 if q else 3, "api_filters": 1000,
          "metrics_clients": 1, "metrics_seconds": 2.0 if q else 5.0,
          "phase_reps": 2 if q else 5, "bulk_bytes": 500_000_000 if q else 2_000_000_000,
-         "bulk_pairs": 3 if q else 9}
+         "bulk_pairs": 3 if q else 9, "stats_rounds": 5 if q else 15, "stats_repeat": 2_000_000}
     ensure_packages()
     workdir = Path(os.environ.get("BENCH_OUT") or tempfile.mkdtemp(prefix="ttcp-bench."))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -389,6 +398,10 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine(), "params": p}
     log(f"bench: work files in {workdir}")
     t_start = time.monotonic()
+    if args.stage == "fleet":
+        return _fleet_only(results, workdir, pycache, p, t_start)
+    log("== BPF statistics' cost (before the run turns them on)")
+    results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
     stats_fd = syscalls.enable_stats()  # run_time_ns/run_cnt count while this fd is open
     gen = LoadGen(workdir)
     try:
@@ -416,6 +429,10 @@ def main() -> int:
         log("== /metrics while events flow")
         results["metrics"] = metrics_under_load(ttcp, gen, workdir, pycache, p["api_filters"],
                                                 p["metrics_clients"], p["metrics_seconds"])
+        log("== /metrics bounded and not")
+        results["metrics_bound"] = fleet.metrics_bound(lambda extra: metrics_under_load(
+            ttcp, gen, workdir, pycache, p["api_filters"], p["metrics_clients"], p["metrics_seconds"],
+            tuple(extra)), p["api_filters"])
     finally:
         gen.close()
         syscalls.close(stats_fd)
@@ -427,6 +444,28 @@ def main() -> int:
     if not args.no_write and not q:
         report.write(ROOT / "BENCHMARKS.md", text)
         log("bench: BENCHMARKS.md updated")
+    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
+    return 0
+
+
+def _fleet_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any],
+                t_start: float) -> int:
+    """--stage fleet: the BPF statistics' cost, then /metrics bounded and not."""
+    log("== BPF statistics' cost")
+    results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
+    gen = LoadGen(workdir)
+    try:
+        gen.serve(SERVER, PORT_LOAD)
+        ttcp = ttcp_tool()
+        log("== /metrics bounded and not")
+        results["metrics_bound"] = fleet.metrics_bound(lambda extra: metrics_under_load(
+            ttcp, gen, workdir, pycache, p["api_filters"], p["metrics_clients"], p["metrics_seconds"],
+            tuple(extra)), p["api_filters"])
+    finally:
+        gen.close()
+    results["elapsed_s"] = time.monotonic() - t_start
+    fleet.write_json(workdir / "results.json", results)
+    print("\n".join(fleet.report(results)))
     log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
     return 0
 

@@ -642,11 +642,20 @@ def link_get_fd_by_id(link_id: int) -> int:
 
 def prog_test_run(prog_fd: int, data_in: bytes = b"", repeat: int = 1, ctx_in: bytes = b"") -> int:
     """BPF_PROG_TEST_RUN; returns the program's return value (of the last run)."""
+    return int(_test_run(prog_fd, data_in, repeat, ctx_in).retval)
+
+
+def prog_test_run_ns(prog_fd: int, data_in: bytes = b"", repeat: int = 1) -> int:
+    """BPF_PROG_TEST_RUN `repeat` times; the mean ns per run, as the kernel timed its loop."""
+    return int(_test_run(prog_fd, data_in, repeat, b"").duration)
+
+
+def _test_run(prog_fd: int, data_in: bytes, repeat: int, ctx_in: bytes) -> ProgTestRunAttr:
     data, ctx = _Buf(data_in), _Buf(ctx_in)
     a = ProgTestRunAttr(prog_fd=prog_fd, data_size_in=len(data_in), data_in=data.addr, repeat=repeat,
                         ctx_size_in=len(ctx_in), ctx_in=ctx.addr)
     _bpf(Cmd.PROG_TEST_RUN, a, f"PROG_TEST_RUN fd {prog_fd}")
-    return int(a.retval)
+    return a
 
 
 # ---- ring buffer mapping --------------------------------------------------------------------
