@@ -22,7 +22,7 @@ smaller room (sampling switched on, filters added) is enforced at once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ttcp.rtt.histogram import BUCKETS
 
@@ -31,8 +31,7 @@ DEFAULT_MAX_SERIES = 10_000  # 1,000 filters: about 0.7-0.9 MB, histograms for ~
 STAY_S = 60.0
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):  # a tuple: a scrape makes one per filter
     """What ranks one filter."""
 
     name: str
@@ -81,15 +80,13 @@ class SeriesBound:
     def usage(self, name: str, last_match_ns: int, closed: int, sampled: int, now_ns: int) -> Usage:
         """One filter's Usage, noting when its sample count last grew."""
         known = self._samples.get(name)
-        if known is None:
-            known = (sampled, 0)  # a count seen for the first time is no sign of recent use
-        elif sampled != known[0]:
-            known = (sampled, now_ns)
-        self._samples[name] = known
+        if known is None or sampled != known[0]:  # a count seen for the first time is no sign of use
+            known = self._samples[name] = (sampled, 0 if known is None else now_ns)
         return Usage(name, max(last_match_ns, known[1]), closed + sampled)
 
     def choose(self, usage: Sequence[Usage], room: int, now_ns: int) -> set[str]:
         self.members = choose(ranked(usage), room, self.members, now_ns, self.stay_ns)
-        names = {u.name for u in usage}
-        self._samples = {n: v for n, v in self._samples.items() if n in names}
+        if len(self._samples) > len(usage):  # filters went: forget them
+            names = {u.name for u in usage}
+            self._samples = {n: v for n, v in self._samples.items() if n in names}
         return set(self.members)
