@@ -36,12 +36,12 @@ class Usage(NamedTuple):  # a tuple: a scrape makes one per filter
 
     name: str
     last_used_ns: int  # CLOCK_MONOTONIC of its latest counted RTT; 0: never
-    count: int  # RTTs counted (connections, plus samples with sampling on)
+    total: int  # RTTs counted (connections, plus samples with sampling on)
 
 
 def ranked(usage: Iterable[Usage]) -> list[str]:
     """Most recently used first, then the busiest, then in the order given (stable sort)."""
-    return [u.name for u in sorted(usage, key=lambda u: (-u.last_used_ns, -u.count))]
+    return [u.name for u in sorted(usage, key=lambda u: (-u.last_used_ns, -u.total))]
 
 
 def choose(order: Sequence[str], room: int, members: Mapping[str, int], now_ns: int,
