@@ -1,9 +1,14 @@
 """GET /metrics: the Prometheus text exposition format, version 0.0.4 (pure).
 
 Small enough to write by hand (no client library at run time); the tests
-parse every answer with prometheus_client's own parser. Histograms come
-from the program's log2 buckets: `le` is the upper end of each bucket in
-seconds (an RTT in bucket k is under 2^(k+1) us), cumulative, then +Inf.
+parse every answer with prometheus_client's own parser and lint it with
+promtool. Histograms come from the program's log2 buckets: `le` is the upper
+end of each bucket in seconds (an RTT in bucket k is under 2^(k+1) us),
+cumulative, then +Inf. The live-sample histograms are shown only while
+sampling is on, and a Snapshot's bound (ttcp.api.series_bound) decides which
+filters' histograms fit; every other series is always there. Besides the
+filters': drops by reason, ttcp's process metrics, its BPF programs' run time
+(counted while the kernel's statistics are on) and the filters file's state.
 """
 
 from __future__ import annotations
