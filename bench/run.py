@@ -429,10 +429,7 @@ def main() -> int:
         log("== /metrics while events flow")
         results["metrics"] = metrics_under_load(ttcp, gen, workdir, pycache, p["api_filters"],
                                                 p["metrics_clients"], p["metrics_seconds"])
-        log("== /metrics bounded and not")
-        results["metrics_bound"] = fleet.metrics_bound(lambda extra: metrics_under_load(
-            ttcp, gen, workdir, pycache, p["api_filters"], p["metrics_clients"], p["metrics_seconds"],
-            tuple(extra)), p["api_filters"])
+        results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
     finally:
         gen.close()
         syscalls.close(stats_fd)
@@ -448,6 +445,13 @@ def main() -> int:
     return 0
 
 
+def _metrics_bound(ttcp: Tool, gen: LoadGen, workdir: Path, pycache: Path, p: dict[str, Any]) -> dict[str, Any]:
+    log("== /metrics bounded and not")
+    return fleet.metrics_bound(lambda extra: metrics_under_load(
+        ttcp, gen, workdir, pycache, p["api_filters"], p["metrics_clients"], p["metrics_seconds"], tuple(extra)),
+        p["api_filters"])
+
+
 def _fleet_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any],
                 t_start: float) -> int:
     """--stage fleet: the BPF statistics' cost, then /metrics bounded and not."""
@@ -457,10 +461,7 @@ def _fleet_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[s
     try:
         gen.serve(SERVER, PORT_LOAD)
         ttcp = ttcp_tool()
-        log("== /metrics bounded and not")
-        results["metrics_bound"] = fleet.metrics_bound(lambda extra: metrics_under_load(
-            ttcp, gen, workdir, pycache, p["api_filters"], p["metrics_clients"], p["metrics_seconds"],
-            tuple(extra)), p["api_filters"])
+        results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
     finally:
         gen.close()
     results["elapsed_s"] = time.monotonic() - t_start

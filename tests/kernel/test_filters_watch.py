@@ -5,6 +5,7 @@ into the same histograms while real connections come and go."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,19 +39,24 @@ def texts(t: Tracer) -> set[str]:
     return {str(f) for f in t.table.filters()}
 
 
-def watched(path: Path, t: Tracer) -> FiltersFile:
+@contextlib.contextmanager
+def watched(path: Path, t: Tracer, content: str | None = None) -> Iterator[FiltersFile]:
+    """The file (written first, given `content`) applied to t's table and watched."""
+    if content is not None:
+        path.write_text(content)
     assert t.table is not None
     source = FiltersFile(path, t.table)
     source.start()
-    assert not source.changed()  # nothing happened since
-    return source
+    try:
+        assert not source.changed()  # nothing happened since
+        yield source
+    finally:
+        source.close()
 
 
 def test_a_rewrite_is_a_diff_and_what_stays_keeps_counting(tracer: Tracer, tmp_path: Path) -> None:
     path = tmp_path / "filters"
-    path.write_text("127.0.70.1\n127.0.70.2\n")
-    source = watched(path, tracer)
-    try:
+    with watched(path, tracer, "127.0.70.1\n127.0.70.2\n") as source:
         with Server("127.0.0.1") as srv:
             connect_many(srv, "127.0.70.1", 3)
             connect_many(srv, "127.0.70.2", 2)
@@ -66,8 +72,6 @@ def test_a_rewrite_is_a_diff_and_what_stays_keeps_counting(tracer: Tracer, tmp_p
             connect_many(srv, "127.0.70.2", 4)  # no longer selected
             collect(tracer)
         assert matches(tracer, "127.0.70.1") == 4
-    finally:
-        source.close()
 
 
 def test_a_configmap_update_swaps_the_data_symlink(tracer: Tracer, tmp_path: Path) -> None:
@@ -78,8 +82,7 @@ def test_a_configmap_update_swaps_the_data_symlink(tracer: Tracer, tmp_path: Pat
     (tmp_path / "..2026_01_01_00_00_00.1" / "filters").write_text("127.0.71.1\n")
     (tmp_path / "..data").symlink_to("..2026_01_01_00_00_00.1")
     (tmp_path / "filters").symlink_to("..data/filters")
-    source = watched(tmp_path / "filters", tracer)
-    try:
+    with watched(tmp_path / "filters", tracer) as source:
         assert texts(tracer) == {"127.0.71.1"}
         new = tmp_path / "..2026_01_01_00_01_00.2"
         new.mkdir()
@@ -96,15 +99,11 @@ def test_a_configmap_update_swaps_the_data_symlink(tracer: Tracer, tmp_path: Pat
         (tmp_path / "..2026_01_01_00_00_00.1").rmdir()
         assert source.changed() and source.reload()  # the old directory going: the same content
         assert source.status().version == version and source.reload_ok
-    finally:
-        source.close()
 
 
 def test_deleted_and_created_again(tracer: Tracer, tmp_path: Path) -> None:
     path = tmp_path / "filters"
-    path.write_text("127.0.72.1\n")
-    source = watched(path, tracer)
-    try:
+    with watched(path, tracer, "127.0.72.1\n") as source:
         path.unlink()
         assert source.changed() and not source.reload()
         error = source.status().error
@@ -116,30 +115,23 @@ def test_deleted_and_created_again(tracer: Tracer, tmp_path: Path) -> None:
             f.write("127.0.72.2\n")
         assert source.changed() and source.reload()  # the writer closed it
         assert texts(tracer) == {"127.0.72.1", "127.0.72.2"} and source.reload_ok
-    finally:
-        source.close()
 
 
 def test_a_bad_line_written_in_place_changes_nothing(tracer: Tracer, tmp_path: Path) -> None:
     path = tmp_path / "filters"
-    path.write_text("127.0.73.1\n")
-    source = watched(path, tracer)
-    try:
+    with watched(path, tracer, "127.0.73.1\n") as source:
         path.write_text("127.0.73.1\n127.0.73.2/24\n")
         assert source.changed() and not source.reload()
         error = source.status().error
         assert error is not None and error.line == 2 and "host bits" in error.message
         assert texts(tracer) == {"127.0.73.1"} and source.errors_total == 1
-    finally:
-        source.close()
 
 
 def test_the_directory_going_away_is_reported(tracer: Tracer, tmp_path: Path) -> None:
     folder = tmp_path / "config"
     folder.mkdir()
     (folder / "filters").write_text("127.0.74.1\n")
-    source = watched(folder / "filters", tracer)
-    try:
+    with watched(folder / "filters", tracer) as source:
         (folder / "filters").unlink()
         folder.rmdir()
         assert source.changed()
@@ -148,5 +140,3 @@ def test_the_directory_going_away_is_reported(tracer: Tracer, tmp_path: Path) ->
         error = source.status().error
         assert error is not None and "no longer seen" in error.message
         assert texts(tracer) == {"127.0.74.1"}
-    finally:
-        source.close()
