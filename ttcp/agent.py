@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttcp.api.event_stream import DEFAULT_BACKLOG, EventHub
+from ttcp.api.limits import Connections, Limits
 from ttcp.api.metrics import FileCounters, FilterSeries, ProgramStats, Snapshot
 from ttcp.api.process_metrics import ProcessMetrics, ProcessReader
 from ttcp.api.series_bound import DEFAULT_MAX_SERIES, SeriesBound
@@ -54,10 +55,12 @@ def version() -> str:
         return "unknown"
 
 
-def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+def listen(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
     """The API's listening sockets, bound as asyncio's create_server binds them
     (every address `host` resolves to; SO_REUSEADDR; IPv6 sockets v6-only).
-    BindError if one cannot be had; nothing stays open then."""
+    BindError if one cannot be had; nothing stays open then. The listen queue
+    is deep enough for a burst of thousands of connects: a full one drops SYNs,
+    and a client whose SYN is dropped, a fresh /healthz too, waits 1 s to retry."""
     socks: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -94,6 +97,7 @@ class Options:
     filters_file: FiltersFile | None = None  # started: applied once, its directory watched
     bpf_stats: BpfStats = field(default_factory=BpfStats)  # the kernel's BPF statistics (--bpf-stats)
     max_series: int = DEFAULT_MAX_SERIES  # bound on /metrics' series (0: none)
+    limits: Limits = field(default_factory=Limits)  # connections, request deadline, keep-alive, streams
 
 
 class Agent:
@@ -105,7 +109,8 @@ class Agent:
         self.printer = printer
         self.opts = opts
         self.histograms = histograms
-        self.hub = EventHub(opts.stream_backlog)
+        self.hub = EventHub(opts.stream_backlog, max_clients=opts.limits.stream_clients)
+        self.connections: Connections[Any] = Connections(opts.limits)  # the API's, once it serves
         self.bound = SeriesBound(opts.max_series)
         self.process: ProcessReader | None = None
         with contextlib.suppress(OSError, FormatError):  # no /proc: no process metrics
@@ -132,6 +137,9 @@ class Agent:
             "sampling": self.tracer.sampling_enabled,
             "stream_clients": len(self.hub.clients),
             "stream_clients_dropped": self.hub.dropped_clients,
+            "api_connections": self.connections.counts.open,
+            "api_connections_max": self.opts.limits.max_connections,
+            "api_connections_rejected": self._rejected(),
         }
 
     def sampling(self) -> dict[str, Any]:
@@ -160,7 +168,11 @@ class Agent:
                         programs=[ProgramStats(*p) for p in self.tracer.program_stats()],
                         bpf_stats=self.opts.bpf_stats.enabled(),
                         filters_file=None if source is None else FileCounters(source.errors_total, source.reload_ok),
-                        bound=self.bound, now_ns=time.monotonic_ns())
+                        bound=self.bound, now_ns=time.monotonic_ns(), api_connections=self.connections.counts.open,
+                        api_connections_max=self.opts.limits.max_connections, api_rejected=self._rejected())
+
+    def _rejected(self) -> dict[str, int]:
+        return {**self.connections.counts.rejected, "streams": self.hub.refused_clients}
 
     def _process(self) -> ProcessMetrics | None:
         if self.process is None:
@@ -208,7 +220,8 @@ class Agent:
                              filters_file=None if source is None else source.status)
         app = server.create_app(self.tracer.table, hooks, token=self.opts.token,
                                 allowed_hosts=self.opts.allowed_hosts)
-        self._runner = await server.start(app, self.opts.host, self.opts.port, self.opts.sockets)
+        self._runner = await server.start(app, self.opts.host, self.opts.port, self.opts.sockets,
+                                          connections=self.connections)
         if on_api is not None:
             on_api()
 

@@ -30,6 +30,7 @@ from typing import NoReturn, TextIO, TypeVar
 from ttcp.agent import Agent, Options, listen
 from ttcp.api.event_stream import DEFAULT_BACKLOG
 from ttcp.api.host_names import HostNameError, is_loopback, normalize_name
+from ttcp.api.limits import Limits
 from ttcp.api.series_bound import DEFAULT_MAX_SERIES
 from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
 from ttcp.errors import BindError, TtcpError
@@ -237,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-backlog", type=_positive, default=DEFAULT_BACKLOG, metavar="LINES",
                    help="event lines a GET /events client may fall behind before it is disconnected "
                         "(default: %(default)s; about 350 bytes each)")
+    limits = p.add_argument_group("API limits (any client that reaches the port can open connections)")
+    limits.add_argument("--max-connections", type=_positive, default=Limits.max_connections, metavar="N",
+                        help="API connections at once (default: %(default)s; needs N + 64 of `ulimit -n`); "
+                             "at the limit a new one displaces the connection that has waited longest for "
+                             "the rest of its request or for its next one (503), or is refused (503)")
+    limits.add_argument("--request-timeout", type=_seconds, default=Limits.request_timeout_s,
+                        metavar="SECONDS", help="time for a request's headers and body to arrive, from its "
+                                                "first byte (default: %(default)g; then 408 and close)")
+    limits.add_argument("--keepalive-timeout", type=_seconds, default=Limits.keepalive_timeout_s,
+                        metavar="SECONDS", help="an idle connection is closed after SECONDS without a "
+                                                "request (default: %(default)g)")
+    limits.add_argument("--max-stream-clients", type=_positive, default=Limits.max_stream_clients, metavar="N",
+                        help="GET /events clients at once, at most half of --max-connections "
+                             "(default: %(default)s; one more gets 503)")
     fleet = p.add_argument_group("fleet agent (see FLEET below)")
     fleet.add_argument("--pin", type=Path, metavar="DIR",
                        help="keep the filter table (filters, counters, histograms) pinned in DIR, a "
@@ -476,7 +491,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                            histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
                            stream_backlog=args.stream_backlog, token=token,
                            allowed_hosts=tuple(args.allowed_hosts), sockets=sockets, filters_file=source,
-                           bpf_stats=stats, max_series=args.metrics_max_series)
+                           bpf_stats=stats, max_series=args.metrics_max_series, limits=_limits(args))
             agent = Agent(tracer, printer, opts, histograms)
 
             def header_out() -> None:
@@ -499,6 +514,11 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
         stats.close()
     print(f"ttcp: {_summary(printer, dropped, histograms is not None)}", file=sys.stderr)
     return 0
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(max_connections=args.max_connections, request_timeout_s=args.request_timeout,
+                  keepalive_timeout_s=args.keepalive_timeout, max_stream_clients=args.max_stream_clients)
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:

@@ -14,7 +14,7 @@ filters': drops by reason, ttcp's process metrics, its BPF programs' run time
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ttcp.api import process_metrics
@@ -68,6 +68,9 @@ class Snapshot:
     filters_file: FileCounters | None = None
     bound: SeriesBound | None = None  # --metrics-max-series; None: every histogram
     now_ns: int = 0  # CLOCK_MONOTONIC of the reading (for the bound)
+    api_connections: int = 0  # open now
+    api_connections_max: int = 0  # --max-connections
+    api_rejected: Mapping[str, int] = field(default_factory=dict)  # by reason (ttcp.api.limits)
 
 
 def escape_label(value: str) -> str:
@@ -203,10 +206,21 @@ def _fixed(s: Snapshot, omitted: int) -> list[str]:
     if s.process is not None:
         for name, kind, help_text, attr in process_metrics.FAMILIES:
             lines += _family(name, kind, help_text, [("", getattr(s.process, attr))])
+    lines += _api_lines(s)
     lines += _head("ttcp_info", "gauge", "The attach mode in use and ttcp's version.")
     lines.append(f'ttcp_info{{attach_mode="{escape_label(s.attach_mode)}",'
                  f'version="{escape_label(s.version)}"}} 1')
     return lines
+
+
+def _api_lines(s: Snapshot) -> list[str]:
+    return (_family("ttcp_api_connections", "gauge", "API connections open now.", [("", s.api_connections)])
+            + _family("ttcp_api_connections_max", "gauge", "The API's connection limit (--max-connections).",
+                      [("", s.api_connections_max)])
+            + _family("ttcp_api_connections_rejected_total", "counter",
+                      "API connections refused or closed by a limit: cap (all busy), evicted (to admit a newer "
+                      "one), deadline (request not received in time), streams (too many GET /events clients).",
+                      [(f'{{reason="{escape_label(r)}"}}', n) for r, n in s.api_rejected.items()]))
 
 
 def render(s: Snapshot) -> str:
