@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s; about 350 bytes each)")
     limits = p.add_argument_group("API limits (any client that reaches the port can open connections)")
     limits.add_argument("--max-connections", type=_positive, default=Limits.max_connections, metavar="N",
-                        help="API connections at once (default: %(default)s; needs N + 64 of `ulimit -n`); "
-                             "at the limit a new one displaces the connection that has waited longest for "
-                             "the rest of its request or for its next one (503), or is refused (503)")
+                        help="API connections at once (default: %(default)s; give ttcp a `ulimit -n` of 2N + "
+                             "64); at the limit a new one displaces the connection that has waited longest "
+                             "for the rest of its request (503), else the longest idle, or is refused (503)")
     limits.add_argument("--request-timeout", type=_seconds, default=Limits.request_timeout_s,
                         metavar="SECONDS", help="time for a request's headers and body to arrive, from its "
                                                 "first byte (default: %(default)g; then 408 and close)")

@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from tests.support.api import hooks
 from tests.support.kernel import scaled
 from tests.support.memory_table import MemoryFilterTable
 from ttcp import server
-from ttcp.api.connections import track
+from ttcp.api.connections import LISTEN_BACKLOG, track
 from ttcp.api.event_stream import EventHub
 from ttcp.api.limits import Connections, Limits
 
@@ -107,18 +109,23 @@ def json_error(reply: bytes, status: int) -> str:
 
 def test_half_requests_over_the_cap_give_way_to_a_fresh_client() -> None:
     async def scenario(api: Api) -> None:
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        kept, kept_writer = await api.open(request)  # a keep-alive client, idle between requests
+        await kept.readuntil(b"}")
         clients = [await api.open(HALF_REQUESTS[i % 3]) for i in range(20)]
         await asyncio.sleep(0.1)
         status, _, took = await api.get("/healthz")
         assert status == 200 and took < 0.1
-        # The 13 longest waiting ones were told why, and closed; the 7 newest wait on.
-        for reader, _ in clients[:13]:
+        kept_writer.write(request)  # spared: half-requests give way first
+        assert parse(await kept.readuntil(b"}"))[0] == 200
+        # The 14 longest waiting ones were told why, and closed; the 6 newest wait on.
+        for reader, _ in clients[:14]:
             assert "closed to admit a newer one" in json_error(await until_closed(reader, 1), 503)
-        for reader, _ in clients[13:]:
+        for reader, _ in clients[14:]:
             assert not reader.at_eof()
         counts = api.connections.counts
-        assert counts.rejected == {"cap": 0, "evicted": 13, "deadline": 0} and counts.peak <= 8 + 1
-        for _, writer in clients:
+        assert counts.rejected == {"cap": 0, "evicted": 14, "deadline": 0} and counts.peak <= 8 + 1
+        for _, writer in [*clients, (kept, kept_writer)]:
             writer.close()
 
     run(Limits(max_connections=8), scenario)
@@ -285,3 +292,13 @@ def test_no_descriptor_outlives_its_connection() -> None:
         assert fds() == before and api.connections.counts.open == 0
 
     run(Limits(max_connections=16, request_timeout_s=0.3), scenario)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss is not installed (apt-get install iproute2)")
+def test_the_listen_queue_is_deep_and_the_accept_batch_short() -> None:
+    async def scenario(api: Api) -> None:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{api.port}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert int(out[2]) == LISTEN_BACKLOG  # Send-Q of a listening socket: its backlog
+
+    run(Limits(), scenario)

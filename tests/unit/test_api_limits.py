@@ -27,20 +27,22 @@ def test_under_the_cap_every_connection_is_admitted_receiving() -> None:
     assert (t.counts.open, t.counts.peak, t.counts.accepted) == (3, 3, 3)
 
 
-def test_at_the_cap_the_longest_waiting_evictable_connection_gives_way() -> None:
+def test_at_the_cap_the_longest_waiting_half_request_gives_way() -> None:
     t = table()
     for c in "abc":
         t.admit(c)
     t.enter("a", State.BUSY)  # a's request is whole: its handler runs
-    t.enter("b", State.RECEIVING)  # b sent more of its request: still the oldest waiting one
-    t.enter("c", State.IDLE)  # c was answered and waits for its next request: youngest now
-    assert t.admit("d") == Admission(True, "b")
+    t.enter("b", State.IDLE)  # b was answered and waits for its next request
+    t.enter("c", State.RECEIVING)  # c sent more of its request: still waiting for the rest
+    assert t.admit("d") == Admission(True, "c")
     assert t.counts.rejected["evicted"] == 1
-    assert t.active == 3 and t.counts.open == 4  # b holds its descriptor until it is gone
-    t.gone("b")
-    assert t.admit("e") == Admission(True, "c")  # then the idle one
-    assert t.admit("f") == Admission(True, "d")  # then the newer half-request; never the busy a
-    assert t.state("a") is State.BUSY
+    assert t.active == 3 and t.counts.open == 4  # c holds its descriptor until it is gone
+    t.gone("c")
+    assert t.admit("e") == Admission(True, "d")  # half-requests first, the newer ones too,
+    assert t.admit("f") == Admission(True, "e")  # while the client between requests is spared
+    t.enter("f", State.BUSY)
+    assert t.admit("g") == Admission(True, "b")  # with none left, the idle one; never the busy
+    assert t.state("a") is t.state("f") is State.BUSY and t.state("g") is State.RECEIVING
 
 
 def test_when_every_connection_is_busy_a_newcomer_is_refused() -> None:
@@ -84,7 +86,7 @@ def test_reports_about_unknown_connections_are_ignored() -> None:
                           st.integers(0, 5)), min_size=20, max_size=100), st.integers(1, 4))
 def test_the_cap_holds_and_only_evictable_connections_give_way(steps: list[tuple[str, int]], cap: int) -> None:
     """Whatever happens, no more than `cap` connections are active, an eviction only ever
-    takes a RECEIVING or IDLE one, and the counts add up."""
+    takes a RECEIVING one, or an IDLE one when there is none, and the counts add up."""
     t = table(cap)
     admitted, refused, closed = 0, 0, set()
     for op, key in steps:
@@ -95,6 +97,8 @@ def test_the_cap_holds_and_only_evictable_connections_give_way(steps: list[tuple
             refused += not a.admitted
             if a.evict is not None:
                 assert open_states[a.evict] in (State.RECEIVING, State.IDLE)
+                if State.RECEIVING in open_states.values():
+                    assert open_states[a.evict] is State.RECEIVING
                 closed.add(a.evict)
             if not a.admitted:
                 assert set(open_states.values()) == {State.BUSY}

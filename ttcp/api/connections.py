@@ -30,10 +30,16 @@ from aiohttp.typedefs import Handler
 
 from ttcp.api.limits import Admission, Connections, Limits, State
 
-# asyncio's create_server(backlog=) is also the number of connections it accepts per
-# loop iteration: with 128, a burst of 3,000 connects overflowed the listen queue (SYNs
-# dropped, every client retried after 1 s, fresh ones too); with 1,024 it did not.
-BACKLOG = 1024
+# asyncio's create_server(backlog=) is both the listen queue and how many connections it
+# accepts per loop iteration. The queue must be deep: with 128, a burst of 3,000 connects
+# overflowed it (SYNs dropped, every client retried after 1 s, fresh ones too). The batch
+# must be short: a newcomer needs a few iterations before its request is parsed, and a
+# flood of reconnecting half-requests makes it the oldest (the next to give way) after cap
+# / batch iterations (with 128, the bench's flood evicted real clients; with 16, none);
+# and connections accepted or closed in one iteration hold descriptors beyond the cap until
+# the next. So the batch is set through create_server and the queue deepened afterwards.
+ACCEPT_BATCH = 16
+LISTEN_BACKLOG = 1024
 REFUSAL_LINGER_S = 1.0  # the most a refused connection stays open, discarding what it sends
 _SHOWN = 200  # characters of aiohttp's parse error quoted back to the client
 
@@ -240,7 +246,7 @@ class GatedSite(web.BaseSite):
 
     def __init__(self, runner: web.BaseRunner, pool: Pool, *, sock: socket.socket | None = None,
                  host: str = "", port: int = 0) -> None:
-        super().__init__(runner, backlog=BACKLOG)
+        super().__init__(runner, backlog=ACCEPT_BATCH)
         self._pool, self._sock, self._host, self._port = pool, sock, host, port
 
     @property
@@ -251,10 +257,13 @@ class GatedSite(web.BaseSite):
         await super().start()  # registers the site with the runner
         loop = asyncio.get_running_loop()
         if self._sock is not None:
-            self._server = await loop.create_server(self._pool, sock=self._sock, backlog=self._backlog)
+            server = await loop.create_server(self._pool, sock=self._sock, backlog=self._backlog)
         else:
-            self._server = await loop.create_server(self._pool, self._host or None, self._port,
-                                                    backlog=self._backlog)
+            server = await loop.create_server(self._pool, self._host or None, self._port, backlog=self._backlog)
+        self._server = server
+        for sock in server.sockets:
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as same:  # the same socket, dup'ed fd
+                same.listen(LISTEN_BACKLOG)
 
     async def stop(self) -> None:
         await super().stop()

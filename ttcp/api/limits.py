@@ -11,10 +11,12 @@ connection is in one of three states:
   Neither timed nor evictable.
 - IDLE: between requests (aiohttp's keep-alive timeout closes it); evictable.
 
-At the cap, a new connection evicts the evictable connection that has waited
-longest (for the rest of its request, or idle for its next one), so a flood of
-half-sent requests can never lock a fresh client out; only when every connection
-is BUSY is the new one refused. GET /events streams are BUSY for as long as they
+At the cap, a new connection evicts the RECEIVING connection that has waited
+longest for the rest of its request, so a flood of half-sent requests can never
+lock a fresh client out, and a client between two requests is spared while there
+is such a one. Only without any does the IDLE connection that has waited longest
+give way (else idle connections could hold the cap until the keep-alive timeout),
+and only when every connection is BUSY is the new one refused. GET /events streams are BUSY for as long as they
 last, so at most half the connections may be streams (`Limits.stream_clients`).
 
 The wrapper tells this table what happens (`admit`, `enter`, `closing`, `gone`)
@@ -91,7 +93,7 @@ class Connections(Generic[K]):
         self.limits = limits
         self.counts = Counts()
         self._state: dict[K, State] = {}
-        self._evictable: OrderedDict[K, None] = OrderedDict()
+        self._evictable = {State.RECEIVING: OrderedDict[K, None](), State.IDLE: OrderedDict[K, None]()}
         self._closing: set[K] = set()  # closed by a limit, not yet gone: not counted against the cap
         self._lingering = 0  # refused connections still open
 
@@ -109,15 +111,16 @@ class Connections(Generic[K]):
         the descriptors refusals hold); beyond that it is closed at once."""
         victim = None
         if self.active >= self.limits.max_connections:
-            if not self._evictable:
+            waiting = self._evictable[State.RECEIVING] or self._evictable[State.IDLE]
+            if not waiting:
                 self.counts.rejected["cap"] += 1
                 linger = self._lingering < self.limits.max_connections
                 self._lingering += linger
                 return Admission(False, None, linger)
-            victim = next(iter(self._evictable))
+            victim = next(iter(waiting))
             self.closing(victim, "evicted")
         self._state[conn] = State.RECEIVING
-        self._evictable[conn] = None
+        self._evictable[State.RECEIVING][conn] = None
         self.counts.accepted += 1
         self.counts.open = len(self._state)
         self.counts.peak = max(self.counts.peak, self.counts.open)
@@ -125,13 +128,13 @@ class Connections(Generic[K]):
 
     def enter(self, conn: K, state: State) -> None:
         """`conn` is now in `state`; ignored once it is closing or gone. Entering an
-        evictable state makes it the youngest evictable connection."""
+        evictable state makes it the youngest of that state."""
         if conn not in self._state or conn in self._closing:
             return
+        self._forget(conn)
         self._state[conn] = state
-        self._evictable.pop(conn, None)
         if state is not State.BUSY:
-            self._evictable[conn] = None
+            self._evictable[state][conn] = None
 
     def closing(self, conn: K, reason: str) -> None:
         """A limit closes `conn` (counted under `reason`); it stops counting against the cap."""
@@ -139,14 +142,18 @@ class Connections(Generic[K]):
             return
         self.counts.rejected[reason] += 1
         self._closing.add(conn)
-        self._evictable.pop(conn, None)
+        self._forget(conn)
 
     def gone(self, conn: K) -> None:
         """The connection is closed, whoever closed it."""
         self._state.pop(conn, None)
-        self._evictable.pop(conn, None)
+        self._forget(conn)
         self._closing.discard(conn)
         self.counts.open = len(self._state)
+
+    def _forget(self, conn: K) -> None:
+        for waiting in self._evictable.values():
+            waiting.pop(conn, None)
 
     def refusal_gone(self) -> None:
         """A refused connection that lingered is closed."""
