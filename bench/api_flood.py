@@ -10,12 +10,13 @@ each closed one got (503 evicted, 408 deadline), by status.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import selectors
 import socket
 import time
+
+from common import api_client_options
 
 KINDS = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Ag",
          b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n127.0",
@@ -23,12 +24,8 @@ KINDS = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Ag",
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--host", required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--src", required=True, help="client source address")
+    ap = api_client_options(__doc__)
     ap.add_argument("--connections", type=int, default=2000)
-    ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.connections + 256)), hard))

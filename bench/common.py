@@ -7,6 +7,7 @@ other loopback addresses), and every process is stopped by its own PID.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -59,6 +60,17 @@ def percentile(sorted_xs: list[float], q: float) -> float | None:
         return None
     rank = max(1, min(len(sorted_xs), round(q / 100 * len(sorted_xs) + 0.5)))
     return sorted_xs[rank - 1]
+
+
+def api_client_options(doc: str, seconds: float = 5.0) -> argparse.ArgumentParser:
+    """The options of a process that loads ttcp's API: where it listens, the clients'
+    source address, for how long; the caller adds its own."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--src", required=True, help="client source address")
+    ap.add_argument("--seconds", type=float, default=seconds)
+    return ap
 
 
 # ---- /proc ---------------------------------------------------------------------------

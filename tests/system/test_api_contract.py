@@ -93,6 +93,7 @@ def failures(report: dict[str, Any]) -> dict[str, tuple[int, list[str]]]:
 
 def test_schemathesis_finds_nothing(live: Live, tmp_path: Path) -> None:
     code, report, out = schemathesis(live, tmp_path, "-n", "10")
+    print(f"{report['test_cases']['generated']} cases in {report['running_time']:.1f} s")
     assert code == 0 and not report["failures"] and not report["errors"], (
         failures(report), report["errors"], out[-4000:])
     assert report["test_cases"]["generated"] >= 300
