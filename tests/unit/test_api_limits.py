@@ -155,7 +155,7 @@ def test_the_options_set_the_limits() -> None:
 def test_metrics_show_the_connections_and_every_refusal_by_reason() -> None:
     parser = pytest.importorskip("prometheus_client.parser")
     rejected = {"cap": 1, "evicted": 2, "deadline": 3, "streams": 4}
-    text = metrics.render(metrics.Snapshot([], events_total=0, events_dropped=0, filters_max=64,
+    text = metrics.render(metrics.Snapshot([], events_total=0, dropped={}, filters_max=64,
                                            attach_mode="tp_btf", version="0", sampling=False,
                                            api_connections=5, api_connections_max=256, api_rejected=rejected))
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
