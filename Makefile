@@ -13,7 +13,7 @@ BPF_CFLAGS = -O2 -g -target bpf -mcpu=v3 -Wall -Werror \
 	-fdebug-prefix-map=$(CURDIR)=. -fno-ident
 APT_RUN    = python3-venv
 APT_BUILD  = clang llvm libbpf-dev
-APT_TEST   = bpftool iproute2 libcap2-bin curl
+APT_TEST   = bpftool iproute2 libcap2-bin curl prometheus
 APT_VM     = qemu-system-x86 kmod debian-archive-keyring
 KERNELS   ?= 5.10 6.1 6.12
 
@@ -28,7 +28,9 @@ $(BPF_OBJ): $(BPF_SRC)
 	$(STRIP) -g $@
 
 # Debian packages (only the missing ones are installed). deps-run: what
-# running ttcp from a checkout needs; deps: also the build and test tools.
+# running ttcp from a checkout needs; deps: also the build and test tools
+# (prometheus: the tests start their own server and run promtool; on a machine
+# with systemd, Debian's package also enables its own service on :9090).
 define apt_install
 	@missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \

@@ -19,7 +19,7 @@ import json
 import resource
 import time
 
-from common import percentile
+from common import api_client_options, percentile
 
 
 async def _response(reader: asyncio.StreamReader) -> int:
@@ -115,12 +115,8 @@ async def main_async(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--host", required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--src", required=True, help="client source address")
+    ap = api_client_options(__doc__)
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--mode", choices=("get", "putdel"), default="get")
     ap.add_argument("--path", default="/", help="what get mode asks for")

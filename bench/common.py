@@ -7,6 +7,7 @@ other loopback addresses), and every process is stopped by its own PID.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -59,6 +60,17 @@ def percentile(sorted_xs: list[float], q: float) -> float | None:
         return None
     rank = max(1, min(len(sorted_xs), round(q / 100 * len(sorted_xs) + 0.5)))
     return sorted_xs[rank - 1]
+
+
+def api_client_options(doc: str, seconds: float = 5.0) -> argparse.ArgumentParser:
+    """The options of a process that loads ttcp's API: where it listens, the clients'
+    source address, for how long; the caller adds its own."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--src", required=True, help="client source address")
+    ap.add_argument("--seconds", type=float, default=seconds)
+    return ap
 
 
 # ---- /proc ---------------------------------------------------------------------------
@@ -333,12 +345,15 @@ def kernel_headers_tree(workdir: Path) -> tuple[Path, str] | None:
     return tree, arch[-1].name
 
 
+def ttcp_tool() -> Tool:
+    return Tool("ttcp", ttcp_argv(), parse_ttcp, {"TTCP_TIMINGS": "1"}, signal.SIGTERM,
+                "tp_btf/tcp_destroy_sock (auto, fentry refused here), filter of 9 addresses", python=True)
+
+
 def tools(workdir: Path, only: str = "") -> list[Tool]:
     """ttcp and the tools users would pick instead, in measuring order."""
     found = [
-        Tool("ttcp", ttcp_argv(), parse_ttcp, {"TTCP_TIMINGS": "1"}, signal.SIGTERM,
-             "tp_btf/tcp_destroy_sock (auto, fentry refused here), filter of 9 addresses",
-             python=True),
+        ttcp_tool(),
         Tool("libbpf tcplife", ["stdbuf", "-oL", "/usr/sbin/tcplife"], parse_tcplife,
              note="libbpf-tools, tracepoint sock/inet_sock_set_state, every TCP socket"),
         Tool("bpftrace destroy_sock", ["bpftrace", "-B", "line", "-e", BT_DESTROY], parse_bt,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import fleet
 from common import PREVIOUS
 
 from ttcp.rtt.tracer import DEFAULT_RINGBUF_SIZE
@@ -368,6 +369,25 @@ def api(res: dict[str, Any]) -> list[str]:
                    "CPU s server / client"], rows)
 
 
+def api_flood(res: dict[str, Any]) -> list[str]:
+    f = res.get("api_flood", {})
+    if "error" in f or not f:
+        return [f"Not measured: {f.get('error', 'no result')}"]
+    rows = []
+    for label, m in (("alone", f.get("alone", {})), (f"{f['flood']:,} half-sent requests kept open",
+                                                    f.get("flooded", {}))):
+        if "req_per_s" in m:
+            latency = f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} / {m.get('GET', {}).get('max_ms', 0):.1f}"
+            rows.append([label, f"{m['req_per_s']:,.0f}", latency, str(m["non_2xx"] or 0)])
+    fl = f.get("flooder", {})
+    head = (f"{f['clients']} keep-alive clients asking GET / back to back, alone, then while a separate process "
+            f"keeps {f['flood']:,} half-sent requests open (each one ttcp closes is opened again: "
+            f"{fl.get('opened', '?'):,} opened in all, answers {fl.get('statuses')}); ttcp at its default "
+            f"limits (256 connections, 10 s deadline). ttcp's descriptors: {f.get('fds_before')} before, "
+            f"{f.get('fds_flooded')} flooded, {f.get('fds_after')} after; refused by reason: {f.get('rejected')}.")
+    return [head, "", *_table(["GET / clients", "req/s", "p50 / p99 / max ms", "non-2xx"], rows)]
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     v = m["versions"]
@@ -410,6 +430,10 @@ def render(res: dict[str, Any]) -> str:
     lines += api(res)
     lines += ["", "### 5b. /metrics while events flow", ""]
     lines += metrics_load(res)
+    lines += ["", "### 5c. A bounded /metrics, and the BPF statistics' cost", ""]
+    lines += fleet.report(res)
+    lines += ["", "### 5d. The API under a flood of half-sent requests", ""]
+    lines += api_flood(res)
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@ the tables and rewrites the generated part of BENCHMARKS.md (between the
 `results` markers; the text around them is kept). Raw numbers and every
 tool's output stay in the work directory (printed at the end).
 
-    .venv/bin/python bench/run.py [--quick] [--only 'libbpf,bpftrace'] [--no-write]
+    .venv/bin/python bench/run.py [--quick] [--only 'libbpf,bpftrace'] [--no-write] [--stage api-flood]
 
 Environment: BENCH_NO_INSTALL=1 skips installing the compared tools with
 apt-get (bpfcc-tools, python3-bpfcc, bpftrace, libbpf-tools and, for bcc on a
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import compare
+import fleet
 import inproc
 import report
 from common import (
@@ -59,12 +60,14 @@ from common import (
     status,
     stop_process,
     tools,
+    ttcp_tool,
 )
 
 from ttcp import syscalls
 
 PACKAGES = ["bpfcc-tools", "python3-bpfcc", "bpftrace", "libbpf-tools", "linux-headers-amd64"]
 API_CLIENT = "127.0.7.10"  # source of the API clients (not a filter)
+FLOOD_CLIENT = "127.0.7.11"  # source of the half-sent requests (not a filter)
 SUMMARY = re.compile(r"ttcp: (\d+) events printed, (\d+) dropped")
 DROP_REASONS = re.compile(r"dropped \((\d+) with the ring buffer full, (\d+) skipped by the kernel")
 
@@ -312,17 +315,21 @@ def api(tool: Tool, workdir: Path, pycache: Path, clients: int, seconds: float, 
 
 
 def metrics_under_load(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, filters: int, clients: int,
-                       seconds: float) -> dict[str, Any]:
+                       seconds: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """GET /metrics with `filters` filters, back to back from `clients` clients: first
     with no traffic, then while connload makes connections between filtered
-    addresses at full speed."""
-    run = ToolRun(_ttcp_with(tool, many_filters(filters)), workdir, "metrics", pipe=False, pycache=pycache)
-    out: dict[str, Any] = {"filters": filters, "clients": clients}
+    addresses at full speed. `extra`: more arguments for ttcp."""
+    base = _ttcp_with(tool, many_filters(filters))
+    base = Tool(base.name, base.argv + list(extra), base.parse, base.env, base.stop_signal, base.note, base.python)
+    run = ToolRun(base, workdir, "metrics" + "".join(extra).replace("-", "_"), pipe=False, pycache=pycache)
+    out: dict[str, Any] = {"filters": filters, "clients": clients, "args": list(extra)}
     if not _wait_header(run) or not _api_ready(PORT_API):
         run.stop()
         return {"error": run.stderr_text().strip().splitlines()[-3:]}
     try:
-        out["bytes"] = len(_get(PORT_API, "/metrics"))
+        answer = _get(PORT_API, "/metrics")
+        out["bytes"] = len(answer)
+        out["series"] = sum(1 for line in answer.splitlines() if line and not line.startswith(b"#"))
         out["idle"] = _api_loads(run.pid, PORT_API, clients, seconds, pycache, "metrics, no traffic",
                                  modes=("get",), path="/metrics")["get"]
         load = subprocess.Popen([str(gen.exe), "client", CLIENT_BASE, str(CLIENT_COUNT), SERVER,
@@ -338,6 +345,44 @@ def metrics_under_load(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, f
     finally:
         run.stop()
     log(f"   /metrics under load: {out.get('events_per_s', 0):.0f} events/s meanwhile")
+    return out
+
+
+def api_flood(tool: Tool, workdir: Path, pycache: Path, clients: int, seconds: float,
+              flood: int) -> dict[str, Any]:
+    """GET / from `clients` keep-alive clients, alone, then while `flood` half-sent
+    requests are kept open (bench/api_flood.py: each one ttcp closes is opened again):
+    what the limits (the default cap, 256, and deadline, 10 s) leave to real clients."""
+    run = ToolRun(tool, workdir, "flood", pipe=False, pycache=pycache)
+    out: dict[str, Any] = {"clients": clients, "flood": flood}
+    if not _wait_header(run) or not _api_ready(PORT_API):
+        run.stop()
+        return {"error": run.stderr_text().strip().splitlines()[-3:]}
+    try:
+        def fds() -> int:
+            return len(os.listdir(f"/proc/{run.pid}/fd"))
+
+        out["fds_before"] = fds()
+        out["alone"] = _api_loads(run.pid, PORT_API, clients, seconds, pycache, "GET /, alone", modes=("get",))["get"]
+        flooder = subprocess.Popen([sys.executable, str(BENCH / "api_flood.py"), "--host", SERVER, "--port",
+                                    str(PORT_API), "--src", FLOOD_CLIENT, "--connections", str(flood),
+                                    "--seconds", str(seconds + 3.0)], stdout=subprocess.PIPE, text=True,
+                                   env=child_env(pycache=pycache))
+        try:
+            time.sleep(1.5)  # all opened, the cap full of them
+            out["fds_flooded"] = fds()
+            out["flooded"] = _api_loads(run.pid, PORT_API, clients, seconds, pycache,
+                                        f"GET /, {flood} half-requests kept open", modes=("get",))["get"]
+            stdout, _ = flooder.communicate(timeout=seconds + 30)
+            out["flooder"] = json.loads(stdout)
+        finally:
+            stop_process(flooder, signal.SIGTERM, grace=3.0)
+        health = json.loads(_get(PORT_API, "/healthz"))
+        out["rejected"] = health.get("api_connections_rejected")
+        time.sleep(1.0)
+        out["fds_after"] = fds()
+    finally:
+        run.stop()
     return out
 
 
@@ -369,6 +414,9 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma list: compare ttcp only with tools whose name "
                                                "contains one of these")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--stage", choices=("all", "fleet", "api-flood"), default="all",
+                    help="fleet: only issue 25's measurements (bounded /metrics, BPF statistics); api-flood: "
+                         "only the API under a flood of half-sent requests; printed, BENCHMARKS.md left alone")
     args = ap.parse_args()
     if os.geteuid() != 0:
         log("bench: run as root (make bench)")
@@ -381,7 +429,8 @@ def main() -> int:
          "api_clients": 50, "api_seconds": 2.0 if q else 3.0, "api_rounds": 1 if q else 3, "api_filters": 1000,
          "metrics_clients": 1, "metrics_seconds": 2.0 if q else 5.0,
          "phase_reps": 2 if q else 5, "bulk_bytes": 500_000_000 if q else 2_000_000_000,
-         "bulk_pairs": 3 if q else 9}
+         "bulk_pairs": 3 if q else 9, "stats_rounds": 5 if q else 15, "stats_repeat": 2_000_000,
+         "flood_clients": 10, "flood": 2000}
     ensure_packages()
     workdir = Path(os.environ.get("BENCH_OUT") or tempfile.mkdtemp(prefix="ttcp-bench."))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -389,6 +438,12 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine(), "params": p}
     log(f"bench: work files in {workdir}")
     t_start = time.monotonic()
+    if args.stage == "fleet":
+        return _fleet_only(results, workdir, pycache, p, t_start)
+    if args.stage == "api-flood":
+        return _api_flood_only(results, workdir, pycache, p, t_start)
+    log("== BPF statistics' cost (before the run turns them on)")
+    results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
     stats_fd = syscalls.enable_stats()  # run_time_ns/run_cnt count while this fd is open
     gen = LoadGen(workdir)
     try:
@@ -416,6 +471,9 @@ def main() -> int:
         log("== /metrics while events flow")
         results["metrics"] = metrics_under_load(ttcp, gen, workdir, pycache, p["api_filters"],
                                                 p["metrics_clients"], p["metrics_seconds"])
+        results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
+        log("== the API under a half-request flood")
+        results["api_flood"] = api_flood(ttcp, workdir, pycache, p["flood_clients"], p["api_seconds"], p["flood"])
     finally:
         gen.close()
         syscalls.close(stats_fd)
@@ -427,6 +485,45 @@ def main() -> int:
     if not args.no_write and not q:
         report.write(ROOT / "BENCHMARKS.md", text)
         log("bench: BENCHMARKS.md updated")
+    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
+    return 0
+
+
+def _metrics_bound(ttcp: Tool, gen: LoadGen, workdir: Path, pycache: Path, p: dict[str, Any]) -> dict[str, Any]:
+    log("== /metrics bounded and not")
+    return fleet.metrics_bound(lambda extra: metrics_under_load(
+        ttcp, gen, workdir, pycache, p["api_filters"], p["metrics_clients"], p["metrics_seconds"], tuple(extra)),
+        p["api_filters"])
+
+
+def _fleet_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any],
+                t_start: float) -> int:
+    """--stage fleet: the BPF statistics' cost, then /metrics bounded and not."""
+    log("== BPF statistics' cost")
+    results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
+    gen = LoadGen(workdir)
+    try:
+        gen.serve(SERVER, PORT_LOAD)
+        ttcp = ttcp_tool()
+        results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
+    finally:
+        gen.close()
+    results["elapsed_s"] = time.monotonic() - t_start
+    fleet.write_json(workdir / "results.json", results)
+    print("\n".join(fleet.report(results)))
+    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
+    return 0
+
+
+def _api_flood_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any],
+                    t_start: float) -> int:
+    """--stage api-flood: the API under a flood of half-sent requests."""
+    log("== the API under a half-request flood")
+    results["api_flood"] = api_flood(ttcp_tool(), workdir, pycache, p["flood_clients"], p["api_seconds"],
+                                     p["flood"])
+    results["elapsed_s"] = time.monotonic() - t_start
+    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print("\n".join(report.api_flood(results)))
     log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
     return 0
 

@@ -14,23 +14,30 @@ waits in the listen queue until the server answers it. Events go to stdout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ttcp.api.event_stream import DEFAULT_BACKLOG, EventHub
-from ttcp.api.metrics import FilterSeries, Snapshot
+from ttcp.api.limits import Connections, Limits
+from ttcp.api.metrics import FileCounters, FilterSeries, ProgramStats, Snapshot
+from ttcp.api.process_metrics import ProcessMetrics, ProcessReader
+from ttcp.api.series_bound import DEFAULT_MAX_SERIES, SeriesBound
 from ttcp.api.token import Token
-from ttcp.errors import BindError
+from ttcp.errors import BindError, FormatError
+from ttcp.kernel.bpf_stats import BpfStats
 from ttcp.output import HistogramPrinter, Printer
 from ttcp.rtt import clock, events
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
+from ttcp.rtt.filters_sync import SETTLE_S, FiltersFile
 from ttcp.rtt.tracer import Tracer
 from ttcp.workloads.resolver import Resolver
 
@@ -49,10 +56,12 @@ def version() -> str:
         return "unknown"
 
 
-def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+def listen(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
     """The API's listening sockets, bound as asyncio's create_server binds them
     (every address `host` resolves to; SO_REUSEADDR; IPv6 sockets v6-only).
-    BindError if one cannot be had; nothing stays open then."""
+    BindError if one cannot be had; nothing stays open then. The listen queue
+    is deep enough for a burst of thousands of connects: a full one drops SYNs,
+    and a client whose SYN is dropped, a fresh /healthz too, waits 1 s to retry."""
     socks: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -86,6 +95,10 @@ class Options:
     token: Token | None = None  # required of every API call but GET /healthz
     allowed_hosts: tuple[str, ...] = ()  # names accepted in Host besides IP literals and localhost
     sockets: list[socket.socket] = field(default_factory=list)  # from listen(): the API serves these
+    filters_file: FiltersFile | None = None  # started: applied once, its directory watched
+    bpf_stats: BpfStats = field(default_factory=BpfStats)  # the kernel's BPF statistics (--bpf-stats)
+    max_series: int = DEFAULT_MAX_SERIES  # bound on /metrics' series (0: none)
+    limits: Limits = field(default_factory=Limits)  # connections, request deadline, keep-alive, streams
 
 
 class Agent:
@@ -98,7 +111,12 @@ class Agent:
         self.resolver = resolver  # its cgroup paths are followed while the loop runs
         self.opts = opts
         self.histograms = histograms
-        self.hub = EventHub(opts.stream_backlog)
+        self.hub = EventHub(opts.stream_backlog, max_clients=opts.limits.stream_clients)
+        self.connections: Connections[Any] = Connections(opts.limits)  # the API's, once it serves
+        self.bound = SeriesBound(opts.max_series)
+        self.process: ProcessReader | None = None
+        with contextlib.suppress(OSError, FormatError):  # no /proc: no process metrics
+            self.process = ProcessReader()
         self._runner: Any = None  # the API's aiohttp runner, once it serves
 
     @property
@@ -121,6 +139,9 @@ class Agent:
             "sampling": self.tracer.sampling_enabled,
             "stream_clients": len(self.hub.clients),
             "stream_clients_dropped": self.hub.dropped_clients,
+            "api_connections": self.connections.counts.open,
+            "api_connections_max": self.opts.limits.max_connections,
+            "api_connections_rejected": self._rejected(),
         }
 
     def sampling(self) -> dict[str, Any]:
@@ -145,11 +166,29 @@ class Agent:
     def metrics(self) -> Snapshot:
         table = self.tracer.table
         assert table is not None
-        series = [FilterSeries(str(f), s.closed, s.sampled) for f, s in self._stats().items()]
-        return Snapshot(series, events_total=self.printer.printed, events_dropped=self.tracer.drops(),
+        series = [FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns) for f, s in self._stats().items()]
+        source = self.opts.filters_file
+        return Snapshot(series, events_total=self.printer.printed,
+                        dropped={"ring_full": self.tracer.ring_full(), "recursion": self.tracer.recursion_misses()},
                         filters_max=table.max_entries, attach_mode=self.tracer.report.mode,
                         version=self.version, sampling=self.tracer.sampling_enabled,
-                        stream_clients_dropped=self.hub.dropped_clients)
+                        stream_clients_dropped=self.hub.dropped_clients, process=self._process(),
+                        programs=[ProgramStats(*p) for p in self.tracer.program_stats()],
+                        bpf_stats=self.opts.bpf_stats.enabled(),
+                        filters_file=None if source is None else FileCounters(source.errors_total, source.reload_ok),
+                        bound=self.bound, now_ns=time.monotonic_ns(), api_connections=self.connections.counts.open,
+                        api_connections_max=self.opts.limits.max_connections, api_rejected=self._rejected())
+
+    def _rejected(self) -> dict[str, int]:
+        return {**self.connections.counts.rejected, "streams": self.hub.refused_clients}
+
+    def _process(self) -> ProcessMetrics | None:
+        if self.process is None:
+            return None
+        try:
+            return self.process.read()
+        except (OSError, FormatError):  # left out of this answer rather than failing it
+            return None
 
     # ---- the loop ----
 
@@ -182,12 +221,15 @@ class Agent:
             await asyncio.to_thread(preload.join)
         from ttcp import server
         assert self.tracer.table is not None
+        source = self.opts.filters_file
         hooks = server.ApiHooks(health=self.health, mono_to_wall=clock.monotonic_to_wall,
                              metrics=self.metrics, sampling=self.sampling, set_sampling=self.set_sampling,
-                             events=self.hub, table_full_hint=self.opts.table_full_hint)
+                             events=self.hub, table_full_hint=self.opts.table_full_hint,
+                             filters_file=None if source is None else source.status)
         app = server.create_app(self.tracer.table, hooks, token=self.opts.token,
                                 allowed_hosts=self.opts.allowed_hosts)
-        self._runner = await server.start(app, self.opts.host, self.opts.port, self.opts.sockets)
+        self._runner = await server.start(app, self.opts.host, self.opts.port, self.opts.sockets,
+                                          connections=self.connections)
         if on_api is not None:
             on_api()
 
@@ -239,6 +281,7 @@ class Agent:
         loop.add_reader(ring.fileno(), on_readable)
         if watched >= 0:
             loop.add_reader(watched, follow_workloads)
+        unwatch = self._watch_filters_file(loop)
         try:
             drain()
             await start_api()
@@ -247,9 +290,37 @@ class Agent:
             loop.remove_reader(ring.fileno())
             if watched >= 0:
                 loop.remove_reader(watched)
+            unwatch()
             if ticker is not None:
                 ticker.cancel()
             drain()
+
+    def _watch_filters_file(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """Read the filters file again SETTLE_S after its directory's first event (a
+        ConfigMap update is several); returns what stops watching."""
+        source = self.opts.filters_file
+        if source is None or source.watch is None:
+            return lambda: None
+        fd = source.watch.fileno()
+        pending: list[asyncio.TimerHandle] = []
+
+        def on_events() -> None:
+            if source.changed() and not pending:
+                pending.append(loop.call_later(SETTLE_S, reload))
+
+        def reload() -> None:
+            pending.clear()
+            source.reload()
+            if source.lost_watch():
+                loop.remove_reader(fd)
+
+        def unwatch() -> None:
+            loop.remove_reader(fd)
+            for handle in pending:
+                handle.cancel()
+
+        loop.add_reader(fd, on_events)
+        return unwatch
 
     async def _histogram_ticks(self, stop: asyncio.Event) -> None:
         assert self.histograms is not None and self.opts.histogram_s

@@ -30,15 +30,19 @@ from typing import NoReturn, TextIO, TypeVar
 from ttcp.agent import Agent, Options, listen
 from ttcp.api.event_stream import DEFAULT_BACKLOG
 from ttcp.api.host_names import HostNameError, is_loopback, normalize_name
+from ttcp.api.limits import Limits
+from ttcp.api.series_bound import DEFAULT_MAX_SERIES
 from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
 from ttcp.errors import BindError, TtcpError
+from ttcp.kernel.bpf_stats import BpfStats
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.output import HistogramPrinter, Printer, to_devnull
 from ttcp.rtt import filters
 from ttcp.rtt.events import Lines
 from ttcp.rtt.filter_table import KernelFilterTable
+from ttcp.rtt.filters_sync import FiltersFile
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
-from ttcp.rtt.table_rules import CorruptTableError
+from ttcp.rtt.table_rules import CorruptTableError, Origin
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 from ttcp.workloads.resolver import Resolver
 
@@ -107,6 +111,18 @@ FLEET (a DaemonSet: deploy/kubernetes/ and README's "Running on a fleet"):
   Host header: requests must name the API by IP address or localhost (any
   port), or by an --allowed-host name; others get 421 (DNS rebinding guard).
   Without a token, --host other than loopback draws a warning at start.
+  --filters-file /etc/ttcp/filters/filters
+                                filters from a file (a mounted ConfigMap), one
+                                per line, '#' comments; read again whenever it
+                                changes. Its filters are its own: DELETE of one
+                                answers 409. A version with a bad line is not
+                                applied (the last good one stays; GET /filters
+                                and ttcp_filters_file_errors_total say why).
+  --metrics-max-series N        bound /metrics (default 10000; 0: none): the least
+                                recently used filters' histograms are left out.
+  --bpf-stats                   the kernel time of ttcp's BPF programs in /metrics
+                                (turns the kernel's BPF statistics on for the whole
+                                machine while ttcp runs; needs CAP_SYS_ADMIN).
 
 needs: root (or CAP_BPF + CAP_PERFMON), a kernel with BTF
 (/sys/kernel/btf/vmlinux). On SIGINT/SIGTERM ttcp drains the ring buffer,
@@ -165,6 +181,16 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535)")
     return port
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
+    return n
 
 
 def _positive(text: str) -> int:
@@ -229,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-backlog", type=_positive, default=DEFAULT_BACKLOG, metavar="LINES",
                    help="event lines a GET /events client may fall behind before it is disconnected "
                         "(default: %(default)s; about 350 bytes each)")
+    limits = p.add_argument_group("API limits (any client that reaches the port can open connections)")
+    limits.add_argument("--max-connections", type=_positive, default=Limits.max_connections, metavar="N",
+                        help="API connections at once (default: %(default)s; give ttcp a `ulimit -n` of 2N + "
+                             "64); at the limit a new one displaces the connection that has waited longest "
+                             "for the rest of its request (503), else the longest idle, or is refused (503)")
+    limits.add_argument("--request-timeout", type=_seconds, default=Limits.request_timeout_s,
+                        metavar="SECONDS", help="time for a request's headers and body to arrive, from its "
+                                                "first byte (default: %(default)g; then 408 and close)")
+    limits.add_argument("--keepalive-timeout", type=_seconds, default=Limits.keepalive_timeout_s,
+                        metavar="SECONDS", help="an idle connection is closed after SECONDS without a "
+                                                "request (default: %(default)g)")
+    limits.add_argument("--max-stream-clients", type=_positive, default=Limits.max_stream_clients, metavar="N",
+                        help="GET /events clients at once, at most half of --max-connections "
+                             "(default: %(default)s; one more gets 503)")
     fleet = p.add_argument_group("fleet agent (see FLEET below)")
     fleet.add_argument("--pin", type=Path, metavar="DIR",
                        help="keep the filter table (filters, counters, histograms) pinned in DIR, a "
@@ -244,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
                        action="append", default=[],
                        help="also answer requests whose Host header is NAME (IP addresses and localhost "
                             "always work; other names get 421, against DNS rebinding); repeatable")
+    fleet.add_argument("--filters-file", type=Path, metavar="PATH",
+                       help="filters from PATH, one per line ('#' comments), applied before the program "
+                            "attaches and again whenever the file changes (a mounted ConfigMap works); the "
+                            "API cannot delete them; a version with a bad line is not applied")
+    fleet.add_argument("--metrics-max-series", type=_count, default=DEFAULT_MAX_SERIES, metavar="N",
+                       help="at most about N series in GET /metrics: past it, the histograms of the least "
+                            "recently used filters are left out (default: %(default)s; 0: no bound)")
+    fleet.add_argument("--bpf-stats", action="store_true",
+                       help="turn the kernel's BPF statistics on while ttcp runs, for the run time of its "
+                            "programs in /metrics (costs every BPF program on the machine tens of ns a run; "
+                            "needs CAP_SYS_ADMIN)")
     return p
 
 
@@ -421,7 +472,11 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
     sockets = [] if args.no_api else _listen(args.host, args.port)
     timings.phase("listen")
     resolver = Resolver.for_host()
+    source: FiltersFile | None = None
+    stats = BpfStats()
     try:
+        if args.bpf_stats:
+            stats = BpfStats.enable()
         with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
                     btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset, resolver=resolver) as tracer:
             timings.phase("object")
@@ -432,6 +487,13 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
             if len(wanted) > args.max_filters:
                 raise TtcpError(f"{len(wanted)} --filter filters exceed --max-filters {args.max_filters}")
             tracer.add_filters(wanted)
+            if args.filters_file is not None:
+                # With --pin, the pinned table says which filters the file managed (their
+                # origin, kept in the `texts` map): those it no longer lists go now.
+                source = FiltersFile(args.filters_file, table)
+                source.start()
+            else:  # a pinned table's file filters, with no file to manage them: the API's now
+                table.set_origin([f for f in table.filters() if table.origin(f) is Origin.FILE], Origin.API)
             timings.phase("maps")
             tracer.attach(args.attach)
             if args.sample:
@@ -448,7 +510,8 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                            table_header=args.format == "table" and histograms is None,
                            histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
                            stream_backlog=args.stream_backlog, token=token,
-                           allowed_hosts=tuple(args.allowed_hosts), sockets=sockets)
+                           allowed_hosts=tuple(args.allowed_hosts), sockets=sockets, filters_file=source,
+                           bpf_stats=stats, max_series=args.metrics_max_series, limits=_limits(args))
             agent = Agent(tracer, printer, opts, histograms, resolver)
 
             def header_out() -> None:
@@ -467,8 +530,16 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
         for sock in sockets:  # the server closed them; not if it never started
             sock.close()
         resolver.close()
+        if source is not None:
+            source.close()
+        stats.close()
     print(f"ttcp: {_summary(printer, dropped, histograms is not None)}", file=sys.stderr)
     return 0
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(max_connections=args.max_connections, request_timeout_s=args.request_timeout,
+                  keepalive_timeout_s=args.keepalive_timeout, max_stream_clients=args.max_stream_clients)
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:

@@ -15,7 +15,10 @@ all-or-nothing guarantee.
 Errors are JSON objects {"error": "..."}; client mistakes never produce a 500.
 Who may call it is decided before any handler runs, by two middlewares of
 their own module, ttcp.api.guards: the Host header (against DNS rebinding)
-and the bearer token, when one is set.
+and the bearer token, when one is set. How many connections it keeps and how
+long a request may take to arrive, ttcp.api.limits decides and
+ttcp.api.connections enforces; the OpenAPI document it serves is
+ttcp/data/openapi.json cut to the running configuration (ttcp.api.openapi).
 """
 
 from __future__ import annotations
@@ -26,22 +29,24 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ttcp.api import metrics
+from ttcp.api import metrics, openapi
+from ttcp.api.connections import GatedSite, pool, track
 from ttcp.api.event_stream import EventHub
 from ttcp.api.guards import bearer_auth, check_host
+from ttcp.api.limits import Connections, Limits
 from ttcp.api.token import Token
 from ttcp.errors import BindError, TtcpError
 from ttcp.rtt import filters as F
 from ttcp.rtt.filter_table import FilterStats, FilterTable
 from ttcp.rtt.filters import Filter, FilterError
-from ttcp.rtt.table_rules import NotInTableError, TableFullError
+from ttcp.rtt.filters_file import Status as FileStatus
+from ttcp.rtt.table_rules import NotInTableError, Origin, TableFullError
 
 log = logging.getLogger("ttcp.server")
 
@@ -52,6 +57,7 @@ _ON = {"on", "true", "1", "yes"}
 _OFF = {"off", "false", "0", "no"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FILTER_PATH = r"/filters/{filter:[\s\S]+}"
 
 
 class ApiError(TtcpError):
@@ -74,6 +80,7 @@ class ApiHooks:
     set_sampling: Callable[[bool], dict[str, Any]] | None = None  # raises TtcpError
     events: EventHub | None = None
     table_full_hint: str = ""  # how to get a larger table, in the caller's terms
+    filters_file: Callable[[], FileStatus] | None = None  # --filters-file: its state
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -141,11 +148,11 @@ def parse_body(body: bytes, content_type: str) -> list[Filter]:
 class _Api:
     """Handlers bound to one filter table and the agent's hooks."""
 
-    def __init__(self, table: FilterTable, hooks: ApiHooks, max_body: int) -> None:
+    def __init__(self, table: FilterTable, hooks: ApiHooks, max_body: int, token: bool) -> None:
         self.table = table
         self.hooks = hooks
         self.max_body = max_body
-        self.openapi_doc = _load_openapi()
+        self.openapi_doc = openapi.served(token=token)
         self._listing: tuple[int, bytes] | None = None
 
     # -- helpers --
@@ -180,6 +187,10 @@ class _Api:
             raise ApiError(400, f"bad filter: {e}") from None
 
     def _remove(self, fs: Sequence[Filter]) -> None:
+        managed = [f for f in fs if self.table.origin(f) is Origin.FILE]
+        if managed and self.hooks.filters_file is not None:
+            raise ApiError(409, f"{', '.join(map(str, managed))}: managed by the filters file "
+                                f"{self.hooks.filters_file().path}; remove it there (nothing was removed)")
         try:
             self.table.remove(fs)
         except NotInTableError as e:
@@ -193,6 +204,7 @@ class _Api:
             "matches": s.matches,
             "last_match": None if unix is None else _iso(unix),
             "last_match_unix": unix,
+            "origin": "file" if self.table.origin(f) is Origin.FILE else "api",
         }
         state = self.table.workload_state(f)
         if state is not None:
@@ -231,8 +243,9 @@ class _Api:
         fs = self.table.filters()
         stats = self.table.stats(fs)
         entries = [self._entry(f, stats.get(f, FilterStats.empty())) for f in fs]
-        return web.json_response(
-            {"filters": entries, "count": len(entries), "max_entries": self.table.max_entries})
+        source = None if self.hooks.filters_file is None else _file_status(self.hooks.filters_file())
+        return web.json_response({"filters": entries, "count": len(entries), "max_entries": self.table.max_entries,
+                                  "filters_file": source})
 
     async def get_filter(self, request: web.Request) -> web.Response:
         f = self._path_filter(request)
@@ -273,7 +286,7 @@ class _Api:
     async def put_sampling(self, request: web.Request) -> web.Response:
         if self.hooks.set_sampling is None:
             raise ApiError(404, "live sampling is not available in this agent")
-        on = _switch(_decode(await self._read_body(request)), request.content_type)
+        on = parse_switch(await self._read_body(request), request.content_type)
         try:
             return web.json_response(self.hooks.set_sampling(on))
         except TtcpError as e:
@@ -284,6 +297,8 @@ class _Api:
         if hub is None:
             raise ApiError(404, "no event stream in this agent")
         client = hub.subscribe()
+        if client is None:
+            raise ApiError(503, f"too many GET /events clients (at most {hub.max_clients}); retry later")
         transport = request.transport
         if transport is not None:
             client.on_drop = transport.abort  # unblocks a write to a client that stopped reading
@@ -339,6 +354,10 @@ class _Api:
                 raise
             return self._http_error(request, e)
         except Exception:
+            if request.transport is None or request.transport.is_closing():
+                # The client went away (or a limit closed it) while its body was awaited:
+                # nobody to answer, nothing to report. aiohttp drops this answer quietly.
+                return web.Response(status=204)
             log.exception("internal error handling %s %s", request.method, request.path)
             return _error(500, "internal server error (details on ttcp's stderr)")
 
@@ -349,10 +368,11 @@ class _Api:
         router.add_get("/filters", self.list_filters, allow_head=False)
         router.add_put("/filters", self.add_filters)
         router.add_delete("/filters", self.remove_filters)
-        # `.+` so "10.0.0.0/8" (one path segment or two) reaches the parser.
-        router.add_get("/filters/{filter:.+}", self.get_filter, allow_head=False)
-        router.add_put("/filters/{filter:.+}", self.put_filter)
-        router.add_delete("/filters/{filter:.+}", self.delete_filter)
+        # Any characters, newlines too, so "10.0.0.0/8" (one path segment or two) and any
+        # decoded text reach the parser: a 400 naming the part, never a routing 404.
+        router.add_get(FILTER_PATH, self.get_filter, allow_head=False)
+        router.add_put(FILTER_PATH, self.put_filter)
+        router.add_delete(FILTER_PATH, self.delete_filter)
         router.add_get("/histograms", self.histograms, allow_head=False)
         router.add_get("/metrics", self.prometheus, allow_head=False)
         router.add_get("/sampling", self.get_sampling, allow_head=False)
@@ -362,8 +382,15 @@ class _Api:
         router.add_get("/openapi.json", self.openapi, allow_head=False)
 
 
-def _switch(text: str, content_type: str) -> bool:
+def _file_status(s: FileStatus) -> dict[str, Any]:
+    error = None if s.error is None else {"line": s.error.line, "message": s.error.message, "at": _iso(s.error.at)}
+    return {"path": s.path, "version": s.version, "applied_at": None if s.applied_at is None else _iso(s.applied_at),
+            "filters": s.filters, "error": error}
+
+
+def parse_switch(body: bytes, content_type: str) -> bool:
     """`on`/`off` (also true/false, 1/0, yes/no), or JSON {"enabled": bool}."""
+    text = _decode(body)
     word = text.strip().lower()
     if content_type in _JSON_TYPES:
         try:
@@ -384,16 +411,13 @@ def _switch(text: str, content_type: str) -> bool:
 # ---- application lifecycle ----------------------------------------------------------
 
 
-def _load_openapi() -> bytes:
-    return (Path(__file__).with_name("data") / "openapi.json").read_bytes()
-
-
 def create_app(table: FilterTable, hooks: ApiHooks, *, max_body: int = MAX_BODY, token: Token | None = None,
                allowed_hosts: Iterable[str] = ()) -> web.Application:
     """The API application over `table`: requests must name it in Host (an IP
     address, localhost or one of `allowed_hosts`) and, given a token, carry it."""
-    api = _Api(table, hooks, max_body)
-    middlewares = [api.errors, check_host(allowed_hosts)] + ([bearer_auth(token)] if token is not None else [])
+    api = _Api(table, hooks, max_body, token=token is not None)
+    middlewares = [track, api.errors, check_host(allowed_hosts)] + (
+        [bearer_auth(token)] if token is not None else [])
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     api.add_routes(app.router)
     if hooks.events is not None:
@@ -425,20 +449,25 @@ _http_log = logging.getLogger("ttcp.http")
 _http_log.addFilter(_AiohttpReports())
 
 
-async def start(app: web.Application, host: str, port: int,
-                sockets: Sequence[socket.socket] = ()) -> web.AppRunner:
+async def start(app: web.Application, host: str, port: int, sockets: Sequence[socket.socket] = (),
+                connections: Connections[Any] | None = None) -> web.AppRunner:
     """Serve on `sockets` (already listening), or listen on host:port; a bind
-    failure becomes a one-line BindError.
+    failure becomes a one-line BindError. Every connection goes through
+    `connections` (by default a table with the default limits).
 
     No access log: stdout belongs to the event stream. Handlers finish in
     microseconds, so a short shutdown timeout only cuts off slow clients
     (e.g. one still sending a refused body) instead of delaying exit by 60 s.
     """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0, logger=_http_log)
+    table = connections if connections is not None else Connections(Limits())
+    handler_args: dict[str, Any] = {"access_log": None, "logger": _http_log,
+                                    "keepalive_timeout": table.limits.keepalive_timeout_s}
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **handler_args)
     await runner.setup()
+    gates = pool(runner, table, handler_args)
     try:
-        sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in sockets]
-        for site in sites or [web.TCPSite(runner, host, port)]:
+        sites = [GatedSite(runner, gates, sock=sock) for sock in sockets]
+        for site in sites or [GatedSite(runner, gates, host=host, port=port)]:
             await site.start()
     except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
         await runner.cleanup()

@@ -1,4 +1,4 @@
-"""Thin, typed wrappers over bpf(2), perf_event_open(2) and friends.
+"""Thin, typed wrappers over bpf(2), perf_event_open(2) and friends (inotify(7) too).
 
 This is the only module in ttcp that talks to the kernel through ctypes (the
 file system calls of the workloads, inotify(7) and open_by_handle_at(2),
@@ -23,6 +23,7 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ttcp.errors import BpfError, privilege_hint
 from ttcp.kernel.abi import (
@@ -50,14 +51,13 @@ from ttcp.kernel.abi import (
 from ttcp.kernel.uapi import (
     BPF_LOG_STATS,
     BPF_OBJ_NAME_LEN,
-    IN_CLOEXEC,
-    IN_NONBLOCK,
     NS_GET_NSTYPE,
     PERF_EVENT_IOC_ENABLE,
     PERF_EVENT_IOC_SET_BPF,
     PERF_FLAG_FD_CLOEXEC,
     PERF_TYPE_TRACEPOINT,
     Cmd,
+    Inotify,
     StatsType,
     UpdateFlag,
 )
@@ -113,6 +113,7 @@ _statfs_fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _mount_fn = _libc["mount"]
 _mount_fn.restype = ctypes.c_int
 _mount_fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+
 
 
 _inotify_init1 = _libc["inotify_init1"]
@@ -667,11 +668,20 @@ def link_get_fd_by_id(link_id: int) -> int:
 
 def prog_test_run(prog_fd: int, data_in: bytes = b"", repeat: int = 1, ctx_in: bytes = b"") -> int:
     """BPF_PROG_TEST_RUN; returns the program's return value (of the last run)."""
+    return int(_test_run(prog_fd, data_in, repeat, ctx_in).retval)
+
+
+def prog_test_run_ns(prog_fd: int, data_in: bytes = b"", repeat: int = 1) -> int:
+    """BPF_PROG_TEST_RUN `repeat` times; the mean ns per run, as the kernel timed its loop."""
+    return int(_test_run(prog_fd, data_in, repeat, b"").duration)
+
+
+def _test_run(prog_fd: int, data_in: bytes, repeat: int, ctx_in: bytes) -> ProgTestRunAttr:
     data, ctx = _Buf(data_in), _Buf(ctx_in)
     a = ProgTestRunAttr(prog_fd=prog_fd, data_size_in=len(data_in), data_in=data.addr, repeat=repeat,
                         ctx_size_in=len(ctx_in), ctx_in=ctx.addr)
     _bpf(Cmd.PROG_TEST_RUN, a, f"PROG_TEST_RUN fd {prog_fd}")
-    return int(a.retval)
+    return a
 
 
 # ---- ring buffer mapping --------------------------------------------------------------------
@@ -710,51 +720,6 @@ def _checked_libc(ret: int, what: str, path: str | None = None) -> int:
     return ret
 
 
-def inotify_init() -> int:
-    """A non-blocking, close-on-exec inotify instance."""
-    return _checked_libc(_inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
-
-
-def inotify_add_watch(fd: int, path: str | os.PathLike[str], mask: int) -> int:
-    """The watch descriptor of `path` (the same one again for the same inode)."""
-    return _checked_libc(_inotify_add_watch(fd, os.fsencode(path), mask), "inotify_add_watch", os.fspath(path))
-
-
-def inotify_rm_watch(fd: int, wd: int) -> None:
-    """Remove a watch; one the kernel removed already (its inode went) is no error."""
-    if _inotify_rm_watch(fd, wd) < 0 and ctypes.get_errno() != errno.EINVAL:
-        _checked_libc(-1, "inotify_rm_watch")
-
-
-_INOTIFY_EVENT = ctypes.sizeof(InotifyEvent)
-_INOTIFY_READ = 64 * (_INOTIFY_EVENT + 256)  # room for 64 events with the longest names
-
-
-def parse_inotify(data: bytes) -> list[tuple[int, int, str]]:
-    """(wd, mask, name) of each struct inotify_event in a read's bytes (pure)."""
-    out, at = [], 0
-    while at + _INOTIFY_EVENT <= len(data):
-        head = InotifyEvent.from_buffer_copy(data, at)
-        at += _INOTIFY_EVENT
-        name = data[at:at + head.len].split(b"\0", 1)[0]
-        at += head.len
-        out.append((head.wd, head.mask, os.fsdecode(name)))
-    return out
-
-
-def inotify_read(fd: int) -> list[tuple[int, int, str]]:
-    """Every event queued now ([] when none: the fd is non-blocking)."""
-    out: list[tuple[int, int, str]] = []
-    while True:
-        try:
-            data = os.read(fd, _INOTIFY_READ)
-        except BlockingIOError:
-            return out
-        except InterruptedError:
-            continue
-        out += parse_inotify(data)
-
-
 def open_by_handle(mount_fd: int, handle_type: int, handle: bytes, flags: int) -> int:
     """open_by_handle_at(2): a file of the file system `mount_fd` is on, by its handle
     (needs CAP_DAC_READ_SEARCH)."""
@@ -791,3 +756,65 @@ def mmap_file(path: str | os.PathLike[str]) -> mmap.mmap:
             return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
         except ValueError as e:  # an empty file
             raise OSError(errno.EINVAL, f"cannot map {path}: {e}") from None
+
+
+# ---- file watches (inotify) --------------------------------------------------------------
+
+_INOTIFY_HEAD = ctypes.sizeof(InotifyEvent)
+_INOTIFY_READ = 64 * 1024  # room for hundreds of events with the longest names
+
+
+class WatchEvent(NamedTuple):
+    wd: int
+    mask: Inotify
+    name: str  # the entry of the watched directory it is about ("" for the directory itself)
+
+
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify fd. Raises OSError (EMFILE: the user's
+    max_user_instances is reached)."""
+    return _checked_libc(_inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str | os.PathLike[str], mask: Inotify) -> int:
+    """Watch `path` for `mask`; the watch descriptor (the same one again for the same
+    inode). Raises OSError (ENOENT, ENOTDIR with Inotify.ONLYDIR, EACCES)."""
+    return _checked_libc(_inotify_add_watch(fd, os.fsencode(path), int(mask)), "inotify_add_watch",
+                         os.fspath(path))
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    """Remove a watch; one the kernel removed already (its inode went) is no error."""
+    if _inotify_rm_watch(fd, wd) < 0 and ctypes.get_errno() != errno.EINVAL:
+        _checked_libc(-1, "inotify_rm_watch")
+
+
+def inotify_read(fd: int) -> list[WatchEvent]:
+    """Every event queued now ([] when none: the fd is non-blocking). Raises OSError."""
+    out: list[WatchEvent] = []
+    while True:
+        try:
+            raw = os.read(fd, _INOTIFY_READ)
+        except BlockingIOError:
+            return out
+        except InterruptedError:
+            continue
+        out += parse_inotify(raw)
+
+
+def parse_inotify(raw: bytes) -> list[WatchEvent]:
+    """struct inotify_event records, back to back (pure). ValueError on a cut record:
+    the kernel only ever returns whole ones."""
+    out: list[WatchEvent] = []
+    at = 0
+    while at < len(raw):
+        if len(raw) - at < _INOTIFY_HEAD:
+            raise ValueError(f"inotify: {len(raw) - at} bytes left, a record needs {_INOTIFY_HEAD}")
+        head = InotifyEvent.from_buffer_copy(raw, at)
+        end = at + _INOTIFY_HEAD + head.len
+        if end > len(raw):
+            raise ValueError(f"inotify: a name of {head.len} bytes runs past the {len(raw)} read")
+        name = raw[at + _INOTIFY_HEAD:end].split(b"\0", 1)[0]
+        out.append(WatchEvent(head.wd, Inotify(head.mask), os.fsdecode(name)))
+        at = end
+    return out

@@ -74,7 +74,7 @@ NOT_IN_BTF = ("PseudoSrc", "PSEUDO_CALL", "PERF_FLAG_FD_CLOEXEC", "PERF_EVENT_IO
               "PERF_EVENT_IOC_SET_BPF", "BPF_OBJ_NAME_LEN", "BPF_LOG_STATS",
               "CAP_SYS_ADMIN", "CAP_SYS_RESOURCE", "CAP_PERFMON", "CAP_BPF",  # linux/capability.h
               "BPF_FS_MAGIC",  # linux/magic.h
-              "InotifyMask", "IN_NONBLOCK", "IN_CLOEXEC",  # linux/inotify.h
+              "Inotify",  # linux/inotify.h
               "NS_GET_NSTYPE", "CLONE_NEWNET")  # linux/nsfs.h, linux/sched.h
 # BPF_OBJ_NAME_LEN is still checked: it is the size of map_name, prog_name and the info names.
 

@@ -16,6 +16,8 @@ from tests.support.tracing import collect
 from tests.support.traffic import Server, connect_many, connect_once
 from ttcp import syscalls
 from ttcp.errors import BpfError
+from ttcp.kernel import features
+from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.rtt import events
 from ttcp.rtt import filters as F
 from ttcp.rtt.tracer import MODES, Tracer
@@ -247,3 +249,31 @@ def test_fentry_rtt_is_tcp_info_at_close(no_bpf_leaks):
     assert [e.sport for e in got] == [c.sport for c in conns]
     assert [e.rtt_us for e in got] == [c.rtt_us for c in conns]
     assert all(e.hook == HOOK_OF_MODE["fentry"] for e in got)
+
+
+def test_releasing_the_kernel_btf_closes_its_file_at_once(no_bpf_leaks):
+    """The kernel's BTF (mapped where sysfs allows, else read) is let go when the
+    tracer says so, without waiting for the cyclic collector: a long-running agent
+    holds no descriptor of it, and counts its descriptors steadily."""
+    import gc
+
+    def btf_files() -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == "/sys/kernel/btf/vmlinux":
+                    out.append(fd)
+        return out
+
+    before = btf_files()
+    # Another spelling of the path: conftest shares one parse of the usual one between tests.
+    path = VMLINUX_BTF.parent / ".." / VMLINUX_BTF.parent.name / VMLINUX_BTF.name
+    gc.disable()
+    try:
+        with Tracer(btf_path=path) as t:
+            t.attach("tp_btf", log=lambda _: None)
+            assert len(btf_files()) > len(before) or not features.sysfs_btf_mmap(VMLINUX_BTF).supported
+            t.release_kernel_btf()
+            assert btf_files() == before
+    finally:
+        gc.enable()

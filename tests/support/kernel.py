@@ -14,6 +14,7 @@ host, and a host-sized 5 s wait would fail for no fault of ttcp's.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -146,6 +147,19 @@ def bpf_loop() -> Probe:
         return Probe("bpf_loop", True)
     syscalls.close(fd)
     return Probe("bpf_loop", True)
+
+
+@functools.cache
+def enable_stats() -> Probe:
+    """BPF_ENABLE_STATS (5.8); a refusal for want of privilege is an error, not a skip."""
+    try:
+        fd = syscalls.enable_stats()
+    except BpfError as e:
+        if e.errno == errno.EINVAL:
+            return Probe("enable_stats", False, "BPF_ENABLE_STATS: EINVAL (no such command before 5.8)")
+        raise
+    syscalls.close(fd)
+    return Probe("enable_stats", True)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from ttcp.rtt.filter_table import FilterStats, NoWorkloads, RuledTable, WorkloadResolver, resolve_all
 from ttcp.rtt.filters import Filter
-from ttcp.rtt.table_rules import TableRules
+from ttcp.rtt.table_rules import Origin, TableRules
 
 
 class MemoryFilterTable(RuledTable):
@@ -27,7 +27,7 @@ class MemoryFilterTable(RuledTable):
     def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
         return {f: self._stats[f] for f in fs if f in self._stats}
 
-    def add(self, fs: Sequence[Filter]) -> list[Filter]:
+    def add(self, fs: Sequence[Filter], origin: Origin = Origin.API) -> list[Filter]:
         planned = self.rules.plan_add(fs)
         resolutions, fresh = resolve_all(self.resolver, self.rules, (f for f, _ in planned))
         added: list[Filter] = []
@@ -35,7 +35,7 @@ class MemoryFilterTable(RuledTable):
             for i, (f, slot) in enumerate(planned):
                 if self.fail_after is not None and i >= self.fail_after:
                     raise OSError("injected failure")
-                self.rules.added(f, slot, resolutions[f.workload] if f.workload is not None else None)
+                self.rules.added(f, slot, resolutions[f.workload] if f.workload is not None else None, origin)
                 self._stats[f] = FilterStats.empty()
                 added.append(f)
         except BaseException:

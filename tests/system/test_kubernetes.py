@@ -30,6 +30,7 @@ from ttcp.api.guards import OPEN_ROUTES
 from ttcp.api.host_names import is_loopback
 from ttcp.cli import build_parser
 from ttcp.kernel.btf import VMLINUX_BTF
+from ttcp.rtt import filters_file
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]'")
 
@@ -105,7 +106,7 @@ def quantity(text: str) -> float:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_document_validates_against_the_api_schema(version: str) -> None:
     assert {doc["kind"] for _, doc in documents()} == {"Namespace", "ServiceAccount", "Secret", "Service",
-                                                        "DaemonSet"}
+                                                        "DaemonSet", "ConfigMap"}
     for name, doc in documents():
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -169,6 +170,25 @@ def test_mounts_are_the_paths_ttcp_reads() -> None:
     key = str(PurePosixPath(args.token_file).relative_to(mount["mountPath"]))
     assert key in {**secret.get("data", {}), **secret.get("stringData", {})}
     assert volume["secret"]["defaultMode"] & 0o077 == 0  # ttcp warns when others can read its token
+
+
+def test_the_filters_file_is_the_configmap_mounted_as_a_directory() -> None:
+    """A directory mount, which kubelet updates by swapping `..data` (what ttcp watches);
+    a subPath mount would never see an update."""
+    args = ttcp_args()
+    assert args.filters_file is not None
+    mount, volume = mount_of(args.filters_file)
+    configmap = one("ConfigMap")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"] and not volume["configMap"].get("optional")
+    assert mount.get("readOnly") and "subPath" not in mount and "subPathExpr" not in mount
+    key = str(PurePosixPath(args.filters_file).relative_to(mount["mountPath"]))
+    assert "/" not in key and key in configmap["data"]
+    content = configmap["data"][key].encode()
+    assert len(content) <= filters_file.MAX_BYTES
+    filters_file.parse(content)  # applies as shipped
+    examples = [line.removeprefix("#").split("  ")[0].strip() for line in content.decode().splitlines()
+                if line.startswith("# ") and not line.startswith("# Examples")]
+    assert len(filters_file.parse("\n".join(examples).encode()).filters) == len(examples) == 3  # each one parses
 
 
 def test_the_image_is_the_one_make_build_tags() -> None:

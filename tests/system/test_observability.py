@@ -59,7 +59,8 @@ def test_metrics_agree_with_filters_health_and_events() -> None:
         assert samples(fams["ttcp_filter_matches"], "ttcp_filter_matches_total") == listing
         health = json.loads(t.api("GET", "/healthz")[1])
         assert fams["ttcp_events"].samples[0].value == health["events"] == 11
-        assert fams["ttcp_events_dropped"].samples[0].value == health["dropped"] == 0
+        dropped = {s.labels["reason"]: s.value for s in fams["ttcp_events_dropped"].samples}
+        assert dropped == {"ring_full": 0, "recursion": 0} and health["dropped"] == 0
         assert fams["ttcp_filters"].samples[0].value == health["filters"] == 2
         assert fams["ttcp_filters_max"].samples[0].value == health["max_filters"]
         info = fams["ttcp_info"].samples[0].labels

@@ -82,7 +82,7 @@ def _hooks() -> server.ApiHooks:
     state = {"enabled": False}
 
     def snapshot() -> metrics.Snapshot:
-        return metrics.Snapshot([], events_total=0, events_dropped=0, filters_max=64, attach_mode="tp_btf",
+        return metrics.Snapshot([], events_total=0, dropped={}, filters_max=64, attach_mode="tp_btf",
                                 version="test", sampling=state["enabled"])
 
     def set_sampling(on: bool) -> dict[str, Any]:

@@ -50,6 +50,10 @@ class Rule:
     allowed: tuple[str, ...] = ()
 
 
+# Rules apart from I/O: bytes in, decisions out (the modules that act on them are the edges).
+PURE = ("ttcp.rtt.filters", "ttcp.rtt.events", "ttcp.rtt.histogram", "ttcp.rtt.clock", "ttcp.rtt.table_rules",
+        "ttcp.rtt.filters_file", "ttcp.api.series_bound", "ttcp.api.metrics")
+
 RULES = (
     Rule("generic", GENERIC, ("ttcp.rtt", "ttcp.workloads", "ttcp.api", *FACES),
          "generic eBPF code knows nothing of ttcp's RTT domain, its API or its command"),
@@ -62,6 +66,9 @@ RULES = (
          "the workloads are below the API and the command"),
     Rule("api", ("ttcp.api",), ("ttcp.server", "ttcp.agent", "ttcp.cli", "ttcp.__main__"),
          "the API's parts are below its face (ttcp.server) and the command"),
+    Rule("pure", PURE, ("ttcp.syscalls", "ttcp.maps", "ttcp.elf_loader", "ttcp.kernel", "ttcp.rtt.filter_table",
+                        "ttcp.rtt.filters_sync", "ttcp.rtt.tracer", "ttcp.rtt.pinning"),
+         "the pure rules reach no kernel and no file (their edges do: filter_table, filters_sync, tracer)"),
 )
 
 

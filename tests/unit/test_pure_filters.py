@@ -318,7 +318,7 @@ def test_cumulative_buckets_in_seconds() -> None:
 def _snapshot(*names: str) -> metrics.Snapshot:
     h = Histogram(3, 1500, (0, 0, 0, 1, 2) + (0,) * (BUCKETS - 5))
     series = [metrics.FilterSeries(n, h, Histogram.empty()) for n in names]
-    return metrics.Snapshot(series, events_total=3, events_dropped=1, filters_max=1024, attach_mode="tp_btf",
+    return metrics.Snapshot(series, events_total=3, dropped={"ring_full": 1}, filters_max=1024, attach_mode="tp_btf",
                             version="0.1.0", sampling=False, stream_clients_dropped=2)
 
 
@@ -335,7 +335,8 @@ def test_prometheus_text_parses_and_says_what_it_should() -> None:
     inf = [s for s in rtt.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
     assert [s.value for s in inf] == [3, 3]
     assert families["ttcp_events"].samples[0].value == 3  # counters drop _total in the family name
-    assert families["ttcp_events_dropped"].samples[0].value == 1
+    dropped = {s.labels["reason"]: s.value for s in families["ttcp_events_dropped"].samples}
+    assert dropped == {"ring_full": 1, "recursion": 0}
     assert families["ttcp_filters"].samples[0].value == 2
     assert families["ttcp_filters_max"].samples[0].value == 1024
     info = families["ttcp_info"].samples[0]

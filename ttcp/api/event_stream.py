@@ -5,6 +5,8 @@ bounded backlog. A client that falls behind (its backlog full: it stopped
 reading, or reads slower than events come) is disconnected and counted:
 publishing never waits for a client, so no client slows the reader, stdout
 or the other clients, and stdout keeps every event whatever the clients do.
+A stream holds its connection for as long as it lasts, so the number of clients
+is limited too (ttcp.api.limits.Limits.stream_clients); one more is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 DEFAULT_BACKLOG = 20_000  # lines a client may be behind before it is dropped
+UNLIMITED = 1 << 62
 
 
 class Client:
@@ -46,18 +49,24 @@ class Client:
 
 
 class EventHub:
-    def __init__(self, backlog: int = DEFAULT_BACKLOG) -> None:
+    def __init__(self, backlog: int = DEFAULT_BACKLOG, max_clients: int = UNLIMITED) -> None:
         self.backlog = backlog
+        self.max_clients = max_clients
         self.clients: set[Client] = set()
         self.dropped_clients = 0
         self.served_clients = 0
+        self.refused_clients = 0  # over max_clients
 
     @property
     def wanted(self) -> bool:
         """Whether anyone listens: the reader formats JSON for the hub only then."""
         return bool(self.clients)
 
-    def subscribe(self) -> Client:
+    def subscribe(self) -> Client | None:
+        """A new client, or None (counted) when `max_clients` are already served."""
+        if len(self.clients) >= self.max_clients:
+            self.refused_clients += 1
+            return None
         client = Client(self.backlog)
         self.clients.add(client)
         self.served_clients += 1

@@ -1,26 +1,53 @@
 """GET /metrics: the Prometheus text exposition format, version 0.0.4 (pure).
 
 Small enough to write by hand (no client library at run time); the tests
-parse every answer with prometheus_client's own parser. Histograms come
-from the program's log2 buckets: `le` is the upper end of each bucket in
-seconds (an RTT in bucket k is under 2^(k+1) us), cumulative, then +Inf.
+parse every answer with prometheus_client's own parser and lint it with
+promtool. Histograms come from the program's log2 buckets: `le` is the upper
+end of each bucket in seconds (an RTT in bucket k is under 2^(k+1) us),
+cumulative, then +Inf. The live-sample histograms are shown only while
+sampling is on, and a Snapshot's bound (ttcp.api.series_bound) decides which
+filters' histograms fit; every other series is always there. Besides the
+filters': drops by reason, ttcp's process metrics, its BPF programs' run time
+(counted while the kernel's statistics are on) and the filters file's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ttcp.api import process_metrics
+from ttcp.api.process_metrics import ProcessMetrics
+from ttcp.api.series_bound import HISTOGRAM_SERIES, SeriesBound
 from ttcp.rtt.histogram import Histogram, cumulative
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DROP_REASONS = ("ring_full", "recursion")  # ttcp_events_dropped_total{reason}
 
 
 class FilterSeries(NamedTuple):  # a tuple: a scrape makes one per filter
     filter: str  # canonical filter text: the label value
     closed: Histogram
     sampled: Histogram
+    last_match_ns: int = 0  # CLOCK_MONOTONIC of its latest match (ranks it for the bound)
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    """What the kernel counted for one of ttcp's BPF programs while its statistics were on."""
+
+    program: str
+    run_ns: int
+    runs: int
+
+
+@dataclass(frozen=True)
+class FileCounters:
+    """--filters-file: versions refused, and whether the file as it is now is in force."""
+
+    errors_total: int
+    reload_ok: bool
 
 
 @dataclass(frozen=True)
@@ -29,12 +56,21 @@ class Snapshot:
 
     filters: Sequence[FilterSeries]
     events_total: int
-    events_dropped: int
+    dropped: Mapping[str, int]  # events lost, by reason (DROP_REASONS)
     filters_max: int
     attach_mode: str
     version: str
     sampling: bool
     stream_clients_dropped: int = 0
+    process: ProcessMetrics | None = None
+    programs: Sequence[ProgramStats] = ()
+    bpf_stats: bool = False  # the kernel's BPF statistics are on (run time and runs count)
+    filters_file: FileCounters | None = None
+    bound: SeriesBound | None = None  # --metrics-max-series; None: every histogram
+    now_ns: int = 0  # CLOCK_MONOTONIC of the reading (for the bound)
+    api_connections: int = 0  # open now
+    api_connections_max: int = 0  # --max-connections
+    api_rejected: Mapping[str, int] = field(default_factory=dict)  # by reason (ttcp.api.limits)
 
 
 def escape_label(value: str) -> str:
@@ -87,41 +123,104 @@ def _text(lines: list[str]) -> bytes:
     return "\n".join(lines).encode()
 
 
+_HISTOGRAMS = (
+    ("ttcp_connection_rtt_seconds", "Smoothed RTT of each TCP connection a filter selected, when it ended.",
+     "closed"),
+    ("ttcp_rtt_sample_seconds",
+     "Live RTT samples of established connections a filter selected (while sampling is on).", "sampled"))
+
+
 def body(s: Snapshot) -> bytes:
     """The answer to GET /metrics, UTF-8."""
     global _blocks
+    histograms = _HISTOGRAMS if s.sampling else _HISTOGRAMS[:1]  # no sampled series while sampling is off
+    shown = _shown(s, HISTOGRAM_SERIES * len(histograms))
     used: dict[_Key, tuple[object, bytes]] = {}
     parts: list[bytes] = []
-    for name, help_text, which in (
-            ("ttcp_connection_rtt_seconds",
-             "Smoothed RTT of each TCP connection a filter selected, when it ended.", "closed"),
-            ("ttcp_rtt_sample_seconds",
-             "Live RTT samples of established connections a filter selected (with sampling on).", "sampled")):
+    for name, help_text, which in histograms:
         parts.append(_text(_head(name, "histogram", help_text)))
-        parts += [_cached(used, _block, name, f.filter, getattr(f, which)) for f in s.filters]
+        parts += [_cached(used, _block, name, f.filter, getattr(f, which)) for f in s.filters
+                  if shown is None or f.filter in shown]
     parts.append(_text(_head("ttcp_filter_matches_total", "counter",
                              "Connections each filter selected (events printed or dropped).")))
     parts += [_cached(used, _matches, "ttcp_filter_matches_total", f.filter, f.closed.count)
               for f in s.filters]
     _blocks = used
+    omitted = 0 if shown is None else (len(s.filters) - len(shown)) * HISTOGRAM_SERIES * len(histograms)
+    parts.append(_text(_fixed(s, omitted) + [""]))  # the last newline
+    return b"\n".join(parts)
+
+
+def _shown(s: Snapshot, per_filter: int) -> set[str] | None:
+    """The filters whose histograms fit the bound (ttcp.api.series_bound); None: all."""
+    if s.bound is None:
+        return None
+    fixed = sum(1 for line in _fixed(s, 0) if not line.startswith("#"))
+    room = s.bound.room(fixed, len(s.filters), per_filter)
+    if room is None:
+        return None
+    usage = [s.bound.usage(f.filter, f.last_match_ns, f.closed.count, f.sampled.count, s.now_ns) for f in s.filters]
+    return s.bound.choose(usage, room, s.now_ns)
+
+
+Sample = tuple[str, float]  # the labels ('{a="b"}' or ""), the value
+
+
+def _family(name: str, kind: str, help_text: str, samples: Sequence[Sample]) -> list[str]:
+    return _head(name, kind, help_text) + [f"{name}{labels} {_num(value)}" for labels, value in samples]
+
+
+def _fixed(s: Snapshot, omitted: int) -> list[str]:
+    """Every series but the filters' (the same number whatever `omitted` is)."""
     lines: list[str] = []
     for name, kind, help_text, value in (
             ("ttcp_events_total", "counter", "Events read from the kernel and printed.", s.events_total),
-            ("ttcp_events_dropped_total", "counter",
-             "Events the kernel could not queue (ring buffer full) or runs it skipped.", s.events_dropped),
             ("ttcp_event_stream_clients_dropped_total", "counter",
              "GET /events clients disconnected for falling behind.", s.stream_clients_dropped),
             ("ttcp_filters", "gauge", "Filters in the table.", len(s.filters)),
             ("ttcp_filters_max", "gauge", "Size of the filter table.", s.filters_max),
-            ("ttcp_sampling", "gauge", "1 while live RTT sampling is on.", int(s.sampling))):
-        lines += _head(name, kind, help_text)
-        lines.append(f"{name} {value}")
+            ("ttcp_sampling", "gauge", "1 while live RTT sampling is on.", int(s.sampling)),
+            ("ttcp_metrics_max_series", "gauge", "The bound on this answer's series (0: none).",
+             s.bound.max_series if s.bound is not None else 0),
+            ("ttcp_metrics_series_omitted", "gauge", "Histogram series left out by --metrics-max-series.", omitted),
+            ("ttcp_bpf_stats_enabled", "gauge", "1 while the kernel's BPF statistics are on.", int(s.bpf_stats))):
+        lines += _family(name, kind, help_text, [("", value)])
+    lines += _family("ttcp_events_dropped_total", "counter",
+                     "Events lost: the ring buffer was full (ring_full), or the kernel skipped a run of the "
+                     "program (recursion).", [(f'{{reason="{r}"}}', s.dropped.get(r, 0)) for r in DROP_REASONS])
+    if s.programs:
+        program = [f'{{program="{escape_label(p.program)}"}}' for p in s.programs]
+        lines += _family("ttcp_bpf_program_run_seconds_total", "counter",
+                         "Kernel time spent running each of ttcp's BPF programs (while the statistics were on).",
+                         [(label, p.run_ns / 1e9) for label, p in zip(program, s.programs, strict=True)])
+        lines += _family("ttcp_bpf_program_runs_total", "counter",
+                         "Runs of each of ttcp's BPF programs (while the statistics were on).",
+                         [(label, p.runs) for label, p in zip(program, s.programs, strict=True)])
+    if s.filters_file is not None:
+        lines += _family("ttcp_filters_file_errors_total", "counter",
+                         "Versions of --filters-file refused (a bad line, missing, too many filters).",
+                         [("", s.filters_file.errors_total)])
+        lines += _family("ttcp_filters_file_reload_success", "gauge",
+                         "1 when the filters file as it is now is in force, 0 when the last good version is.",
+                         [("", int(s.filters_file.reload_ok))])
+    if s.process is not None:
+        for name, kind, help_text, attr in process_metrics.FAMILIES:
+            lines += _family(name, kind, help_text, [("", getattr(s.process, attr))])
+    lines += _api_lines(s)
     lines += _head("ttcp_info", "gauge", "The attach mode in use and ttcp's version.")
     lines.append(f'ttcp_info{{attach_mode="{escape_label(s.attach_mode)}",'
                  f'version="{escape_label(s.version)}"}} 1')
-    lines.append("")  # the last newline
-    parts.append(_text(lines))
-    return b"\n".join(parts)
+    return lines
+
+
+def _api_lines(s: Snapshot) -> list[str]:
+    return (_family("ttcp_api_connections", "gauge", "API connections open now.", [("", s.api_connections)])
+            + _family("ttcp_api_connections_max", "gauge", "The API's connection limit (--max-connections).",
+                      [("", s.api_connections_max)])
+            + _family("ttcp_api_connections_rejected_total", "counter",
+                      "API connections refused or closed by a limit: cap (all busy), evicted (to admit a newer "
+                      "one), deadline (request not received in time), streams (too many GET /events clients).",
+                      [(f'{{reason="{escape_label(r)}"}}', n) for r, n in s.api_rejected.items()]))
 
 
 def render(s: Snapshot) -> str:

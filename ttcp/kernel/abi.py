@@ -249,12 +249,6 @@ class FileHandle(ctypes.Structure):
     _fields_ = [("handle_bytes", u32), ("handle_type", ctypes.c_int32)]
 
 
-class InotifyEvent(ctypes.Structure):
-    """struct inotify_event before its name (len bytes, NUL-padded, follow)."""
-
-    _fields_ = [("wd", ctypes.c_int32), ("mask", u32), ("cookie", u32), ("len", u32)]
-
-
 # ---- perf_event_open(2) and the ring buffer --------------------------------------------
 
 
@@ -269,6 +263,13 @@ class PerfEventAttr(ctypes.Structure):
         ("sample_type", u64), ("read_format", u64), ("_flags", u64),
         ("wakeup_events", u32), ("bp_type", u32), ("config1", u64),
     ]
+
+
+class InotifyEvent(ctypes.Structure):
+    """struct inotify_event without its name: a read(2) of an inotify fd returns these
+    back to back, each followed by `len` bytes of NUL-padded name."""
+
+    _fields_ = [("wd", ctypes.c_int32), ("mask", u32), ("cookie", u32), ("len", u32)]
 
 
 class RingbufHdr(ctypes.Structure):

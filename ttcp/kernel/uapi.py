@@ -1,4 +1,4 @@
-"""Kernel UAPI numbers ttcp uses, each defined once (linux/bpf.h, perf_event.h).
+"""Kernel UAPI numbers ttcp uses, each defined once (linux/bpf.h, perf_event.h, inotify.h).
 
 IntEnums rather than bare ints so that an error message or a debugger shows
 `ProgType.TRACING`, not 26. Values are fixed by the kernel ABI; the enum
@@ -135,23 +135,6 @@ class FidType(IntEnum):
     KERNFS = 0xFE  # a kernfs node by its 64-bit id: a cgroup by its cgroup id
 
 
-class InotifyMask(IntFlag):
-    """inotify(7) event and watch bits (linux/inotify.h)."""
-
-    MOVED_FROM = 0x40
-    MOVED_TO = 0x80
-    CREATE = 0x100
-    DELETE = 0x200
-    DELETE_SELF = 0x400
-    MOVE_SELF = 0x800
-    Q_OVERFLOW = 0x4000
-    IGNORED = 0x8000
-    ONLYDIR = 0x1000000
-    ISDIR = 0x40000000
-
-
-IN_NONBLOCK = 0o4000  # inotify_init1(2) flags: O_NONBLOCK, O_CLOEXEC
-IN_CLOEXEC = 0o2000000
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): the CLONE_NEW* type of a namespace file (linux/nsfs.h)
 CLONE_NEWNET = 0x40000000
 
@@ -172,3 +155,22 @@ BPF_LOG_STATS = 4  # log_level bit: the verifier's statistics ("processed N insn
 
 # linux/magic.h: statfs(2)'s f_type of a BPF file system (where OBJ_PIN can pin)
 BPF_FS_MAGIC = 0xCAFE4A11
+
+# linux/inotify.h: the events of a directory watch (the filters file)
+
+
+class Inotify(IntFlag):
+    """inotify event masks (#defines: BTF does not know them)."""
+
+    ATTRIB = 0x4  # metadata changed (a chmod can make the file readable)
+    CLOSE_WRITE = 0x8  # a writer closed it: a plain write is complete
+    MOVED_FROM = 0x40
+    MOVED_TO = 0x80  # renamed into the directory (`mv`, a ConfigMap's `..data` swap)
+    CREATE = 0x100
+    DELETE = 0x200
+    DELETE_SELF = 0x400  # the watched directory itself
+    MOVE_SELF = 0x800
+    Q_OVERFLOW = 0x4000  # events were lost: look again
+    IGNORED = 0x8000  # the watch is gone (its directory was removed)
+    ONLYDIR = 0x01000000
+    ISDIR = 0x40000000  # the entry an event names is a directory

@@ -52,6 +52,7 @@ from ttcp.rtt.table_rules import (
     CONFIG,
     EMPTY_TEXT,
     TEXT,
+    Origin,
     Resolution,
     Slot,
     TableFullError,
@@ -144,8 +145,16 @@ class FilterTable(Protocol):
         """Whether a workload filter is resolved, pending or shadowed (None: no workload)."""
         ...
 
-    def add(self, fs: Sequence[Filter]) -> list[Filter]:
-        """Add the absent ones, all or none; returns those this call added."""
+    def add(self, fs: Sequence[Filter], origin: Origin = Origin.API) -> list[Filter]:
+        """Add the absent ones, all or none, as `origin`'s; returns those this call added."""
+        ...
+
+    def origin(self, f: Filter) -> Origin | None:
+        """Who added `f` (None: not in the table)."""
+        ...
+
+    def set_origin(self, fs: Iterable[Filter], origin: Origin) -> None:
+        """Hand those of `fs` in the table to `origin` (counters kept)."""
         ...
 
     def remove(self, fs: Sequence[Filter]) -> None:
@@ -178,6 +187,12 @@ class RuledTable:
 
     def workload_state(self, f: Filter) -> WorkloadState | None:
         return self.rules.workloads.state(f)
+
+    def origin(self, f: Filter) -> Origin | None:
+        return self.rules.origin(f)
+
+    def set_origin(self, fs: Iterable[Filter], origin: Origin) -> None:
+        self.rules.set_origin(fs, origin)
 
 
 def resolve_all(resolver: WorkloadResolver, rules: TableRules,
@@ -226,7 +241,7 @@ class KernelFilterTable(RuledTable):
         self._drop_workload_keys()
         limit = min([hosts.max_entries, nets.max_entries, stats.max_entries, texts.max_entries,
                      *(m.max_entries for m in workload_maps.values())])
-        self.rules = TableRules(limit, stats.max_entries, held)
+        self.rules = TableRules(limit, stats.max_entries, held, held_origins(texts, held))
         self._parsed: dict[int, tuple[int, bytes, FilterStats]] = {}  # slot: gen, last row, parsed
         for f, slot in self.rules.slots.items():
             self.names.add(slot.gen, str(f))
@@ -260,7 +275,7 @@ class KernelFilterTable(RuledTable):
         """Every held filter's text, where the texts map lacks it (a table of the
         previous layout had none)."""
         for f, slot in held.items():
-            want = text_value(f, slot)
+            want = text_value(f, slot, self.rules.origin(f) or Origin.API)
             if self.texts.get(slot.index) != want:
                 self.texts.put(slot.index, want)
 
@@ -304,7 +319,7 @@ class KernelFilterTable(RuledTable):
 
     # ---- writing ----
 
-    def add(self, fs: Sequence[Filter]) -> list[Filter]:
+    def add(self, fs: Sequence[Filter], origin: Origin = Origin.API) -> list[Filter]:
         planned = self.rules.plan_add(fs)
         if not planned:
             return []
@@ -313,7 +328,7 @@ class KernelFilterTable(RuledTable):
         self._write_config(f for f, _ in planned)
         try:
             for f, slot in planned:
-                self._insert(f, slot, resolutions[f.workload] if f.workload is not None else None)
+                self._insert(f, slot, resolutions[f.workload] if f.workload is not None else None, origin)
                 added.append(f)
             self._apply(self.rules.workload_writes())
         except BaseException:
@@ -324,14 +339,14 @@ class KernelFilterTable(RuledTable):
         self._changed()
         return added
 
-    def _insert(self, f: Filter, slot: Slot, resolution: Resolution | None) -> None:
+    def _insert(self, f: Filter, slot: Slot, resolution: Resolution | None, origin: Origin) -> None:
         # The slot starts from zero under its new generation before the filter can match.
         self.stats_map.put_all(slot.index, STATS_HEAD.pack(slot.gen, 0) + bytes(STATS_SIZE - STATS_HEAD.size))
-        self.texts.put(slot.index, text_value(f, slot))
+        self.texts.put(slot.index, text_value(f, slot, origin))
         if f.workload is None:
             self._put_key(f, self.hosts if f.in_hosts else self.nets, F.key_of(f),
                           F.VALUE.pack(slot.index, slot.gen, f.bits))
-        self.rules.added(f, slot, resolution)  # a workload's entries: workload_writes()
+        self.rules.added(f, slot, resolution, origin)  # a workload's entries: workload_writes()
         self.names.add(slot.gen, str(f))
 
     def _put_key(self, f: Filter, target: HashMap[bytes, bytes], key: bytes, value: bytes) -> None:
@@ -352,6 +367,13 @@ class KernelFilterTable(RuledTable):
                     target.put(w.key, w.value)
                 except MapFullError:
                     raise TableFullError(self.max_entries, len(self.rules), 1) from None
+
+    def set_origin(self, fs: Iterable[Filter], origin: Origin) -> None:
+        """The new owner is written to each changed filter's texts entry, so a pinned
+        table remembers it across restarts."""
+        slots = self.rules.slots
+        for f in self.rules.set_origin(fs, origin):
+            self.texts.put(slots[f].index, text_value(f, slots[f], origin))
 
     def remove(self, fs: Sequence[Filter]) -> None:
         planned = self.rules.plan_remove(fs)
@@ -397,6 +419,22 @@ class KernelFilterTable(RuledTable):
         if cfg is not None:
             self.config.put(0, cfg.pack())
             self.rules.config_written(cfg)
+
+
+def held_origins(texts: Array | None, held: Mapping[Filter, Slot]) -> dict[Filter, Origin]:
+    """Who added each held filter, as its texts entry says (Origin.API where the entry
+    is missing, is another filter's, or names no origin ttcp knows)."""
+    return {f: _origin_in(texts, f, slot) for f, slot in held.items()}
+
+
+def _origin_in(texts: Array | None, f: Filter, slot: Slot) -> Origin:
+    entry = text_of(texts.get(slot.index)) if texts is not None else None
+    if entry is None or entry[0] != slot.gen or entry[2] != str(f):
+        return Origin.API
+    try:
+        return Origin(entry[1])
+    except ValueError:  # a byte this ttcp never writes
+        return Origin.API
 
 
 def held_filters(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, bytes] | None,
@@ -457,7 +495,7 @@ def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, byte
     for f, slot, new in moves:
         stats.put_each(new, stats.values(slot.index))
         if texts is not None:
-            texts.put(new, text_value(f, Slot(new, slot.gen)))
+            texts.put(new, text_value(f, Slot(new, slot.gen), _origin_in(texts, f, slot)))
         target, key = entries[f]
         if target is not None:
             target.put(key, F.VALUE.pack(new, slot.gen, f.bits), only_existing=True)

@@ -36,6 +36,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from types import MappingProxyType
 
 from ttcp.errors import TtcpError
@@ -71,6 +72,16 @@ class NotInTableError(TtcpError):
 class CorruptTableError(TtcpError):
     """The maps hold something ttcp never writes (two filters sharing a counter slot,
     a slot past the stats map): another writer changed a pinned table."""
+
+
+class Origin(IntEnum):
+    """Who put a filter in the table (kept in its texts entry, so a pinned table
+    remembers it). The API (and --filter) add and remove their own; a filter of
+    the filters file (--filters-file) is the file's to remove: the API may read
+    it, not delete it. The file takes over a filter it lists that the API added."""
+
+    API = 0
+    FILE = 1
 
 
 @dataclass(frozen=True)
@@ -438,12 +449,15 @@ class TableRules:
     each one done (added, removed), and a finished change (changed).
     """
 
-    def __init__(self, max_entries: int, slots: int, held: Mapping[Filter, Slot] | None = None) -> None:
+    def __init__(self, max_entries: int, slots: int, held: Mapping[Filter, Slot] | None = None,
+                 origins: Mapping[Filter, Origin] | None = None) -> None:
         """`max_entries` filters at most, `slots` counter slots; `held`: what the maps
-        hold already (a pinned table), checked (CorruptTableError). Held filters with
-        a workload are resolved by the caller next (workloads.add)."""
+        hold already (a pinned table), checked (CorruptTableError), and who added each
+        (`origins`; Origin.API where it does not say). Held filters with a workload
+        are resolved by the caller next (workloads.add)."""
         self.max_entries = max_entries
         self._slots: dict[Filter, Slot] = {}
+        self._origins: dict[Filter, Origin] = {}
         self._kinds: Counter[int] = Counter()  # filters of each kind bit (a workload's kind for theirs)
         self._wkinds: Counter[int] = Counter()  # filters with a workload, of each address kind bit
         self._levels: Counter[int] = Counter()  # cgroup filters of each level
@@ -458,7 +472,7 @@ class TableRules:
             if slot.index in owners:
                 raise CorruptTableError(f"filters {owners[slot.index]} and {f} count into the same slot")
             owners[slot.index] = f
-            self._hold(f, slot)
+            self._hold(f, slot, (origins or {}).get(f, Origin.API))
         self._free = sorted(set(range(slots)) - set(owners), reverse=True)  # the next one is last
         self._next_gen = max((s.gen for s in self._slots.values()), default=0) + 1
         self._version = 0
@@ -489,6 +503,10 @@ class TableRules:
             self._listed = (self._version, sorted(self._slots, key=F.order_key))
         return list(self._listed[1])
 
+    def origin(self, f: Filter) -> Origin | None:
+        """Who added `f`; None when it is not held."""
+        return self._origins.get(f)
+
     # ---- planning: nothing changes ----
 
     def plan_add(self, fs: Sequence[Filter]) -> list[tuple[Filter, Slot]]:
@@ -510,7 +528,8 @@ class TableRules:
 
     # ---- what the caller did ----
 
-    def added(self, f: Filter, slot: Slot, resolution: Resolution | None = None) -> None:
+    def added(self, f: Filter, slot: Slot, resolution: Resolution | None = None,
+              origin: Origin = Origin.API) -> None:
         """`f` is in the maps now, counting into `slot`: the next one plan_add gave. A
         filter with a workload comes with its resolution (its kernel entries are
         then among workloads.workload_writes())."""
@@ -520,14 +539,23 @@ class TableRules:
             raise ValueError(f"{f}: a resolution goes with a workload, and only with one")
         self._free.pop()
         self._next_gen += 1
-        self._hold(f, slot)
+        self._hold(f, slot, origin)
         if resolution is not None:
             self.workloads.add(f, resolution)
+
+    def set_origin(self, fs: Iterable[Filter], origin: Origin) -> list[Filter]:
+        """Those of `fs` that are held now belong to `origin` (their counters stay);
+        returns those whose origin changed (their texts entry is to be rewritten)."""
+        changed = [f for f in dict.fromkeys(fs) if f in self._slots and self._origins[f] != origin]
+        for f in changed:
+            self._origins[f] = origin
+        return changed
 
     def removed(self, f: Filter) -> Slot:
         """`f` is out of the maps: its slot is free again (the next one taken). Its
         counters stay until a new owner stamps the slot with its own generation."""
         slot = self._slots.pop(f)
+        del self._origins[f]
         self._count(f, -1)
         self._free.append(slot.index)
         if self.workloads.selector(f) is not None:
@@ -578,8 +606,9 @@ class TableRules:
 
     # ---- counting ----
 
-    def _hold(self, f: Filter, slot: Slot) -> None:
+    def _hold(self, f: Filter, slot: Slot, origin: Origin) -> None:
         self._slots[f] = slot
+        self._origins[f] = origin
         self._count(f, 1)
 
     def _count(self, f: Filter, step: int) -> None:

@@ -253,6 +253,16 @@ class Tracer:
             return 0
         return syscalls.prog_info(self.prog_fd()).recursion_misses
 
+    def program_stats(self) -> list[tuple[str, int, int]]:
+        """(program, run time in ns, runs) of each attached program, as the kernel's BPF
+        statistics counted them (ttcp.kernel.bpf_stats: only while those are on)."""
+        out = []
+        for attached in (self._main, self._sampler):
+            if attached is not None:
+                info = syscalls.prog_info(self.collection.programs[attached.program].fd)
+                out.append((attached.program, info.run_time_ns, info.run_cnt))
+        return out
+
     def prog_fd(self) -> int:
         if self._main is None:
             return -1

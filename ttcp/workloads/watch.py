@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttcp import syscalls
-from ttcp.kernel.uapi import InotifyMask
+from ttcp.kernel.uapi import Inotify
 
-WATCH_MASK = (InotifyMask.CREATE | InotifyMask.DELETE | InotifyMask.MOVED_FROM | InotifyMask.MOVED_TO
-              | InotifyMask.DELETE_SELF | InotifyMask.MOVE_SELF | InotifyMask.ONLYDIR)
+WATCH_MASK = (Inotify.CREATE | Inotify.DELETE | Inotify.MOVED_FROM | Inotify.MOVED_TO
+              | Inotify.DELETE_SELF | Inotify.MOVE_SELF | Inotify.ONLYDIR)
 
 
 def ancestors(path: str) -> list[str]:
@@ -93,13 +93,13 @@ class PathWatcher:
         """Read the queued events and follow them: (path, id now) of each path whose id changed."""
         touched: dict[str, None] = {}
         for wd, mask, name in syscalls.inotify_read(self.fd):
-            if mask & InotifyMask.Q_OVERFLOW:
+            if mask & Inotify.Q_OVERFLOW:
                 touched.update(dict.fromkeys(self._paths))
                 continue
             directory = self._by_wd.get(wd)
             if directory is None:
                 continue  # a watch removed meanwhile
-            if mask & (InotifyMask.IGNORED | InotifyMask.DELETE_SELF | InotifyMask.MOVE_SELF):
+            if mask & (Inotify.IGNORED | Inotify.DELETE_SELF | Inotify.MOVE_SELF):
                 touched.update(dict.fromkeys(p for p, held in self._paths.items() if directory in held.dirs))
                 continue
             touched.update(dict.fromkeys(p for p in self._paths if child_below(directory, p) == name))

@@ -13,7 +13,7 @@ from ttcp.obj.btf.index import TypeIndex
 from ttcp.obj.btf.strings import StringTable
 
 # (id, name, name_off, kflag, vlen, size_type, body offset) -> the type
-_Decode = Callable[[int, str, int, bool, int, int, int], T.BtfType]
+_Decode = Callable[["Decoder", int, str, int, bool, int, int, int], T.BtfType]
 # The kinds whose record is the common header alone, size_type a type id.
 _ONE_REF: dict[int, Callable[[int, str, int, bool, int], T.BtfType]] = {
     K.KIND_PTR: T.Ptr, K.KIND_TYPEDEF: T.Typedef, K.KIND_VOLATILE: T.Volatile,
@@ -29,23 +29,18 @@ class Decoder:
         self._data = data
         self._strings = strings
         self._index = index
-        self._by_kind: dict[int, _Decode] = {
-            K.KIND_INT: self._int, K.KIND_ARRAY: self._array, K.KIND_STRUCT: self._struct,
-            K.KIND_UNION: self._union, K.KIND_ENUM: self._enum, K.KIND_FWD: self._fwd,
-            K.KIND_FUNC: self._func, K.KIND_FUNC_PROTO: self._func_proto, K.KIND_VAR: self._var,
-            K.KIND_DATASEC: self._datasec, K.KIND_FLOAT: self._float,
-            K.KIND_DECL_TAG: self._decl_tag, K.KIND_ENUM64: self._enum64,
-        }
-        for kind, cls in _ONE_REF.items():
-            self._by_kind[kind] = self._one_ref(cls)
 
     def decode(self, tid: int, off: int) -> T.BtfType:
         """The type `tid` whose record starts at byte `off` (framing checked by
         the index, so the kind is known and the record fits)."""
         name_off, info, size_type = struct.unpack_from("<III", self._data, off)
         name = self._name(tid, name_off, "type name")
-        return self._by_kind[(info >> 24) & 0x1F](
-            tid, name, name_off, bool(info >> 31), info & 0xFFFF, size_type, off + K.COMMON_SIZE)
+        kind = (info >> 24) & 0x1F
+        one_ref = _ONE_REF.get(kind)
+        if one_ref is not None:
+            return one_ref(tid, name, name_off, bool(info >> 31), self._ref(tid, size_type, "referenced type"))
+        return _BY_KIND[kind](
+            self, tid, name, name_off, bool(info >> 31), info & 0xFFFF, size_type, off + K.COMMON_SIZE)
 
     # One method per kind, all with the _Decode signature.
 
@@ -88,12 +83,6 @@ class Decoder:
                 value -= 1 << 64
             values.append(T.EnumValue(self._name(tid, value_name, f"enumerator #{i} name"), value))
         return T.Enum64(tid, name, name_off, kflag, size, tuple(values))
-
-    def _one_ref(self, cls: Callable[[int, str, int, bool, int], T.BtfType]) -> _Decode:
-        def decode(tid: int, name: str, name_off: int, kflag: bool, vlen: int, ref: int,
-                   body: int) -> T.BtfType:
-            return cls(tid, name, name_off, kflag, self._ref(tid, ref, "referenced type"))
-        return decode
 
     def _fwd(self, tid: int, name: str, name_off: int, kflag: bool, vlen: int,
              size_type: int, body: int) -> T.BtfType:
@@ -170,3 +159,15 @@ class Decoder:
             else:
                 out.append(T.Member(name, mtype, offset, 0))
         return tuple(out)
+
+
+# One method per kind, taken from the class (not bound to a decoder: a table of bound
+# methods on the instance would be a reference cycle, and a decoder of a mapped vmlinux
+# would then keep the mapping open until the cyclic collector runs).
+_BY_KIND: dict[int, _Decode] = {
+    K.KIND_INT: Decoder._int, K.KIND_ARRAY: Decoder._array, K.KIND_STRUCT: Decoder._struct,
+    K.KIND_UNION: Decoder._union, K.KIND_ENUM: Decoder._enum, K.KIND_FWD: Decoder._fwd,
+    K.KIND_FUNC: Decoder._func, K.KIND_FUNC_PROTO: Decoder._func_proto, K.KIND_VAR: Decoder._var,
+    K.KIND_DATASEC: Decoder._datasec, K.KIND_FLOAT: Decoder._float,
+    K.KIND_DECL_TAG: Decoder._decl_tag, K.KIND_ENUM64: Decoder._enum64,
+}

@@ -1,0 +1,50 @@
+"""Filters as a user writes them, for generators (hypothesis strategies): both address
+families, hosts and networks with their host bits cleared, any side, port and keyword
+case, any inner whitespace. Every text drawn parses; `broken=True` draws networks
+whose host bits may be set, which the language refuses (a negative control)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import strategies as st
+
+_SPACE = st.sampled_from([" ", "  ", "\t", " \t "])
+
+
+def _any_case(word: str) -> st.SearchStrategy[str]:
+    return st.lists(st.booleans(), min_size=len(word), max_size=len(word)).map(
+        lambda upper: "".join(c.upper() if u else c for c, u in zip(word, upper, strict=True)))
+
+
+@st.composite
+def addresses(draw: st.DrawFn, broken: bool = False) -> str:
+    """ADDRESS or ADDRESS/PREFIX."""
+    v4 = draw(st.booleans())
+    width = 32 if v4 else 128
+    ip = (ipaddress.IPv4Address if v4 else ipaddress.IPv6Address)(draw(st.integers(0, 2**width - 1)))
+    form = draw(st.sampled_from(["host", "network", "full"]))
+    if form == "host":
+        return ip.exploded if not v4 and draw(st.booleans()) else str(ip)
+    plen = width if form == "full" else draw(st.integers(0, width))
+    if broken:
+        return f"{ip}/{plen}"
+    return f"{ipaddress.ip_network(f'{ip}/{plen}', strict=False).network_address}/{plen}"
+
+
+@st.composite
+def filter_texts(draw: st.DrawFn, broken: bool = False) -> str:
+    """`[src|dst] ADDRESS[/PREFIX] [port N]`, without surrounding whitespace."""
+    parts = []
+    side = draw(st.sampled_from([None, "src", "dst"]))
+    if side:
+        parts += [draw(_any_case(side)), draw(_SPACE)]
+    parts.append(draw(addresses(broken)))
+    if draw(st.booleans()):
+        parts += [draw(_SPACE), draw(_any_case("port")), draw(_SPACE), str(draw(st.integers(1, 65535)))]
+    return "".join(parts)
+
+
+def filter_lines(broken: bool = False) -> st.SearchStrategy[str]:
+    """A text body: one filter per line."""
+    return st.lists(filter_texts(broken), min_size=1, max_size=5).map(lambda fs: "\n".join(fs) + "\n")
