@@ -70,6 +70,7 @@ typedef __u32 __wsum;
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_MAP_TYPE_LPM_TRIE 11
 #define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_F_NO_PREALLOC 1
@@ -266,7 +267,9 @@ struct filter_value {
 	__u32 slot;     /* index into `stats` */
 	__u32 gen;      /* the slot's generation when this filter was created */
 	__u8 addr_bits; /* prefix length over the 16-byte address (128: exact) */
-	__u8 pad[3];
+	__u8 by_kind;   /* enum by_kind: the filter's breakdown into groups (0: none) */
+	__u8 by_bits4;  /* by raddr/laddr: the prefix kept of an IPv4 (or v4-mapped) address, over 16 bytes */
+	__u8 by_bits6;  /* ... of an IPv6 address */
 };
 
 /* The value of `cgroups` and `netns`: a workload the table resolved. */
@@ -841,6 +844,220 @@ static __always_inline struct tcp_sock *match_sock(struct sock *sk, __u16 family
 	return match(&c, kinds, 0, m) ? tp : 0;
 }
 
+/* ---- groups: a filter's breakdown (`by raddr`, `by rport`, ...) ---- */
+
+/*
+ * A filter with a `by` clause counts each connection (and, while sampling is
+ * on, each live sample) it selects in the entry of `groups` keyed by its own
+ * slot and generation and by the socket's group key: its remote or local
+ * address (masked to the clause's prefix), port, cgroup or network namespace.
+ * The kernel does the grouping; user space only reads. `groups` is one LRU
+ * hash shared by every filter and CPU: its size (--max-groups) bounds the
+ * groups whatever the traffic, the least recently used entry makes room for a
+ * new one, and its counters are updated with atomic adds. A new entry is
+ * inserted zeroed (BPF_NOEXIST: a racing CPU's insert wins, once) and counted
+ * in `group_stats[slot]`, per CPU, so that user space knows how many groups a
+ * filter had made and tells evictions from the entries still there (the
+ * kernel calls nobody back when the LRU evicts). An entry made again after an
+ * eviction starts from zero, with a new `first_ns`. A removed filter's groups
+ * are deleted by user space; its generation keeps a late update out of the
+ * next filter of its slot.
+ */
+
+#define BPF_NOEXIST 1 /* UAPI: insert only */
+
+enum by_kind {
+	BY_NONE = 0,
+	BY_RADDR = 1,
+	BY_LADDR = 2,
+	BY_RPORT = 3,
+	BY_LPORT = 4,
+	BY_CGROUP = 5,
+	BY_NETNS = 6,
+	BY_WORKLOAD = 7, /* the cgroup id and the netns both: user space names the container */
+};
+
+struct group_key {
+	__u32 slot;      /* the filter's slot and generation */
+	__u32 gen;
+	__u8 addr[16];   /* BY_RADDR, BY_LADDR: the address, masked to the clause's prefix */
+	__u64 cgroup_id; /* BY_CGROUP, BY_WORKLOAD: the socket's cgroup-v2 id (0: none) */
+	__u32 netns;     /* BY_NETNS, BY_WORKLOAD: the socket's netns inode */
+	__u16 port;      /* BY_RPORT, BY_LPORT; host byte order */
+	__u8 kind;       /* enum by_kind; every field it does not name is 0 */
+	__u8 pad;
+};
+
+struct group {
+	__u64 first_ns; /* bpf_ktime_get_ns() when this entry was made */
+	__u64 last_ns;  /* ... of its latest update */
+	struct hist closed;
+	struct hist sampled;
+};
+
+struct group_stat {
+	__u64 gen;     /* the generation of the filter these counts are for */
+	__u64 created; /* groups made for it on this CPU */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct group_key);
+	__type(value, struct group);
+} groups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct group_stat);
+} group_stats SEC(".maps");
+
+/* A new group's value (too large for the stack): zero but for its time stamps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct group);
+} group_new SEC(".maps");
+
+/* record() for a histogram every CPU updates: atomic adds (the result unused,
+ * so clang emits the plain BPF_ADD every kernel has, not the 5.12 fetch form). */
+static __always_inline void record_shared(struct hist *h, __u32 rtt_us)
+{
+	__u64 b = bucket(rtt_us);
+
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum_us, rtt_us);
+	if (b < HIST_BUCKETS)
+		__sync_fetch_and_add(&h->buckets[b], 1);
+}
+
+/*
+ * Keep the first bits of a 16-byte address: `bits4` of an IPv4 (v4-mapped)
+ * one, `bits6` of another. Without branches per word (the verifier would
+ * otherwise follow every combination): n = clamp(bits - 32 i, 0, 32), and
+ * the word's mask is the low half of 0xffffffff00000000 >> n.
+ */
+static __always_inline void mask_addr(__u8 *addr, __u8 bits4, __u8 bits6)
+{
+	__u32 *w = (__u32 *)addr;
+	__s64 bits = (w[0] | w[1] | (w[2] ^ bpf_htonl(0xffff))) ? bits6 : bits4;
+	__s64 n, d;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		n = bits - 32 * i;
+		n &= ~(n >> 63); /* max(n, 0) */
+		d = n - 32;
+		n = 32 + (d & (d >> 63)); /* min(n, 32) */
+		asm volatile("" : "+r"(n));
+		w[i] &= bpf_htonl((__u32)(0xffffffff00000000ULL >> n));
+	}
+}
+
+/* Count one RTT in group `k` (made when missing). */
+static __attribute__((noinline)) int count_group(struct group_key *k, __u32 rtt_us, __u64 now, int sampled)
+{
+	struct group *g = bpf_map_lookup_elem(&groups, k);
+	struct group_stat *gs;
+	__u32 zero = 0;
+
+	if (!g) {
+		g = bpf_map_lookup_elem(&group_new, &zero);
+		if (!g)
+			return 0;
+		g->first_ns = now;
+		g->last_ns = now;
+		if (!bpf_map_update_elem(&groups, k, g, BPF_NOEXIST)) {
+			gs = bpf_map_lookup_elem(&group_stats, &k->slot);
+			if (gs) { /* per-CPU: no other writer */
+				if (gs->gen != k->gen) {
+					gs->gen = k->gen;
+					gs->created = 0;
+				}
+				gs->created += 1;
+			}
+		}
+		g = bpf_map_lookup_elem(&groups, k);
+		if (!g)
+			return 0;
+	}
+	g->last_ns = now;
+	if (sampled)
+		record_shared(&g->sampled, rtt_us);
+	else
+		record_shared(&g->closed, rtt_us);
+	return 0;
+}
+
+static __always_inline void group_head(struct group_key *k, const struct filter_value *v, __u8 kind)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->slot = v->slot;
+	k->gen = v->gen;
+	k->kind = kind;
+}
+
+#define GROUP_DIRECT 1  /* the socket is a BTF pointer (fentry, tp_btf) */
+#define GROUP_SAMPLED 2 /* a live sample, not a connection's end */
+
+/* Count an RTT of socket `sk`, which filter `v` selected, in its group. */
+static __attribute__((noinline)) int group_of_sock(struct sock *sk, const struct filter_value *v, __u32 rtt_us,
+						   __u64 now, int how)
+{
+	int direct = how & GROUP_DIRECT;
+	__u8 kind = v->by_kind;
+	struct tcp_sock *tp;
+	struct group_key k;
+
+	group_head(&k, v, kind);
+	if (kind == BY_RADDR || kind == BY_LADDR) {
+		sock_addr(sk, READ(direct, sk, __sk_common.skc_family), kind == BY_LADDR, k.addr, direct);
+		mask_addr(k.addr, v->by_bits4, v->by_bits6);
+	} else if (kind == BY_RPORT) {
+		k.port = bpf_ntohs(READ(direct, sk, __sk_common.skc_dport));
+	} else if (kind == BY_LPORT) {
+		tp = tcp_sock_of(sk, direct);
+		if (!tp)
+			return 0;
+		k.port = bpf_ntohs(READ(direct, (struct inet_sock *)tp, inet_sport));
+	} else if (kind >= BY_CGROUP && kind <= BY_WORKLOAD) {
+		if (kind != BY_NETNS)
+			k.cgroup_id = sock_cgroup_id(sk, direct);
+		if (kind != BY_CGROUP)
+			k.netns = sock_netns(sk, direct);
+	} else {
+		return 0;
+	}
+	return count_group(&k, rtt_us, now, how & GROUP_SAMPLED);
+}
+
+/* A live sample's group from what the classic tcp_probe record holds before
+ * 6.9 (addresses and ports; no socket, so no cgroup or netns groups). */
+static __attribute__((noinline)) int group_of_ends(const struct ends *c, const struct filter_value *v, __u32 rtt_us)
+{
+	__u8 kind = v->by_kind;
+	struct group_key k;
+
+	group_head(&k, v, kind);
+	if (kind == BY_RADDR || kind == BY_LADDR) {
+		__builtin_memcpy(k.addr, kind == BY_RADDR ? c->daddr : c->saddr, 16);
+		mask_addr(k.addr, v->by_bits4, v->by_bits6);
+	} else if (kind == BY_RPORT) {
+		k.port = c->dport;
+	} else if (kind == BY_LPORT) {
+		k.port = c->sport;
+	} else {
+		return 0;
+	}
+	return count_group(&k, rtt_us, bpf_ktime_get_ns(), 1);
+}
+
+/* ---- end of groups ---- */
+
 /*
  * The shared body of the connection-end hooks: match the filters first
  * (most sockets match none), then read the rest, count and send the event.
@@ -873,6 +1090,8 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	if (st) {
 		record(&st->closed, srtt);
 		st->last_match_ns = now;
+		if (m.value->by_kind)
+			group_of_sock(sk, m.value, srtt, now, direct ? GROUP_DIRECT : 0);
 	}
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -946,6 +1165,7 @@ static __always_inline int sample_sock(struct sock *sk, int direct)
 	struct tcp_sock *tp;
 	struct match m;
 	__u16 family;
+	__u32 srtt;
 
 	if (!kinds)
 		return 0;
@@ -956,8 +1176,12 @@ static __always_inline int sample_sock(struct sock *sk, int direct)
 	if (!tp)
 		return 0;
 	st = stats_of(&m);
-	if (st)
-		record(&st->sampled, READ(direct, tp, srtt_us) >> 3);
+	if (!st)
+		return 0;
+	srtt = READ(direct, tp, srtt_us) >> 3;
+	record(&st->sampled, srtt);
+	if (m.value->by_kind)
+		group_of_sock(sk, m.value, srtt, bpf_ktime_get_ns(), GROUP_SAMPLED | (direct ? GROUP_DIRECT : 0));
 	return 0;
 }
 
@@ -1017,8 +1241,11 @@ int tcprtt_sample_tracepoint(struct trace_event_raw_tcp_probe *args)
 	if (!match(&c, kinds, 0, &m))
 		return 0;
 	st = stats_of(&m);
-	if (st)
-		record(&st->sampled, args->srtt);
+	if (!st)
+		return 0;
+	record(&st->sampled, args->srtt);
+	if (m.value->by_kind)
+		group_of_ends(&c, m.value, args->srtt);
 	return 0;
 }
 
@@ -1040,6 +1267,11 @@ static __attribute__((used)) int abi_tables(struct host_key *h, struct net_key *
 }
 
 static __attribute__((used)) int abi_workloads(struct workload *w, struct filter_text *t)
+{
+	return 0;
+}
+
+static __attribute__((used)) int abi_groups(struct group_key *k, struct group *g, struct group_stat *s)
 {
 	return 0;
 }

@@ -27,7 +27,7 @@ from typing import Any
 
 from ttcp.api.event_stream import DEFAULT_BACKLOG, EventHub
 from ttcp.api.limits import Connections, Limits
-from ttcp.api.metrics import FileCounters, FilterSeries, ProgramStats, Snapshot
+from ttcp.api.metrics import FileCounters, FilterSeries, GroupSeries, ProgramStats, Snapshot
 from ttcp.api.process_metrics import ProcessMetrics, ProcessReader
 from ttcp.api.series_bound import DEFAULT_MAX_SERIES, SeriesBound
 from ttcp.api.token import Token
@@ -38,12 +38,14 @@ from ttcp.rtt import clock, events
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.filters_sync import SETTLE_S, FiltersFile
+from ttcp.rtt.groups import GroupSet, no_paths
 from ttcp.rtt.tracer import Tracer
 from ttcp.workloads.resolver import Resolver
 
 log = logging.getLogger("ttcp")
 
 COALESCE_S = 0.002  # the most a line waits for company before it is printed
+DEFAULT_METRICS_GROUPS = 5  # --metrics-groups: each filter's top groups in /metrics
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -98,6 +100,7 @@ class Options:
     filters_file: FiltersFile | None = None  # started: applied once, its directory watched
     bpf_stats: BpfStats = field(default_factory=BpfStats)  # the kernel's BPF statistics (--bpf-stats)
     max_series: int = DEFAULT_MAX_SERIES  # bound on /metrics' series (0: none)
+    metrics_groups: int = DEFAULT_METRICS_GROUPS  # the top groups of a filter with a breakdown in /metrics
     limits: Limits = field(default_factory=Limits)  # connections, request deadline, keep-alive, streams
 
 
@@ -166,7 +169,9 @@ class Agent:
     def metrics(self) -> Snapshot:
         table = self.tracer.table
         assert table is not None
-        series = [FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns) for f, s in self._stats().items()]
+        stats = self._stats()
+        grouped = table.groups([f for f in stats if f.by is not None], top=self.opts.metrics_groups)
+        series = [_series(f, s, grouped.get(f), self.cgroup_path) for f, s in stats.items()]
         source = self.opts.filters_file
         return Snapshot(series, events_total=self.printer.printed,
                         dropped={"ring_full": self.tracer.ring_full(), "recursion": self.tracer.recursion_misses()},
@@ -178,6 +183,9 @@ class Agent:
                         filters_file=None if source is None else FileCounters(source.errors_total, source.reload_ok),
                         bound=self.bound, now_ns=time.monotonic_ns(), api_connections=self.connections.counts.open,
                         api_connections_max=self.opts.limits.max_connections, api_rejected=self._rejected())
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        return self.resolver.paths(cgroup_id) if self.resolver is not None else None
 
     def _rejected(self) -> dict[str, int]:
         return {**self.connections.counts.rejected, "streams": self.hub.refused_clients}
@@ -225,7 +233,7 @@ class Agent:
         hooks = server.ApiHooks(health=self.health, mono_to_wall=clock.monotonic_to_wall,
                              metrics=self.metrics, sampling=self.sampling, set_sampling=self.set_sampling,
                              events=self.hub, table_full_hint=self.opts.table_full_hint,
-                             filters_file=None if source is None else source.status)
+                             filters_file=None if source is None else source.status, cgroup_path=self.cgroup_path)
         app = server.create_app(self.tracer.table, hooks, token=self.opts.token,
                                 allowed_hosts=self.opts.allowed_hosts)
         self._runner = await server.start(app, self.opts.host, self.opts.port, self.opts.sockets,
@@ -326,7 +334,7 @@ class Agent:
         assert self.histograms is not None and self.opts.histogram_s
         while True:
             await asyncio.sleep(self.opts.histogram_s)
-            if not self.histograms.interval(self._stats()):
+            if not self.histograms.interval(self._stats(), self._all_groups()):
                 stop.set()
                 return
 
@@ -335,8 +343,22 @@ class Agent:
         assert table is not None
         return table.stats(table.filters())
 
+    def _all_groups(self) -> dict[Filter, GroupSet]:
+        table = self.tracer.table
+        assert table is not None
+        return table.groups([f for f in table.filters() if f.by is not None])
+
     def print_totals(self) -> None:
         if self.histograms is not None:
-            self.histograms.totals(self._stats())
+            self.histograms.totals(self._stats(), self._all_groups())
+
+
+def _series(f: Filter, s: FilterStats, groups: GroupSet | None,
+            cgroup_path: Callable[[int], str | None] = no_paths) -> FilterSeries:
+    """A filter's series for /metrics; with a breakdown, its top groups too."""
+    if groups is None:
+        return FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns)
+    top = tuple(GroupSeries(g.key.text(groups.by, cgroup_path), g.closed, g.sampled) for g in groups.groups)
+    return FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns, top, groups.live, groups.evicted)
 
 

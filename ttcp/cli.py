@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TextIO, TypeVar
 
-from ttcp.agent import Agent, Options, listen
+from ttcp.agent import DEFAULT_METRICS_GROUPS, Agent, Options, listen
 from ttcp.api.event_stream import DEFAULT_BACKLOG
 from ttcp.api.host_names import HostNameError, is_loopback, normalize_name
 from ttcp.api.limits import Limits
@@ -41,14 +41,15 @@ from ttcp.rtt import filters
 from ttcp.rtt.events import Lines
 from ttcp.rtt.filter_table import KernelFilterTable
 from ttcp.rtt.filters_sync import FiltersFile
+from ttcp.rtt.groups import DEFAULT_MAX_GROUPS
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
 from ttcp.rtt.table_rules import CorruptTableError, Origin
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 from ttcp.workloads.resolver import Resolver
 
 EPILOG = """\
-filters ([WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]]; a connection is reported
-when any matches):
+filters ([WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]] [by KEY]; a connection is
+reported when any matches):
   10.178.0.5                    local (source) address 10.178.0.5: a plain
                                 address, as the original ttcp took them
   dst 10.20.0.0/16 port 5432    connections to the database network's port 5432
@@ -67,6 +68,18 @@ workloads (WORKLOAD := cgroup PATH | netns PATH | netns INODE):
                                 /run/netns/NAME, /proc/PID/ns/net; or its inode,
                                 the JSON netns field)
   Workload filters first (the deepest cgroup, then netns), then the others.
+breakdowns (by KEY := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns):
+  dst 10.20.0.0/16 port 5432 by raddr
+                                which database replica is slow: one RTT histogram
+                                per remote address, kept by the kernel
+      ttcp --sample --format histogram --filter 'dst 10.20.0.0/16 port 5432 by raddr'
+      curl 'http://localhost:8090/filters/dst%2010.20.0.0%2F16%20port%205432%20by%20raddr/groups?sort=p99&histogram=sampled'
+  by raddr/24 groups remote IPv4 peers by /24 network (IPv6 ones by /24 too: use
+  /64 for those; an IPv4 address keeps at most 32 bits). At most --max-groups
+  groups for all filters together (an LRU in the kernel: the least recently used
+  goes, counted as evicted; one seen again starts from zero). The clause is part
+  of the filter: a selector has one filter (adding it with another `by` is 409).
+  With --sample, connections that never close (a pool's) count too.
 
 output (stdout), one line per TCP connection that ended, that a filter selects:
   YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)
@@ -75,9 +88,10 @@ output (stdout), one line per TCP connection that ended, that a filter selects:
   retrans, bytes_acked, bytes_received, netns, hook, filter, ...). A loopback
   connection has two local sockets: a filter on its address reports both.
   JSON also has cgroup_id and cgroup (the socket's cgroup-v2 id and path); -w
-  adds a Workload column (the cgroup path) to the table. --histogram N prints,
-  every N seconds and at exit, a log2 RTT histogram per filter (bcc style)
-  instead of the lines.
+  adds a Workload column (the cgroup path) to the table. --format histogram
+  prints at exit (and with --histogram N every N seconds) a log2 RTT histogram
+  per filter, one per group for a filter with `by` (bcc style), instead of the
+  lines.
 
 API (see README / GET /openapi.json): the original ttcp's three curl lines,
 with plain addresses, work as they did, and any filter does too:
@@ -86,6 +100,7 @@ with plain addresses, work as they did, and any filter does too:
   curl -L http://localhost:8090 -XDELETE -d 192.168.0.1
   curl -L http://localhost:8090 -XPUT -d 'dst 10.20.0.0/16 port 5432'
   curl http://localhost:8090/metrics          Prometheus (histograms per filter)
+  curl 'http://localhost:8090/filters/FILTER/groups?top=10&sort=p99'   a breakdown's groups
   curl http://localhost:8090/events           the JSON event lines, streamed
   curl -XPUT -d on http://localhost:8090/sampling   live RTT sampling on/off
 
@@ -120,6 +135,8 @@ FLEET (a DaemonSet: deploy/kubernetes/ and README's "Running on a fleet"):
                                 and ttcp_filters_file_errors_total say why).
   --metrics-max-series N        bound /metrics (default 10000; 0: none): the least
                                 recently used filters' histograms are left out.
+  --metrics-groups K            the K busiest groups of each filter with `by` in
+                                /metrics (default 5), with a `group` label.
   --bpf-stats                   the kernel time of ttcp's BPF programs in /metrics
                                 (turns the kernel's BPF statistics on for the whole
                                 machine while ttcp runs; needs CAP_SYS_ADMIN).
@@ -229,12 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "loaded before the program attaches")
     p.add_argument("--max-filters", type=_positive, default=DEFAULT_MAX_FILTERS, metavar="N",
                    help="size of the filter table (default: %(default)s)")
+    p.add_argument("--max-groups", type=_positive, default=DEFAULT_MAX_GROUPS, metavar="N",
+                   help="groups the kernel keeps for all filters with a `by` clause together, the least "
+                        "recently used evicted first (default: %(default)s: 4.4 MiB of kernel memory, 568 bytes a "
+                        "group, whatever the CPUs)")
     p.add_argument("--attach", choices=("auto",) + MODES, default="auto",
                    help="kernel hook: auto tries fentry, tp_btf, tracepoint in order "
                         "(default: %(default)s)")
-    p.add_argument("--format", choices=("table", "json"), default="table",
-                   help="table: the header and aligned columns; json: one JSON object per line "
-                        "(default: %(default)s)")
+    p.add_argument("--format", choices=("table", "json", "histogram"), default="table",
+                   help="table: the header and aligned columns; json: one JSON object per line; histogram: "
+                        "RTT histograms per filter (per group with `by`) at exit, or every --histogram "
+                        "SECONDS, instead of the lines (default: %(default)s)")
     p.add_argument("-w", "--wide", action="store_true",
                    help="the table gets a Workload column: the cgroup path of each connection's socket")
     p.add_argument("--ringbuf-size", type=_size, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
@@ -291,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--metrics-max-series", type=_count, default=DEFAULT_MAX_SERIES, metavar="N",
                        help="at most about N series in GET /metrics: past it, the histograms of the least "
                             "recently used filters are left out (default: %(default)s; 0: no bound)")
+    fleet.add_argument("--metrics-groups", type=_count, default=DEFAULT_METRICS_GROUPS, metavar="K",
+                       help="the K busiest groups of each filter with a `by` clause in GET /metrics, with a "
+                            "`group` label, counted by --metrics-max-series (default: %(default)s)")
     fleet.add_argument("--bpf-stats", action="store_true",
                        help="turn the kernel's BPF statistics on while ttcp runs, for the run time of its "
                             "programs in /metrics (costs every BPF program on the machine tens of ns a run; "
@@ -463,7 +488,7 @@ def _open_table(tracer: Tracer, args: argparse.Namespace) -> KernelFilterTable:
 
 def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Signals) -> int:
     token = _token(args)
-    histograms = HistogramPrinter(out, ms=args.ms) if args.histogram is not None else None
+    histogram_mode = args.histogram is not None or args.format == "histogram"
     timings.phase("setup")
     if not args.no_api and importlib.util.find_spec("aiohttp") is None:
         # The server is imported after the header; a missing package must fail before it.
@@ -472,16 +497,17 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
     sockets = [] if args.no_api else _listen(args.host, args.port)
     timings.phase("listen")
     resolver = Resolver.for_host()
+    histograms = HistogramPrinter(out, ms=args.ms, cgroup_path=resolver.paths) if histogram_mode else None
     source: FiltersFile | None = None
     stats = BpfStats()
     try:
         if args.bpf_stats:
             stats = BpfStats.enable()
-        with Tracer(max_filters=args.max_filters, ringbuf_size=args.ringbuf_size,
+        with Tracer(max_filters=args.max_filters, max_groups=args.max_groups, ringbuf_size=args.ringbuf_size,
                     btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset, resolver=resolver) as tracer:
             timings.phase("object")
             table = _open_table(tracer, args)
-            printer = Printer(args.format, out, show=args.histogram is None,
+            printer = Printer(args.format, out, show=not histogram_mode,
                               lines=Lines(table.names, resolver.paths), wide=args.wide)
             wanted = list(dict.fromkeys(args.filters))
             if len(wanted) > args.max_filters:
@@ -511,7 +537,8 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                            histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
                            stream_backlog=args.stream_backlog, token=token,
                            allowed_hosts=tuple(args.allowed_hosts), sockets=sockets, filters_file=source,
-                           bpf_stats=stats, max_series=args.metrics_max_series, limits=_limits(args))
+                           bpf_stats=stats, max_series=args.metrics_max_series,
+                           metrics_groups=args.metrics_groups, limits=_limits(args))
             agent = Agent(tracer, printer, opts, histograms, resolver)
 
             def header_out() -> None:

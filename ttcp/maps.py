@@ -157,6 +157,16 @@ class HashMap(_MapHandle, Generic[K, V]):
         """Remove `key`; False if it was absent."""
         return syscalls.map_delete(self.fd, self.key_codec.encode(key), name=self.name)
 
+    def delete_many(self, keys: Iterable[K]) -> int:
+        """Remove every key of `keys` that is there; returns how many were. A few
+        batched calls where the kernel has BPF_MAP_DELETE_BATCH (5.6+), else one per key."""
+        raw = [self.key_codec.encode(k) for k in keys]
+        if not raw:
+            return 0
+        if self.batchable and features.batch_map_ops().supported:
+            return syscalls.map_delete_batch(self.fd, raw, name=self.name)
+        return sum(syscalls.map_delete(self.fd, k, name=self.name) for k in raw)
+
     def _raw_keys(self) -> Iterator[bytes]:
         # The kernel restarts from the first key when the previous one has
         # vanished (deleted meanwhile), so remember what was yielded: each key

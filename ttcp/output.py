@@ -17,6 +17,7 @@ from ttcp.maps import Run, run_layout
 from ttcp.rtt import clock, events, histogram
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
+from ttcp.rtt.groups import CgroupPath, Group, GroupKey, GroupSet, no_paths
 from ttcp.rtt.histogram import Histogram
 
 # One record of a Run from RingBuffer.read_runs, as the table (-w: with the workload) and as JSON need it.
@@ -123,42 +124,85 @@ class Printer:
         return not self.reader_gone
 
 
-class HistogramPrinter:
-    """`--histogram SECONDS`: each interval's RTTs per filter, bcc style, then the
-    whole run's at exit. Filters with no RTT in the period are left out."""
+_KINDS = (("at close", "closed"), ("live samples", "sampled"))
 
-    def __init__(self, out: TextIO, ms: bool = False) -> None:
+
+class HistogramPrinter:
+    """`--format histogram` / `--histogram SECONDS`: each interval's RTTs per filter,
+    bcc style, then the whole run's at exit. Filters with no RTT in the period are
+    left out. A filter with a breakdown (`by`) gets one histogram per group, the
+    largest first, as `bcc tcprtt -B` prints one per address, after a line with its
+    totals; a group evicted and made again meanwhile counts from its new start."""
+
+    def __init__(self, out: TextIO, ms: bool = False, cgroup_path: CgroupPath = no_paths) -> None:
         self.out = out
         self.ms = ms
+        self.cgroup_path = cgroup_path
         self._last: dict[Filter, FilterStats] = {}
+        self._last_groups: dict[tuple[Filter, GroupKey], Group] = {}
         self._since = time.time()
 
-    def interval(self, stats: Mapping[Filter, FilterStats]) -> bool:
+    def interval(self, stats: Mapping[Filter, FilterStats], groups: Mapping[Filter, GroupSet] | None = None) -> bool:
         """Print the RTTs since the previous call; False once stdout's reader is gone."""
         now = time.time()
+        groups = groups or {}
         blocks = []
         for f, s in stats.items():
             prev = self._last.get(f)
+            found = groups.get(f)
+            if found is not None:
+                blocks += self._groups(f, s, found, prev)
+                continue
             for what, h, p in (("at close", s.closed, prev.closed if prev else None),
                                ("live samples", s.sampled, prev.sampled if prev else None)):
                 delta = _minus(h, p) if p is not None else h
                 if delta.count:
                     blocks.append(self._block(f, what, delta))
         self._last = dict(stats)
+        self._last_groups = {(f, g.key): g for f, found in groups.items() for g in found.groups}
         head = (f"{time.strftime('%Y/%m/%d %H:%M:%S', time.localtime(now))} "
                 f"RTT histograms, last {now - self._since:.1f} s")
         self._since = now
         return self._write(head, blocks)
 
-    def totals(self, stats: Mapping[Filter, FilterStats]) -> bool:
-        blocks = [self._block(f, what, h) for f, s in stats.items()
-                  for what, h in (("at close", s.closed), ("live samples", s.sampled)) if h.count]
+    def totals(self, stats: Mapping[Filter, FilterStats], groups: Mapping[Filter, GroupSet] | None = None) -> bool:
+        groups = groups or {}
+        self._last_groups = {}
+        blocks = []
+        for f, s in stats.items():
+            found = groups.get(f)
+            if found is not None:
+                blocks += self._groups(f, s, found, None)
+                continue
+            blocks += [self._block(f, what, h) for what, h in (("at close", s.closed), ("live samples", s.sampled))
+                       if h.count]
         return self._write("RTT histograms, whole run", blocks)
 
-    def _block(self, f: Filter, what: str, h: Histogram) -> str:
+    def _groups(self, f: Filter, s: FilterStats, found: GroupSet, prev: FilterStats | None) -> list[str]:
+        """A filter's line, then each group's histograms of the period, largest first."""
+        closed = s.closed.count - (prev.closed.count if prev else 0)
+        sampled = s.sampled.count - (prev.sampled.count if prev else 0)
+        if not closed and not sampled:
+            return []
+        blocks = [f"filter {f}: {closed} connections at close, {sampled} live samples; {found.live} groups"
+                  + (f" ({found.evicted} evicted since the filter was added)" if found.evicted else "")]
+        for what, attr in _KINDS:
+            deltas = []
+            for g in found.groups:
+                before = self._last_groups.get((f, g.key))
+                h = g.histogram(attr)
+                delta = _minus(h, before.histogram(attr)) if before is not None and \
+                    before.first_ns == g.first_ns else h
+                if delta.count:
+                    deltas.append((g.key.text(found.by, self.cgroup_path), delta))
+            for text, delta in sorted(deltas, key=lambda d: (-d[1].count, d[0])):
+                blocks.append(self._block(f, what, delta, f"{found.by.kind.name.lower()} {text}"))
+        return blocks
+
+    def _block(self, f: Filter, what: str, h: Histogram, group: str = "") -> str:
         mean = h.sum_us / h.count
         unit = f"{mean / 1000:.3f} ms" if self.ms else f"{mean:.0f} us"
-        title = f"filter {f}: RTT {what}, {h.count} samples, mean {unit}"
+        title = f"filter {f}{', ' + group if group else ''}: RTT {what}, {h.count} samples, mean {unit}"
         return histogram.render(h, title, ms=self.ms)
 
     def _write(self, head: str, blocks: list[str]) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,10 +43,12 @@ from ttcp.api.limits import Connections, Limits
 from ttcp.api.token import Token
 from ttcp.errors import BindError, TtcpError
 from ttcp.rtt import filters as F
+from ttcp.rtt import groups as G
 from ttcp.rtt.filter_table import FilterStats, FilterTable
 from ttcp.rtt.filters import Filter, FilterError
 from ttcp.rtt.filters_file import Status as FileStatus
-from ttcp.rtt.table_rules import NotInTableError, Origin, TableFullError
+from ttcp.rtt.groups import CgroupPath, GroupSet
+from ttcp.rtt.table_rules import NotInTableError, Origin, SelectorHeldError, TableFullError
 
 log = logging.getLogger("ttcp.server")
 
@@ -58,6 +60,8 @@ _OFF = {"off", "false", "0", "no"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FILTER_PATH = r"/filters/{filter:[\s\S]+}"
+GROUPS_SUFFIX = "/groups"  # /filters/{filter}/groups, for a filter with a `by` clause
+MAX_TOP = 10_000  # GET .../groups?top=N: at most
 
 
 class ApiError(TtcpError):
@@ -81,6 +85,7 @@ class ApiHooks:
     events: EventHub | None = None
     table_full_hint: str = ""  # how to get a larger table, in the caller's terms
     filters_file: Callable[[], FileStatus] | None = None  # --filters-file: its state
+    cgroup_path: CgroupPath | None = None  # a cgroup id's path (groups by cgroup)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -129,6 +134,54 @@ def _filters_of(items: Iterable[object]) -> list[Filter]:
             hint = _AMPERSAND_HINT if isinstance(item, str) and "&" in item else ""
             raise ApiError(400, f"bad filter: {e}{hint}") from None
     return list(found)
+
+
+def groups_path(text: str) -> Filter | None:
+    """The filter a /filters/{text} path names the groups of: `text` ends with /groups
+    and what comes before is a filter with a `by` clause; else None (the whole text is
+    a filter: a cgroup path may end in /groups)."""
+    if not text.endswith(GROUPS_SUFFIX):
+        return None
+    try:
+        f = F.parse(text[:-len(GROUPS_SUFFIX)])
+    except FilterError:
+        return None
+    return f if f.by is not None else None
+
+
+def _check_groupless(text: str) -> None:
+    """A path ending in /groups whose prefix is a filter without a `by` clause (and
+    which is no filter itself): 404, that filter has no groups."""
+    if not text.endswith(GROUPS_SUFFIX):
+        return
+    try:
+        F.parse(text)
+        return
+    except FilterError:
+        pass
+    try:
+        f = F.parse(text[:-len(GROUPS_SUFFIX)])
+    except FilterError:
+        return  # not a filter either way: the whole text's 400 says why
+    raise ApiError(404, f"{f} has no `by` clause, so no groups (e.g. {f.with_by(F.By(F.ByKind.RADDR))})")
+
+
+def groups_query(query: Mapping[str, str]) -> tuple[int, str, str]:
+    """(top, sort, histogram) of GET .../groups?top=N&sort=count|mean|p50|p99&histogram=closed|sampled;
+    400 naming a bad or unknown parameter."""
+    unknown = sorted(set(query) - {"top", "sort", "histogram"})
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))} (expected top, sort, "
+                            "histogram)")
+    top_text = query.get("top", "20")
+    if not top_text.isascii() or not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
+        raise ApiError(400, f"top must be a number from 1 to {MAX_TOP}, not {F.json_repr(top_text)}")
+    sort, which = query.get("sort", "count"), query.get("histogram", "closed")
+    if sort not in G.SORTS:
+        raise ApiError(400, f"sort must be one of {', '.join(G.SORTS)}, not {F.json_repr(sort)}")
+    if which not in G.HISTOGRAMS:
+        raise ApiError(400, f"histogram must be closed or sampled, not {F.json_repr(which)}")
+    return int(top_text), sort, which
 
 
 def parse_body(body: bytes, content_type: str) -> list[Filter]:
@@ -183,6 +236,8 @@ class _Api:
             return self.table.add(fs)
         except TableFullError as e:
             raise self._full(e) from None
+        except SelectorHeldError as e:
+            raise ApiError(409, f"{e} (nothing was added)") from None
         except FilterError as e:  # a workload this host cannot resolve (WorkloadError)
             raise ApiError(400, f"bad filter: {e}") from None
 
@@ -194,9 +249,15 @@ class _Api:
         try:
             self.table.remove(fs)
         except NotInTableError as e:
-            raise ApiError(404, str(e)) from None
+            raise ApiError(404, str(e) + self._held_instead(e.missing)) from None
 
-    def _entry(self, f: Filter, s: FilterStats, histograms: bool = False) -> dict[str, Any]:
+    def _held_instead(self, missing: Sequence[Filter]) -> str:
+        """For filters absent, the filters held with their selector (another `by`), if any."""
+        held = [(f, h) for f in missing if (h := self.table.holder(f)) is not None]
+        return "".join(f" (the table holds {h}, with the same selector)" for _, h in held[:1])
+
+    def _entry(self, f: Filter, s: FilterStats, histograms: bool = False,
+               groups: GroupSet | None = None) -> dict[str, Any]:
         unix = self.hooks.mono_to_wall(s.last_match_ns) if s.last_match_ns else None
         out: dict[str, Any] = {
             "filter": str(f),
@@ -209,6 +270,8 @@ class _Api:
         state = self.table.workload_state(f)
         if state is not None:
             out["workload"] = state.to_json()
+        if groups is not None:
+            out.update(groups=groups.live, groups_evicted=groups.evicted)
         if histograms:
             out["histograms"] = {"closed": s.closed.to_json(), "sampled": s.sampled.to_json()}
         return out
@@ -219,8 +282,17 @@ class _Api:
     def _one(self, f: Filter) -> FilterStats:
         found = self.table.stats([f]).get(f)
         if found is None:
-            raise ApiError(404, f"{f} is not in the filter table")
+            raise ApiError(404, f"{f} is not in the filter table" + self._held_instead([f]))
         return found
+
+    def _group_counts(self, fs: Sequence[Filter]) -> dict[Filter, GroupSet]:
+        """How many groups each filter with a breakdown has (one read of the map)."""
+        return self.table.groups([f for f in fs if f.by is not None], top=0)
+
+    def _no_groups_route(self, request: web.Request) -> None:
+        """PUT or DELETE of .../groups: the groups are read only (405, as for any route)."""
+        if groups_path(request.match_info["filter"]) is not None:
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
 
     # -- handlers: everything after the body is read runs without an await --
 
@@ -242,19 +314,41 @@ class _Api:
     async def list_filters(self, request: web.Request) -> web.Response:
         fs = self.table.filters()
         stats = self.table.stats(fs)
-        entries = [self._entry(f, stats.get(f, FilterStats.empty())) for f in fs]
+        counts = self._group_counts(fs)
+        entries = [self._entry(f, stats.get(f, FilterStats.empty()), groups=counts.get(f)) for f in fs]
         source = None if self.hooks.filters_file is None else _file_status(self.hooks.filters_file())
         return web.json_response({"filters": entries, "count": len(entries), "max_entries": self.table.max_entries,
                                   "filters_file": source})
 
     async def get_filter(self, request: web.Request) -> web.Response:
+        grouped = groups_path(request.match_info["filter"])
+        if grouped is not None:
+            return self._groups(grouped, request)
+        _check_groupless(request.match_info["filter"])
         f = self._path_filter(request)
-        return web.json_response(self._entry(f, self._one(f), histograms=True))
+        return web.json_response(self._entry(f, self._one(f), histograms=True,
+                                             groups=self._group_counts([f]).get(f)))
+
+    def _groups(self, f: Filter, request: web.Request) -> web.Response:
+        """GET /filters/{filter}/groups: the top groups, ordered as asked."""
+        top, sort, which = groups_query(request.query)
+        self._one(f)  # 404 when it is not held
+        found = self.table.groups([f]).get(f)
+        assert f.by is not None and found is not None
+        path = self.hooks.cgroup_path or G.no_paths
+        by = f.by
+        chosen = G.ordered(found.groups, sort, which, lambda k: k.text(by, path))[:top]
+        return web.json_response({
+            "filter": str(f), "by": str(by), "groups_total": found.live, "evicted": found.evicted,
+            "max_groups": found.max_groups, "top": top, "sort": sort, "histogram": which,
+            "estimator": G.ESTIMATOR, "restarts": G.RESTARTS,
+            "groups": [G.group_json(g, by, self.hooks.mono_to_wall, path, _iso) for g in chosen]})
 
     async def put_filter(self, request: web.Request) -> web.Response:
+        self._no_groups_route(request)
         f = self._path_filter(request)
         created = bool(self._add([f]))
-        body = self._entry(f, self._one(f))
+        body = self._entry(f, self._one(f), groups=self._group_counts([f]).get(f))
         if not created:
             return web.json_response(body, status=200)
         # Built by hand: yarl would escape the first ":" of an IPv6 address.
@@ -262,6 +356,7 @@ class _Api:
         return web.json_response(body, status=201, headers={"Location": location})
 
     async def delete_filter(self, request: web.Request) -> web.Response:
+        self._no_groups_route(request)
         self._remove([self._path_filter(request)])
         return web.Response(status=204)
 

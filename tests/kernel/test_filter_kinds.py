@@ -149,7 +149,7 @@ def test_unused_kinds_cost_no_lookups(tracer: Tracer) -> None:
     add(tracer, "dst 127.0.47.1")
     assert tracer.table is not None
     sneaky = F.host_key(F.parse("127.0.47.2"))
-    tracer.table.hosts.put(sneaky, F.VALUE.pack(63, 1, 128))
+    tracer.table.hosts.put(sneaky, F.VALUE.pack(63, 1, 128, 0, 0, 0))
     try:
         with Server("127.0.47.1") as srv:
             connect_many(srv, "127.0.47.2", 3)
@@ -168,7 +168,7 @@ def test_a_host_whose_bitmap_bit_is_clear_is_never_looked_up(tracer: Tracer) -> 
     hidden = "127.0.48.2"
     assert F.host_bit(F.address_bytes(hidden)) != F.host_bit(F.address_bytes("127.0.48.1"))
     sneaky = F.host_key(F.parse(hidden))
-    tracer.table.hosts.put(sneaky, F.VALUE.pack(63, 1, 128))
+    tracer.table.hosts.put(sneaky, F.VALUE.pack(63, 1, 128, 0, 0, 0))
     try:
         with Server("127.0.48.1") as srv:
             connect_many(srv, hidden, 3)

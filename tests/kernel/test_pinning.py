@@ -160,7 +160,7 @@ def test_a_corrupt_table_is_refused(no_bpf_leaks: None, pin_dir: Path) -> None:
         table = t.open_maps()
         table.add([F.parse(A), F.parse(B)])
         slot = table.rules.slots[F.parse(A)]
-        table.hosts.put(F.host_key(F.parse(B)), F.VALUE.pack(slot.index, slot.gen, 128))  # another writer
+        table.hosts.put(F.host_key(F.parse(B)), F.VALUE.pack(slot.index, slot.gen, 128, 0, 0, 0))  # another writer
     with pytest.raises(CorruptTableError, match="count into the same slot"), \
             Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t:
         t.open_maps()
@@ -228,10 +228,10 @@ def _previous_table(pin_dir: Path, size: int) -> None:
     fds["stats"] = syscalls.map_create(MapType.PERCPU_ARRAY, 4, STATS_SIZE, size, name="stats")
     try:
         a = F.parse(A).addr
-        syscalls.map_update(fds["hosts"], struct.pack("=BxH16s", 1, 0, a), F.VALUE.pack(3, 11, 128))
+        syscalls.map_update(fds["hosts"], struct.pack("=BxH16s", 1, 0, a), F.VALUE.pack(3, 11, 128, 0, 0, 0))
         net = F.parse("dst 10.0.0.0/8 port 443")
         syscalls.map_update(fds["nets"], struct.pack("=IB2s16sx", 24 + net.bits, 2, (443).to_bytes(2, "big"),
-                                                      net.addr), F.VALUE.pack(5, 12, net.bits))
+                                                      net.addr), F.VALUE.pack(5, 12, net.bits, 0, 0, 0))
         stats = PerCpuArray(fds["stats"], STATS_SIZE, size, "stats", owns_fd=False)
         counted = HIST.pack(4, 400, *([0] * 6 + [4] + [0] * (HIST.size // 8 - 9)))
         cpus = syscalls.possible_cpus()  # the 4 connections counted on the first CPU

@@ -60,7 +60,7 @@ def test_kernel_map_filled_behind_the_tables_back_rolls_back(no_bpf_leaks: None)
         table = t.open_maps()
         table.add([f("10.0.0.1")])
         for i in range(3):  # not through the table: its index does not know them
-            table.hosts.put(F.host_key(f(f"10.9.9.{i}")), F.VALUE.pack(60 + i, 1, 128))
+            table.hosts.put(F.host_key(f(f"10.9.9.{i}")), F.VALUE.pack(60 + i, 1, 128, 0, 0, 0))
 
         async def scenario(c: Client) -> None:
             r = await c.call("PUT", "/", 507, data="10.0.0.2\n10.0.0.3")

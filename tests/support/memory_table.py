@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from ttcp.rtt.filter_table import FilterStats, NoWorkloads, RuledTable, WorkloadResolver, resolve_all
 from ttcp.rtt.filters import Filter
+from ttcp.rtt.groups import Group, GroupSet
 from ttcp.rtt.table_rules import Origin, TableRules
 
 
@@ -22,10 +23,22 @@ class MemoryFilterTable(RuledTable):
         self.rules = TableRules(max_entries, max_entries)
         self.resolver: WorkloadResolver = resolver or NoWorkloads()
         self._stats: dict[Filter, FilterStats] = {}
+        self._groups: dict[Filter, tuple[list[Group], int]] = {}  # a filter's groups, its evictions
+        self.max_groups = 64
         self.fail_after: int | None = None  # make the Nth insert of a call raise (fault tests)
 
     def stats(self, fs: Iterable[Filter]) -> dict[Filter, FilterStats]:
         return {f: self._stats[f] for f in fs if f in self._stats}
+
+    def groups(self, fs: Iterable[Filter], top: int | None = None) -> dict[Filter, GroupSet]:
+        out = {}
+        for f in fs:
+            if f in self._stats and f.by is not None:
+                groups, evicted = self._groups.get(f, ([], 0))
+                busiest = sorted(groups, key=lambda g: -g.total)
+                out[f] = GroupSet(f.by, busiest if top is None else busiest[:top], len(groups), evicted,
+                                  self.max_groups)
+        return out
 
     def add(self, fs: Sequence[Filter], origin: Origin = Origin.API) -> list[Filter]:
         planned = self.rules.plan_add(fs)
@@ -55,6 +68,7 @@ class MemoryFilterTable(RuledTable):
         for f in planned:
             self.rules.removed(f)
             del self._stats[f]
+            self._groups.pop(f, None)
         for w in {f.workload for f in planned if f.workload is not None}:
             if not self.rules.in_use(w):
                 self.resolver.release(w)
@@ -67,3 +81,8 @@ class MemoryFilterTable(RuledTable):
         if f not in self._stats:
             raise KeyError(f)
         self._stats[f] = stats
+
+    def set_groups(self, f: Filter, groups: list[Group], evicted: int = 0) -> None:
+        if f not in self._stats or f.by is None:
+            raise KeyError(f)
+        self._groups[f] = (groups, evicted)

@@ -66,7 +66,7 @@ def process_matches(pid: int, addr: str) -> int:
         raw = syscalls.map_lookup(maps["hosts"], F.host_key(F.parse(addr)), F.VALUE.size)
         if raw is None:
             return 0
-        slot, gen, _ = F.VALUE.unpack(raw)
+        slot, gen = F.VALUE.unpack(raw)[:2]
         info = syscalls.map_info(maps["stats"])
         rows = PerCpuArray(maps["stats"], info.value_size, info.max_entries, owns_fd=False).values(slot)
         return sum(summed([r], STATS_HEAD.size).count for r in rows if STATS_HEAD.unpack_from(r)[0] == gen)

@@ -18,7 +18,8 @@ def test_shipped_object_reads():
     assert {f.name for f in obj.programs} == {
         "tcprtt_fentry", "tcprtt_tp_btf", "tcprtt_tracepoint",
         "tcprtt_sample_fentry", "tcprtt_sample_tp_btf", "tcprtt_sample_tracepoint"}
-    assert set(obj.map_symbols) == {"hosts", "nets", "stats", "texts", "cgroups", "netns", "events", "drops"}
+    assert set(obj.map_symbols) == {"hosts", "nets", "stats", "texts", "cgroups", "netns", "events", "drops",
+                                    "groups", "group_stats", "group_new"}
 
 
 def test_section_kinds():

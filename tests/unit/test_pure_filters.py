@@ -262,7 +262,7 @@ def test_keys_are_the_programs_layout() -> None:
     h = F.host_key(F.parse("src 10.0.0.1 port 80"), 9)
     assert len(h) == 24 and h[:4] == (9).to_bytes(4, "little") and h[4] == 1
     assert h[6:8] == (80).to_bytes(2, "little")
-    assert len(F.WORKLOAD.pack(1, 2, F.VALUE.pack(3, 4, 0))) == 24
+    assert len(F.WORKLOAD.pack(1, 2, F.VALUE.pack(3, 4, 0, 0, 0, 0))) == 24
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

@@ -6,7 +6,11 @@ promtool. Histograms come from the program's log2 buckets: `le` is the upper
 end of each bucket in seconds (an RTT in bucket k is under 2^(k+1) us),
 cumulative, then +Inf. The live-sample histograms are shown only while
 sampling is on, and a Snapshot's bound (ttcp.api.series_bound) decides which
-filters' histograms fit; every other series is always there. Besides the
+filters' histograms fit; every other series is always there. A filter with a
+breakdown (`by`) also shows its groups' count and evictions, and the histograms
+of its top groups (at most --metrics-groups, the busiest) with a `group` label,
+in families of their own (a `sum by (filter)` over ttcp_connection_rtt_seconds
+counts each connection once); the bound counts them with the filter's. Besides the
 filters': drops by reason, ttcp's process metrics, its BPF programs' run time
 (counted while the kernel's statistics are on) and the filters file's state.
 """
@@ -26,11 +30,20 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DROP_REASONS = ("ring_full", "recursion")  # ttcp_events_dropped_total{reason}
 
 
+class GroupSeries(NamedTuple):
+    group: str  # the group key's canonical text: the `group` label
+    closed: Histogram
+    sampled: Histogram
+
+
 class FilterSeries(NamedTuple):  # a tuple: a scrape makes one per filter
     filter: str  # canonical filter text: the label value
     closed: Histogram
     sampled: Histogram
     last_match_ns: int = 0  # CLOCK_MONOTONIC of its latest match (ranks it for the bound)
+    groups: tuple[GroupSeries, ...] = ()  # its top groups (a filter with a breakdown)
+    group_count: int = -1  # groups the kernel holds for it; -1: no breakdown
+    groups_evicted: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,19 @@ def _matches(name: str, label: str, count: int) -> bytes:
     return f'{name}{{filter="{escape_label(label)}"}} {count}'.encode()
 
 
+def _group_block(name: str, labels: str, h: Histogram) -> bytes:
+    """A group's histogram; `labels` the filter and group labels, ready."""
+    lines = [f'{name}_bucket{{{labels},le="{_num(le)}"}} {count}' for le, count in cumulative(h)]
+    lines.append(f"{name}_sum{{{labels}}} {_num(h.sum_us / 1e6)}")
+    lines.append(f"{name}_count{{{labels}}} {h.count}")
+    return "\n".join(lines).encode()
+
+
+def group_labels(f: str, group: str) -> str:
+    return f'filter="{escape_label(f)}",group="{escape_label(group)}"'
+
+
+
 def _cached(used: dict[_Key, tuple[object, bytes]], make: Callable[[str, str, Any], bytes], name: str,
             label: str, source: Any) -> bytes:
     """make(name, label, source), or what it gave last time for the same source."""
@@ -128,6 +154,12 @@ _HISTOGRAMS = (
      "closed"),
     ("ttcp_rtt_sample_seconds",
      "Live RTT samples of established connections a filter selected (while sampling is on).", "sampled"))
+_GROUP_HISTOGRAMS = (
+    ("ttcp_group_connection_rtt_seconds",
+     "Smoothed RTT of each TCP connection a filter with a breakdown selected, when it ended, for its top groups.",
+     "closed"),
+    ("ttcp_group_rtt_sample_seconds",
+     "Live RTT samples of a filter's top groups (a filter with a breakdown; while sampling is on).", "sampled"))
 
 
 def body(s: Snapshot) -> bytes:
@@ -145,22 +177,52 @@ def body(s: Snapshot) -> bytes:
                              "Connections each filter selected (events printed or dropped).")))
     parts += [_cached(used, _matches, "ttcp_filter_matches_total", f.filter, f.closed.count)
               for f in s.filters]
+    grouped = [f for f in s.filters if f.group_count >= 0]
+    if grouped:
+        parts += _group_parts(grouped, histograms, shown, used)
     _blocks = used
-    omitted = 0 if shown is None else (len(s.filters) - len(shown)) * HISTOGRAM_SERIES * len(histograms)
+    omitted = 0 if shown is None else sum(_cost(f, len(histograms)) for f in s.filters if f.filter not in shown)
     parts.append(_text(_fixed(s, omitted) + [""]))  # the last newline
     return b"\n".join(parts)
 
 
+def _group_parts(grouped: Sequence[FilterSeries], histograms: Sequence[tuple[str, str, str]],
+                 shown: set[str] | None, used: dict[_Key, tuple[object, bytes]]) -> list[bytes]:
+    """The groups' histograms (of the filters shown), their counts and evictions."""
+    parts: list[bytes] = []
+    for name, help_text, which in _GROUP_HISTOGRAMS[:len(histograms)]:
+        parts.append(_text(_head(name, "histogram", help_text)))
+        parts += [_cached(used, _group_block, name, group_labels(f.filter, g.group), getattr(g, which))
+                  for f in grouped if shown is None or f.filter in shown for g in f.groups]
+    parts.append(_text(_family("ttcp_filter_groups", "gauge",
+                               "Groups the kernel holds for each filter with a breakdown (at most --max-groups "
+                               "for all filters together).",
+                               [(f'{{filter="{escape_label(f.filter)}"}}', f.group_count) for f in grouped])))
+    parts.append(_text(_family("ttcp_groups_evicted_total", "counter",
+                               "Groups of each filter with a breakdown that the kernel evicted to make room for "
+                               "others (--max-groups); one seen again starts from zero.",
+                               [(f'{{filter="{escape_label(f.filter)}"}}', f.groups_evicted) for f in grouped])))
+    return parts
+
+
+def _cost(f: FilterSeries, histograms: int) -> int:
+    """The histogram series a filter shows: its own and its top groups'."""
+    return HISTOGRAM_SERIES * histograms * (1 + len(f.groups))
+
+
 def _shown(s: Snapshot, per_filter: int) -> set[str] | None:
-    """The filters whose histograms fit the bound (ttcp.api.series_bound); None: all."""
+    """The filters whose histograms (their groups' included) fit the bound
+    (ttcp.api.series_bound); None: all."""
     if s.bound is None:
         return None
     fixed = sum(1 for line in _fixed(s, 0) if not line.startswith("#"))
-    room = s.bound.room(fixed, len(s.filters), per_filter)
+    always = fixed + len(s.filters) + 2 * sum(1 for f in s.filters if f.group_count >= 0)
+    room = s.bound.series_room(always)
     if room is None:
         return None
+    histograms = per_filter // HISTOGRAM_SERIES
     usage = [s.bound.usage(f.filter, f.last_match_ns, f.closed.count, f.sampled.count, s.now_ns) for f in s.filters]
-    return s.bound.choose(usage, room, s.now_ns)
+    return s.bound.choose(usage, room, s.now_ns, {f.filter: _cost(f, histograms) for f in s.filters})
 
 
 Sample = tuple[str, float]  # the labels ('{a="b"}' or ""), the value

@@ -16,12 +16,17 @@ even when others overtake it, so a filter on the edge does not flap in and
 out at every scrape (each time starting a new series in Prometheus). A
 smaller room (sampling switched on, filters added) is enforced at once.
 
+A filter with a breakdown (`by`) shows, beside its own, the histograms of its
+top groups (--metrics-groups K): its histograms are one unit, (1 + K) times
+as many series, counted whole; its groups gauge and evictions counter are
+always shown, like its matches.
+
 `choose` is the rule (pure); SeriesBound keeps its state between scrapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from ttcp.rtt.histogram import BUCKETS
@@ -44,20 +49,34 @@ def ranked(usage: Iterable[Usage]) -> list[str]:
     return [u.name for u in sorted(usage, key=lambda u: (-u.last_used_ns, -u.total))]
 
 
+def _fitting(names: Iterable[str], room: int, cost: Callable[[str], int]) -> list[str]:
+    """Those of `names`, in order, that fit `room` together (one too large is skipped)."""
+    out = []
+    for name in names:
+        c = cost(name)
+        if c <= room:
+            out.append(name)
+            room -= c
+    return out
+
+
 def choose(order: Sequence[str], room: int, members: Mapping[str, int], now_ns: int,
-           stay_ns: int) -> dict[str, int]:
+           stay_ns: int, cost: Mapping[str, int] | None = None) -> dict[str, int]:
     """The filters that show their histograms (name: when it joined) given the filters
-    ranked best first, the room (histograms that fit), and the current members."""
+    ranked best first, the room, and the current members. Without `cost` the room is
+    in filters; with it, in series, each filter costing cost[name]."""
+    of: Callable[[str], int] = (lambda _: 1) if cost is None else cost.__getitem__
     room = max(room, 0)
     rank = {name: i for i, name in enumerate(order)}
-    top = set(order[:room])
+    top = set(_fitting(order, room, of))
     kept = {m: t for m, t in members.items() if m in rank and (m in top or now_ns - t < stay_ns)}
-    if len(kept) > room:  # the room shrank: the best-ranked stay
-        kept = {m: kept[m] for m in sorted(kept, key=rank.__getitem__)[:room]}
-    for name in order[:room]:
-        if len(kept) >= room:
-            break
-        kept.setdefault(name, now_ns)
+    if sum(map(of, kept)) > room:  # the room shrank: the best-ranked stay
+        kept = {m: kept[m] for m in _fitting(sorted(kept, key=rank.__getitem__), room, of)}
+    left = room - sum(map(of, kept))
+    for name in order:
+        if name not in kept and of(name) <= left:
+            kept[name] = now_ns
+            left -= of(name)
     return kept
 
 
@@ -73,9 +92,14 @@ class SeriesBound:
     def room(self, fixed: int, filters: int, per_filter: int) -> int | None:
         """How many filters' histograms fit beside `fixed` series and every filter's
         counter; None: no bound."""
+        series = self.series_room(fixed + filters)
+        return None if series is None else series // per_filter
+
+    def series_room(self, always: int) -> int | None:
+        """The histogram series that fit beside the `always` shown; None: no bound."""
         if not self.max_series:
             return None
-        return max(0, (self.max_series - fixed - filters) // per_filter)
+        return max(0, self.max_series - always)
 
     def usage(self, name: str, last_match_ns: int, closed: int, sampled: int, now_ns: int) -> Usage:
         """One filter's Usage, noting when its sample count last grew."""
@@ -84,8 +108,9 @@ class SeriesBound:
             known = self._samples[name] = (sampled, 0 if known is None else now_ns)
         return Usage(name, max(last_match_ns, known[1]), closed + sampled)
 
-    def choose(self, usage: Sequence[Usage], room: int, now_ns: int) -> set[str]:
-        self.members = choose(ranked(usage), room, self.members, now_ns, self.stay_ns)
+    def choose(self, usage: Sequence[Usage], room: int, now_ns: int, cost: Mapping[str, int] | None = None) -> set[str]:
+        """`room` in filters, or with `cost` in series (ttcp.api.series_bound.choose)."""
+        self.members = choose(ranked(usage), room, self.members, now_ns, self.stay_ns, cost)
         if len(self._samples) > len(usage):  # filters went: forget them
             names = {u.name for u in usage}
             self._samples = {n: v for n, v in self._samples.items() if n in names}

@@ -166,6 +166,7 @@ LAST_FIELD: Final[Mapping[Cmd, tuple[Layout, str]]] = {
     Cmd.MAP_GET_NEXT_KEY: (MapElemAttr, "next_key"),
     Cmd.MAP_FREEZE: (MapElemAttr, "map_fd"),
     Cmd.MAP_LOOKUP_BATCH: (MapBatchAttr, "flags"),
+    Cmd.MAP_DELETE_BATCH: (MapBatchAttr, "flags"),
     Cmd.PROG_LOAD: (ProgLoadAttr, "log_true_size"),
     Cmd.OBJ_PIN: (ObjPinAttr, "file_flags"),
     Cmd.OBJ_GET: (ObjPinAttr, "file_flags"),

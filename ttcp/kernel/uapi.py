@@ -33,6 +33,7 @@ class Cmd(IntEnum):
     BTF_LOAD = 18
     MAP_FREEZE = 22
     MAP_LOOKUP_BATCH = 24
+    MAP_DELETE_BATCH = 27
     LINK_CREATE = 28
     LINK_GET_FD_BY_ID = 30
     LINK_GET_NEXT_ID = 31
@@ -46,6 +47,7 @@ class MapType(IntEnum):
     ARRAY = 2
     PERCPU_HASH = 5
     PERCPU_ARRAY = 6
+    LRU_HASH = 9
     LPM_TRIE = 11
     RINGBUF = 27
 

@@ -17,7 +17,11 @@ keeps it in the program's maps (see bpf/tcprtt.bpf.c):
   spell (those with a workload);
 - `cfg` in the program's .bss: which filter kinds exist, so the program skips
   every lookup that cannot match, one bit per exact address of each side, so a
-  socket whose bit is clear costs no hash lookup, and the levels of cgroup filters.
+  socket whose bit is clear costs no hash lookup, and the levels of cgroup filters;
+- a filter's breakdown (its `by` clause) is in its value; the program keeps its
+  groups in the `groups` LRU hash (ttcp.rtt.groups), keyed by its slot and
+  generation: removing a filter deletes them, and a read sweeps away any group
+  of a filter no longer held (a late update racing a removal).
 
 Which slot, which generation, which wid, whether a request fits and which cfg
 and workload entries to write are ttcp.rtt.table_rules' decisions; this
@@ -36,6 +40,7 @@ kernel still refuses midway is undone before the error surfaces.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -45,8 +50,10 @@ from typing import Protocol
 from ttcp.errors import TtcpError
 from ttcp.maps import Array, HashMap, KeyExistsError, LpmTrie, MapFullError, PerCpuArray
 from ttcp.rtt import filters as F
+from ttcp.rtt import groups as G
 from ttcp.rtt.events import FilterNames
 from ttcp.rtt.filters import Filter, FilterError, Workload
+from ttcp.rtt.groups import Group, GroupKey, GroupMemory, GroupSet
 from ttcp.rtt.histogram import HIST, Histogram, summed
 from ttcp.rtt.table_rules import (
     CONFIG,
@@ -161,6 +168,15 @@ class FilterTable(Protocol):
         """Remove them all, or none when one is absent (NotInTableError)."""
         ...
 
+    def holder(self, f: Filter) -> Filter | None:
+        """The filter held with f's kernel selector: f, f with another `by` clause, or None."""
+        ...
+
+    def groups(self, fs: Iterable[Filter], top: int | None = None) -> dict[Filter, GroupSet]:
+        """The groups of those filters held with a breakdown: each one's `top` busiest
+        (None: all; 0: none, only the counts), and how many it has, made and lost."""
+        ...
+
 
 class RuledTable:
     """What a FilterTable answers from its rules alone (ttcp.rtt.table_rules): size,
@@ -194,6 +210,20 @@ class RuledTable:
     def set_origin(self, fs: Iterable[Filter], origin: Origin) -> None:
         self.rules.set_origin(fs, origin)
 
+    def holder(self, f: Filter) -> Filter | None:
+        return self.rules.holder(f)
+
+
+@dataclass
+class GroupMaps:
+    """The program's `groups` LRU hash and `group_stats` (per CPU, by slot: groups made)."""
+
+    groups: HashMap[bytes, bytes]
+    stats: PerCpuArray
+
+    def rows(self) -> list[tuple[bytes, bytes]]:
+        return list(self.groups.items())
+
 
 def resolve_all(resolver: WorkloadResolver, rules: TableRules,
                 fs: Iterable[Filter]) -> tuple[dict[Workload, Resolution], list[Workload]]:
@@ -225,13 +255,18 @@ class KernelFilterTable(RuledTable):
 
     def __init__(self, hosts: HashMap[bytes, bytes], nets: LpmTrie[bytes, bytes], stats: PerCpuArray,
                  config: Array, texts: Array, workload_maps: Mapping[str, HashMap[bytes, bytes]],
-                 resolver: WorkloadResolver | None = None) -> None:
+                 resolver: WorkloadResolver | None = None, group_maps: GroupMaps | None = None) -> None:
         """Take over the maps as they are: what they hold already (a pinned table
         after a restart) is indexed and checked, its slots restamped where needed,
-        its workloads resolved again and cfg written for it."""
+        its workloads resolved again and cfg written for it. Without `group_maps`
+        the table takes no filter with a breakdown."""
         self.hosts, self.nets, self.stats_map, self.config, self.texts = hosts, nets, stats, config, texts
         self.maps: dict[str, HashMap[bytes, bytes]] = {"hosts": hosts, "nets": nets, **workload_maps}
         self.resolver: WorkloadResolver = resolver or NoWorkloads()
+        self.group_maps = group_maps
+        self.memory = GroupMemory(4 * group_maps.groups.max_entries if group_maps is not None else 1)
+        self._decoded: dict[bytes, tuple[bytes, Group]] = {}  # a group's key: its last value, decoded
+        self._evicted: dict[tuple[int, int], int] = {}  # a filter's slot and gen: the evictions last answered
         self.names = FilterNames()
         if config.value_size != CONFIG.size or stats.value_size != STATS_SIZE or texts.value_size != TEXT.size:
             raise TtcpError(f"the program's config ({config.value_size} bytes), stats ({stats.value_size} "
@@ -249,6 +284,7 @@ class KernelFilterTable(RuledTable):
         self._write_texts(held)
         self._resolve_held()
         self._write_config()
+        self._sweep()
 
     def _drop_workload_keys(self) -> None:
         """Address keys of workloads (wid != 0) go: their wids are given again below."""
@@ -323,6 +359,8 @@ class KernelFilterTable(RuledTable):
         planned = self.rules.plan_add(fs)
         if not planned:
             return []
+        if self.group_maps is None and any(f.by is not None for f, _ in planned):
+            raise FilterError("this filter table keeps no groups: a filter with `by` cannot be added")
         resolutions, fresh = resolve_all(self.resolver, self.rules, (f for f, _ in planned))
         added: list[Filter] = []
         self._write_config(f for f, _ in planned)
@@ -344,8 +382,7 @@ class KernelFilterTable(RuledTable):
         self.stats_map.put_all(slot.index, STATS_HEAD.pack(slot.gen, 0) + bytes(STATS_SIZE - STATS_HEAD.size))
         self.texts.put(slot.index, text_value(f, slot, origin))
         if f.workload is None:
-            self._put_key(f, self.hosts if f.in_hosts else self.nets, F.key_of(f),
-                          F.VALUE.pack(slot.index, slot.gen, f.bits))
+            self._put_key(f, self.hosts if f.in_hosts else self.nets, F.key_of(f), F.value_of(f, slot.index, slot.gen))
         self.rules.added(f, slot, resolution, origin)  # a workload's entries: workload_writes()
         self.names.add(slot.gen, str(f))
 
@@ -382,6 +419,7 @@ class KernelFilterTable(RuledTable):
         self._changed()
 
     def _delete(self, fs: Sequence[Filter]) -> None:
+        gone = {(self.rules.slots[f].index, self.rules.slots[f].gen) for f in fs if f.by is not None}
         for f in fs:
             slot = self.rules.slots[f]
             self.texts.put(slot.index, EMPTY_TEXT)  # first: a crash then leaves no workload to rebuild
@@ -395,6 +433,78 @@ class KernelFilterTable(RuledTable):
             # value only ever counts into its own generation, which no reader
             # asks for once the filter is gone. One bpf() call fewer per removal.
         self._apply(self.rules.workload_writes())
+        if gone:
+            self._drop_groups(gone)
+
+    # ---- groups ----
+
+    def _drop_groups(self, gone: Collection[tuple[int, int]], rows: Iterable[tuple[bytes, bytes]] | None = None) -> int:
+        """Delete the groups of the filters gone (their slots and generations), among
+        `rows` (a read of the map; None: read it); returns how many. Their group_stats
+        stay: the program restarts a slot's count at a new generation."""
+        if self.group_maps is None:
+            return 0
+        prefixes = {G.FILTER_OF_KEY.pack(s, g) for s, g in gone}
+        keys = [k for k, _ in (self.group_maps.rows() if rows is None else rows)
+                if k[:G.FILTER_OF_KEY.size] in prefixes]
+        self.memory.forget(gone)
+        for filter_key in gone:
+            self._evicted.pop(filter_key, None)
+        for k in keys:
+            self._decoded.pop(k, None)
+        return self.group_maps.groups.delete_many(keys)
+
+    def groups(self, fs: Iterable[Filter], top: int | None = None) -> dict[Filter, GroupSet]:
+        """One read of the whole `groups` map (a few batched calls) for every filter asked
+        for; the groups of filters no longer held are deleted on the way."""
+        slots = self.rules.slots
+        wanted = {(slots[f].index, slots[f].gen): f for f in fs if f in slots and f.by is not None}
+        if not wanted or self.group_maps is None:
+            return {}
+        maps = self.group_maps
+        every = maps.rows()
+        rows = G.split_rows(every)
+        made = maps.stats.rows_of(index for index, _ in wanted)
+        out: dict[Filter, GroupSet] = {}
+        decoded: dict[bytes, tuple[bytes, Group]] = {}
+        for (index, gen), f in wanted.items():
+            assert f.by is not None
+            mine = rows.get((index, gen), [])
+            chosen = mine if top is None else G.top_rows(mine, top) if top > 0 else []
+            shown = [self._group(k, v, decoded) for k, v in chosen]
+            lost = G.evicted(G.created(maps.stats.split(made[index]), gen), len(mine),
+                             self._evicted.get((index, gen), 0))
+            self._evicted[index, gen] = lost
+            out[f] = GroupSet(f.by, shown, len(mine), lost, maps.groups.max_entries)
+        if len(self._decoded) + len(decoded) > 2 * maps.groups.max_entries:
+            self._decoded = {}
+        self._decoded.update(decoded)
+        self._sweep(rows, every)
+        return out
+
+    def _sweep(self, rows: Mapping[tuple[int, int], object] | None = None,
+               every: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Delete the groups of filters no longer held (a late update racing a removal,
+        a pinned table's leftovers); `rows`: a read of the map, split by filter."""
+        if self.group_maps is None:
+            return
+        if every is None or rows is None:
+            every = self.group_maps.rows()
+            rows = G.split_rows(every)
+        held = {(s.index, s.gen) for f, s in self.rules.slots.items() if f.by is not None}
+        strays = [k for k in rows if k not in held]
+        if strays:
+            log.info("deleting the groups of %d filters no longer held", len(strays))
+            self._drop_groups(strays, every)
+
+    def _group(self, key: bytes, value: bytes, decoded: dict[bytes, tuple[bytes, Group]]) -> Group:
+        """A row as a Group (decoded again only when its value changed), its restart noted."""
+        known = self._decoded.get(key)
+        if known is None or known[0] != value:
+            known = (value, Group.unpack(GroupKey.unpack(key)[2], value))
+        decoded[key] = known
+        g = known[1]
+        return dataclasses.replace(g, restarted=True) if self.memory.seen(key, g.first_ns) else g
 
     def _release(self, workloads: Iterable[Workload]) -> None:
         for w in workloads:
@@ -458,7 +568,8 @@ def _held_entries(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, byte
         for raw_key, raw_value in target.items() if target is not None else ():
             wid, f = decode(upgrade(raw_key) if name in old_layout else raw_key)
             if not wid:
-                index, gen, _ = F.VALUE.unpack(raw_value)
+                index, gen = F.VALUE.unpack(raw_value)[:2]
+                f = f.with_by(F.by_of_value(raw_value))  # its breakdown: in the value, not the key
                 seen.add(f)
                 yield f, Slot(index, gen), target, raw_key
     for index, raw in enumerate(texts.values()) if texts is not None else ():
@@ -477,9 +588,10 @@ def _held_entries(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, byte
 
 
 def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, bytes] | None,
-                  stats: PerCpuArray, texts: Array | None, limit: int, old_layout: Collection[str] = ()) -> int:
+                  stats: PerCpuArray, texts: Array | None, limit: int, old_layout: Collection[str] = (),
+                  group_maps: GroupMaps | None = None) -> int:
     """Move every filter whose counter slot is `limit` or past it to a free slot below,
-    counters and text kept, so that the table fits a stats map of `limit` slots;
+    counters, text and groups kept, so that the table fits a stats map of `limit` slots;
     returns how many moved. A map that does not exist is None; `old_layout` as
     for held_filters. TableFullError when more than `limit` filters exist (the
     caller should have said so first).
@@ -488,17 +600,26 @@ def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, byte
     copies the slot's values on every CPU and its text, repoints the filter (one
     map update; a workload's filter has no key to repoint: its keys are written
     again at start), then clears the old slot: stopped anywhere, the maps stay
-    consistent. No program may be using the maps meanwhile.
+    consistent. The groups of a filter with a breakdown follow it (copied under
+    the new slot, then deleted: stopped between the two, the old ones are swept
+    as strays at start). No program may be using the maps meanwhile.
     """
     entries = {f: (target, key) for f, _, target, key in _held_entries(hosts, nets, texts, old_layout)}
     moves = plan_compaction(held_filters(hosts, nets, texts, old_layout), limit)
+    rows = G.split_rows(group_maps.rows()) if group_maps is not None and moves else {}
     for f, slot, new in moves:
+        if group_maps is not None and f.by is not None:
+            mine = rows.get((slot.index, slot.gen), [])
+            for key, value in mine:
+                group_maps.groups.put(G.FILTER_OF_KEY.pack(new, slot.gen) + key[G.FILTER_OF_KEY.size:], value)
+            group_maps.stats.put_each(new, group_maps.stats.values(slot.index))
+            group_maps.groups.delete_many(k for k, _ in mine)
         stats.put_each(new, stats.values(slot.index))
         if texts is not None:
             texts.put(new, text_value(f, Slot(new, slot.gen), _origin_in(texts, f, slot)))
         target, key = entries[f]
         if target is not None:
-            target.put(key, F.VALUE.pack(new, slot.gen, f.bits), only_existing=True)
+            target.put(key, F.value_of(f, new, slot.gen), only_existing=True)
         stats.put_all(slot.index, bytes(STATS_SIZE))
         if texts is not None:
             texts.put(slot.index, EMPTY_TEXT)

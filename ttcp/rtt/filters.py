@@ -1,7 +1,8 @@
 """The filter language: parse, print and encode filters (pure).
 
-    [WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]]      (at least one of the two)
+    [WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]] [by KEY]   (a workload or an address, or both)
     WORKLOAD := cgroup PATH | netns PATH | netns INODE
+    KEY      := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns
 
 A workload part selects the sockets of a cgroup-v2 cgroup (PATH as
 /proc/PID/cgroup's `0::` line shows it; its sub-cgroups too) or of a network
@@ -20,6 +21,15 @@ that port on the same side. Keywords are case-insensitive; the canonical text
 is lower-case, with canonical addresses, and leaves `src` out of a plain host:
 "10.178.0.5", "src 10.0.0.0/8", "dst 10.20.0.0/16 port 5432",
 "cgroup /system.slice/app.service dst 10.20.0.0/16 port 5432".
+
+A trailing `by KEY` breaks what the filter selects down into groups, each with
+its own histograms, kept by the kernel (ttcp.rtt.groups): by remote or local
+address (`/N`: by network; an IPv4 or v4-mapped address keeps min(N, 32) of
+its bits, an IPv6 one N, so `by raddr/24` groups IPv4 peers by /24 and `by
+raddr/64` IPv6 peers by /64), by remote or local port, by the socket's cgroup
+or network namespace. The clause is part of the filter's identity and text
+("dst 10.20.0.0/16 port 5432 by raddr"), not of its kernel key: the table
+holds one filter per key, with or without a breakdown.
 
 Every address is stored in 16 bytes, IPv4 as ::ffff:a.b.c.d, so an IPv4
 filter (host or network) also matches dual-stack sockets, and a prefix
@@ -69,6 +79,26 @@ NETNS = "netns"
 WORKLOAD_KINDS = (CGROUP, NETNS)
 
 
+class ByKind(IntEnum):
+    """enum by_kind in bpf/tcprtt.bpf.c: what a filter's groups are keyed by. WORKLOAD
+    (the cgroup id and the netns both) has no word of the language yet: containers
+    and pods (issue 23) are named from it in user space."""
+
+    RADDR = 1
+    LADDR = 2
+    RPORT = 3
+    LPORT = 4
+    CGROUP = 5
+    NETNS = 6
+    WORKLOAD = 7
+
+
+BY_WORDS = {"raddr": ByKind.RADDR, "laddr": ByKind.LADDR, "rport": ByKind.RPORT, "lport": ByKind.LPORT,
+            "cgroup": ByKind.CGROUP, "netns": ByKind.NETNS}  # the `by` clause's keys
+ADDRESS_KEYS = (ByKind.RADDR, ByKind.LADDR)
+_BY_HELP = "raddr, raddr/N, laddr, laddr/N, rport, lport, cgroup or netns"
+
+
 class FilterError(TtcpError, ValueError):
     """Text or JSON that is not a filter; the message names the offending part (a ValueError
     too: argparse and callers that parse values expect one)."""
@@ -103,17 +133,46 @@ class Workload:
         return {self.kind: self.inode or self.name}
 
 
+@dataclass(frozen=True, order=True)
+class By:
+    """A filter's breakdown: the key of its groups, and for an address key the prefix
+    N kept of each address (128: the address itself)."""
+
+    kind: ByKind
+    bits: int = ADDR_BITS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= ADDR_BITS or (self.kind not in ADDRESS_KEYS and self.bits != ADDR_BITS):
+            raise FilterError(f"malformed breakdown {self.kind.name.lower()}/{self.bits}")
+
+    def __str__(self) -> str:
+        word = self.kind.name.lower()
+        return f"{word}/{self.bits}" if self.kind in ADDRESS_KEYS and self.bits != ADDR_BITS else word
+
+    @property
+    def bits4(self) -> int:
+        """The prefix the kernel keeps of an IPv4 (or v4-mapped) address, over its 16 bytes."""
+        return _V4_BITS + min(self.bits, 32) if self.kind in ADDRESS_KEYS else 0
+
+    @property
+    def bits6(self) -> int:
+        """... of an IPv6 address."""
+        return self.bits if self.kind in ADDRESS_KEYS else 0
+
+
 @dataclass(frozen=True)
 class Filter:
     """One filter: a side, a network in the 16-byte form (bits == 128: a host), a port
     (0: any), and a workload (None: any). A filter with a workload may have no
-    address part: side NONE (address ::/0, no port)."""
+    address part: side NONE (address ::/0, no port). `by`: its breakdown into
+    groups (None: none), part of its identity but not of its kernel key."""
 
     side: Side
     addr: bytes  # 16 bytes, host bits zero
     bits: int  # prefix length over `addr`
     port: int = 0
     workload: Workload | None = None
+    by: By | None = None
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,7 +181,8 @@ class Filter:
         if self.side == Side.NONE and (self.workload is None or self.bits or self.port or any(self.addr)):
             raise FilterError("a filter without an address part must name a workload (and nothing else)")
         # Filters key the table's index and every answer's dicts: hash once.
-        object.__setattr__(self, "_hash", hash((self.side, self.addr, self.bits, self.port, self.workload)))
+        object.__setattr__(self, "_hash", hash((self.side, self.addr, self.bits, self.port, self.workload,
+                                                self.by)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -142,8 +202,19 @@ class Filter:
         return self.is_host and self.workload is None
 
     def address_part(self) -> Filter:
-        """The same filter without its workload (itself when it has none)."""
-        return self if self.workload is None else Filter(self.side, self.addr, self.bits, self.port)
+        """The same filter without its workload and breakdown (itself when it has neither)."""
+        if self.workload is None and self.by is None:
+            return self
+        return Filter(self.side, self.addr, self.bits, self.port)
+
+    @property
+    def selector(self) -> Filter:
+        """What the kernel's key selects: the filter without its breakdown (itself
+        when it has none). The table holds one filter per selector."""
+        return self if self.by is None else Filter(self.side, self.addr, self.bits, self.port, self.workload)
+
+    def with_by(self, by: By | None) -> Filter:
+        return Filter(self.side, self.addr, self.bits, self.port, self.workload, by)
 
     @property
     def is_host(self) -> bool:
@@ -172,12 +243,14 @@ class Filter:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object form: {"cgroup" or "netns", "side", "address" (with /PREFIX for
-        a network), "port"}, each part only when the filter has it."""
+        a network), "port", "by"}, each part only when the filter has it."""
         out: dict[str, Any] = self.workload.to_json() if self.workload is not None else {}
         if self.has_address:
             out.update(side=self.side.name.lower(), address=_address_text(self))
         if self.port:
             out["port"] = self.port
+        if self.by is not None:
+            out["by"] = str(self.by)
         return out
 
 
@@ -199,6 +272,44 @@ def parse(text: str) -> Filter:
     tokens = _TOKEN.findall(text)
     if not tokens:
         raise FilterError("empty filter")
+    by = None
+    at = next((i for i, t in enumerate(tokens) if t.lower() == "by"), None)
+    if at is not None:
+        by = _by_clause(text, tokens[at:])
+        tokens = tokens[:at]
+        if not tokens:
+            raise FilterError(f"{_shown(text)}: `by` follows what it breaks down (a workload or an address: "
+                              "dst 10.20.0.0/16 port 5432 by raddr)")
+    f = _selector(text, tokens)
+    return f if by is None else f.with_by(by)
+
+
+def _by_clause(text: str, tokens: list[str]) -> By:
+    """The `by KEY` clause (tokens from `by` to the end)."""
+    if len(tokens) < 2:
+        raise FilterError(f"{_shown(text)}: a key must follow 'by' ({_BY_HELP})")
+    if len(tokens) > 2:
+        raise FilterError(f"{_shown(text)}: unexpected {_shown(' '.join(tokens[2:]))} after the by clause "
+                          "(it comes last)")
+    return parse_by(tokens[1])
+
+
+def parse_by(text: str) -> By:
+    """A `by` clause's key: raddr[/N], laddr[/N] (N from 1 to 128), rport, lport, cgroup, netns."""
+    word, slash, prefix = text.lower().partition("/")
+    kind = BY_WORDS.get(word)
+    if kind is None or (slash and kind not in ADDRESS_KEYS):
+        raise FilterError(f"by {_shown(text)}: the key is {_BY_HELP}")
+    if not slash:
+        return By(kind)
+    if not prefix.isdigit() or not prefix.isascii() or prefix[0] == "0" or not 1 <= int(prefix) <= ADDR_BITS:
+        raise FilterError(f"by {_shown(text)}: the prefix must be a number from 1 to {ADDR_BITS} (it applies "
+                          "to IPv6 addresses; IPv4 ones keep at most 32 bits)")
+    return By(kind, int(prefix))
+
+
+def _selector(text: str, tokens: list[str]) -> Filter:
+    """A filter's part before `by`: the workload, the address, or both."""
     workload = None
     if tokens[0].lower() in WORKLOAD_KINDS:
         kind = tokens.pop(0).lower()
@@ -223,7 +334,7 @@ def parse(text: str) -> Filter:
             raise FilterError(f"{_shown(text)}: the workload part ({tokens[0]!r}) comes first")
         if tokens[0].lower() != "port":
             raise FilterError(f"{_shown(text)}: unexpected {_shown(tokens[0])} "
-                              "(expected `port N` or the end)")
+                              "(expected `port N`, `by KEY` or the end)")
         if len(tokens) < 2:
             raise FilterError(f"{_shown(text)}: a port number must follow 'port'")
         port = parse_port(tokens[1])
@@ -332,6 +443,8 @@ def _address_text(f: Filter) -> str:
 @functools.lru_cache(maxsize=4096)  # /metrics and GET / name every filter in every answer
 def format_filter(f: Filter) -> str:
     """The canonical text: parse(format_filter(f)) == f."""
+    if f.by is not None:
+        return f"{format_filter(f.selector)} by {f.by}"
     if f.workload is not None:
         return str(f.workload) + (" " + format_filter(f.address_part()) if f.has_address else "")
     if f.side == Side.SRC and f.is_host and not f.port:
@@ -349,15 +462,26 @@ def canonical(text: str) -> str:
 
 def from_json(item: object) -> Filter:
     """A filter from a JSON body item: its text, or {"cgroup" or "netns", "side",
-    "address", "port"} (an address, a workload, or both)."""
+    "address", "port", "by"} (an address, a workload, or both; a breakdown or not)."""
     if isinstance(item, str):
         return parse(item)
     if not isinstance(item, dict):
         raise FilterError(f"a filter is a string or an object, not {type(item).__name__}")
-    unknown = set(item) - {"side", "address", "port", *WORKLOAD_KINDS}
+    unknown = set(item) - {"side", "address", "port", "by", *WORKLOAD_KINDS}
     if unknown:
         raise FilterError(f"unknown filter field(s) {', '.join(sorted(map(str, unknown)))} "
-                          "(expected cgroup or netns, side, address, port)")
+                          "(expected cgroup or netns, side, address, port, by)")
+    if "by" not in item:
+        return _selector_from_json(item)
+    by = item["by"]
+    if not isinstance(by, str) or len(by) > 16:
+        raise FilterError(f"by must be a key ({_BY_HELP}), not {json_repr(by)}")
+    if not ({"side", "address", "port", *WORKLOAD_KINDS} & set(item)):
+        raise FilterError("\"by\" breaks a filter down: give an address or a workload too")
+    return _selector_from_json(item).with_by(parse_by(by.strip()))
+
+
+def _selector_from_json(item: dict[str, Any]) -> Filter:
     kinds = [k for k in WORKLOAD_KINDS if k in item]
     if len(kinds) > 1:
         raise FilterError("a filter names one workload: cgroup or netns, not both")
@@ -397,8 +521,28 @@ def json_repr(value: object) -> str:
 HOST_KEY = struct.Struct("=IBxH16s")  # struct host_key: wid, side, pad, port (host order), addr
 NET_KEY = struct.Struct("=I4sB2s16sx")  # struct net_key: prefixlen, wid, side, port (both big-endian), addr, pad
 NET_KEY_FIXED_BITS = 56  # wid, side and port precede the address in the trie's data
-VALUE = struct.Struct("=IIB3x")  # struct filter_value: slot, gen, addr_bits
+VALUE = struct.Struct("=IIBBBB")  # struct filter_value: slot, gen, addr_bits, by_kind, by_bits4, by_bits6
 WORKLOAD = struct.Struct("=QI12s")  # struct workload: up, wid, own (a VALUE; gen 0: none)
+
+
+def value_of(f: Filter, slot: int, gen: int) -> bytes:
+    """f's struct filter_value: its counter slot and generation, its prefix, its breakdown."""
+    by = f.by
+    if by is None:
+        return VALUE.pack(slot, gen, f.bits, 0, 0, 0)
+    return VALUE.pack(slot, gen, f.bits, by.kind, by.bits4, by.bits6)
+
+
+def by_of_value(raw: bytes) -> By | None:
+    """The breakdown a struct filter_value says (None: none, or bytes ttcp never writes)."""
+    _, _, _, kind, bits4, bits6 = VALUE.unpack(raw)
+    if not kind:
+        return None
+    try:
+        by = By(ByKind(kind), bits6) if kind in ADDRESS_KEYS else By(ByKind(kind))
+    except (ValueError, FilterError):
+        return None
+    return by if (by.bits4, by.bits6) == (bits4, bits6) else None
 
 
 def host_key(f: Filter, wid: int = 0) -> bytes:
@@ -455,11 +599,12 @@ def host_bit(addr: bytes) -> int:
     return ((low * 2654435761) & 0xFFFFFFFF) >> 21
 
 
-def order_key(f: Filter) -> tuple[int, str, str, int, bytes, int, int]:
+def order_key(f: Filter) -> tuple[int, str, str, int, bytes, int, int, str]:
     """Listing order: plain addresses (src hosts without a port) first, IPv4 before
     IPv6, then by side, address family, network, prefix and port; then the filters
     with a workload, by workload (its own filter first), then the same way."""
     plain = f.side == Side.SRC and f.is_host and not f.port and f.workload is None
     group = 0 if plain else 1 if f.workload is None else 2
     kind, name = (f.workload.kind, f.workload.name) if f.workload is not None else ("", "")
-    return (group, kind, name, f.side, (b"\0" if f.is_v4 else b"\1") + f.addr, f.bits, f.port)
+    return (group, kind, name, f.side, (b"\0" if f.is_v4 else b"\1") + f.addr, f.bits, f.port,
+            "" if f.by is None else str(f.by))

@@ -1,9 +1,12 @@
 """A filter table that outlives ttcp: its maps pinned in a BPF file system.
 
 With `--pin DIR` the maps that hold the filter table (hosts, nets, stats,
-texts) get names in DIR, so the kernel keeps them when ttcp exits, SIGKILL
-included, and the next ttcp on DIR carries on with the same filters and
-counters. Nothing else is pinned: the programs and links go with the process
+texts, and the groups of filters with a breakdown: groups, group_stats) get
+names in DIR, so the kernel keeps them when ttcp exits, SIGKILL included, and
+the next ttcp on DIR carries on with the same filters, counters and groups. A
+table pinned before groups existed has no groups maps: they are made and
+pinned beside it (its filter values' breakdown bytes are zero: no `by`).
+Nothing else is pinned: the programs and links go with the process
 (no tracing without an agent to read the events), and the program's config
 word and the workload maps (cgroups, netns: resolved again, ids change while
 no ttcp runs) are recomputed from the table at start.
@@ -17,7 +20,8 @@ no ttcp runs) are recomputed from the table at start.
 - Every pinned map is checked against the object's spec (ttcp.obj.map_compat):
   equal, it is reused; different only in max entries (another --max-filters),
   its entries are copied into a map of the new size, which then replaces the
-  pin with rename(2), atomic per name; `hosts` and `nets` of the previous key
+  pin with rename(2), atomic per name (the groups map is sized by --max-groups,
+  the others by --max-filters; a smaller groups map keeps what fits); `hosts` and `nets` of the previous key
   layout (before workloads: no wid) are migrated the same way, each key
   rewritten (ttcp.rtt.filters.upgraded_*_key); any other difference is an
   IncompatiblePinError and nothing changes.
@@ -46,10 +50,11 @@ from ttcp.maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, copy_entri
 from ttcp.obj.map_compat import Difference, MapShape, differences, only_size_differs
 from ttcp.obj.map_specs import MapSpec
 from ttcp.rtt import filters as F
-from ttcp.rtt.filter_table import compact_slots, held_filters
+from ttcp.rtt.filter_table import GroupMaps, compact_slots, held_filters
 
 log = logging.getLogger("ttcp")
 
+GROUP_MAPS = ("groups", "group_stats")  # a filter's groups (sized by --max-groups) and their counts
 STAGING_SUFFIX = "_new"  # a map is pinned as NAME_new, then renamed to NAME (bpffs refuses dots)
 # The maps whose keys changed with workloads: the previous key size and how a key of it becomes one of now.
 PREVIOUS_KEYS = {"hosts": (F.OLD_HOST_KEY.size, F.upgraded_host_key),
@@ -204,6 +209,10 @@ class PinnedTable:
     def _path(self, name: str) -> Path:
         return self.directory / name
 
+    def _filter_limit(self) -> int:
+        """The filters the new table holds: its smallest map sized by filters (not `groups`)."""
+        return min(spec.max_entries for name, spec in self._specs.items() if name != "groups")
+
     def _sort(self) -> None:
         problems: list[str] = []
         for name, spec in self._specs.items():
@@ -236,7 +245,7 @@ class PinnedTable:
     def _prepare_resize(self) -> None:
         """Check that the filters fit the new size and move counter slots that would not."""
         old = {**self._reusable, **self._resized}
-        limit = min(spec.max_entries for spec in self._specs.values())
+        limit = self._filter_limit()
         hosts = self._view(HashMap, old.get("hosts"), "hosts")
         nets = self._view(LpmTrie, old.get("nets"), "nets")
         texts_fd = old.get("texts")
@@ -250,9 +259,19 @@ class PinnedTable:
         if stats_fd is not None:
             stats = PerCpuArray(stats_fd, self._specs["stats"].value_size,
                                 syscalls.map_info(stats_fd).max_entries, "stats", owns_fd=False)
-            moved = compact_slots(hosts, nets, stats, texts, self._specs["stats"].max_entries, self.upgraded)
+            moved = compact_slots(hosts, nets, stats, texts, self._specs["stats"].max_entries, self.upgraded,
+                                  self._group_view(old))
             if moved:
                 log.info("moved %d counter slots below %d to fit the smaller table", moved, limit)
+
+    def _group_view(self, old: Mapping[str, int]) -> GroupMaps | None:
+        """The pinned groups maps, for a compaction to move counter slots' groups too."""
+        groups = self._view(HashMap, old.get("groups"), "groups")
+        stats_fd = old.get("group_stats")
+        if groups is None or stats_fd is None:
+            return None
+        return GroupMaps(groups, PerCpuArray(stats_fd, self._specs["group_stats"].value_size,
+                                             syscalls.map_info(stats_fd).max_entries, "group_stats", owns_fd=False))
 
     def _view(self, kind: type[HashMap[bytes, bytes]], fd: int | None, name: str) -> HashMap[bytes, bytes] | None:
         if fd is None:
@@ -291,8 +310,7 @@ class PinnedTable:
         self._committed = True
         log.info("filter table pinned in %s: %s", self.directory,
                  "; ".join(f"{state} {', '.join(sorted(names))}" for state, names in done.items() if names)
-                 + (f" (now {min(s.max_entries for s in self._specs.values())} entries)"
-                    if done["migrated"] else "")
+                 + (f" (now {self._filter_limit()} entries)" if done["migrated"] else "")
                  + (f" (keys of {', '.join(sorted(self.upgraded))} rewritten for workloads)"
                     if self.upgraded else ""))
 

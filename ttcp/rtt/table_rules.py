@@ -69,6 +69,16 @@ class NotInTableError(TtcpError):
         super().__init__("not in the filter table: " + ", ".join(map(str, missing)))
 
 
+class SelectorHeldError(TtcpError):
+    """A filter whose kernel selector another filter holds with another breakdown (`by`
+    clause, or none): one key, one filter (nothing was added)."""
+
+    def __init__(self, wanted: Filter, held: Filter) -> None:
+        self.wanted, self.held = wanted, held
+        super().__init__(f"{wanted}: the filter table holds {held}, which selects the same connections; "
+                         f"remove it first to change its breakdown (a selector has one filter)")
+
+
 class CorruptTableError(TtcpError):
     """The maps hold something ttcp never writes (two filters sharing a counter slot,
     a slot past the stats map): another writer changed a pinned table."""
@@ -464,6 +474,7 @@ class TableRules:
         self._uses: Counter[Workload] = Counter()  # filters of each workload part
         self._hosts = HostBitmap()
         self.workloads = WorkloadRules(max_entries)
+        self._selectors: dict[Filter, Filter] = {}  # each held filter's selector -> the filter
         owners: dict[int, Filter] = {}
         for f, slot in (held or {}).items():
             if slot.index >= slots:
@@ -471,6 +482,8 @@ class TableRules:
                                         f"{slots} slots of the stats map")
             if slot.index in owners:
                 raise CorruptTableError(f"filters {owners[slot.index]} and {f} count into the same slot")
+            if f.selector in self._selectors:
+                raise CorruptTableError(f"filters {self._selectors[f.selector]} and {f} have one kernel key")
             owners[slot.index] = f
             self._hold(f, slot, (origins or {}).get(f, Origin.API))
         self._free = sorted(set(range(slots)) - set(owners), reverse=True)  # the next one is last
@@ -507,13 +520,23 @@ class TableRules:
         """Who added `f`; None when it is not held."""
         return self._origins.get(f)
 
+    def holder(self, f: Filter) -> Filter | None:
+        """The filter held with f's selector (f itself, or f with another breakdown); None."""
+        return self._selectors.get(f.selector)
+
     # ---- planning: nothing changes ----
 
     def plan_add(self, fs: Sequence[Filter]) -> list[tuple[Filter, Slot]]:
         """The filters of `fs` not held yet (once each, in order), with the slot each
         will get when added in that order; [] when all are held. TableFullError
-        when they do not all fit."""
+        when they do not all fit; SelectorHeldError when one's selector is held (or
+        asked for) with another breakdown."""
         new = list(dict.fromkeys(f for f in fs if f not in self._slots))
+        asked: dict[Filter, Filter] = {}
+        for f in new:
+            other = self._selectors.get(f.selector) or asked.setdefault(f.selector, f)
+            if other != f:
+                raise SelectorHeldError(f, other)
         if len(self._slots) + len(new) > self.max_entries or len(new) > len(self._free):
             raise TableFullError(self.max_entries, len(self._slots), len(new))
         return [(f, Slot(self._free[-1 - i], self._next_gen + i)) for i, f in enumerate(new)]
@@ -556,6 +579,7 @@ class TableRules:
         counters stay until a new owner stamps the slot with its own generation."""
         slot = self._slots.pop(f)
         del self._origins[f]
+        del self._selectors[f.selector]
         self._count(f, -1)
         self._free.append(slot.index)
         if self.workloads.selector(f) is not None:
@@ -567,8 +591,8 @@ class TableRules:
         return self._uses[w] > 0
 
     def values(self) -> dict[Filter, bytes]:
-        """Every filter's struct filter_value (its slot, generation, prefix length)."""
-        return {f: F.VALUE.pack(s.index, s.gen, f.bits) for f, s in self._slots.items()}
+        """Every filter's struct filter_value (its slot, generation, prefix length, breakdown)."""
+        return {f: F.value_of(f, s.index, s.gen) for f, s in self._slots.items()}
 
     def workload_writes(self) -> list[Write]:
         """The kernel writes the workload changes since the last call call for."""
@@ -610,6 +634,7 @@ class TableRules:
         self._slots[f] = slot
         self._origins[f] = origin
         self._count(f, 1)
+        self._selectors[f.selector] = f
 
     def _count(self, f: Filter, step: int) -> None:
         """Keep the filters of each kind, and of each host bit, counted (a change
@@ -652,7 +677,7 @@ class _Values(Mapping[Filter, bytes]):
 
     def __getitem__(self, f: Filter) -> bytes:
         s = self._slots[f]
-        return F.VALUE.pack(s.index, s.gen, f.bits)
+        return F.value_of(f, s.index, s.gen)
 
     def __iter__(self) -> Iterator[Filter]:
         return iter(self._slots)

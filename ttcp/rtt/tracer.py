@@ -26,8 +26,9 @@ from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, RingBuffer
 from ttcp.obj.btf import KIND_STRUCT, Composite
 from ttcp.obj.spec import CollectionSpec
-from ttcp.rtt.filter_table import KernelFilterTable, WorkloadResolver
+from ttcp.rtt.filter_table import GroupMaps, KernelFilterTable, WorkloadResolver
 from ttcp.rtt.filters import Filter
+from ttcp.rtt.groups import DEFAULT_MAX_GROUPS
 from ttcp.rtt.pinning import PinnedTable
 
 log = logging.getLogger("ttcp")
@@ -38,8 +39,9 @@ SAMPLER_OF_MODE = {"fentry": "tcprtt_sample_fentry", "tp_btf": "tcprtt_sample_tp
                    "tracepoint": "tcprtt_sample_tracepoint"}
 HOOK_OF_SAMPLER = {"fentry": "fentry/tcp_rcv_established", "tp_btf": "tp_btf/tcp_probe",
                    "tracepoint": "tracepoint tcp/tcp_probe"}
-TABLE_MAPS = ("hosts", "nets", "stats", "texts", "cgroups", "netns")  # sized by max_filters
-PINNED_MAPS = ("hosts", "nets", "stats", "texts")  # the table --pin keeps (ttcp.rtt.pinning)
+TABLE_MAPS = ("hosts", "nets", "stats", "texts", "cgroups", "netns", "group_stats")  # sized by max_filters
+# The table --pin keeps (ttcp.rtt.pinning): the filters, their counters and their groups.
+PINNED_MAPS = ("hosts", "nets", "stats", "texts", "groups", "group_stats")
 DEFAULT_MAX_FILTERS = 1024
 DEFAULT_RINGBUF_SIZE = 2 << 20  # ~26,000 events: over a second of the busiest loopback traffic
 
@@ -82,6 +84,7 @@ class Tracer:
         obj_path: str | Path | None = None,
         *,
         max_filters: int = DEFAULT_MAX_FILTERS,
+        max_groups: int = DEFAULT_MAX_GROUPS,
         ringbuf_size: int = DEFAULT_RINGBUF_SIZE,
         btf_path: Path = VMLINUX_BTF,
         pin_dir: Path | None = None,
@@ -90,12 +93,16 @@ class Tracer:
     ) -> None:
         """`pin_dir`: keep the filter table's maps pinned there (ttcp.rtt.pinning), reusing
         what an earlier run left; `pin_reset` drops that first. `resolver` resolves the
-        workload parts of filters (ttcp.workloads); without one, the table takes none."""
+        workload parts of filters (ttcp.workloads); without one, the table takes none.
+        `max_groups`: the groups of every filter with a breakdown together (an LRU)."""
         if max_filters < 1:
             raise TtcpError(f"max_filters must be at least 1 (got {max_filters})")
+        if max_groups < 1:
+            raise TtcpError(f"max_groups must be at least 1 (got {max_groups})")
         spec = CollectionSpec(str(obj_path or default_object()))
         for name in TABLE_MAPS:
             spec.set_max_entries(name, max_filters)
+        spec.set_max_entries("groups", max_groups)
         spec.set_max_entries("events", check_ringbuf_size(ringbuf_size))
         self.collection = Collection(spec, btf_path=btf_path)
         self.report = AttachReport()
@@ -139,7 +146,12 @@ class Tracer:
         workloads: dict[str, HashMap[bytes, bytes]] = {
             name: HashMap(fds[name], RawCodec(spec[name].key_size), RawCodec(spec[name].value_size),
                           spec[name].max_entries, name, owns_fd=False) for name in ("cgroups", "netns")}
-        self.table = KernelFilterTable(hosts, nets, stats, config, texts, workloads, self.resolver)
+        groups = GroupMaps(
+            HashMap(fds["groups"], RawCodec(spec["groups"].key_size), RawCodec(spec["groups"].value_size),
+                    spec["groups"].max_entries, "groups", owns_fd=False),
+            PerCpuArray(fds["group_stats"], spec["group_stats"].value_size, spec["group_stats"].max_entries,
+                        "group_stats", owns_fd=False))
+        self.table = KernelFilterTable(hosts, nets, stats, config, texts, workloads, self.resolver, groups)
         self._drops = PerCpuArray(fds["drops"], 8, 1, "drops", owns_fd=False)
         self.ring = RingBuffer(fds["events"], spec["events"].max_entries)
         return self.table

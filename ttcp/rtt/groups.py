@@ -1,0 +1,285 @@
+"""A filter's groups (its `by` clause) as the kernel keeps them, and how ttcp shows them (pure).
+
+The program counts each RTT a filter with a breakdown selects in the entry of
+the `groups` LRU hash keyed by the filter's slot and generation and by the
+socket's group key (struct group_key in bpf/tcprtt.bpf.c): an address masked
+to the clause's prefix, a port, a cgroup id, a netns inode. Each entry holds
+when it was made (`first_ns`), its latest update and two histograms (at close,
+live samples), shared by every CPU. `group_stats[slot]` counts per CPU the
+entries made for the filter: whatever is made and no longer there was evicted
+(the LRU made room for another group; user space deletes only a removed
+filter's groups). A group evicted and seen again starts from zero: its
+`first_ns` is new, which a reader that saw it before notices (GroupMemory:
+`restarted`).
+
+Percentiles are estimated from the log2 histogram as Prometheus'
+histogram_quantile estimates them from buckets: the rank q x count falls in
+one bucket, and the value is interpolated linearly between that bucket's
+bounds (bucket k holds [2^k, 2^(k+1)) us; bucket 0 starts at 0; a rank in the
+last, open-ended bucket gives its lower bound). The estimate lies within the
+bucket of the true quantile: within a factor of two. The mean is exact.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ttcp.rtt import filters as F
+from ttcp.rtt.filters import By, ByKind
+from ttcp.rtt.histogram import BUCKETS, HIST, Histogram, high_us, low_us
+
+GROUP_KEY = struct.Struct("=II16sQIHBx")  # struct group_key: slot, gen, addr, cgroup_id, netns, port, kind
+GROUP_HEAD = struct.Struct("=QQ")  # struct group: first_ns, last_ns, then closed and sampled (struct hist)
+GROUP_SIZE = GROUP_HEAD.size + 2 * HIST.size
+GROUP_CLOSED_AT = GROUP_HEAD.size
+GROUP_SAMPLED_AT = GROUP_HEAD.size + HIST.size
+GROUP_STAT = struct.Struct("=QQ")  # struct group_stat: gen, created (per CPU)
+_COUNT = struct.Struct("=Q")  # struct hist's count
+FILTER_OF_KEY = struct.Struct("=II")  # a key's first 8 bytes: the filter's slot and generation
+DEFAULT_MAX_GROUPS = 8192  # --max-groups
+SORTS = ("count", "mean", "p50", "p99")
+HISTOGRAMS = ("closed", "sampled")
+ESTIMATOR = ("mean: exact (sum / count); p50, p90, p99: estimated from the log2 histogram by linear "
+             "interpolation inside the bucket that holds the rank, as Prometheus' histogram_quantile does "
+             "(within the bucket of the true value: a factor of two)")
+_V4_PREFIX = bytes(10) + b"\xff\xff"
+
+CgroupPath = Callable[[int], str | None]  # a cgroup id's path, None when unknown
+
+
+RESTARTS = ("the kernel keeps at most --max-groups groups for all filters together and evicts the least "
+            "recently used one to make room: a group evicted and seen again starts from zero (its counts are "
+            "since `since`; `restarted`: true when this ttcp saw it before with an earlier `since`)")
+
+
+def no_paths(cgroup_id: int) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """What one group of a filter stands for (the fields its kind does not use are 0)."""
+
+    kind: ByKind
+    addr: bytes = bytes(16)  # RADDR, LADDR: the masked address, 16-byte form
+    cgroup_id: int = 0  # CGROUP, WORKLOAD
+    netns: int = 0  # NETNS, WORKLOAD
+    port: int = 0  # RPORT, LPORT
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> tuple[int, int, GroupKey]:
+        """(slot, gen, key) of a `groups` key."""
+        slot, gen, addr, cgroup_id, netns, port, kind = GROUP_KEY.unpack(raw)
+        return slot, gen, cls(ByKind(kind), addr, cgroup_id, netns, port)
+
+    def pack(self, slot: int, gen: int) -> bytes:
+        return GROUP_KEY.pack(slot, gen, self.addr, self.cgroup_id, self.netns, self.port, self.kind)
+
+    def text(self, by: By | None = None, cgroup_path: CgroupPath = no_paths) -> str:
+        """The canonical text (the `group` label): an address, a network (a prefix shorter
+        than the address), a port, a cgroup's path (its id when the path is unknown, "-"
+        for a socket without a cgroup-v2 cgroup), a netns inode."""
+        k = self.kind
+        if k in F.ADDRESS_KEYS:
+            return _address(self.addr, by.bits if by is not None else F.ADDR_BITS)
+        if k in (ByKind.RPORT, ByKind.LPORT):
+            return str(self.port)
+        if k == ByKind.NETNS:
+            return str(self.netns)
+        cgroup = _cgroup(self.cgroup_id, cgroup_path)
+        return cgroup if k == ByKind.CGROUP else f"cgroup {cgroup} netns {self.netns}"
+
+    def to_json(self, by: By | None = None, cgroup_path: CgroupPath = no_paths) -> dict[str, Any]:
+        """The key's own fields: {"raddr"/"laddr": address or network}, {"rport"/"lport": N},
+        {"cgroup_id", "cgroup": path or null}, {"netns": inode}."""
+        k = self.kind
+        if k in F.ADDRESS_KEYS:
+            return {k.name.lower(): self.text(by)}
+        if k in (ByKind.RPORT, ByKind.LPORT):
+            return {k.name.lower(): self.port}
+        out: dict[str, Any] = {}
+        if k in (ByKind.CGROUP, ByKind.WORKLOAD):
+            out.update(cgroup_id=self.cgroup_id, cgroup=cgroup_path(self.cgroup_id) if self.cgroup_id else None)
+        if k in (ByKind.NETNS, ByKind.WORKLOAD):
+            out["netns"] = self.netns
+        return out
+
+
+def _address(addr: bytes, bits: int) -> str:
+    """An address masked to `bits` of its family (IPv4: at most 32) as text: the
+    address itself under a full-length prefix, else ADDRESS/PREFIX."""
+    v4 = addr[:12] == _V4_PREFIX
+    width = 32 if v4 else F.ADDR_BITS
+    text = F.address_text(addr)
+    kept = min(bits, width)
+    return text if kept == width else f"{text}/{kept}"
+
+
+def _cgroup(cgroup_id: int, cgroup_path: CgroupPath) -> str:
+    if not cgroup_id:
+        return "-"
+    return cgroup_path(cgroup_id) or str(cgroup_id)
+
+
+def quantile(h: Histogram, q: float) -> float | None:
+    """The q-quantile (0 < q < 1) in microseconds, by linear interpolation inside the
+    log2 bucket holding the rank (histogram_quantile's estimator); None when empty."""
+    if not h.count:
+        return None
+    rank = q * h.count
+    below = 0
+    for k in range(BUCKETS):
+        n = h.buckets[k]
+        if n and below + n >= rank:
+            high = high_us(k)
+            if high is None:  # the open-ended bucket: its lower bound, as Prometheus answers +Inf's
+                return float(low_us(k))
+            low = float(low_us(k))
+            return low + (high + 1 - low) * (rank - below) / n
+        below += n
+    return float(low_us(BUCKETS - 1))  # counts and buckets disagree (read mid-update): the last bound
+
+
+def summary(h: Histogram) -> dict[str, Any]:
+    """count, mean and estimated p50/p90/p99 of one histogram, microseconds (null when empty)."""
+    return {"count": h.count,
+            "mean_us": round(h.sum_us / h.count, 1) if h.count else None,
+            "p50_us": _round(quantile(h, 0.5)), "p90_us": _round(quantile(h, 0.9)),
+            "p99_us": _round(quantile(h, 0.99))}
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group of a filter, as read from the kernel."""
+
+    key: GroupKey
+    first_ns: int  # CLOCK_MONOTONIC when this entry was made
+    last_ns: int  # ... of its latest update
+    closed: Histogram
+    sampled: Histogram
+    restarted: bool = False  # seen before with an earlier first_ns: evicted at least once since
+
+    @classmethod
+    def unpack(cls, key: GroupKey, raw: bytes) -> Group:
+        first, last = GROUP_HEAD.unpack_from(raw)
+        return cls(key, first, last, Histogram.unpack(raw, GROUP_CLOSED_AT), Histogram.unpack(raw, GROUP_SAMPLED_AT))
+
+    def histogram(self, which: str) -> Histogram:
+        return self.sampled if which == "sampled" else self.closed
+
+    @property
+    def total(self) -> int:
+        """RTTs counted: connections that ended plus live samples."""
+        return self.closed.count + self.sampled.count
+
+
+def rank_value(g: Group, sort: str, which: str) -> float:
+    """What `sort` orders groups by (larger first)."""
+    h = g.histogram(which)
+    if sort == "count":
+        return float(h.count)
+    if sort == "mean":
+        return h.sum_us / h.count if h.count else -1.0
+    return quantile(h, 0.5 if sort == "p50" else 0.99) or -1.0
+
+
+def ordered(groups: Iterable[Group], sort: str = "count", which: str = "closed",
+            text: Callable[[GroupKey], str] = str) -> list[Group]:
+    """Largest first by `sort` over histogram `which`; ties by key text. Groups with no
+    RTT in that histogram come last."""
+    if sort not in SORTS or which not in HISTOGRAMS:
+        raise ValueError(f"sort {sort!r} over {which!r}")
+    return sorted(groups, key=lambda g: (-rank_value(g, sort, which), text(g.key)))
+
+
+def total_in_row(raw: bytes) -> int:
+    """A `groups` value's RTT count (closed + sampled), without decoding the rest."""
+    closed: int = _COUNT.unpack_from(raw, GROUP_CLOSED_AT)[0]
+    sampled: int = _COUNT.unpack_from(raw, GROUP_SAMPLED_AT)[0]
+    return closed + sampled
+
+
+def top_rows(rows: Sequence[tuple[bytes, bytes]], k: int) -> list[tuple[bytes, bytes]]:
+    """The `k` rows with the most RTTs (ties: the smaller key first): the busiest groups."""
+    return sorted(rows, key=lambda r: (-total_in_row(r[1]), r[0]))[:k]
+
+
+def split_rows(rows: Iterable[tuple[bytes, bytes]]) -> dict[tuple[int, int], list[tuple[bytes, bytes]]]:
+    """A whole read of `groups`, by filter: (slot, gen) -> its rows."""
+    out: dict[tuple[int, int], list[tuple[bytes, bytes]]] = {}
+    for key, value in rows:
+        out.setdefault(FILTER_OF_KEY.unpack_from(key), []).append((key, value))
+    return out
+
+
+def created(rows: Sequence[bytes], gen: int) -> int:
+    """Groups made for the filter of generation `gen`: its slot's group_stats, every CPU."""
+    total = 0
+    for r in rows:
+        g, n = GROUP_STAT.unpack_from(r)
+        if g == gen:
+            total += n
+    return total
+
+
+@dataclass(frozen=True)
+class GroupSet:
+    """A filter's groups now: those the kernel holds, and how many it made and evicted."""
+
+    by: By
+    groups: Sequence[Group]
+    live: int  # entries the kernel holds for the filter (groups may hold only some)
+    evicted: int  # entries made and gone: the LRU made room with them
+    max_groups: int  # --max-groups: entries for every filter together
+
+
+def evicted(created: int, live: int, before: int = 0) -> int:
+    """Entries made and no longer there (user space deletes only a removed filter's):
+    evicted. An insert is counted just after it lands, so for a moment `created` may
+    lag `live` by one: never less than `before`, the last answer, nor 0."""
+    return max(before, created - live, 0)
+
+
+class GroupMemory:
+    """When each group key was first made, as readers saw it: a key seen again with a
+    later `first_ns` was evicted and made again (its counts start over). Bounded: the
+    least recently seen keys are forgotten past `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self._first: OrderedDict[bytes, tuple[int, bool]] = OrderedDict()  # raw key: (first_ns, restarted)
+
+    def seen(self, raw_key: bytes, first_ns: int) -> bool:
+        """Note the group; whether it restarted since it was first seen."""
+        known = self._first.get(raw_key)
+        restarted = known is not None and (known[1] or first_ns > known[0])
+        self._first[raw_key] = (first_ns if known is None else min(first_ns, known[0]), restarted)
+        self._first.move_to_end(raw_key)
+        while len(self._first) > self.limit:
+            self._first.popitem(last=False)
+        return restarted
+
+    def forget(self, filters: Iterable[tuple[int, int]]) -> None:
+        """Drop the keys of filters gone (their slots and generations)."""
+        gone = {FILTER_OF_KEY.pack(s, g) for s, g in filters}
+        for raw in [k for k in self._first if k[:FILTER_OF_KEY.size] in gone]:
+            del self._first[raw]
+
+
+def group_json(g: Group, by: By, mono_to_wall: Callable[[int], float], cgroup_path: CgroupPath = no_paths,
+               iso: Callable[[float], str] = str) -> dict[str, Any]:
+    """One group as the API shows it."""
+    since, last = mono_to_wall(g.first_ns), mono_to_wall(g.last_ns)
+    return {"group": g.key.text(by, cgroup_path), **g.key.to_json(by, cgroup_path),
+            "since": iso(since), "since_unix": since, "last": iso(last), "last_unix": last,
+            "restarted": g.restarted,
+            "closed": {**summary(g.closed), "histogram": g.closed.to_json()},
+            "sampled": {**summary(g.sampled), "histogram": g.sampled.to_json()}}
