@@ -427,6 +427,9 @@ class _Api:
         """aiohttp's own refusals (routing, body size) as JSON errors."""
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         if isinstance(exc, web.HTTPMethodNotAllowed):
+            if request.path.startswith("/filters/") and groups_path(request.path.removeprefix("/filters/")):
+                exc = web.HTTPMethodNotAllowed(request.method, ["GET"])  # a filter's groups: read only
+                headers = {"Allow": "GET"}
             allowed = ", ".join(sorted(exc.allowed_methods))
             message = f"method {request.method} not allowed on {request.path}; allowed: {allowed}"
         elif isinstance(exc, web.HTTPNotFound):

@@ -14,6 +14,8 @@ from tests.support import kernel_objects
 from tests.support.api import Client, f, run, texts
 from tests.support.leaks import bpf_fds, leaked_objects
 from tests.unit.test_server import (  # noqa: F401 - collected here, against the kernel's table
+    test_a_cgroup_path_may_end_in_groups,
+    test_a_selector_held_with_another_breakdown_is_409_and_nothing_changes,
     test_delete,
     test_filters_body_writes,
     test_get_lists_the_table,
@@ -22,6 +24,7 @@ from tests.unit.test_server import (  # noqa: F401 - collected here, against the
     test_seed_curl_lines,
     test_single_filter_resource,
     test_table_full_is_507_and_nothing_is_half_applied,
+    test_the_groups_route_and_its_neighbours,
 )
 from ttcp.rtt import filters as F
 from ttcp.rtt.filter_table import FilterTable

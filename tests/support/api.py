@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 
@@ -47,7 +48,8 @@ def counters(matches: int, last_ns: int) -> FilterStats:
 def documented(path: str, method: str) -> dict[str, Any] | None:
     """The OpenAPI operation serving `path`, or None if the document has none."""
     if path.startswith("/filters/") and path != "/filters/":
-        path = "/filters/{filter}"
+        text = unquote(path.removeprefix("/filters/").split("?", 1)[0])
+        path = "/filters/{filter}/groups" if server.groups_path(text) is not None else "/filters/{filter}"
     op: dict[str, Any] | None = OPENAPI["paths"].get(path, {}).get(method.lower())
     return op
 

@@ -1,7 +1,8 @@
 """Filters as a user writes them, for generators (hypothesis strategies): both address
-families, hosts and networks with their host bits cleared, any side, port and keyword
-case, any inner whitespace. Every text drawn parses; `broken=True` draws networks
-whose host bits may be set, which the language refuses (a negative control)."""
+families, hosts and networks with their host bits cleared, any side, port, breakdown
+(`by`) and keyword case, any inner whitespace. Every text drawn parses; `broken=True`
+draws networks whose host bits may be set, which the language refuses (a negative
+control)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,19 @@ def addresses(draw: st.DrawFn, broken: bool = False) -> str:
 
 
 @st.composite
-def filter_texts(draw: st.DrawFn, broken: bool = False) -> str:
-    """`[src|dst] ADDRESS[/PREFIX] [port N]`, without surrounding whitespace."""
+def by_keys(draw: st.DrawFn) -> str:
+    """A `by` clause's key: raddr[/N], laddr[/N], rport, lport, cgroup, netns."""
+    word = draw(st.sampled_from(["raddr", "laddr", "rport", "lport", "cgroup", "netns"]))
+    text = draw(_any_case(word))
+    if word.endswith("addr") and draw(st.booleans()):
+        text += f"/{draw(st.integers(1, 128))}"
+    return text
+
+
+@st.composite
+def filter_texts(draw: st.DrawFn, broken: bool = False, by: bool | None = None) -> str:
+    """`[src|dst] ADDRESS[/PREFIX] [port N] [by KEY]`, without surrounding whitespace;
+    `by` True: always a breakdown, False: never, None: sometimes."""
     parts = []
     side = draw(st.sampled_from([None, "src", "dst"]))
     if side:
@@ -42,6 +54,8 @@ def filter_texts(draw: st.DrawFn, broken: bool = False) -> str:
     parts.append(draw(addresses(broken)))
     if draw(st.booleans()):
         parts += [draw(_SPACE), draw(_any_case("port")), draw(_SPACE), str(draw(st.integers(1, 65535)))]
+    if by or (by is None and draw(st.integers(0, 3)) == 0):
+        parts += [draw(_SPACE), draw(_any_case("by")), draw(_SPACE), draw(by_keys())]
     return "".join(parts)
 
 

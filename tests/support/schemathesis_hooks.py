@@ -2,7 +2,8 @@
 
 The schemathesis command loads this module (SCHEMATHESIS_HOOKS), pytest never does.
 ttcp's OpenAPI document marks filter strings with custom formats (`ttcp-filter`,
-`ttcp-address`, `ttcp-filter-lines`), since JSON Schema cannot state the whole
+`ttcp-filter-by`: one with a breakdown, `ttcp-by`: a breakdown's key, `ttcp-address`,
+`ttcp-filter-lines`), since JSON Schema cannot state the whole
 language; these strategies make every positive case a real filter
 (tests/support/filter_texts.py), which the server must accept. With
 TTCP_ST_BROKEN_FILTERS=1 they draw networks with host bits set instead: the
@@ -15,10 +16,12 @@ import os
 
 import schemathesis
 
-from tests.support.filter_texts import addresses, filter_lines, filter_texts
+from tests.support.filter_texts import addresses, by_keys, filter_lines, filter_texts
 
 BROKEN = os.environ.get("TTCP_ST_BROKEN_FILTERS") == "1"
 
 schemathesis.openapi.format("ttcp-address", addresses(BROKEN))
 schemathesis.openapi.format("ttcp-filter", filter_texts(BROKEN))
+schemathesis.openapi.format("ttcp-filter-by", filter_texts(BROKEN, by=True))
+schemathesis.openapi.format("ttcp-by", by_keys())
 schemathesis.openapi.format("ttcp-filter-lines", filter_lines(BROKEN))

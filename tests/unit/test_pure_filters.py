@@ -170,6 +170,79 @@ def test_bad_json_forms(item: object, why: str) -> None:
         F.from_json(item)
 
 
+# ---- breakdowns: `by KEY` ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,canonical", [
+    ("dst 10.20.0.0/16 port 5432 by raddr", "dst 10.20.0.0/16 port 5432 by raddr"),
+    ("DST 10.20.0.0/16 PORT 5432 BY RADDR", "dst 10.20.0.0/16 port 5432 by raddr"),
+    ("10.0.0.1 by raddr/128", "10.0.0.1 by raddr"),  # the whole address: no prefix
+    ("dst 10.0.0.0/8 by raddr/24", "dst 10.0.0.0/8 by raddr/24"),
+    ("dst ::/0 by Raddr/64", "dst ::/0 by raddr/64"),
+    ("src 10.0.0.0/8 by laddr/32", "src 10.0.0.0/8 by laddr/32"),  # IPv6 peers: /32 of theirs
+    ("dst 0.0.0.0/0 port 443 by lport", "dst 0.0.0.0/0 port 443 by lport"),
+    ("src 10.0.0.5 by rport", "10.0.0.5 by rport"),  # a plain address keeps its plain form
+    ("cgroup /system.slice by cgroup", "cgroup /system.slice by cgroup"),
+    ("netns 4026531840 dst 10.0.0.0/8 by netns", "netns 4026531840 dst 10.0.0.0/8 by netns"),
+])
+def test_by_canonical_text(text: str, canonical: str) -> None:
+    f = F.parse(text)
+    assert str(f) == canonical and F.parse(canonical) == f
+    assert f.by is not None and f.selector == F.parse(canonical.rsplit(" by ", 1)[0])
+    assert f != f.selector and hash(f) != hash(f.selector)  # the clause is part of the identity
+    assert F.key_of(f) == F.key_of(f.selector) if f.has_address and f.workload is None else True
+
+
+@pytest.mark.parametrize("text,why", [
+    ("by raddr", "`by` follows what it breaks down"), ("10.0.0.1 by", "a key must follow 'by'"),
+    ("10.0.0.1 by raddr rport", "unexpected 'rport' after the by clause"),
+    ("10.0.0.1 by by", "the key is raddr"), ("10.0.0.1 by host", "the key is raddr"),
+    ("10.0.0.1 by rport/16", "the key is raddr"), ("10.0.0.1 by raddr/0", "from 1 to 128"),
+    ("10.0.0.1 by raddr/129", "from 1 to 128"), ("10.0.0.1 by raddr/024", "from 1 to 128"),
+    ("10.0.0.1 by raddr/", "from 1 to 128"), ("10.0.0.1 by raddr/x", "from 1 to 128"),
+    ("10.0.0.1 port by rport", "must follow 'port'"), ("by raddr 10.0.0.1", "`by` follows"),
+])
+def test_malformed_by_clauses_are_refused_naming_the_part(text: str, why: str) -> None:
+    with pytest.raises(FilterError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        F.parse(text)
+
+
+@pytest.mark.parametrize("item,canonical", [
+    ({"side": "dst", "address": "10.20.0.0/16", "port": 5432, "by": "raddr"}, "dst 10.20.0.0/16 port 5432 by raddr"),
+    ({"address": "10.0.0.1", "by": " RPORT "}, "10.0.0.1 by rport"),
+    ({"cgroup": "/app", "by": "raddr/24"}, "cgroup /app by raddr/24"),
+])
+def test_by_json_forms(item: object, canonical: str) -> None:
+    f = F.from_json(item)
+    assert str(f) == canonical and F.from_json(f.to_json()) == f
+
+
+@pytest.mark.parametrize("item,why", [
+    ({"address": "10.0.0.1", "by": 1}, "by must be a key"), ({"by": "raddr"}, "give an address or a workload"),
+    ({"address": "10.0.0.1", "by": "x" * 20}, "by must be a key"), ({"address": "10.0.0.1", "by": "raddr/200"}, "1 to 128"),
+])
+def test_bad_by_json_forms(item: object, why: str) -> None:
+    with pytest.raises(FilterError, match=why):
+        F.from_json(item)
+
+
+def test_the_value_carries_the_breakdown_with_each_familys_prefix() -> None:
+    cases = {"10.0.0.1": (0, 0, 0), "10.0.0.1 by raddr": (1, 128, 128), "10.0.0.1 by raddr/24": (1, 120, 24),
+             "10.0.0.1 by laddr/64": (2, 128, 64), "10.0.0.1 by laddr/33": (2, 128, 33),
+             "10.0.0.1 by rport": (3, 0, 0), "10.0.0.1 by lport": (4, 0, 0), "10.0.0.1 by cgroup": (5, 0, 0),
+             "10.0.0.1 by netns": (6, 0, 0)}
+    for text, (kind, bits4, bits6) in cases.items():
+        f = F.parse(text)
+        raw = F.value_of(f, 7, 9)
+        assert F.VALUE.unpack(raw) == (7, 9, 128, kind, bits4, bits6)
+        assert F.by_of_value(raw) == f.by  # a restarted ttcp reads it back from a pinned key's value
+    assert F.by_of_value(F.VALUE.pack(1, 1, 128, 9, 0, 0)) is None  # bytes ttcp never writes
+    assert F.by_of_value(F.VALUE.pack(1, 1, 128, 1, 100, 24)) is None
+    assert str(F.By(F.ByKind.WORKLOAD)) == "workload"  # the kernel's; no word of the language yet
+    with pytest.raises(FilterError):
+        F.parse("10.0.0.1 by workload")
+
+
 _v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
 _v6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
 
@@ -199,7 +272,10 @@ def filters(draw: st.DrawFn) -> Filter:
     workload = draw(st.one_of(st.just(""), workloads()))
     if workload and draw(st.booleans()):
         text = ""  # the workload alone
-    return F.parse(f"{workload} {text}")
+    by = draw(st.sampled_from(["", "raddr", "laddr", "rport", "lport", "cgroup", "netns", "raddr/", "laddr/"]))
+    if by.endswith("/"):
+        by += str(draw(st.integers(1, 128)))
+    return F.parse(f"{workload} {text}" + (f" by {by}" if by else ""))
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -209,9 +285,11 @@ def test_canonical_round_trip(f: Filter, wid: int) -> None:
     assert F.parse(text) == f
     assert str(F.parse(text)) == text
     assert F.from_json(f.to_json()) == f
+    assert F.by_of_value(F.value_of(f, 1, 1)) == f.by
     if f.has_address:
         decode = F.from_host_key if f.in_hosts else F.from_net_key
         assert decode(F.key_of(f, wid)) == (wid, f.address_part())
+        assert F.key_of(f, wid) == F.key_of(f.selector, wid)
     if f.side == Side.SRC and f.is_host and not f.port and f.workload is None:
         assert " " not in text  # the plain form
 

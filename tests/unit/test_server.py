@@ -30,6 +30,8 @@ from ttcp import server
 from ttcp.api import openapi
 from ttcp.errors import BindError
 from ttcp.rtt.filter_table import FilterStats, FilterTable
+from ttcp.rtt.filters import ByKind, address_bytes
+from ttcp.rtt.groups import Group, GroupKey
 from ttcp.rtt.histogram import Histogram
 
 # ---- fixtures ------------------------------------------------------------------------
@@ -377,6 +379,107 @@ def test_counters_of_a_present_filter_survive_a_put(table: MemoryFilterTable) ->
     assert table.stats([f("2001:db8::1")])[f("2001:db8::1")].matches == 3
 
 
+# ---- breakdowns: one filter per selector, GET /filters/{filter}/groups ------------------------
+
+DB = "dst 10.20.0.0/16 port 5432"
+DB_PATH = "/filters/dst%2010.20.0.0%2F16%20port%205432%20by%20raddr"
+
+
+def test_a_selector_held_with_another_breakdown_is_409_and_nothing_changes(table: FilterTable) -> None:
+    async def scenario(c: Client) -> None:
+        await c.call("PUT", "/", 204, data=DB)
+        r = await c.call("PUT", "/", 409, data=f"10.0.0.1\n{DB} by raddr")
+        assert r.body["error"].startswith(f"{DB} by raddr: the filter table holds {DB},")
+        assert "nothing was added" in r.body["error"]
+        await c.call("PUT", f"/filters/{DB} by rport", 409)
+        await c.call("PUT", "/filters", 409, json={"filters": [{"side": "dst", "address": "10.20.0.0/16",
+                                                                 "port": 5432, "by": "raddr"}]})
+        assert texts(table) == {DB}
+        r = await c.call("DELETE", f"/filters/{DB} by raddr", 404)
+        assert f"(the table holds {DB}, with the same selector)" in r.body["error"]
+        await c.call("DELETE", "/", 204, data=DB)
+        r = await c.call("PUT", f"/filters/{DB} by raddr", 201)
+        assert r.headers["Location"] == DB_PATH.replace("%2F", "/")
+        assert r.body["by"] == "raddr" and r.body["groups"] == 0 and r.body["groups_evicted"] == 0
+        await c.call("PUT", "/", 204, data=f"{DB}  BY  RADDR")  # itself again: fine
+        await c.call("PUT", "/", 409, data=DB)
+        assert texts(table) == {f"{DB} by raddr"}
+
+    run(table, scenario)
+
+
+def test_the_groups_route_and_its_neighbours(table: FilterTable) -> None:
+    async def scenario(c: Client) -> None:
+        await c.call("GET", DB_PATH + "/groups", 404)  # not in the table
+        await c.call("PUT", "/", 204, data=f"{DB} by raddr\n10.0.0.1")
+        body = (await c.call("GET", DB_PATH + "/groups", 200)).body
+        assert body["filter"] == f"{DB} by raddr" and body["by"] == "raddr" and body["groups"] == []
+        assert (body["top"], body["sort"], body["histogram"]) == (20, "count", "closed")
+        assert "histogram_quantile" in body["estimator"] and "starts from zero" in body["restarts"]
+        r = await c.call("GET", "/filters/10.0.0.1/groups", 404)  # a filter without a breakdown
+        assert "has no `by` clause" in r.body["error"] and "10.0.0.1 by raddr" in r.body["error"]
+        await c.call("GET", "/filters/10.0.0.300/groups", 400)  # neither a filter nor one's groups
+        for query, why in (("top=0", "top must be"), ("top=10001", "top must be"), ("top=x", "top must be"),
+                           ("sort=p75", "sort must be"), ("histogram=live", "histogram must be"),
+                           ("order=p99", "unknown query parameter")):
+            r = await c.call("GET", f"{DB_PATH}/groups?{query}", 400)
+            assert why in r.body["error"]
+        for method in ("PUT", "DELETE", "POST"):  # read only
+            r = await c.call(method, DB_PATH + "/groups", 405)
+            assert r.headers["Allow"] == "GET"
+        assert texts(table) == {f"{DB} by raddr", "10.0.0.1"}
+        listing = (await c.call("GET", "/filters", 200)).body["filters"]
+        assert [(e["filter"], e.get("groups")) for e in listing] == [("10.0.0.1", None), (f"{DB} by raddr", 0)]
+
+    run(table, scenario)
+
+
+def test_a_cgroup_path_may_end_in_groups(table: FilterTable) -> None:
+    """`cgroup /app/groups` is a filter of its own: the path is the filter's, not a groups route."""
+    async def scenario(c: Client) -> None:
+        for method, status in (("GET", 404), ("DELETE", 404), ("PUT", 400)):  # the filter's own answers
+            r = await c.call(method, "/filters/cgroup%20%2Fapp%2Fgroups", status)  # (PUT: no workloads here)
+            assert "cgroup /app/groups" in r.body["error"]
+
+    run(table, scenario)
+    assert server.groups_path("cgroup /app/groups") is None
+    assert server.groups_path("cgroup /app by cgroup/groups") == f("cgroup /app by cgroup")
+
+
+def test_groups_answer_top_n_in_the_order_asked(table: MemoryFilterTable) -> None:
+    grouped = f(f"{DB} by raddr")
+    table.add([grouped])
+
+    def g(last: int, rtts: list[int], since_ns: int, restarted: bool = False) -> Group:
+        buckets = [0] * 26
+        for r in rtts:
+            buckets[r.bit_length() - 1] += 1
+        h = Histogram(len(rtts), sum(rtts), tuple(buckets))
+        return Group(GroupKey(ByKind.RADDR, address_bytes(f"10.20.3.{last}")), since_ns, since_ns + 1, h,
+                     Histogram.empty(), restarted)
+
+    table.set_groups(grouped, [g(1, [100] * 5, 1_000_000_000), g(2, [3000, 3000], 2_000_000_000, True),
+                               g(3, [600] * 3, 3_000_000_000)], evicted=7)
+
+    async def scenario(c: Client) -> None:
+        body = (await c.call("GET", DB_PATH + "/groups", 200)).body
+        assert [x["group"] for x in body["groups"]] == ["10.20.3.1", "10.20.3.3", "10.20.3.2"]
+        assert (body["groups_total"], body["evicted"], body["max_groups"]) == (3, 7, 64)
+        first = body["groups"][0]
+        assert first["raddr"] == "10.20.3.1" and first["closed"]["count"] == 5 and first["closed"]["mean_us"] == 100
+        assert 64 <= first["closed"]["p50_us"] < 128 and first["sampled"]["count"] == 0
+        assert first["closed"]["histogram"]["count"] == 5 and first["since_unix"] == pytest.approx(EPOCH + 1)
+        assert first["since"] == "2023-11-14T22:13:21.000000Z" and first["restarted"] is False
+        body = (await c.call("GET", DB_PATH + "/groups?top=1&sort=p99", 200)).body
+        assert [x["group"] for x in body["groups"]] == ["10.20.3.2"] and body["groups"][0]["restarted"] is True
+        body = (await c.call("GET", DB_PATH + "/groups?sort=mean&histogram=sampled&top=2", 200)).body
+        assert len(body["groups"]) == 2 and body["histogram"] == "sampled"
+        entry = (await c.call("GET", DB_PATH, 200)).body
+        assert entry["groups"] == 3 and entry["groups_evicted"] == 7
+
+    run(table, scenario)
+
+
 # ---- histograms, metrics, sampling, events ----------------------------------------------
 
 
@@ -456,6 +559,7 @@ def test_openapi_documents_every_route(table: FilterTable) -> None:
     for route in app.router.routes():
         path = route.resource.canonical if route.resource else ""
         served.add((path.replace(server.FILTER_PATH.removeprefix("/filters/"), "{filter}"), route.method.lower()))
+    served.add(("/filters/{filter}/groups", "get"))  # GET /filters/{filter}'s handler, for a text ending so
     documented = {(p, m) for p, ops in OPENAPI["paths"].items() for m in ops if m != "parameters"
                   and m != "description"}
     assert served == documented

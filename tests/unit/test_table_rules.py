@@ -20,6 +20,7 @@ from ttcp.rtt.table_rules import (
     CorruptTableError,
     NotInTableError,
     Resolution,
+    SelectorHeldError,
     Slot,
     TableFullError,
     TableRules,
@@ -409,3 +410,43 @@ def test_compaction_moves_only_slots_past_the_limit_to_the_lowest_free() -> None
     assert plan_compaction(held, 10) == []
     with pytest.raises(TableFullError):
         plan_compaction(held, 3)
+
+
+# ---- breakdowns: one filter per selector ----------------------------------------------------
+
+
+def test_a_selector_held_with_another_breakdown_is_refused_naming_the_holder() -> None:
+    rules = TableRules(8, 8)
+    add(rules, "dst 10.20.0.0/16 port 5432")
+    for text in ("dst 10.20.0.0/16 port 5432 by raddr", "dst 10.20.0.0/16 port 5432 by rport"):
+        with pytest.raises(SelectorHeldError, match="holds dst 10.20.0.0/16 port 5432,") as e:
+            rules.plan_add([f(text)])
+        assert e.value.held == f("dst 10.20.0.0/16 port 5432")
+    assert rules.holder(f("dst 10.20.0.0/16 port 5432 by raddr")) == f("dst 10.20.0.0/16 port 5432")
+    remove(rules, "dst 10.20.0.0/16 port 5432")
+    add(rules, "dst 10.20.0.0/16 port 5432 by raddr")  # once it is gone, with a breakdown
+    with pytest.raises(SelectorHeldError):
+        rules.plan_add([f("dst 10.20.0.0/16 port 5432")])
+    assert rules.plan_add([f("dst 10.20.0.0/16 port 5432 by raddr")]) == []  # itself: held, nothing to do
+
+
+def test_one_request_cannot_name_a_selector_twice() -> None:
+    rules = TableRules(8, 8)
+    with pytest.raises(SelectorHeldError, match="10.0.0.1 by rport: the filter table holds 10.0.0.1 by raddr"):
+        rules.plan_add([f("10.0.0.1 by raddr"), f("10.0.0.1 by rport")])
+    assert rules.plan_add([f("10.0.0.1 by raddr"), f("10.0.0.1 by raddr")]) == [(f("10.0.0.1 by raddr"), Slot(0, 1))]
+
+
+def test_a_breakdowns_value_and_its_kinds() -> None:
+    rules = TableRules(8, 8)
+    add(rules, "dst 10.0.0.0/8 by raddr/24", "src 10.1.0.0/16 by netns")
+    values = rules.values()
+    assert F.VALUE.unpack(values[f("dst 10.0.0.0/8 by raddr/24")])[2:] == (104, 1, 120, 24)
+    assert F.VALUE.unpack(values[f("src 10.1.0.0/16 by netns")])[2:] == (112, 6, 0, 0)
+    # the kinds do not change with a breakdown: the same lookups
+    assert rules.config().kinds == f("dst 10.0.0.0/8").kind_bit | f("src 10.1.0.0/16").kind_bit
+
+
+def test_a_held_table_with_two_filters_of_one_selector_is_corrupt() -> None:
+    with pytest.raises(CorruptTableError, match="one kernel key"):
+        TableRules(8, 8, {f("10.0.0.1 by raddr"): Slot(0, 1), f("10.0.0.1"): Slot(1, 2)})

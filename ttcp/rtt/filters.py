@@ -274,12 +274,12 @@ def parse(text: str) -> Filter:
         raise FilterError("empty filter")
     by = None
     at = next((i for i, t in enumerate(tokens) if t.lower() == "by"), None)
+    if at == 0:
+        raise FilterError(f"{_shown(text)}: `by` follows what it breaks down (a workload or an address: "
+                          "dst 10.20.0.0/16 port 5432 by raddr)")
     if at is not None:
         by = _by_clause(text, tokens[at:])
         tokens = tokens[:at]
-        if not tokens:
-            raise FilterError(f"{_shown(text)}: `by` follows what it breaks down (a workload or an address: "
-                              "dst 10.20.0.0/16 port 5432 by raddr)")
     f = _selector(text, tokens)
     return f if by is None else f.with_by(by)
 
