@@ -132,7 +132,7 @@ def test_second_program_refused_by_the_verifier_releases_the_first(no_bpf_leaks:
             loader.load_program("tcprtt_tracepoint")
         assert info.value.errno == errno.EINVAL and "last insn" in str(info.value)
         assert set(loader.map_fds) == {"hosts", "nets", "stats", "texts", "cgroups", "netns", "events", "drops",
-                                           ".bss"}
+                                           ".bss", "groups", "group_stats", "group_new"}
 
 
 @pytest.mark.matrix

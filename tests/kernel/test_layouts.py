@@ -42,7 +42,7 @@ from ttcp.kernel.uapi import (
     StatsType,
 )
 from ttcp.obj.btf import KIND_ENUM, KIND_ENUM64, KIND_UNION, Btf
-from ttcp.rtt import events, filter_table, filters, histogram, table_rules
+from ttcp.rtt import events, filter_table, filters, groups, histogram, table_rules
 
 OLDEST_KERNEL = "5.8"  # ring buffers (README)
 
@@ -346,6 +346,9 @@ def test_event_format_matches_struct_event() -> None:
     ("config", table_rules.CONFIG.format),
     # struct filter_stats: its head, then two struct hist (compared above, whole here)
     ("filter_stats", f"{filter_table.STATS_HEAD.format}{histogram.HIST.size}s{histogram.HIST.size}s"),
+    ("group_key", groups.GROUP_KEY.format),
+    ("group", f"{groups.GROUP_HEAD.format}{histogram.HIST.size}s{histogram.HIST.size}s"),
+    ("group_stat", groups.GROUP_STAT.format),
 ])
 def test_table_formats_match_the_program_structs(c_struct: str, fmt: str) -> None:
     size, c_fields = shipped_struct(c_struct)
@@ -358,3 +361,10 @@ def test_stats_offsets_follow_struct_filter_stats() -> None:
     assert c_fields["closed"].byte_range == (filter_table._CLOSED_AT, histogram.HIST.size)
     assert c_fields["sampled"].byte_range == (filter_table._SAMPLED_AT, histogram.HIST.size)
     assert shipped_struct("hist")[1]["buckets"].byte_range[1] == 8 * histogram.BUCKETS
+
+
+def test_group_offsets_follow_struct_group() -> None:
+    size, c_fields = shipped_struct("group")
+    assert groups.GROUP_SIZE == size
+    assert c_fields["closed"].byte_range == (groups.GROUP_CLOSED_AT, histogram.HIST.size)
+    assert c_fields["sampled"].byte_range == (groups.GROUP_SAMPLED_AT, histogram.HIST.size)

@@ -36,6 +36,7 @@ from ttcp.rtt.tracer import PINNED_MAPS, Tracer, default_object
 from ttcp.workloads.resolver import Resolver
 
 pytestmark = pytest.mark.kernel
+PER_FILTER = [name for name in PINNED_MAPS if name != "groups"]  # sized by --max-filters
 
 
 # ---- the loader's hook ------------------------------------------------------------------------------
@@ -89,10 +90,11 @@ def test_another_size_migrates_entries_and_counters(no_bpf_leaks: None, pin_dir:
                                                               pin_dir=pin_dir) as t:
             table = t.open_maps()
             assert table.max_entries == size and matches(table) == before
-            assert {syscalls.map_info(t.collection.map_fds[n]).max_entries for n in PINNED_MAPS} == {size}
+            assert {syscalls.map_info(t.collection.map_fds[n]).max_entries for n in PER_FILTER} == {size}
             assert {pinned_id(pin_dir / n) for n in PINNED_MAPS} == {syscalls.map_info(t.collection.map_fds[n]).id
                                                                     for n in PINNED_MAPS}
-        assert f"migrated hosts, nets, stats, texts (now {size} entries)" in caplog.text
+        assert f"migrated group_stats, hosts, nets, stats, texts (now {size} entries)" in caplog.text
+        assert "reused groups" in caplog.text  # sized by --max-groups, not --max-filters
         assert pins(pin_dir) == sorted(PINNED_MAPS)  # no staging pin left
     with pytest.raises(PinnedTableTooBigError, match="holds 3 filters, more than the 2 entries"), \
             Tracer(max_filters=2, ringbuf_size=4096, pin_dir=pin_dir) as t:
@@ -121,7 +123,7 @@ def test_a_migration_cut_between_two_renames_is_finished_by_the_next_start(
         fd = syscalls.obj_get(pin_dir / name)
         sizes[name] = syscalls.map_info(fd).max_entries
         syscalls.close(fd)
-    assert sorted(sizes.values()) == [8, 8, 8, 32]  # one map replaced, three not: a mixed table
+    assert sorted(sizes[n] for n in PER_FILTER) == [8, 8, 8, 8, 32]  # one map replaced, four not: a mixed table
     for size in (8, 32):  # either size: a consistent table, and the mix is migrated
         with Tracer(max_filters=size, ringbuf_size=4096, pin_dir=pin_dir) as t:
             assert matches(t.open_maps()) == before
@@ -298,3 +300,83 @@ def test_workload_filters_survive_a_restart_and_are_resolved_again(
             assert matches(table)[f"cgroup {app} dst 127.0.14.1"] == 5
     finally:
         resolver.close()
+
+
+# ---- groups (a filter's breakdown) ---------------------------------------------------------------
+
+GROUPED = "dst 127.0.15.0/28 by raddr"
+
+
+def group_counts(table: Any, text: str) -> dict[str, int]:
+    f = F.parse(text)
+    found = table.groups([f])[f]
+    return {g.key.text(found.by): g.closed.count for g in found.groups}
+
+
+def seeded_groups(pin_dir: Path, size: int = 8, **kw: Any) -> None:
+    """A pinned table holding GROUPED (its groups: 127.0.15.5 x2, .6 x1) and A."""
+    with Tracer(max_filters=size, ringbuf_size=4096, pin_dir=pin_dir, **kw) as t, \
+            Server("127.0.15.5") as s5, Server("127.0.15.6") as s6:
+        table = t.open_maps()
+        table.add([F.parse(GROUPED), F.parse(A)])
+        t.attach(log=quiet)
+        connect_many(s5, B, 2)
+        connect_many(s6, B, 1)
+        assert group_counts(table, GROUPED) == {"127.0.15.5": 2, "127.0.15.6": 1}
+
+
+def test_groups_survive_a_restart_and_count_on(no_bpf_leaks: None, pin_dir: Path) -> None:
+    seeded_groups(pin_dir)
+    assert pins(pin_dir) == sorted(PINNED_MAPS)
+    with Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.15.5") as s5:
+        table = t.open_maps()
+        assert sorted(map(str, table.filters())) == sorted([A, GROUPED])  # the by clause: from the key's value
+        assert group_counts(table, GROUPED) == {"127.0.15.5": 2, "127.0.15.6": 1}
+        t.attach(log=quiet)
+        connect_many(s5, B, 3)
+        assert group_counts(table, GROUPED) == {"127.0.15.5": 5, "127.0.15.6": 1}
+
+
+def test_a_pinned_table_without_groups_maps_gets_them(no_bpf_leaks: None, pin_dir: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A table pinned by the ttcp before groups: its filters kept, groups maps made beside them."""
+    before = seeded(pin_dir, 8, [A, "dst 10.0.0.0/8 port 443"], **{A: 2})
+    for name in ("groups", "group_stats"):
+        (pin_dir / name).unlink()
+    with caplog.at_level("INFO", logger="ttcp"), Tracer(max_filters=8, ringbuf_size=4096, pin_dir=pin_dir) as t, \
+            Server("127.0.15.5") as s5:
+        table = t.open_maps()
+        assert matches(table) == before
+        assert "new group_stats, groups" in caplog.text
+        table.add([F.parse(GROUPED)])
+        t.attach(log=quiet)
+        connect_many(s5, B, 2)
+        assert group_counts(table, GROUPED) == {"127.0.15.5": 2}
+    assert pins(pin_dir) == sorted(PINNED_MAPS)
+
+
+def test_another_max_groups_migrates_the_groups(no_bpf_leaks: None, pin_dir: Path) -> None:
+    seeded_groups(pin_dir)
+    with Tracer(max_filters=8, max_groups=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        table = t.open_maps()
+        assert syscalls.map_info(t.collection.map_fds["groups"]).max_entries == 16
+        assert group_counts(table, GROUPED) == {"127.0.15.5": 2, "127.0.15.6": 1}
+
+
+def test_a_smaller_table_moves_groups_with_their_filter(no_bpf_leaks: None, pin_dir: Path) -> None:
+    hosts = [f"127.0.14.{i}" for i in range(20, 30)]
+    with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        t.open_maps().add([F.parse(x) for x in hosts])
+    seeded_groups(pin_dir, 16)  # GROUPED takes slot 10
+    with Tracer(max_filters=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
+        table = t.open_maps()
+        assert table.rules.slots[F.parse(GROUPED)].index == 10
+        table.remove([F.parse(x) for x in hosts])
+    with Tracer(max_filters=4, ringbuf_size=4096, pin_dir=pin_dir) as t, Server("127.0.15.6") as s6:
+        table = t.open_maps()
+        assert table.rules.slots[F.parse(GROUPED)].index < 4
+        assert group_counts(table, GROUPED) == {"127.0.15.5": 2, "127.0.15.6": 1}
+        t.attach(log=quiet)
+        connect_many(s6, B, 1)  # the moved groups count on
+        assert group_counts(table, GROUPED) == {"127.0.15.5": 2, "127.0.15.6": 2}
+        assert len(list(table.group_maps.groups.items())) == 2  # nothing left under the old slot

@@ -1,0 +1,342 @@
+"""A filter's groups (its `by` clause) against the real kernel, real sockets and cgroups.
+
+Connections go from 3 local to 5 remote loopback addresses, each pair a known number
+of times, so every group's count is known exactly: by remote address, by remote /24,
+by remote port, by local address; IPv6 (::1) and v4-mapped sockets (a dual-stack
+server); cgroups and network namespaces the test makes (tests/support/workloads.py).
+Under a tiny --max-groups the kernel's LRU evicts, and what survives is still exact;
+a long-lived connection that never closes shows up in its group's live samples; a
+removed filter's groups are gone. Each test runs in every attach mode of the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import Client, run
+from tests.support.kernel import mode_probe, require
+from tests.support.tracing import collect
+from tests.support.traffic import Conn, Server, connect_many
+from tests.support.workloads import Cgroups, Netns, run_in
+from ttcp.rtt import filters as F
+from ttcp.rtt import groups as G
+from ttcp.rtt.filters import By, ByKind, Filter
+from ttcp.rtt.groups import GroupSet
+from ttcp.rtt.tracer import MODES, Tracer
+from ttcp.workloads.resolver import Resolver
+
+pytestmark = [pytest.mark.kernel, pytest.mark.matrix]
+
+REMOTES = ["127.0.90.1", "127.0.90.2", "127.0.90.3", "127.0.91.1", "127.0.91.2"]
+LOCALS = ["127.0.92.1", "127.0.92.2", "127.0.92.3"]
+
+
+def times(i: int, j: int) -> int:
+    """Connections from LOCALS[j] to REMOTES[i]: every group's total differs."""
+    return i + j + 1
+
+
+Make = Callable[..., Tracer]
+
+
+@pytest.fixture(params=MODES)
+def make(request: pytest.FixtureRequest, no_bpf_leaks: None) -> Iterator[Make]:
+    """Tracers attached in each mode this kernel has, resolving workloads on this host."""
+    require(mode_probe(request.param))
+    made: list[Tracer] = []
+    resolver = Resolver.for_host()
+
+    def tracer(max_groups: int = 64) -> Tracer:
+        t = Tracer(max_filters=16, max_groups=max_groups, resolver=resolver)
+        made.append(t)
+        t.open_maps()
+        t.attach(request.param, log=lambda msg: None)
+        collect(t, settle_s=0.05)
+        return t
+
+    try:
+        yield tracer
+    finally:
+        for t in made:
+            t.close()
+        resolver.close()
+
+
+def groups_of(t: Tracer, f: Filter) -> GroupSet:
+    assert t.table is not None
+    return t.table.groups([f])[f]
+
+
+def counts(t: Tracer, f: Filter, which: str = "closed") -> dict[str, int]:
+    found = groups_of(t, f)
+    return {g.key.text(found.by): g.histogram(which).count for g in found.groups}
+
+
+def traffic(servers: list[Server]) -> list[Conn]:
+    """times(i, j) connections from each local address to each remote server."""
+    conns = []
+    for i, srv in enumerate(servers):
+        for j, src in enumerate(LOCALS):
+            conns += connect_many(srv, src, times(i, j))
+    return conns
+
+
+@pytest.mark.parametrize("by", ["raddr", "raddr/24", "rport", "laddr"])
+def test_each_groups_count_is_exact(make: Make, by: str) -> None:
+    t = make()
+    f = F.parse(f"dst 127.0.90.0/23 by {by}")
+    assert t.table is not None
+    t.table.add([f])
+    servers = [Server(a) for a in REMOTES]
+    try:
+        conns = traffic(servers)
+    finally:
+        for s in servers:
+            s.close()
+    got = collect(t)
+    assert len(got) == len(conns) == sum(times(i, j) for i in range(5) for j in range(3))  # 60
+    want: dict[str, int] = {}
+    for i, srv in enumerate(servers):
+        for j, src in enumerate(LOCALS):
+            key = {"raddr": REMOTES[i], "raddr/24": REMOTES[i].rsplit(".", 1)[0] + ".0/24",
+                   "rport": str(srv.port), "laddr": src}[by]
+            want[key] = want.get(key, 0) + times(i, j)
+    assert counts(t, f) == want
+    found = groups_of(t, f)
+    assert found.live == len(want) and found.evicted == 0
+    assert all(g.sampled.count == 0 and g.first_ns <= g.last_ns and not g.restarted for g in found.groups)
+    # the groups' histograms add up to the filter's own
+    stats = t.table.stats([f])[f]
+    assert sum(g.closed.count for g in found.groups) == stats.matches == len(conns)
+    assert sum(g.closed.sum_us for g in found.groups) == stats.closed.sum_us
+
+
+def test_the_top_groups_in_order_over_the_api(make: Make) -> None:
+    t = make()
+    f = F.parse("dst 127.0.90.0/23 by raddr")
+    assert t.table is not None
+    t.table.add([f])
+    servers = [Server(a) for a in REMOTES]
+    try:
+        traffic(servers)
+    finally:
+        for s in servers:
+            s.close()
+    collect(t)
+
+    async def scenario(c: Client) -> None:
+        path = "/filters/dst%20127.0.90.0%2F23%20by%20raddr/groups"
+        body = (await c.call("GET", path + "?top=3", 200)).body
+        assert [(g["group"], g["closed"]["count"]) for g in body["groups"]] == [
+            ("127.0.91.2", 18), ("127.0.91.1", 15), ("127.0.90.3", 12)]
+        assert body["groups_total"] == 5 and body["evicted"] == 0
+        rtt = body["groups"][0]["closed"]
+        assert rtt["mean_us"] > 0 and rtt["p50_us"] <= rtt["p99_us"]
+        by_mean = (await c.call("GET", path + "?sort=mean", 200)).body["groups"]
+        means = [g["closed"]["mean_us"] for g in by_mean]
+        assert means == sorted(means, reverse=True) and len(means) == 5
+        listed = (await c.call("GET", "/filters", 200)).body["filters"]
+        assert [(e["groups"], e["groups_evicted"]) for e in listed] == [(5, 0)]
+
+    run(t.table, scenario)
+
+
+def test_under_a_small_max_groups_evictions_are_counted_and_survivors_exact(make: Make) -> None:
+    t = make(max_groups=4)
+    f = F.parse("dst 127.0.93.0/24 by raddr")
+    assert t.table is not None
+    t.table.add([f])
+    remotes = [f"127.0.93.{i}" for i in range(1, 11)]
+    with Server("127.0.93.1") as first:
+        connect_many(first, "127.0.92.1", 1)
+        assert counts(t, f) == {"127.0.93.1": 1}  # seen once: this ttcp remembers when it was made
+        for i, addr in enumerate(remotes[1:], start=2):  # 10 groups, one after the other
+            with Server(addr) as srv:
+                connect_many(srv, "127.0.92.1", i)
+        found = groups_of(t, f)
+        survivors = counts(t, f)
+        assert 1 <= found.live <= 4 and found.live == len(survivors)
+        assert found.evicted == 10 - found.live  # made and gone: evicted
+        assert all(survivors[a] == remotes.index(a) + 1 for a in survivors), survivors  # exact
+        assert "127.0.93.10" in survivors  # the most recent stays
+        if "127.0.93.1" not in survivors:  # evicted: seen again, it starts from zero, and says so
+            connect_many(first, "127.0.92.1", 2)
+            again = next(g for g in groups_of(t, f).groups if g.key.text(f.by) == "127.0.93.1")
+            assert again.closed.count == 2 and again.restarted
+    assert t.table.stats([f])[f].matches == sum(range(1, 11)) + (2 if "127.0.93.1" not in survivors else 0)
+
+
+def test_removing_the_filter_removes_its_groups(make: Make) -> None:
+    t = make()
+    f, other = F.parse("dst 127.0.90.0/24 by raddr"), F.parse("dst 127.0.91.0/24 by raddr")
+    assert t.table is not None and t.table.group_maps is not None
+    t.table.add([f, other])
+    with Server("127.0.90.1") as a, Server("127.0.91.1") as b:
+        connect_many(a, "127.0.92.1", 3)
+        connect_many(b, "127.0.92.1", 2)
+        collect(t)
+        assert counts(t, f) == {"127.0.90.1": 3} and counts(t, other) == {"127.0.91.1": 2}
+        t.table.remove([f])
+        rows = list(t.table.group_maps.groups.items())
+        assert len(rows) == 1 and G.GroupKey.unpack(rows[0][0])[:2] == (t.table.rules.slots[other].index,
+                                                                         t.table.rules.slots[other].gen)
+        t.table.add([f])  # again: a new generation, its groups from zero
+        assert counts(t, f) == {}
+        connect_many(a, "127.0.92.1", 1)
+        collect(t)
+        assert counts(t, f) == {"127.0.90.1": 1} and counts(t, other) == {"127.0.91.1": 2}
+
+
+class LongLived:
+    """One established connection that stays open, data going back and forth."""
+
+    def __init__(self, src: str, server: Server) -> None:
+        self.cli = socket.create_connection((server.host, server.port), source_address=(src, 0))
+        self.peer, _ = server.sock.accept()
+        self.thread = threading.Thread(target=self._echo, daemon=True)
+        self.thread.start()
+
+    def _echo(self) -> None:
+        while data := self.peer.recv(4096):
+            self.peer.sendall(data)
+
+    def exchange(self, rounds: int) -> None:
+        for _ in range(rounds):
+            self.cli.sendall(b"x" * 1000)
+            got = 0
+            while got < 1000:
+                got += len(self.cli.recv(4096))
+
+    def close(self) -> None:
+        self.cli.close()
+        self.thread.join(5)
+        self.peer.close()
+
+
+def test_a_connection_that_never_closes_shows_in_its_groups_live_samples(make: Make) -> None:
+    t = make()
+    f = F.parse("dst 127.0.90.0/24 by raddr")
+    assert t.table is not None
+    t.table.add([f])
+    t.enable_sampling(t.report.mode, log=lambda m: None)  # the sampler of the tracer's own family
+    with Server("127.0.90.1") as pool, Server("127.0.90.2") as other:
+        conn = LongLived("127.0.92.1", pool)
+        try:
+            conn.exchange(40)
+            connect_many(other, "127.0.92.1", 2)  # short connections beside it
+            found = {g.key.text(f.by): g for g in groups_of(t, f).groups}
+            live = found["127.0.90.1"]
+            assert live.sampled.count >= 40 and live.closed.count == 0  # it never closed
+            assert found["127.0.90.2"].closed.count == 2
+        finally:
+            conn.close()
+    assert t.table.stats([f])[f].sampled.count >= 40
+
+
+# ---- IPv6 and v4-mapped sockets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("by", ["rport", "raddr/64", "laddr"])
+def test_ipv6_sockets(make: Make, by: str) -> None:
+    """Both sockets of a connection on ::1 have ::1 at the far end: `dst ::1` selects both."""
+    t = make()
+    f = F.parse(f"dst ::1 by {by}")
+    assert t.table is not None
+    t.table.add([f])
+    with Server("::1", socket.AF_INET6) as a, Server("::1", socket.AF_INET6) as b:
+        conns = connect_many(a, "::1", 2) + connect_many(b, "::1", 3)
+    collect(t)
+    want = {"raddr/64": {"::/64": 10}, "laddr": {"::1": 10},
+            # the clients' sockets by the servers' ports; the servers' by each client's port
+            "rport": {str(a.port): 2, str(b.port): 3, **{str(c.sport): 1 for c in conns}}}[by]
+    assert counts(t, f) == want
+
+
+def test_v4_mapped_sockets_are_grouped_as_ipv4(make: Make) -> None:
+    """The accepted sockets of a dual-stack server hold ::ffff:a.b.c.d: a /24 of the
+    IPv4 address, not of the 16 bytes (which would be ::/24 for every peer)."""
+    t = make()
+    with Server("::", socket.AF_INET6, dual_stack=True) as srv:
+        f = F.parse(f"src 127.0.90.1 port {srv.port} by raddr/24")
+        g = F.parse(f"src 127.0.90.2 port {srv.port} by laddr")
+        assert t.table is not None
+        t.table.add([f, g])
+        for j, src in enumerate(LOCALS):
+            connect_many(srv, src, j + 1, dst="127.0.90.1", family=socket.AF_INET)
+        connect_many(srv, "127.0.92.1", 2, dst="127.0.90.2", family=socket.AF_INET)
+    got = collect(t)
+    assert {e.family for e in got} == {socket.AF_INET6}  # the server's sockets: v4-mapped
+    assert counts(t, f) == {"127.0.92.0/24": 6}
+    assert counts(t, g) == {"127.0.90.2": 2}
+
+
+# ---- workloads -----------------------------------------------------------------------------
+
+
+def own_cgroup_id(cgroups: Cgroups) -> int:
+    line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
+    return os.stat(cgroups.tree.dir_of(line[3:])).st_ino
+
+
+def test_by_cgroup(make: Make, cgroups: Cgroups) -> None:
+    t = make()
+    app, worker = cgroups.make("app"), cgroups.make("worker")
+    with Server("127.0.94.1") as srv:
+        f = F.parse(f"dst 127.0.94.1 port {srv.port} by cgroup")
+        assert t.table is not None
+        t.table.add([f])
+        run_in(lambda: connect_many(srv, "127.0.92.1", 3), cgroup=cgroups.tree.dir_of(app))
+        run_in(lambda: connect_many(srv, "127.0.92.1", 2), cgroup=cgroups.tree.dir_of(worker))
+        connect_many(srv, "127.0.92.1", 1)  # this process's own cgroup
+    collect(t)
+    found = groups_of(t, f)
+    assert {g.key.cgroup_id: g.closed.count for g in found.groups} == {
+        cgroups.id_of(app): 3, cgroups.id_of(worker): 2, own_cgroup_id(cgroups): 1}
+    assert all(g.key.netns == 0 and g.key.addr == bytes(16) for g in found.groups)
+
+
+def test_by_netns(make: Make, netns: Netns) -> None:
+    t = make()
+    port = 24781
+    f = F.parse(f"dst 127.0.0.0/8 port {port} by netns")
+    assert t.table is not None
+    t.table.add([f])
+
+    def inside() -> list[Conn]:
+        with Server("127.0.0.1", port=port) as srv:  # the namespace's own loopback
+            return connect_many(srv, "127.0.0.1", 3)
+
+    run_in(inside, netns=netns.path)
+    with Server("127.0.94.2", port=port) as srv:
+        connect_many(srv, "127.0.92.1", 2)
+    collect(t)
+    root = os.stat("/proc/self/ns/net").st_ino
+    assert {g.key.netns: g.closed.count for g in groups_of(t, f).groups} == {netns.inode: 3, root: 2}
+
+
+def test_by_workload_the_kernel_keys_cgroup_and_netns_both(make: Make, cgroups: Cgroups, netns: Netns) -> None:
+    """The key `by container` and `by pod` (issue 23) will name in user space."""
+    t = make()
+    port = 24782
+    app = cgroups.make("app")
+    f = F.parse(f"dst 127.0.0.0/8 port {port}").with_by(By(ByKind.WORKLOAD))
+    assert t.table is not None
+    t.table.add([f])
+
+    def inside() -> list[Conn]:
+        with Server("127.0.0.1", port=port) as srv:
+            return connect_many(srv, "127.0.0.1", 2)
+
+    run_in(inside, cgroup=cgroups.tree.dir_of(app), netns=netns.path)
+    with Server("127.0.94.3", port=port) as srv:
+        connect_many(srv, "127.0.92.1", 1)
+    collect(t)
+    root = os.stat("/proc/self/ns/net").st_ino
+    assert {(g.key.cgroup_id, g.key.netns): g.closed.count for g in groups_of(t, f).groups} == {
+        (cgroups.id_of(app), netns.inode): 2, (own_cgroup_id(cgroups), root): 1}
