@@ -136,34 +136,18 @@ def _filters_of(items: Iterable[object]) -> list[Filter]:
     return list(found)
 
 
-def groups_path(text: str) -> Filter | None:
-    """The filter a /filters/{text} path names the groups of: `text` ends with /groups
-    and what comes before is a filter with a `by` clause; else None (the whole text is
-    a filter: a cgroup path may end in /groups)."""
+def groups_route(text: str) -> str | None:
+    """The filter text whose groups a /filters/{text} path asks for: `text` ends with
+    /groups and is no filter itself (a cgroup path may end in /groups: then the whole
+    text is the filter); None otherwise. A filter's text never ends so (its `by`
+    clause, last, has no /groups), so the groups of `X by raddr` are at `X by raddr/groups`."""
     if not text.endswith(GROUPS_SUFFIX):
         return None
-    try:
-        f = F.parse(text[:-len(GROUPS_SUFFIX)])
-    except FilterError:
-        return None
-    return f if f.by is not None else None
-
-
-def _check_groupless(text: str) -> None:
-    """A path ending in /groups whose prefix is a filter without a `by` clause (and
-    which is no filter itself): 404, that filter has no groups."""
-    if not text.endswith(GROUPS_SUFFIX):
-        return
     try:
         F.parse(text)
-        return
     except FilterError:
-        pass
-    try:
-        f = F.parse(text[:-len(GROUPS_SUFFIX)])
-    except FilterError:
-        return  # not a filter either way: the whole text's 400 says why
-    raise ApiError(404, f"{f} has no `by` clause, so no groups (e.g. {f.with_by(F.By(F.ByKind.RADDR))})")
+        return text[:-len(GROUPS_SUFFIX)]
+    return None
 
 
 def groups_query(query: Mapping[str, str]) -> tuple[int, str, str]:
@@ -291,7 +275,7 @@ class _Api:
 
     def _no_groups_route(self, request: web.Request) -> None:
         """PUT or DELETE of .../groups: the groups are read only (405, as for any route)."""
-        if groups_path(request.match_info["filter"]) is not None:
+        if groups_route(request.match_info["filter"]) is not None:
             raise web.HTTPMethodNotAllowed(request.method, ["GET"])
 
     # -- handlers: everything after the body is read runs without an await --
@@ -321,10 +305,9 @@ class _Api:
                                   "filters_file": source})
 
     async def get_filter(self, request: web.Request) -> web.Response:
-        grouped = groups_path(request.match_info["filter"])
+        grouped = groups_route(request.match_info["filter"])
         if grouped is not None:
-            return self._groups(grouped, request)
-        _check_groupless(request.match_info["filter"])
+            return self._groups(_filters_of([grouped])[0], request)
         f = self._path_filter(request)
         return web.json_response(self._entry(f, self._one(f), histograms=True,
                                              groups=self._group_counts([f]).get(f)))
@@ -332,9 +315,11 @@ class _Api:
     def _groups(self, f: Filter, request: web.Request) -> web.Response:
         """GET /filters/{filter}/groups: the top groups, ordered as asked."""
         top, sort, which = groups_query(request.query)
+        if f.by is None:
+            raise ApiError(404, f"{f} has no `by` clause, so no groups (e.g. {f.with_by(F.By(F.ByKind.RADDR))})")
         self._one(f)  # 404 when it is not held
         found = self.table.groups([f]).get(f)
-        assert f.by is not None and found is not None
+        assert found is not None
         path = self.hooks.cgroup_path or G.no_paths
         by = f.by
         chosen = G.ordered(found.groups, sort, which, lambda k: k.text(by, path))[:top]
@@ -427,7 +412,7 @@ class _Api:
         """aiohttp's own refusals (routing, body size) as JSON errors."""
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         if isinstance(exc, web.HTTPMethodNotAllowed):
-            if request.path.startswith("/filters/") and groups_path(request.path.removeprefix("/filters/")):
+            if request.path.startswith("/filters/") and groups_route(request.path.removeprefix("/filters/")):
                 exc = web.HTTPMethodNotAllowed(request.method, ["GET"])  # a filter's groups: read only
                 headers = {"Allow": "GET"}
             allowed = ", ".join(sorted(exc.allowed_methods))

@@ -49,7 +49,7 @@ def documented(path: str, method: str) -> dict[str, Any] | None:
     """The OpenAPI operation serving `path`, or None if the document has none."""
     if path.startswith("/filters/") and path != "/filters/":
         text = unquote(path.removeprefix("/filters/").split("?", 1)[0])
-        path = "/filters/{filter}/groups" if server.groups_path(text) is not None else "/filters/{filter}"
+        path = "/filters/{filter}/groups" if server.groups_route(text) is not None else "/filters/{filter}"
     op: dict[str, Any] | None = OPENAPI["paths"].get(path, {}).get(method.lower())
     return op
 

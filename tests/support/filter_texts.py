@@ -54,7 +54,8 @@ def filter_texts(draw: st.DrawFn, broken: bool = False, by: bool | None = None) 
     parts.append(draw(addresses(broken)))
     if draw(st.booleans()):
         parts += [draw(_SPACE), draw(_any_case("port")), draw(_SPACE), str(draw(st.integers(1, 65535)))]
-    if by or (by is None and draw(st.integers(0, 3)) == 0):
+    # (A broken text draws no breakdown: the negative control's draws stay those of its seed.)
+    if by or (by is None and not broken and draw(st.integers(0, 3)) == 0):
         parts += [draw(_SPACE), draw(_any_case("by")), draw(_SPACE), draw(by_keys())]
     return "".join(parts)
 

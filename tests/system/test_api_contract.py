@@ -42,6 +42,7 @@ pytestmark = pytest.mark.kernel
 pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install -e '.[test]')")
 
 ADDR = "127.0.26.1"  # this file's filter: the stream test's connections come from it
+GROUPED = "dst 10.20.0.0/16 port 5432 by raddr"  # the groups route's example
 CONFIG = paths.REPO / "tests" / "support" / "schemathesis.toml"
 HOOKS = "tests.support.schemathesis_hooks"
 # Every operation is generated but the stream, and the document's own URL, which Schemathesis
@@ -59,7 +60,8 @@ class Live:
 @pytest.fixture(scope="module", params=["without-token", "with-token"])
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     token = TOKEN if request.param == "with-token" else None
-    args = ["--filter", ADDR, "--format", "json"]
+    # The document's example of a breakdown is in the table: its groups' answer is checked too.
+    args = ["--filter", ADDR, "--filter", GROUPED, "--format", "json"]
     if token:
         args += ["--token-file", str(token_file(tmp_path_factory.mktemp("token"), token.encode()))]
     with TtcpProcess(*args) as t:

@@ -418,7 +418,10 @@ def test_the_groups_route_and_its_neighbours(table: FilterTable) -> None:
         assert "histogram_quantile" in body["estimator"] and "starts from zero" in body["restarts"]
         r = await c.call("GET", "/filters/10.0.0.1/groups", 404)  # a filter without a breakdown
         assert "has no `by` clause" in r.body["error"] and "10.0.0.1 by raddr" in r.body["error"]
-        await c.call("GET", "/filters/10.0.0.300/groups", 400)  # neither a filter nor one's groups
+        r = await c.call("GET", "/filters/10.0.0.300/groups", 400)  # the groups of no filter
+        assert "'10.0.0.300'" in r.body["error"]
+        for method in ("PUT", "DELETE"):  # a path ending in /groups that is no filter: the groups' route
+            await c.call(method, "/filters/0/groups", 405)
         for query, why in (("top=0", "top must be"), ("top=10001", "top must be"), ("top=x", "top must be"),
                            ("sort=p75", "sort must be"), ("histogram=live", "histogram must be"),
                            ("order=p99", "unknown query parameter")):
@@ -442,8 +445,9 @@ def test_a_cgroup_path_may_end_in_groups(table: FilterTable) -> None:
             assert "cgroup /app/groups" in r.body["error"]
 
     run(table, scenario)
-    assert server.groups_path("cgroup /app/groups") is None
-    assert server.groups_path("cgroup /app by cgroup/groups") == f("cgroup /app by cgroup")
+    assert server.groups_route("cgroup /app/groups") is None
+    assert server.groups_route("cgroup /app by cgroup/groups") == "cgroup /app by cgroup"
+    assert server.groups_route("not a filter/groups") == "not a filter"  # groups asked for: 400 naming it
 
 
 def test_groups_answer_top_n_in_the_order_asked(table: MemoryFilterTable) -> None:
