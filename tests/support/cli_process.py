@@ -51,7 +51,7 @@ class TtcpProcess:
         """Ready: the API answers (unless --no-api), and then the table's header is
         out; without a header (json, histograms) the attach line on stderr says
         the program runs, and the API answering that the loop does."""
-        header = "json" not in self.args and "--histogram" not in self.args
+        header = not {"json", "histogram", "--histogram"} & set(self.args)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -165,6 +165,9 @@ def test_missing_btf_is_one_line():
 def test_bad_sizes_are_one_line():
     assert_one_line_error(run_cli("--ringbuf-size", "3000", "--no-api"), 1, "power of two")
     assert_one_line_error(run_cli("--max-filters", "0"), 2, "positive")
+    assert_one_line_error(run_cli("--max-groups", "0"), 2, "positive")
+    assert_one_line_error(run_cli("--metrics-groups", "-1"), 2, "0 or more")
+    assert_one_line_error(run_cli("--filter", "10.0.0.1 by host"), 2, "the key is raddr")
     assert_one_line_error(run_cli("--port", "70000"), 2, "port")
 
 
@@ -173,7 +176,9 @@ def test_help_explains_everything():
     assert r.returncode == 0
     for option in ("--host", "--port", "--filter", "--max-filters", "--attach", "--format",
                    "--ringbuf-size", "--btf", "--no-api", "--sample", "--histogram", "--ms", "RTT(ms)",
-                   "curl", "SIGTERM", "dst 10.20.0.0/16 port 5432", "/metrics", "/events", "/sampling"):
+                   "curl", "SIGTERM", "dst 10.20.0.0/16 port 5432", "/metrics", "/events", "/sampling",
+                   "dst 10.20.0.0/16 port 5432 by raddr", "which database replica is slow", "--max-groups",
+                   "--metrics-groups", "/groups?", "--format histogram"):
         assert option in r.stdout
 
 

@@ -82,7 +82,7 @@ def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> str:
 def test_filters_and_counters_survive_a_restart(pin_dir: Path, stop: int) -> None:
     with Server("127.0.0.1") as srv:
         with TtcpProcess("--pin", str(pin_dir), "--filter", A) as t:
-            assert t.wait_stderr(f"filter table pinned in {pin_dir}: new hosts, nets, stats"), t.stderr
+            assert t.wait_stderr(f"filter table pinned in {pin_dir}: new group_stats, groups, hosts, nets, stats, texts"), t.stderr
             assert t.api("PUT", "/filters", b"src 127.0.14.0/30\n")[0] == 204
             traffic(srv, **{A: 3, B: 2, C: 1})
             assert len(t.lines_until_quiet()) == 5  # C is outside both filters
@@ -96,7 +96,7 @@ def test_filters_and_counters_survive_a_restart(pin_dir: Path, stop: int) -> Non
         assert [(x.matches, x.closed) for x in before.values()] == [(3, 3), (2, 2)]  # a host beats a network
         assert pins(pin_dir) == sorted(PINNED_MAPS)
         with TtcpProcess("--pin", str(pin_dir)) as t:  # at once: the lock went with the process
-            assert t.wait_stderr("reused hosts, nets, stats"), t.stderr
+            assert t.wait_stderr("reused group_stats, groups, hosts, nets, stats, texts"), t.stderr
             assert filter_state(t) == before
             assert json.loads(t.api("GET", "/")[1]) == [A, "src 127.0.14.0/30"]
             traffic(srv, **{A: 1})
@@ -116,7 +116,7 @@ def test_another_max_filters_migrates(pin_dir: Path) -> None:
             assert t.stop() == 0
         for size in ("100", "2"):
             with TtcpProcess("--pin", str(pin_dir), "--max-filters", size) as t:
-                assert t.wait_stderr(f"migrated hosts, nets, stats, texts (now {size} entries)"), t.stderr
+                assert t.wait_stderr(f"migrated group_stats, hosts, nets, stats, texts (now {size} entries)"), t.stderr
                 assert filter_state(t) == before
                 assert api_json(t, "/filters")["max_entries"] == int(size)
                 assert t.stop() == 0
