@@ -3,7 +3,7 @@
     python -m vmtest.guest SCALE DEADLINE OUTDIR [PYTEST ARGS...]
 
 Everything it learns goes to OUTDIR (a directory shared read-write with the
-host): uname, the feature probes, pytest's log and JUnit XML, and last the
+host): uname, the feature probes, the verifier's count of each program, pytest's log and JUnit XML, and last the
 exit status, written only when all else is on disk, so a host that finds no
 `rc` knows the guest died midway.
 """
@@ -80,6 +80,9 @@ def main(argv: list[str]) -> int:
     with open(out / "features.txt", "w") as f:
         subprocess.run([sys.executable, "-m", "ttcp.kernel", "features"], stdout=f, stderr=subprocess.STDOUT,
                        env=env, check=False)
+    with open(out / "verifier.txt", "w") as f:  # each program's processed instructions on this kernel
+        subprocess.run([sys.executable, "-m", "ttcp.kernel", "load", "--stats", "ttcp/data/tcprtt.bpf.o"],
+                       stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     with open(out / "pytest.log", "w") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rfEs", "--durations=25",
