@@ -3,8 +3,9 @@
     python -m vmtest.guest SCALE DEADLINE OUTDIR [PYTEST ARGS...]
 
 Everything it learns goes to OUTDIR (a directory shared read-write with the
-host): uname, the feature probes, the verifier's count of each program, pytest's log and JUnit XML, and last the
-exit status, written only when all else is on disk, so a host that finds no
+host): uname, the feature probes, the verifier's count of each program, pytest's
+log and JUnit XML, and last the exit status, written only when all else is on
+disk, so a host that finds no
 `rc` knows the guest died midway.
 """
 
