@@ -306,11 +306,11 @@ class Tool:
         return Path(self.exe).exists() or shutil.which(self.exe) is not None
 
 
-def ttcp_argv(extra: Iterable[str] = ()) -> list[str]:
+def ttcp_argv(extra: Iterable[str] = (), filters: Iterable[str] = FILTERS) -> list[str]:
     script = Path(sys.executable).parent / "ttcp"
     base = [str(script)] if script.exists() else [sys.executable, "-m", "ttcp"]
     args = ["--host", SERVER, "--port", str(PORT_API)]
-    for a in FILTERS:
+    for a in filters:
         args += ["--filter", a]
     return base + args + list(extra)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import fleet
+import groups
 from common import PREVIOUS
 
 from ttcp.rtt.tracer import DEFAULT_RINGBUF_SIZE
@@ -434,6 +435,8 @@ def render(res: dict[str, Any]) -> str:
     lines += fleet.report(res)
     lines += ["", "### 5d. The API under a flood of half-sent requests", ""]
     lines += api_flood(res)
+    lines += ["", "### 5e. Breakdowns (`by`): the kernel's groups, and /metrics with them", ""]
+    lines += groups.report(res)
     return "\n".join(lines) + "\n"
 
 

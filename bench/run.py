@@ -33,6 +33,7 @@ from typing import Any
 
 import compare
 import fleet
+import groups
 import inproc
 import report
 from common import (
@@ -60,6 +61,7 @@ from common import (
     status,
     stop_process,
     tools,
+    ttcp_argv,
     ttcp_tool,
 )
 
@@ -315,18 +317,27 @@ def api(tool: Tool, workdir: Path, pycache: Path, clients: int, seconds: float, 
 
 
 def metrics_under_load(tool: Tool, gen: LoadGen, workdir: Path, pycache: Path, filters: int, clients: int,
-                       seconds: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+                       seconds: float, extra: tuple[str, ...] = (), texts: list[str] | None = None,
+                       prepare: Any = None) -> dict[str, Any]:
     """GET /metrics with `filters` filters, back to back from `clients` clients: first
     with no traffic, then while connload makes connections between filtered
-    addresses at full speed. `extra`: more arguments for ttcp."""
-    base = _ttcp_with(tool, many_filters(filters))
+    addresses at full speed. `extra`: more arguments for ttcp; `texts`: the filters
+    (default: FILTERS and host addresses); `prepare()`: called once ttcp answers."""
+    if texts is None:
+        base = _ttcp_with(tool, many_filters(filters))
+    else:
+        base = Tool(tool.name, ttcp_argv(filters=texts), tool.parse, tool.env, tool.stop_signal, tool.note,
+                    tool.python)
     base = Tool(base.name, base.argv + list(extra), base.parse, base.env, base.stop_signal, base.note, base.python)
-    run = ToolRun(base, workdir, "metrics" + "".join(extra).replace("-", "_"), pipe=False, pycache=pycache)
+    tag = "metrics" + "".join(x for x in extra if not x.startswith("/")).replace("-", "_") + ("_t" if texts else "")
+    run = ToolRun(base, workdir, tag, pipe=False, pycache=pycache)
     out: dict[str, Any] = {"filters": filters, "clients": clients, "args": list(extra)}
     if not _wait_header(run) or not _api_ready(PORT_API):
         run.stop()
         return {"error": run.stderr_text().strip().splitlines()[-3:]}
     try:
+        if prepare is not None:
+            prepare()
         answer = _get(PORT_API, "/metrics")
         out["bytes"] = len(answer)
         out["series"] = sum(1 for line in answer.splitlines() if line and not line.startswith(b"#"))
@@ -414,9 +425,11 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma list: compare ttcp only with tools whose name "
                                                "contains one of these")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
-    ap.add_argument("--stage", choices=("all", "fleet", "api-flood"), default="all",
+    ap.add_argument("--stage", choices=("all", "fleet", "api-flood", "groups"), default="all",
                     help="fleet: only issue 25's measurements (bounded /metrics, BPF statistics); api-flood: "
-                         "only the API under a flood of half-sent requests; printed, BENCHMARKS.md left alone")
+                         "only the API under a flood of half-sent requests; groups: only issue 24's (a breakdown's "
+                         "kernel cost, the sampler's, /metrics with 1,000 filters by raddr); printed, BENCHMARKS.md "
+                         "left alone")
     args = ap.parse_args()
     if os.geteuid() != 0:
         log("bench: run as root (make bench)")
@@ -442,6 +455,8 @@ def main() -> int:
         return _fleet_only(results, workdir, pycache, p, t_start)
     if args.stage == "api-flood":
         return _api_flood_only(results, workdir, pycache, p, t_start)
+    if args.stage == "groups":
+        return _groups_only(results, workdir, pycache, p, t_start)
     log("== BPF statistics' cost (before the run turns them on)")
     results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
     stats_fd = syscalls.enable_stats()  # run_time_ns/run_cnt count while this fd is open
@@ -474,6 +489,7 @@ def main() -> int:
         results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
         log("== the API under a half-request flood")
         results["api_flood"] = api_flood(ttcp, workdir, pycache, p["flood_clients"], p["api_seconds"], p["flood"])
+        _groups(results, gen, ttcp, workdir, pycache, p)
     finally:
         gen.close()
         syscalls.close(stats_fd)
@@ -511,6 +527,39 @@ def _fleet_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[s
     results["elapsed_s"] = time.monotonic() - t_start
     fleet.write_json(workdir / "results.json", results)
     print("\n".join(fleet.report(results)))
+    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
+    return 0
+
+
+def _groups(results: dict[str, Any], gen: LoadGen, ttcp: Tool, workdir: Path, pycache: Path,
+            p: dict[str, Any]) -> None:
+    """Issue 24's measurements (bench/groups.py); the BPF statistics must be on."""
+    log("== a breakdown's kernel cost")
+    results["groups_kernel"] = groups.kernel_cost(gen, p["kcost_n"], p["kcost_rounds"], workdir)
+    log("== a breakdown in the live sampler")
+    results["groups_sampling"] = groups.sampling_cost(gen, p["bulk_bytes"] // 2, p["bulk_pairs"])
+    log("== /metrics with 1,000 filters by raddr")
+    results["groups_metrics"] = groups.metrics(
+        lambda texts, extra, prepare: metrics_under_load(ttcp, gen, workdir, pycache, p["api_filters"],
+                                                         p["metrics_clients"], p["metrics_seconds"], tuple(extra),
+                                                         texts, prepare), p["api_filters"])
+
+
+def _groups_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any], t_start: float) -> int:
+    """--stage groups: issue 24's measurements, printed."""
+    stats_fd = syscalls.enable_stats()
+    gen = LoadGen(workdir)
+    try:
+        gen.serve(SERVER, PORT_LOAD)
+        gen.serve(OTHER_SERVER, PORT_OTHER)
+        gen.client(2000)  # warm-up, not counted
+        _groups(results, gen, ttcp_tool(), workdir, pycache, p)
+    finally:
+        gen.close()
+        syscalls.close(stats_fd)
+    results["elapsed_s"] = time.monotonic() - t_start
+    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print("\n".join(groups.report(results)))
     log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
     return 0
 

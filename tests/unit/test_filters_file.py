@@ -39,6 +39,8 @@ def test_one_filter_a_line_comments_and_blanks() -> None:
     (b"10.0.0.1\n10.0.0.2 port 70000\n", 2, "70000"),
     (b"10.0.0.1\n\xff\xfe\n", 2, "not UTF-8"),
     (b"10.0.0.1 10.0.0.2\n", 1, "10.0.0.2"),
+    (b"10.0.0.1\n10.0.0.1 by raddr\n", 2, "line 1 has 10.0.0.1, which selects the same connections"),
+    (b"dst ::1 by rport\n10.0.0.1\ndst ::1 by RADDR\n", 3, "line 1 has dst ::1 by rport"),
 ])
 def test_a_bad_line_is_named(raw: bytes, line: int, words: str) -> None:
     with pytest.raises(FiltersFileError) as e:
@@ -152,6 +154,19 @@ def test_api_filters_are_kept_and_the_file_takes_over_the_ones_it_lists(path: Pa
     path.write_text("10.0.0.1\n")
     assert source.reload()
     assert origins(table) == {"10.0.0.1": "file", "10.0.0.7": "api"}  # dropped by the file: gone
+
+
+def test_a_breakdown_changed_in_the_file_replaces_its_filter_and_the_apis_is_not_taken(path: Path) -> None:
+    table = MemoryFilterTable()
+    table.add([f("10.0.0.7")])  # the API's
+    source = started(path, "dst 10.20.0.0/16 port 5432\n", table)
+    path.write_text("dst 10.20.0.0/16 port 5432 by raddr\n")  # the file's own: removed, then added with `by`
+    assert source.reload() and texts(table) == {"10.0.0.7", "dst 10.20.0.0/16 port 5432 by raddr"}
+    path.write_text("dst 10.20.0.0/16 port 5432 by raddr\n10.0.0.7 by rport\n")  # the API's selector
+    assert not source.reload()
+    error = source.status().error
+    assert error is not None and error.message.startswith("10.0.0.7 by rport: the filter table holds 10.0.0.7,")
+    assert texts(table) == {"10.0.0.7", "dst 10.20.0.0/16 port 5432 by raddr"}  # nothing changed
 
 
 def test_a_version_that_does_not_fit_is_refused_whole(path: Path) -> None:

@@ -74,6 +74,7 @@ def parse(raw: bytes) -> Version:
     if len(raw) > MAX_BYTES:
         raise FiltersFileError(None, f"{len(raw)} bytes, more than the {MAX_BYTES} a filters file may hold")
     found: dict[Filter, None] = {}
+    selectors: dict[Filter, tuple[int, Filter]] = {}  # one filter per selector, whatever its `by`
     for number, line in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
         try:
             text = line.decode("utf-8")
@@ -83,9 +84,14 @@ def parse(raw: bytes) -> Version:
         if not text:
             continue
         try:
-            found[F.parse(text)] = None
+            f = F.parse(text)
         except FilterError as e:
             raise FiltersFileError(number, str(e)) from None
+        first, other = selectors.setdefault(f.selector, (number, f))
+        if other != f:
+            raise FiltersFileError(number, f"{f}: line {first} has {other}, which selects the same connections "
+                                           "(a selector has one filter, with one breakdown or none)")
+        found[f] = None
     return Version(digest(raw), tuple(found))
 
 

@@ -33,7 +33,7 @@ from ttcp.kernel.uapi import Inotify
 from ttcp.rtt import filters_file
 from ttcp.rtt.filter_table import FilterTable
 from ttcp.rtt.filters_file import FiltersFileError, Problem, Status, Version
-from ttcp.rtt.table_rules import Origin
+from ttcp.rtt.table_rules import Origin, SelectorHeldError
 
 log = logging.getLogger("ttcp")
 
@@ -149,7 +149,8 @@ class FiltersFile:
             self.table.add(step.add, Origin.FILE)
         except TtcpError as e:
             self.table.add(step.remove, Origin.FILE)  # back as they were (their counters from zero)
-            raise FiltersFileError(None, f"the kernel refused a filter: {e}") from None
+            why = str(e) if isinstance(e, SelectorHeldError) else f"the kernel refused a filter: {e}"
+            raise FiltersFileError(None, why) from None
         self.table.set_origin(step.claim, Origin.FILE)
         self._applied, self._applied_at = version, self.wall()
 
