@@ -25,20 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import (
-    CLIENT_BASE,
-    CLIENT_COUNT,
-    FILTERS,
-    OTHER_CLIENT,
-    OTHER_SERVER,
-    PORT_LOAD,
-    PORT_OTHER,
-    ROOT,
-    SERVER,
-    LoadGen,
-    log,
-    median,
-)
+import common as C
+from common import FILTERS, LoadGen, log, median
 from inproc import BULK_DST, BULK_SRC, _attached, _bulk, _Prog, _runs, _window
 
 from ttcp import syscalls
@@ -69,10 +57,10 @@ def _tracer_prog(tracers: list[Tracer], mode: str, by: str | None) -> _Prog:
 
 def _main_object(workdir: Path) -> Path:
     """main's object at the merge base: the program before groups."""
-    base = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True,
+    base = subprocess.run(["git", "-C", str(C.ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True,
                           check=True).stdout.strip()
     path = workdir / "main.bpf.o"
-    path.write_bytes(subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:ttcp/data/tcprtt.bpf.o"],
+    path.write_bytes(subprocess.run(["git", "-C", str(C.ROOT), "show", f"{base}:ttcp/data/tcprtt.bpf.o"],
                                     capture_output=True, check=True).stdout)
     return path
 
@@ -115,12 +103,12 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path, mode: str = "t
             for prog in progs[i % len(progs):] + progs[:i % len(progs)]:  # each first in turn
                 r = runs[prog.name]
                 with _attached(prog):
-                    ns, cnt, _ = _window(prog, lambda: gen.client(n, OTHER_CLIENT, CLIENT_COUNT, OTHER_SERVER,
-                                                                  PORT_OTHER))
+                    ns, cnt, _ = _window(prog, lambda: gen.client(n, C.OTHER_CLIENT, C.CLIENT_COUNT, C.OTHER_SERVER,
+                                                                  C.PORT_OTHER))
                     non = ns / cnt if cnt else 0.0
                     r["non"].append(non)
-                    ns, cnt, sent = _window(prog, lambda: gen.client(n, CLIENT_BASE, CLIENT_COUNT, SERVER,
-                                                                     PORT_LOAD))
+                    ns, cnt, sent = _window(prog, lambda: gen.client(n, C.CLIENT_BASE, C.CLIENT_COUNT, C.SERVER,
+                                                                     C.PORT_LOAD))
                     if sent:
                         r["match"].append((ns - (cnt - sent) * non) / sent)
         plain = runs["plain"]["match"]

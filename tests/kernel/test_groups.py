@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from tests.support.api import Client, run
 from tests.support.kernel import mode_probe, require
 from tests.support.tracing import collect
-from tests.support.traffic import Conn, Server, connect_many
+from tests.support.traffic import Conn, LongLived, Server, connect_many
 from tests.support.workloads import Cgroups, Netns, run_in
 from ttcp.rtt import filters as F
 from ttcp.rtt import groups as G
@@ -191,32 +190,6 @@ def test_removing_the_filter_removes_its_groups(make: Make) -> None:
         connect_many(a, "127.0.92.1", 1)
         collect(t)
         assert counts(t, f) == {"127.0.90.1": 1} and counts(t, other) == {"127.0.91.1": 2}
-
-
-class LongLived:
-    """One established connection that stays open, data going back and forth."""
-
-    def __init__(self, src: str, server: Server) -> None:
-        self.cli = socket.create_connection((server.host, server.port), source_address=(src, 0))
-        self.peer, _ = server.sock.accept()
-        self.thread = threading.Thread(target=self._echo, daemon=True)
-        self.thread.start()
-
-    def _echo(self) -> None:
-        while data := self.peer.recv(4096):
-            self.peer.sendall(data)
-
-    def exchange(self, rounds: int) -> None:
-        for _ in range(rounds):
-            self.cli.sendall(b"x" * 1000)
-            got = 0
-            while got < 1000:
-                got += len(self.cli.recv(4096))
-
-    def close(self) -> None:
-        self.cli.close()
-        self.thread.join(5)
-        self.peer.close()
 
 
 def test_a_connection_that_never_closes_shows_in_its_groups_live_samples(make: Make) -> None:

@@ -10,9 +10,7 @@ in the right buckets.
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
@@ -20,7 +18,7 @@ import pytest
 
 from tests.support.kernel import mode_probe, require, scaled
 from tests.support.tracing import collect
-from tests.support.traffic import Server, connect_many, tcp_info_rtt
+from tests.support.traffic import LongLived, Server, connect_many, tcp_info_rtt
 from ttcp.kernel.features import Probe
 from ttcp.rtt import filters as F
 from ttcp.rtt import histogram
@@ -88,39 +86,6 @@ def test_removing_a_filter_removes_its_histograms(tracer: Tracer) -> None:
         connect_many(srv, "127.0.53.1", 2)
         collect(tracer)
     assert stats(tracer, "src 127.0.53.1").matches == 2
-
-
-class LongLived:
-    """One established connection kept open, with data going back and forth."""
-
-    def __init__(self, src: str, server: Server) -> None:
-        self.cli = socket.create_connection((server.host, server.port), source_address=(src, 0))
-        self.peer, _ = server.sock.accept()
-        self.stop = threading.Event()
-        self.rounds = 0
-        self.thread = threading.Thread(target=self._echo, daemon=True)
-        self.thread.start()
-
-    def _echo(self) -> None:
-        while not self.stop.is_set():
-            data = self.peer.recv(4096)
-            if not data:
-                return
-            self.peer.sendall(data)
-
-    def exchange(self, rounds: int) -> None:
-        for _ in range(rounds):
-            self.cli.sendall(b"x" * 1000)
-            got = 0
-            while got < 1000:
-                got += len(self.cli.recv(4096))
-            self.rounds += 1
-
-    def close(self) -> None:
-        self.stop.set()
-        self.cli.close()
-        self.thread.join(5)
-        self.peer.close()
 
 
 @pytest.mark.matrix

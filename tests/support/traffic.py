@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Self
 
@@ -89,3 +90,36 @@ def connect_once(server: Server, src: str, dst: str | None = None,
 
 def connect_many(server: Server, src: str, n: int, **kw) -> list[Conn]:
     return [connect_once(server, src, **kw) for _ in range(n)]
+
+
+class LongLived:
+    """One established connection kept open, with data going back and forth."""
+
+    def __init__(self, src: str, server: Server) -> None:
+        self.cli = socket.create_connection((server.host, server.port), source_address=(src, 0))
+        self.peer, _ = server.sock.accept()
+        self.stop = threading.Event()
+        self.rounds = 0
+        self.thread = threading.Thread(target=self._echo, daemon=True)
+        self.thread.start()
+
+    def _echo(self) -> None:
+        while not self.stop.is_set():
+            data = self.peer.recv(4096)
+            if not data:
+                return
+            self.peer.sendall(data)
+
+    def exchange(self, rounds: int) -> None:
+        for _ in range(rounds):
+            self.cli.sendall(b"x" * 1000)
+            got = 0
+            while got < 1000:
+                got += len(self.cli.recv(4096))
+            self.rounds += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.cli.close()
+        self.thread.join(5)
+        self.peer.close()
