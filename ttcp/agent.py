@@ -156,7 +156,8 @@ class Agent:
             out["workloads"] = self.tracer.sampling_workloads
             if not self.tracer.sampling_workloads:
                 out["note"] = ("the classic tcp/tcp_probe tracepoint has the socket only since Linux 6.9: "
-                               "filters with a workload get no live samples here")
+                               "filters with a workload, and the groups of `by cgroup` and `by netns`, get no "
+                               "live samples here")
         return out
 
     def set_sampling(self, on: bool) -> dict[str, Any]:
