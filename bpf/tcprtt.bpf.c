@@ -1070,7 +1070,7 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	struct event *e;
 	__u32 kinds = cfg.kinds;
 	__u16 family;
-	__u32 srtt;
+	__u32 srtt, gen;
 	__u64 now;
 
 	if (!kinds)
@@ -1087,6 +1087,7 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	now = bpf_ktime_get_ns();
 	srtt = READ(direct, tp, srtt_us) >> 3;
 	st = stats_of(&m);
+	gen = m.value->gen; /* read here: m.value is dead past the groups, whose verifier states then merge */
 	if (st) {
 		record(&st->closed, srtt);
 		st->last_match_ns = now;
@@ -1109,7 +1110,7 @@ static __always_inline int report(struct sock *sk, enum hook hook, int direct)
 	e->bytes_received = READ(direct, tp, bytes_received);
 	e->cgroup_id = sock_cgroup_id(sk, direct);
 	e->netns = sock_netns(sk, direct);
-	e->filter_gen = m.value->gen;
+	e->filter_gen = gen;
 	e->sport = bpf_ntohs(READ(direct, (struct inet_sock *)tp, inet_sport));
 	e->dport = bpf_ntohs(READ(direct, sk, __sk_common.skc_dport));
 	e->family = family;
