@@ -38,7 +38,7 @@ from ttcp.rtt import clock, events
 from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.filters_sync import SETTLE_S, FiltersFile
-from ttcp.rtt.groups import GroupSet, no_paths
+from ttcp.rtt.groups import GroupSet, Lazy, no_paths
 from ttcp.rtt.tracer import Tracer
 from ttcp.workloads.resolver import Resolver
 
@@ -359,7 +359,10 @@ def _series(f: Filter, s: FilterStats, groups: GroupSet | None,
     """A filter's series for /metrics; with a breakdown, its top groups too."""
     if groups is None:
         return FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns)
-    top = tuple(GroupSeries(g.key.text(groups.by, cgroup_path), g.closed, g.sampled) for g in groups.groups)
-    return FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns, top, groups.live, groups.evicted)
+
+    def top() -> list[GroupSeries]:  # only for the filters the bound shows: decoding costs
+        return [GroupSeries(g.key.text(groups.by, cgroup_path), g.closed, g.sampled) for g in groups.groups]
+    return FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns, Lazy(len(groups.groups), top), groups.live,
+                        groups.evicted)
 
 

@@ -196,6 +196,16 @@ class HashMap(_MapHandle, Generic[K, V]):
         for key, value in raw_items:
             yield self.key_codec.decode(key), self.value_codec.decode(value)
 
+    def dump(self) -> tuple[bytes, bytes]:
+        """Every entry as two blobs, the keys and the values in the same order (a reader
+        of many entries unpacks them with struct.iter_unpack): one batched read of the
+        whole map where the kernel has BPF_MAP_LOOKUP_BATCH, else key by key."""
+        if self.batchable and features.batch_map_ops().supported:
+            return syscalls.map_dump(self.fd, self.key_codec.size, self.value_codec.size, self._max_entries,
+                                     name=self.name)
+        rows = list(self._items_one_by_one())
+        return b"".join(k for k, _ in rows), b"".join(v for _, v in rows)
+
     def _items_one_by_one(self) -> Iterator[tuple[bytes, bytes]]:
         for raw in self._raw_keys():
             value = syscalls.map_lookup(self.fd, raw, self.value_codec.size, name=self.name)

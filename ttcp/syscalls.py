@@ -153,7 +153,9 @@ class _Buf:
     def raw(self, n: int | None = None) -> bytes:
         if self.c is None:
             return b""
-        return self.c.raw[: self.size if n is None else n]
+        if n is None or n >= self.size:
+            return self.c.raw
+        return ctypes.string_at(self.c, n)  # one copy of the n bytes, not of the whole buffer first
 
 
 def _bpf_raw(cmd: Cmd, attr: ctypes.Structure) -> tuple[int, int]:
@@ -293,8 +295,18 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int, *,
     """Every entry of a (non-per-CPU) map through BPF_MAP_LOOKUP_BATCH: a few
     syscalls instead of two per entry. A bucket larger than `count` (ENOSPC)
     doubles the buffers and resumes. Kernels before 5.6 raise BpfError EINVAL."""
+    keys, values = map_dump(fd, key_size, value_size, count, name=name)
+    return [(keys[i * key_size:(i + 1) * key_size], values[i * value_size:(i + 1) * value_size])
+            for i in range(len(keys) // key_size)]
+
+
+def map_dump(fd: int, key_size: int, value_size: int, count: int, *, name: str = "") -> tuple[bytes, bytes]:
+    """map_lookup_batch's entries as two blobs, the keys one after the other and the
+    values in the same order: for a reader of thousands of entries, which unpacks
+    them with struct.iter_unpack rather than one slice each."""
     step = f"MAP_LOOKUP_BATCH {name}".rstrip()
-    entries: list[tuple[bytes, bytes]] = []
+    key_parts: list[bytes] = []
+    value_parts: list[bytes] = []
     token_in: _Buf | None = None
     count = max(count, 1)
     while True:
@@ -309,11 +321,10 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int, *,
         if ret < 0 and err != errno.ENOENT:
             raise BpfError(step, err, hint=privilege_hint(err))
         got = a.count
-        kraw, vraw = keys.raw(), values.raw()
-        entries += [(kraw[i * key_size:(i + 1) * key_size], vraw[i * value_size:(i + 1) * value_size])
-                    for i in range(got)]
+        key_parts.append(keys.raw(got * key_size))
+        value_parts.append(values.raw(got * value_size))
         if ret < 0:  # ENOENT: the walk is complete
-            return entries
+            return b"".join(key_parts), b"".join(value_parts)
         token_in = _Buf(token_out.raw())
 
 

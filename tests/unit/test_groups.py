@@ -138,14 +138,24 @@ def test_groups_are_ordered_largest_first_by_what_is_asked() -> None:
         G.ordered([a], "p75", "closed")
 
 
-def test_the_busiest_rows_by_their_counts_alone() -> None:
+def test_one_read_of_the_map_by_filter_and_the_busiest_by_their_counts_alone() -> None:
     def packed(h: Histogram) -> bytes:
-        return HIST.pack(h.count, h.sum_us, *h.buckets)
+        return HIST.pack(0, h.sum_us, *h.buckets)  # as the kernel leaves a group's: no count
     rows = [(GroupKey(ByKind.RPORT, port=p).pack(1, 1), bytes(G.GROUP_HEAD.size) + packed(hist(*[100] * n))
              + packed(hist(*[100] * s))) for p, n, s in ((1, 5, 0), (2, 1, 9), (3, 2, 2))]
     assert all(len(v) == G.GROUP_SIZE for _, v in rows)
-    assert [GroupKey.unpack(k)[2].port for k, _ in G.top_rows(rows, 2)] == [2, 1]
-    assert G.split_rows(rows) == {(1, 1): rows}
+    other = (GroupKey(ByKind.RPORT, port=9).pack(2, 7), rows[0][1])  # another filter's
+    read = G.GroupRows(b"".join(k for k, _ in [*rows, other]), b"".join(v for _, v in [*rows, other]))
+    assert len(read) == 4 and read.of == {(1, 1): [0, 1, 2], (2, 7): [3]}
+    assert [read.total(i) for i in range(4)] == [5, 10, 4, 5] and (read.key(3), read.value(3)) == other
+    assert [GroupKey.unpack(read.key(i))[2].port for i in read.top((1, 1), 2)] == [2, 1]
+    assert read.top((1, 1), 5) == [0, 1, 2] and read.top((3, 3), 2) == []
+
+
+def test_a_groups_count_is_the_sum_of_its_buckets() -> None:
+    raw = G.GROUP_HEAD.pack(5, 9) + HIST.pack(0, 300, 0, 0, 0, 0, 0, 0, 2, 1, *[0] * 18) + HIST.pack(0, 0, *[0] * 26)
+    g = Group.unpack(GroupKey(ByKind.RPORT, port=1), raw)
+    assert (g.first_ns, g.last_ns, g.closed.count, g.closed.sum_us, g.sampled.count) == (5, 9, 3, 300, 0)
 
 
 def test_a_group_made_again_is_seen_as_restarted_and_stays_so() -> None:

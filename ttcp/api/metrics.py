@@ -41,7 +41,7 @@ class FilterSeries(NamedTuple):  # a tuple: a scrape makes one per filter
     closed: Histogram
     sampled: Histogram
     last_match_ns: int = 0  # CLOCK_MONOTONIC of its latest match (ranks it for the bound)
-    groups: tuple[GroupSeries, ...] = ()  # its top groups (a filter with a breakdown)
+    groups: Sequence[GroupSeries] = ()  # its top groups (a filter with a breakdown; read only when shown)
     group_count: int = -1  # groups the kernel holds for it; -1: no breakdown
     groups_evicted: int = 0
 

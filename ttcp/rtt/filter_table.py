@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import struct
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -221,8 +221,9 @@ class GroupMaps:
     groups: HashMap[bytes, bytes]
     stats: PerCpuArray
 
-    def rows(self) -> list[tuple[bytes, bytes]]:
-        return list(self.groups.items())
+    def read(self) -> G.GroupRows:
+        """The whole map, in one batched read where the kernel has them."""
+        return G.GroupRows(*self.groups.dump())
 
 
 def resolve_all(resolver: WorkloadResolver, rules: TableRules,
@@ -438,15 +439,14 @@ class KernelFilterTable(RuledTable):
 
     # ---- groups ----
 
-    def _drop_groups(self, gone: Collection[tuple[int, int]], rows: Iterable[tuple[bytes, bytes]] | None = None) -> int:
+    def _drop_groups(self, gone: Collection[tuple[int, int]], rows: G.GroupRows | None = None) -> int:
         """Delete the groups of the filters gone (their slots and generations), among
         `rows` (a read of the map; None: read it); returns how many. Their group_stats
         stay: the program restarts a slot's count at a new generation."""
         if self.group_maps is None:
             return 0
-        prefixes = {G.FILTER_OF_KEY.pack(s, g) for s, g in gone}
-        keys = [k for k, _ in (self.group_maps.rows() if rows is None else rows)
-                if k[:G.FILTER_OF_KEY.size] in prefixes]
+        rows = self.group_maps.read() if rows is None else rows
+        keys = [rows.key(i) for filter_key in gone for i in rows.of.get(filter_key, [])]
         self.memory.forget(gone)
         for filter_key in gone:
             self._evicted.pop(filter_key, None)
@@ -462,47 +462,45 @@ class KernelFilterTable(RuledTable):
         if not wanted or self.group_maps is None:
             return {}
         maps = self.group_maps
-        every = maps.rows()
-        rows = G.split_rows(every)
+        rows = maps.read()
         made = maps.stats.rows_of(index for index, _ in wanted)
         out: dict[Filter, GroupSet] = {}
-        decoded: dict[bytes, tuple[bytes, Group]] = {}
         for (index, gen), f in wanted.items():
             assert f.by is not None
-            mine = rows.get((index, gen), [])
-            chosen = mine if top is None else G.top_rows(mine, top) if top > 0 else []
-            shown = [self._group(k, v, decoded) for k, v in chosen]
-            lost = G.evicted(G.created(maps.stats.split(made[index]), gen), len(mine),
-                             self._evicted.get((index, gen), 0))
+            live = rows.counts[index, gen]
+            lost = G.evicted(G.created(made[index], gen), live, self._evicted.get((index, gen), 0))
             self._evicted[index, gen] = lost
-            out[f] = GroupSet(f.by, shown, len(mine), lost, maps.groups.max_entries)
-        if len(self._decoded) + len(decoded) > 2 * maps.groups.max_entries:
-            self._decoded = {}
-        self._decoded.update(decoded)
-        self._sweep(rows, every)
+            shown = live if top is None else min(top, live)
+            out[f] = GroupSet(f.by, G.Lazy(shown, self._decoder(rows, (index, gen), shown)), live, lost,
+                              maps.groups.max_entries)
+        self._sweep(rows)
         return out
 
-    def _sweep(self, rows: Mapping[tuple[int, int], object] | None = None,
-               every: list[tuple[bytes, bytes]] | None = None) -> None:
+    def _sweep(self, rows: G.GroupRows | None = None) -> None:
         """Delete the groups of filters no longer held (a late update racing a removal,
-        a pinned table's leftovers); `rows`: a read of the map, split by filter."""
+        a pinned table's leftovers); `rows`: a read of the map."""
         if self.group_maps is None:
             return
-        if every is None or rows is None:
-            every = self.group_maps.rows()
-            rows = G.split_rows(every)
+        rows = self.group_maps.read() if rows is None else rows
         held = {(s.index, s.gen) for f, s in self.rules.slots.items() if f.by is not None}
-        strays = [k for k in rows if k not in held]
+        strays = [k for k in rows.counts if k not in held]
         if strays:
             log.info("deleting the groups of %d filters no longer held", len(strays))
-            self._drop_groups(strays, every)
+            self._drop_groups(strays, rows)
 
-    def _group(self, key: bytes, value: bytes, decoded: dict[bytes, tuple[bytes, Group]]) -> Group:
+    def _decoder(self, rows: G.GroupRows, filter_key: tuple[int, int], k: int) -> Callable[[], list[Group]]:
+        """What picks a filter's `k` busiest entries of `rows` and decodes them, once they
+        are read (GroupSet.groups is Lazy: a scrape shows the groups of few filters)."""
+        return lambda: [self._group(rows.key(i), rows.value(i)) for i in rows.top(filter_key, k)]
+
+    def _group(self, key: bytes, value: bytes) -> Group:
         """A row as a Group (decoded again only when its value changed), its restart noted."""
         known = self._decoded.get(key)
         if known is None or known[0] != value:
-            known = (value, Group.unpack(GroupKey.unpack(key)[2], value))
-        decoded[key] = known
+            if self.group_maps is not None and len(self._decoded) >= self.group_maps.groups.max_entries:
+                self._decoded = {}  # more than the map can hold: keys gone long ago, start over
+                self._decoded = {}
+            known = self._decoded[key] = (value, Group.unpack(GroupKey.unpack(key)[2], value))
         g = known[1]
         return dataclasses.replace(g, restarted=True) if self.memory.seen(key, g.first_ns) else g
 
@@ -606,10 +604,10 @@ def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, byte
     """
     entries = {f: (target, key) for f, _, target, key in _held_entries(hosts, nets, texts, old_layout)}
     moves = plan_compaction(held_filters(hosts, nets, texts, old_layout), limit)
-    rows = G.split_rows(group_maps.rows()) if group_maps is not None and moves else {}
+    rows = group_maps.read() if group_maps is not None and moves else None
     for f, slot, new in moves:
-        if group_maps is not None and f.by is not None:
-            mine = rows.get((slot.index, slot.gen), [])
+        if group_maps is not None and rows is not None and f.by is not None:
+            mine = [(rows.key(i), rows.value(i)) for i in rows.of.get((slot.index, slot.gen), [])]
             for key, value in mine:
                 group_maps.groups.put(G.FILTER_OF_KEY.pack(new, slot.gen) + key[G.FILTER_OF_KEY.size:], value)
             group_maps.stats.put_each(new, group_maps.stats.values(slot.index))

@@ -10,7 +10,9 @@ entries made for the filter: whatever is made and no longer there was evicted
 (the LRU made room for another group; user space deletes only a removed
 filter's groups). A group evicted and seen again starts from zero: its
 `first_ns` is new, which a reader that saw it before notices (GroupMemory:
-`restarted`).
+`restarted`). A group's histograms keep no count (one contended atomic add
+fewer per RTT in the kernel): every RTT is in exactly one bucket, so the count
+is the buckets' sum.
 
 Percentiles are estimated from the log2 histogram as Prometheus'
 histogram_quantile estimates them from buckets: the rank q x count falls in
@@ -22,11 +24,12 @@ bucket of the true quantile: within a factor of two. The mean is exact.
 
 from __future__ import annotations
 
+import heapq
 import struct
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from ttcp.rtt import filters as F
 from ttcp.rtt.filters import By, ByKind
@@ -38,7 +41,9 @@ GROUP_SIZE = GROUP_HEAD.size + 2 * HIST.size
 GROUP_CLOSED_AT = GROUP_HEAD.size
 GROUP_SAMPLED_AT = GROUP_HEAD.size + HIST.size
 GROUP_STAT = struct.Struct("=QQ")  # struct group_stat: gen, created (per CPU)
-_COUNT = struct.Struct("=Q")  # struct hist's count
+_FILTER_IN_KEY = struct.Struct(f"=II{GROUP_KEY.size - 8}x")  # a key: its filter's slot and generation
+# A value's buckets, both histograms': their sum is its RTT count (the kernel keeps no count for a group).
+_BUCKETS_IN_VALUE = struct.Struct(f"={GROUP_CLOSED_AT + 16}x{BUCKETS}Q16x{BUCKETS}Q")
 FILTER_OF_KEY = struct.Struct("=II")  # a key's first 8 bytes: the filter's slot and generation
 DEFAULT_MAX_GROUPS = 8192  # --max-groups
 SORTS = ("count", "mean", "p50", "p99")
@@ -170,7 +175,7 @@ class Group:
     @classmethod
     def unpack(cls, key: GroupKey, raw: bytes) -> Group:
         first, last = GROUP_HEAD.unpack_from(raw)
-        return cls(key, first, last, Histogram.unpack(raw, GROUP_CLOSED_AT), Histogram.unpack(raw, GROUP_SAMPLED_AT))
+        return cls(key, first, last, _counted(raw, GROUP_CLOSED_AT), _counted(raw, GROUP_SAMPLED_AT))
 
     def histogram(self, which: str) -> Histogram:
         return self.sampled if which == "sampled" else self.closed
@@ -179,6 +184,12 @@ class Group:
     def total(self) -> int:
         """RTTs counted: connections that ended plus live samples."""
         return self.closed.count + self.sampled.count
+
+
+def _counted(raw: bytes, offset: int) -> Histogram:
+    """A group's struct hist, its count the sum of its buckets (the kernel leaves it 0)."""
+    h = Histogram.unpack(raw, offset)
+    return Histogram(sum(h.buckets), h.sum_us, h.buckets)
 
 
 def rank_value(g: Group, sort: str, which: str) -> float:
@@ -200,34 +211,91 @@ def ordered(groups: Iterable[Group], sort: str = "count", which: str = "closed",
     return sorted(groups, key=lambda g: (-rank_value(g, sort, which), text(g.key)))
 
 
-def total_in_row(raw: bytes) -> int:
-    """A `groups` value's RTT count (closed + sampled), without decoding the rest."""
-    closed: int = _COUNT.unpack_from(raw, GROUP_CLOSED_AT)[0]
-    sampled: int = _COUNT.unpack_from(raw, GROUP_SAMPLED_AT)[0]
-    return closed + sampled
+class GroupRows:
+    """One read of the `groups` map: its keys and values as two blobs (HashMap.dump).
+    Each entry's filter comes from one struct.iter_unpack, how many each filter has
+    from a Counter (both in C: thousands of entries cost about a millisecond); the
+    indices of a filter's entries, their RTT counts and the entries themselves are
+    found or sliced out only when asked for."""
+
+    def __init__(self, keys: bytes, values: bytes) -> None:
+        self.keys, self.values = keys, values
+        self.filters = list(_FILTER_IN_KEY.iter_unpack(keys))  # each entry's (slot, gen)
+        self.counts: Counter[tuple[int, int]] = Counter(self.filters)  # (slot, gen): its entries
+        self._of: dict[tuple[int, int], list[int]] | None = None
+        self._totals: dict[int, int] = {}
+
+    @property
+    def of(self) -> dict[tuple[int, int], list[int]]:
+        """(slot, gen): the indices of its entries."""
+        if self._of is None:
+            self._of = {}
+            for i, filter_key in enumerate(self.filters):
+                self._of.setdefault(filter_key, []).append(i)
+        return self._of
+
+    def __len__(self) -> int:
+        return len(self.keys) // GROUP_KEY.size
+
+    def key(self, i: int) -> bytes:
+        return self.keys[i * GROUP_KEY.size:(i + 1) * GROUP_KEY.size]
+
+    def value(self, i: int) -> bytes:
+        return self.values[i * GROUP_SIZE:(i + 1) * GROUP_SIZE]
+
+    def total(self, i: int) -> int:
+        """An entry's RTT count (connections that ended plus live samples): its buckets' sum."""
+        known = self._totals.get(i)
+        if known is None:
+            known = self._totals[i] = sum(_BUCKETS_IN_VALUE.unpack_from(self.values, i * GROUP_SIZE))
+        return known
+
+    def top(self, filter_key: tuple[int, int], k: int) -> list[int]:
+        """The indices of the filter's `k` busiest entries (ties: the smaller key first)."""
+        mine = self.of.get(filter_key, []) if self.counts[filter_key] else []
+        if k >= len(mine):
+            return list(mine)
+        return heapq.nsmallest(k, mine, key=lambda i: (-self.total(i), self.key(i)))
 
 
-def top_rows(rows: Sequence[tuple[bytes, bytes]], k: int) -> list[tuple[bytes, bytes]]:
-    """The `k` rows with the most RTTs (ties: the smaller key first): the busiest groups."""
-    return sorted(rows, key=lambda r: (-total_in_row(r[1]), r[0]))[:k]
+def created(row: bytes, gen: int) -> int:
+    """Groups made for the filter of generation `gen`: its slot's group_stats, every CPU's
+    value one after the other (a per-CPU lookup's bytes; each 16, 8-byte aligned)."""
+    return sum(n for g, n in GROUP_STAT.iter_unpack(row) if g == gen)
 
 
-def split_rows(rows: Iterable[tuple[bytes, bytes]]) -> dict[tuple[int, int], list[tuple[bytes, bytes]]]:
-    """A whole read of `groups`, by filter: (slot, gen) -> its rows."""
-    out: dict[tuple[int, int], list[tuple[bytes, bytes]]] = {}
-    for key, value in rows:
-        out.setdefault(FILTER_OF_KEY.unpack_from(key), []).append((key, value))
-    return out
+T = TypeVar("T")
 
 
-def created(rows: Sequence[bytes], gen: int) -> int:
-    """Groups made for the filter of generation `gen`: its slot's group_stats, every CPU."""
-    total = 0
-    for r in rows:
-        g, n = GROUP_STAT.unpack_from(r)
-        if g == gen:
-            total += n
-    return total
+class Lazy(Sequence[T]):
+    """A sequence of known length made on first use: a filter's groups are decoded only
+    when shown (a scrape of 1,000 filters shows the groups of a few dozen)."""
+
+    def __init__(self, length: int, make: Callable[[], Sequence[T]]) -> None:
+        self._length = length
+        self._make: Callable[[], Sequence[T]] | None = make
+        self._items: Sequence[T] = ()
+
+    def _made(self) -> Sequence[T]:
+        if self._make is not None:
+            self._items, self._make = self._make(), None
+            assert len(self._items) == self._length
+        return self._items
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[T]: ...
+
+    def __getitem__(self, i: int | slice) -> T | Sequence[T]:
+        return self._made()[i]
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._made())
 
 
 @dataclass(frozen=True)
@@ -235,7 +303,7 @@ class GroupSet:
     """A filter's groups now: those the kernel holds, and how many it made and evicted."""
 
     by: By
-    groups: Sequence[Group]
+    groups: Sequence[Group]  # those asked for (maybe Lazy: decoded when read)
     live: int  # entries the kernel holds for the filter (groups may hold only some)
     evicted: int  # entries made and gone: the LRU made room with them
     max_groups: int  # --max-groups: entries for every filter together
