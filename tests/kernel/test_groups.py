@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -198,6 +199,7 @@ def test_a_connection_that_never_closes_shows_in_its_groups_live_samples(make: M
     assert t.table is not None
     t.table.add([f])
     t.enable_sampling(t.report.mode, log=lambda m: None)  # the sampler of the tracer's own family
+    started = time.monotonic_ns()
     with Server("127.0.90.1") as pool, Server("127.0.90.2") as other:
         conn = LongLived("127.0.92.1", pool)
         try:
@@ -206,6 +208,8 @@ def test_a_connection_that_never_closes_shows_in_its_groups_live_samples(make: M
             found = {g.key.text(f.by): g for g in groups_of(t, f).groups}
             live = found["127.0.90.1"]
             assert live.sampled.count >= 40 and live.closed.count == 0  # it never closed
+            # stamped with the socket's own clock (CLOCK_MONOTONIC, us): since then, and not in the future
+            assert started <= live.first_ns <= live.last_ns <= time.monotonic_ns()
             assert found["127.0.90.2"].closed.count == 2
         finally:
             conn.close()
