@@ -300,6 +300,21 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int, *,
             for i in range(len(keys) // key_size)]
 
 
+_scratch: dict[int, ctypes.Array[ctypes.c_char]] = {}  # batch buffers by size, reused (never read past
+# what the kernel wrote): a dump of megabytes each scrape would otherwise allocate and zero them anew
+
+
+def _scratch_buffer(size: int, slot: int) -> ctypes.Array[ctypes.c_char]:
+    """A buffer of `size` bytes kept for the next call of the same size and slot (keys 0, values 1)."""
+    key = size * 2 + slot
+    buf = _scratch.get(key)
+    if buf is None:
+        if len(_scratch) > 16:
+            _scratch.clear()
+        buf = _scratch[key] = ctypes.create_string_buffer(size)
+    return buf
+
+
 def map_dump(fd: int, key_size: int, value_size: int, count: int, *, name: str = "") -> tuple[bytes, bytes]:
     """map_lookup_batch's entries as two blobs, the keys one after the other and the
     values in the same order: for a reader of thousands of entries, which unpacks
@@ -311,9 +326,9 @@ def map_dump(fd: int, key_size: int, value_size: int, count: int, *, name: str =
     count = max(count, 1)
     while True:
         token_out = _Buf(8)
-        keys, values = _Buf(count * key_size), _Buf(count * value_size)
+        keys, values = _scratch_buffer(count * key_size, 0), _scratch_buffer(count * value_size, 1)
         a = MapBatchAttr(in_batch=token_in.addr if token_in is not None else 0, out_batch=token_out.addr,
-                         keys=keys.addr, values=values.addr, count=count, map_fd=fd)
+                         keys=ctypes.addressof(keys), values=ctypes.addressof(values), count=count, map_fd=fd)
         ret, err = _bpf_raw(Cmd.MAP_LOOKUP_BATCH, a)
         if ret < 0 and err == errno.ENOSPC:
             count *= 2
@@ -321,8 +336,8 @@ def map_dump(fd: int, key_size: int, value_size: int, count: int, *, name: str =
         if ret < 0 and err != errno.ENOENT:
             raise BpfError(step, err, hint=privilege_hint(err))
         got = a.count
-        key_parts.append(keys.raw(got * key_size))
-        value_parts.append(values.raw(got * value_size))
+        key_parts.append(ctypes.string_at(keys, got * key_size))
+        value_parts.append(ctypes.string_at(values, got * value_size))
         if ret < 0:  # ENOENT: the walk is complete
             return b"".join(key_parts), b"".join(value_parts)
         token_in = _Buf(token_out.raw())

@@ -146,10 +146,13 @@ def test_one_read_of_the_map_by_filter_and_the_busiest_by_their_counts_alone() -
     assert all(len(v) == G.GROUP_SIZE for _, v in rows)
     other = (GroupKey(ByKind.RPORT, port=9).pack(2, 7), rows[0][1])  # another filter's
     read = G.GroupRows(b"".join(k for k, _ in [*rows, other]), b"".join(v for _, v in [*rows, other]))
-    assert len(read) == 4 and read.of == {(1, 1): [0, 1, 2], (2, 7): [3]}
+    assert len(read) == 4 and (read.count(1, 1), read.count(2, 7), read.count(7, 2)) == (3, 1, 0)
+    assert (read.indices(1, 1), read.indices(2, 7), read.indices(3, 3)) == ([0, 1, 2], [3], [])
+    assert sorted(read.filters()) == [(1, 1), (2, 7)]
     assert [read.total(i) for i in range(4)] == [5, 10, 4, 5] and (read.key(3), read.value(3)) == other
-    assert [GroupKey.unpack(read.key(i))[2].port for i in read.top((1, 1), 2)] == [2, 1]
-    assert read.top((1, 1), 5) == [0, 1, 2] and read.top((3, 3), 2) == []
+    assert [GroupKey.unpack(read.key(i))[2].port for i in read.top(1, 1, 2)] == [2, 1]
+    assert read.top(1, 1, 5) == [0, 1, 2] and read.top(3, 3, 2) == []
+    assert len(G.GroupRows(b"", b"")) == 0 and G.GroupRows(b"", b"").filters() == []
 
 
 def test_a_groups_count_is_the_sum_of_its_buckets() -> None:

@@ -446,7 +446,7 @@ class KernelFilterTable(RuledTable):
         if self.group_maps is None:
             return 0
         rows = self.group_maps.read() if rows is None else rows
-        keys = [rows.key(i) for filter_key in gone for i in rows.of.get(filter_key, [])]
+        keys = [rows.key(i) for slot, gen in gone for i in rows.indices(slot, gen)]
         self.memory.forget(gone)
         for filter_key in gone:
             self._evicted.pop(filter_key, None)
@@ -464,15 +464,14 @@ class KernelFilterTable(RuledTable):
         maps = self.group_maps
         rows = maps.read()
         made = maps.stats.rows_of(index for index, _ in wanted)
+        before, size = self._evicted, maps.groups.max_entries
         out: dict[Filter, GroupSet] = {}
-        for (index, gen), f in wanted.items():
+        for (index, gen), f in wanted.items():  # once per filter a scrape: kept lean
             assert f.by is not None
-            live = rows.counts[index, gen]
-            lost = G.evicted(G.created(made[index], gen), live, self._evicted.get((index, gen), 0))
-            self._evicted[index, gen] = lost
+            live = rows.count(index, gen)
+            lost = before[index, gen] = G.evicted(G.created(made[index], gen), live, before.get((index, gen), 0))
             shown = live if top is None else min(top, live)
-            out[f] = GroupSet(f.by, G.Lazy(shown, self._decoder(rows, (index, gen), shown)), live, lost,
-                              maps.groups.max_entries)
+            out[f] = GroupSet(f.by, G.Lazy(shown, self._decoder(rows, index, gen, shown)), live, lost, size)
         self._sweep(rows)
         return out
 
@@ -483,15 +482,15 @@ class KernelFilterTable(RuledTable):
             return
         rows = self.group_maps.read() if rows is None else rows
         held = {(s.index, s.gen) for f, s in self.rules.slots.items() if f.by is not None}
-        strays = [k for k in rows.counts if k not in held]
+        strays = [k for k in rows.filters() if k not in held]
         if strays:
             log.info("deleting the groups of %d filters no longer held", len(strays))
             self._drop_groups(strays, rows)
 
-    def _decoder(self, rows: G.GroupRows, filter_key: tuple[int, int], k: int) -> Callable[[], list[Group]]:
+    def _decoder(self, rows: G.GroupRows, slot: int, gen: int, k: int) -> Callable[[], list[Group]]:
         """What picks a filter's `k` busiest entries of `rows` and decodes them, once they
         are read (GroupSet.groups is Lazy: a scrape shows the groups of few filters)."""
-        return lambda: [self._group(rows.key(i), rows.value(i)) for i in rows.top(filter_key, k)]
+        return lambda: [self._group(rows.key(i), rows.value(i)) for i in rows.top(slot, gen, k)]
 
     def _group(self, key: bytes, value: bytes) -> Group:
         """A row as a Group (decoded again only when its value changed), its restart noted."""
@@ -607,7 +606,7 @@ def compact_slots(hosts: HashMap[bytes, bytes] | None, nets: HashMap[bytes, byte
     rows = group_maps.read() if group_maps is not None and moves else None
     for f, slot, new in moves:
         if group_maps is not None and rows is not None and f.by is not None:
-            mine = [(rows.key(i), rows.value(i)) for i in rows.of.get((slot.index, slot.gen), [])]
+            mine = [(rows.key(i), rows.value(i)) for i in rows.indices(slot.index, slot.gen)]
             for key, value in mine:
                 group_maps.groups.put(G.FILTER_OF_KEY.pack(new, slot.gen) + key[G.FILTER_OF_KEY.size:], value)
             group_maps.stats.put_each(new, group_maps.stats.values(slot.index))
