@@ -19,6 +19,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from ttcp.api.event_stream import DEFAULT_BACKLOG, EventHub
 from ttcp.api.metrics import FilterSeries, Snapshot
 from ttcp.api.token import Token
-from ttcp.errors import BindError
+from ttcp.errors import BindError, TtcpError
 from ttcp.output import HistogramPrinter, Printer
 from ttcp.rtt import clock, events
 from ttcp.rtt.filter_table import FilterStats
@@ -225,7 +226,28 @@ class Agent:
             table = self.tracer.table
             assert self.resolver is not None and table is not None
             for resolution in self.resolver.process():
-                table.resolution_changed(resolution)
+                try:
+                    table.resolution_changed(resolution)
+                except TtcpError as e:  # the kernel refused a write: say so, keep following
+                    log.warning("cgroup %s: %s", resolution.selector[1], e)
+            expire()
+
+        expiry: list[asyncio.TimerHandle] = []  # the one pending expire() call, if any
+
+        def expire() -> None:
+            # A removed cgroup's id selects its sockets a while longer (table_rules.LINGER_S).
+            table = self.tracer.table
+            assert table is not None
+            for handle in expiry:
+                handle.cancel()
+            expiry.clear()
+            try:
+                when = table.expire()
+            except TtcpError as e:
+                log.warning("workload table: %s", e)
+                return
+            if when is not None:
+                expiry.append(loop.call_later(max(when - time.monotonic(), 0.0) + 0.01, expire))
 
         watched = self.resolver.fileno() if self.resolver is not None else -1
         if self.opts.table_header:
@@ -247,6 +269,8 @@ class Agent:
             loop.remove_reader(ring.fileno())
             if watched >= 0:
                 loop.remove_reader(watched)
+            for handle in expiry:
+                handle.cancel()
             if ticker is not None:
                 ticker.cancel()
             drain()
