@@ -70,6 +70,8 @@ def main(argv: list[str]) -> int:
     os.environ[_INSIDE] = "1"
     _mount("bpf", "/sys/fs/bpf")
     _mount("tracefs", "/sys/kernel/tracing")
+    if " - cgroup2 " not in Path("/proc/self/mountinfo").read_text():  # the workload tests need one
+        _mount("cgroup2", "/sys/fs/cgroup")
     (out / "uname").write_text(platform.release() + "\n")
     (out / "root").write_text("cached\n" if cached else "uncached\n")
     # The guest's environment is virtme-ng's, not the host's: say everything here.

@@ -15,10 +15,12 @@ import os
 
 import schemathesis
 
-from tests.support.filter_texts import addresses, filter_lines, filter_texts
+from tests.support.filter_texts import addresses, cgroup_paths, filter_lines, filter_texts, netns_paths
 
 BROKEN = os.environ.get("TTCP_ST_BROKEN_FILTERS") == "1"
 
 schemathesis.openapi.format("ttcp-address", addresses(BROKEN))
 schemathesis.openapi.format("ttcp-filter", filter_texts(BROKEN))
 schemathesis.openapi.format("ttcp-filter-lines", filter_lines(BROKEN))
+schemathesis.openapi.format("ttcp-cgroup-path", cgroup_paths())
+schemathesis.openapi.format("ttcp-netns-path", netns_paths())
