@@ -14,8 +14,8 @@ BPF_CFLAGS = -O2 -g -target bpf -mcpu=v3 -Wall -Werror \
 APT_RUN    = python3-venv
 APT_BUILD  = clang llvm libbpf-dev
 APT_TEST   = bpftool iproute2 libcap2-bin curl prometheus
-APT_VM     = qemu-system-x86 kmod debian-archive-keyring
-KERNELS   ?= 5.10 6.1 6.12
+APT_VM     = qemu-system-x86 kmod debian-archive-keyring busybox-static
+KERNELS   ?= 5.10.0-32 5.10 6.1 6.12
 
 .PHONY: all bpf deps deps-run deps-vm venv run test test-container vmtest lint fuzz bench build clean mounts
 

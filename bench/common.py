@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ PORT_OTHER = 24652
 PORT_API = 24660
 FILTERS = [SERVER] + [f"127.0.7.{2 + i}" for i in range(CLIENT_COUNT)]
 PREVIOUS = "d4ff9a7"  # the release before filter kinds and histograms: issue 12's "today"
+BEFORE_WORKLOADS = "81780da"  # the program before workload filters: issue 22's "today"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PortParser = Callable[[str], "tuple[int, int] | None"]
@@ -206,6 +207,34 @@ def probe(port: int = PORT_PROBE) -> None:
         s.bind((CLIENT_BASE, 0))
         s.connect((SERVER, port))
         s.recv(1)
+
+
+@contextlib.contextmanager
+def bench_cgroup() -> Iterator[str | None]:
+    """This process (and the servers and clients it starts from here on) in the
+    cgroup-v2 cgroup /ttcp-bench-PID/load, two levels down as a service's or a
+    session's processes usually are, so that a cgroup filter's walk has levels to
+    climb; put back and removed at the end. None (nothing moved) without cgroup v2."""
+    from ttcp.workloads.cgroupfs import CgroupTree
+    tree = CgroupTree.find()
+    if isinstance(tree, str):
+        yield None
+        return
+    home = next((ln[3:] for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::")), "/")
+    top = f"/ttcp-bench-{os.getpid()}"
+    made = [top, f"{top}/load", f"{top}/other"]
+    try:
+        for path in made[:2]:
+            tree.dir_of(path).mkdir(exist_ok=True)
+        (tree.dir_of(made[1]) / "cgroup.procs").write_text(str(os.getpid()))
+        yield made[1]
+    finally:
+        with contextlib.suppress(OSError):
+            (tree.dir_of(home) / "cgroup.procs").write_text(str(os.getpid()))
+        for path in reversed(made):
+            with contextlib.suppress(FileNotFoundError):
+                tree.dir_of(path).rmdir()
+        tree.close()
 
 
 class LoadGen:

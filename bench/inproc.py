@@ -1,13 +1,15 @@
 """Measurements through ttcp's Python API, in this process: the kernel time of
 one run of ttcp's program (matching and non-matching sockets) beside the
 programs it is compared with (an empty program, the least a reporting program
-does, the previous release's program), what live sampling costs, and how fast
-the ring-buffer reader decodes and formats records from a full ring.
+does, the previous release's program, the program before workload filters, and
+ttcp's own with a workload filter in the table), what live sampling costs, and
+how fast the ring-buffer reader decodes and formats records from a full ring.
 """
 
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    BEFORE_WORKLOADS,
     BENCH,
     CLIENT_BASE,
     CLIENT_COUNT,
@@ -46,6 +49,7 @@ from ttcp.output import Printer
 from ttcp.rtt import events
 from ttcp.rtt import filters as F
 from ttcp.rtt.tracer import DEFAULT_RINGBUF_SIZE, PROGRAM_OF_MODE, SAMPLER_OF_MODE, Tracer
+from ttcp.workloads.resolver import Resolver
 
 EMPTY_PROGRAM = asm.RETURN_0  # r0 = 0; exit: the cheapest program the hook can run
 RING = 8 << 20  # holds every event of a window: each matching run sends its event
@@ -109,16 +113,36 @@ def _from_object(loader: Collection, program: str, name: str) -> _Prog:
     return _Prog(name, prog.fd, lambda: attach(prog.kind, prog.fd, prog.attach_btf_id), ring)
 
 
-def _previous(workdir: Path) -> Collection:
-    """The previous release's object (git history), its filter map holding the same addresses."""
-    path = workdir / "previous.bpf.o"
-    path.write_bytes(subprocess.run(["git", "-C", str(ROOT), "show", f"{PREVIOUS}:ttcp/data/tcprtt.bpf.o"],
+def _historic(workdir: Path, commit: str, name: str) -> tuple[Collection, dict[str, int]]:
+    """ttcp's object as `commit` shipped it (git history), its maps created: the loader and their fds."""
+    path = workdir / f"{name}.bpf.o"
+    path.write_bytes(subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:ttcp/data/tcprtt.bpf.o"],
                                     capture_output=True, check=True).stdout)
     loader = Collection(str(path))
     loader.spec.set_max_entries("events", RING)
-    fds = loader.create_maps()
+    return loader, loader.create_maps()
+
+
+def _previous(workdir: Path) -> Collection:
+    """The previous release's object (git history), its filter map holding the same addresses."""
+    loader, fds = _historic(workdir, PREVIOUS, "previous")
     for a in FILTERS:  # key: the 16-byte address; value: its two counters
         syscalls.map_update(fds["filter"], F.address_bytes(a), bytes(16))
+    return loader
+
+
+def _before_workloads(workdir: Path) -> Collection:
+    """The program before workload filters (git history, BEFORE_WORKLOADS), its table
+    holding the same exact source addresses, written in that layout (keys without a
+    wid; cfg: kinds, host bits)."""
+    loader, fds = _historic(workdir, BEFORE_WORKLOADS, "before-workloads")
+    bits = 0
+    for slot, a in enumerate(FILTERS):
+        addr = F.address_bytes(a)
+        syscalls.map_update(fds["hosts"], struct.pack("=BxH16s", 1, 0, addr), F.VALUE.pack(slot, 1, 128))
+        bits |= 1 << F.host_bit(addr)
+    cfg = struct.pack("=I", 1 << 2) + bits.to_bytes(F.HOST_BITS // 8, "little") + bytes(F.HOST_BITS // 8)
+    syscalls.map_update(fds[".bss"], struct.pack("=I", 0), cfg)  # kinds: KIND_SRC_HOST only
     return loader
 
 
@@ -150,7 +174,8 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path) -> dict[str, A
     """ns per run for non-matching and matching sockets (stats must be enabled), for
     ttcp's program (tp_btf, tracepoint) and, on the same hook and traffic, an empty
     program, the least a reporting program does (bench/floor.bpf.c) and the previous
-    release's program; each attached alone in turn, `rounds` times round.
+    release's program; each attached alone in turn, `rounds` times round, the order
+    rotated from round to round.
 
     Non-matching: connections between two unfiltered addresses; every run in
     that window counts (other traffic on the machine is non-matching too).
@@ -162,6 +187,8 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path) -> dict[str, A
     tracers: dict[str, Tracer] = {}
     loaders: list[Collection] = []
     out: dict[str, Any] = {}
+    resolver = Resolver.for_host()
+    other = workload_cgroup(resolver)  # a cgroup filter's cgroup, beside the one the traffic runs in
 
     def add(key: str, make: Callable[[], _Prog]) -> None:
         try:
@@ -170,12 +197,13 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path) -> dict[str, A
         except (TtcpError, OSError, subprocess.CalledProcessError) as e:
             out[key] = {"error": str(e).splitlines()[0]}
 
-    def ttcp(mode: str) -> _Prog:
-        tr = Tracer(ringbuf_size=RING)
-        tracers[mode] = tr
+    def ttcp(mode: str, extra: tuple[str, ...] = (), key: str = "") -> _Prog:
+        tr = Tracer(ringbuf_size=RING, resolver=resolver)
+        tracers[key or mode] = tr
         tr.open_maps()
-        tr.add_filters(F.parse(a) for a in FILTERS)
-        prog = tr.collection.load_program(PROGRAM_OF_MODE[mode])  # attached by the rounds below
+        tr.add_filters(F.parse(a) for a in (*FILTERS, *extra))
+        prog = tr.collection.load_program(PROGRAM_OF_MODE[mode], stats=True)  # attached by the rounds below
+        out[f"verifier_{key or mode}"] = prog.verifier_stats.splitlines()[-1:]
         return _Prog(mode, prog.fd, lambda: attach(prog.kind, prog.fd, prog.attach_btf_id), tr.ring)
 
     def loaded(make: Callable[[Path], Collection], program: str) -> Callable[[], _Prog]:
@@ -189,12 +217,17 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path) -> dict[str, A
         add("empty_tp_btf", lambda: _empty("tcp_destroy_sock"))
         add("floor", loaded(_floor, "floor_report"))
         add("previous", loaded(_previous, "tcprtt_tp_btf"))
+        add("before_workloads", loaded(_before_workloads, "tcprtt_tp_btf"))
         for mode in ("tp_btf", "tracepoint"):
             add(mode, lambda mode=mode: ttcp(mode))
+        if other is not None:
+            add("workload", lambda: ttcp("tp_btf", (f"cgroup {other}",), "workload"))
+        else:
+            out["workload"] = {"error": "no cgroup below the bench's own to put a filter on"}
         runs: dict[str, dict[str, list[float]]] = {p.name: {"non": [], "match": [], "strays": [],
                                                             "per_conn": []} for p in progs}
-        for _ in range(rounds):
-            for prog in progs:
+        for i in range(rounds):
+            for prog in progs[i % len(progs):] + progs[:i % len(progs)]:  # each first in turn: no order bias
                 r = runs[prog.name]
                 with _attached(prog):
                     ns, cnt, stray = _window(prog, lambda: gen.client(n, OTHER_CLIENT, CLIENT_COUNT,
@@ -229,8 +262,30 @@ def kernel_cost(gen: LoadGen, n: int, rounds: int, workdir: Path) -> dict[str, A
             tr.close()
         for loader in loaders:
             loader.close()
+        resolver.close()
     out["empty"] = out.pop("empty_tp_btf", {})
+    out["cgroup"] = {"traffic": own_cgroup(), "filter": other}
     return out
+
+
+def own_cgroup() -> str:
+    """This process's cgroup-v2 path (the 0:: line of /proc/self/cgroup)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return ""
+
+
+def workload_cgroup(resolver: Resolver) -> str | None:
+    """A sibling of this process's cgroup (run.py put the bench in one two levels down), for
+    a cgroup filter that selects none of the traffic: every non-matching socket then
+    costs the walk and one lookup at that level."""
+    mine = own_cgroup()
+    if resolver.tree is None or mine.count("/") < 1 or mine == "/":
+        return None
+    sibling = mine.rsplit("/", 1)[0] + "/other"
+    resolver.tree.dir_of(sibling).mkdir(exist_ok=True)
+    return sibling
 
 
 def _bulk(gen: LoadGen, src: str, dst: str, nbytes: int) -> float:
@@ -351,7 +406,9 @@ def reader_throughput(gen: LoadGen, fill_conns: int, rounds: int = 5) -> dict[st
                 gen.client(fill_conns)  # more events than the ring holds: it ends full
                 time.sleep(0.05)
                 pending = ring.pending_bytes()
-                printer = Printer(variant, _Devnull()) if variant in ("table", "json") else None
+                assert tr.table is not None
+                printer = (Printer(variant, _Devnull(), lines=events.Lines(tr.table.names))
+                           if variant in ("table", "json") else None)
                 c0, t0 = time.thread_time(), time.perf_counter()
                 if printer:  # the agent's drain(): one read_runs per wakeup, then the Printer
                     printer.records(ring.read_runs(events.EVENT_SIZE))
@@ -360,7 +417,7 @@ def reader_throughput(gen: LoadGen, fill_conns: int, rounds: int = 5) -> dict[st
                 else:
                     batch = ring.read_batch()
                     if variant == "decode":
-                        [events.decode(r) for r in batch]
+                        [events.decode(r, tr.table.names) for r in batch]
                     n = len(batch)
                 cpu, wall = time.thread_time() - c0, time.perf_counter() - t0
                 per[variant].append({"records": n, "cpu_s": cpu, "seconds": wall,

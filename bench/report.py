@@ -7,7 +7,7 @@ from typing import Any
 
 import fleet
 import groups
-from common import PREVIOUS
+from common import BEFORE_WORKLOADS, PREVIOUS
 
 from ttcp.rtt.tracer import DEFAULT_RINGBUF_SIZE
 
@@ -68,6 +68,7 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
     raw, table, js = rd.get("raw", {}), rd.get("table", {}), rd.get("json", {})
     k = res.get("kernel", {})
     empty, tp, prev, floor = k.get("empty", {}), k.get("tp_btf", {}), k.get("previous", {}), k.get("floor", {})
+    before, wl = k.get("before_workloads", {}), k.get("workload", {})
     api = res.get("api", {})
     full, base = api.get("ttcp_full", {}).get("get", {}), api.get("baseline_full", {}).get("get", {})
     smp = res.get("sampling", {})
@@ -79,6 +80,10 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
     r_match, r_non = _paired(tp, "match", empty, "nonmatch"), _paired(tp, "nonmatch", empty, "nonmatch")
     r_prev_non, r_prev_match = _paired(tp, "nonmatch", prev, "nonmatch"), _paired(tp, "match", prev, "match")
     r_api = _ratio(full.get("req_per_s"), base.get("req_per_s"))
+    r_before_non, r_before_match = _paired(tp, "nonmatch", before, "nonmatch"), _paired(tp, "match", before, "match")
+    wl_extra = _minus(wl.get("nonmatch_ns"), tp.get("nonmatch_ns"))
+    one_lookup = _minus(floor.get("nonmatch_ns"), empty.get("nonmatch_ns"))
+    r_wl = _ratio(wl_extra, one_lookup)
     r_lookup = _ratio(nonm.get("ttcp sampler"), nonm.get("one lookup"))
     n_api = api.get("ttcp_full", {}).get("filters", "?")
     ns = " ns"
@@ -108,6 +113,14 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
              r_prev_non, _le(r_prev_non, 1.3)),
         _row("13", "matching path with histograms ÷ the previous program's matching path", "≤ 1.0",
              _x(tp.get("match_ns"), prev.get("match_ns"), ".0f", ns), r_prev_match, _le(r_prev_match, 1.0)),
+        _row("22", "original case (exact src hosts), non-matching socket ÷ the program before workloads "
+             f"({BEFORE_WORKLOADS}), same rounds", "≤ 1.05",
+             _x(tp.get("nonmatch_ns"), before.get("nonmatch_ns"), ".0f", ns), r_before_non, _le(r_before_non, 1.05)),
+        _row("22", "original case, matching socket ÷ the program before workloads", "≤ 1.05",
+             _x(tp.get("match_ns"), before.get("match_ns"), ".0f", ns), r_before_match, _le(r_before_match, 1.05)),
+        _row("22", "a cgroup filter in the table: what a non-matching socket (two levels down) costs more "
+             "÷ one hash lookup that misses (floor − empty program)", "≤ 1 (one more lookup)",
+             _x(wl_extra, one_lookup, ".0f", ns), r_wl, _le(r_wl, 1.0)),
         _row("13", f"live sampling: {smp.get('bytes', 0) / 1e9:.1f} GB through one loopback connection, "
              "throughput on ÷ off (median of pairs), slowdown", "≤ 3 %",
              _x(_gb(smp.get("on_Bps")), _gb(smp.get("off_Bps")), ".2f", " GB/s"),
@@ -129,6 +142,10 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
              f"{_f(smp.get('sampled_ns'), '.0f')} ns × {_f(smp.get('segments_per_gb'), ',.0f')} segments/GB",
              None, None),
     ]
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _paired(a: dict[str, Any], what: str, b: dict[str, Any], base: str) -> float | None:
@@ -264,8 +281,10 @@ KERNEL_ROWS = {
     "empty": "empty program on tp_btf/tcp_destroy_sock (floor: hook + statistics)",
     "floor": "least a reporting program does (bench/floor.bpf.c: lookup, timestamp, 88-byte record)",
     "previous": f"previous program ({PREVIOUS}: one exact-address hash, shared counters), tp_btf",
+    "before_workloads": f"the program before workload filters ({BEFORE_WORKLOADS}), same table, tp_btf",
     "tp_btf": "ttcp, tp_btf",
     "tracepoint": "ttcp, classic tracepoint",
+    "workload": "ttcp, tp_btf, the same table and a cgroup filter that selects none of the traffic",
 }
 
 
@@ -281,8 +300,18 @@ def kernel(res: dict[str, Any]) -> list[str]:
         rows.append([label, f"{_f(k['nonmatch_ns'], '.0f')} ({_f(k.get('nonmatch_min'), '.0f')})",
                      f"{_f(k['match_ns'], '.0f')} ({_f(k.get('match_min'), '.0f')})",
                      _f(k["ns_per_conn"], ".0f"), note])
-    return _table(["program", "non-matching ns/run, median (min)", "matching ns/run, median (min)",
-                   "ns per matching conn (all runs)", "notes"], rows)
+    out = _table(["program", "non-matching ns/run, median (min)", "matching ns/run, median (min)",
+                  "ns per matching conn (all runs)", "notes"], rows)
+    k = res.get("kernel", {})
+    verifier = {key[len("verifier_"):]: v[0] for key, v in k.items() if key.startswith("verifier_") and v}
+    cg = k.get("cgroup", {})
+    if cg.get("filter"):
+        out += ["", (f"The traffic's sockets are in the cgroup {cg.get('traffic')} (run.py moves the bench there: "
+                     f"two levels down); the workload arm's filter is `cgroup {cg['filter']}`, its sibling.")]
+    if verifier:
+        out += ["", "Verifier, ttcp's programs as loaded here: " + "; ".join(
+            f"{name}: {text}" for name, text in verifier.items())]
+    return out
 
 
 def sampling(res: dict[str, Any]) -> list[str]:

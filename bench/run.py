@@ -51,6 +51,7 @@ from common import (
     LoadGen,
     Tool,
     ToolRun,
+    bench_cgroup,
     bpf_map_rss_kb,
     child_env,
     cpu_seconds,
@@ -62,11 +63,12 @@ from common import (
     stop_process,
     tools,
     ttcp_argv,
-    ttcp_tool,
 )
 
 from ttcp import syscalls
 
+STAGES = ("bpf_stats", "phases", "tools", "kernel", "sampling", "reader", "noloss", "api", "metrics",
+          "metrics_bound", "api_flood", "groups")
 PACKAGES = ["bpfcc-tools", "python3-bpfcc", "bpftrace", "libbpf-tools", "linux-headers-amd64"]
 API_CLIENT = "127.0.7.10"  # source of the API clients (not a filter)
 FLOOD_CLIENT = "127.0.7.11"  # source of the half-sent requests (not a filter)
@@ -425,11 +427,11 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma list: compare ttcp only with tools whose name "
                                                "contains one of these")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
-    ap.add_argument("--stage", choices=("all", "fleet", "api-flood", "groups"), default="all",
-                    help="fleet: only issue 25's measurements (bounded /metrics, BPF statistics); api-flood: "
-                         "only the API under a flood of half-sent requests; groups: only issue 24's (a breakdown's "
-                         "kernel cost, the sampler's, /metrics with 1,000 filters by raddr); printed, BENCHMARKS.md "
-                         "left alone")
+    ap.add_argument("--kernel-rounds", type=int, default=0,
+                    help="rounds of the kernel-cost stage (default: 5, 1 with --quick)")
+    ap.add_argument("--stages", default=",".join(STAGES),
+                    help=f"comma list of the stages to run (default: all: {','.join(STAGES)}); BENCHMARKS.md "
+                         "is rewritten only when all ran")
     args = ap.parse_args()
     if os.geteuid() != 0:
         log("bench: run as root (make bench)")
@@ -437,7 +439,7 @@ def main() -> int:
     handle_sigint()
     q = args.quick
     p = {"reps": 2 if q else 5, "pairs": 2 if q else 5, "n": 5000 if q else 20000,
-         "kcost_n": 5000 if q else 20000, "kcost_rounds": 1 if q else 5,
+         "kcost_n": 5000 if q else 20000, "kcost_rounds": args.kernel_rounds or (1 if q else 5),
          "fill": 26000, "reader_rounds": 3 if q else 7, "noloss_n": 20000 if q else 200000,
          "api_clients": 50, "api_seconds": 2.0 if q else 3.0, "api_rounds": 1 if q else 3, "api_filters": 1000,
          "metrics_clients": 1, "metrics_seconds": 2.0 if q else 5.0,
@@ -451,54 +453,66 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine(), "params": p}
     log(f"bench: work files in {workdir}")
     t_start = time.monotonic()
-    if args.stage == "fleet":
-        return _fleet_only(results, workdir, pycache, p, t_start)
-    if args.stage == "api-flood":
-        return _api_flood_only(results, workdir, pycache, p, t_start)
-    if args.stage == "groups":
-        return _groups_only(results, workdir, pycache, p, t_start)
-    log("== BPF statistics' cost (before the run turns them on)")
-    results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
+    stages = [x for x in args.stages.split(",") if x]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        log(f"bench: unknown stages {', '.join(sorted(unknown))} (choose from {', '.join(STAGES)})")
+        return 2
+    if "bpf_stats" in stages:
+        log("== BPF statistics' cost (before the run turns them on)")
+        results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
     stats_fd = syscalls.enable_stats()  # run_time_ns/run_cnt count while this fd is open
-    gen = LoadGen(workdir)
-    try:
+    with contextlib.ExitStack() as stack:
+        results["cgroup"] = stack.enter_context(bench_cgroup())
+        gen = LoadGen(workdir)
+        stack.callback(gen.close)
+        stack.callback(syscalls.close, stats_fd)
         gen.serve(SERVER, PORT_LOAD)
         gen.serve(SERVER, PORT_PROBE)
         gen.serve(OTHER_SERVER, PORT_OTHER)
         gen.client(2000)  # warm-up, not counted
         all_tools = tools(workdir, args.only)
         ttcp = _ttcp_tool(all_tools)
-        log("== start-up phases (Python API, fresh processes)")
-        results["phases"] = phases(pycache, p["phase_reps"])
-        results["imports"] = import_profile(pycache)
-        results["tools"] = compare.run(all_tools, gen, workdir, pycache, p["reps"], p["pairs"], p["n"])
-        log("== kernel cost per run")
-        results["kernel"] = inproc.kernel_cost(gen, p["kcost_n"], p["kcost_rounds"], workdir)
-        log("== live sampling")
-        results["sampling"] = inproc.sampling_cost(gen, p["bulk_bytes"], p["bulk_pairs"], workdir)
-        log("== reader alone")
-        results["reader"] = inproc.reader_throughput(gen, p["fill"], p["reader_rounds"])
-        log("== no loss")
-        results["noloss"] = no_loss(ttcp, gen, workdir, pycache, p["noloss_n"])
-        log("== API")
-        results["api"] = api(ttcp, workdir, pycache, p["api_clients"], p["api_seconds"], p["api_filters"],
-                             p["api_rounds"])
-        log("== /metrics while events flow")
-        results["metrics"] = metrics_under_load(ttcp, gen, workdir, pycache, p["api_filters"],
-                                                p["metrics_clients"], p["metrics_seconds"])
-        results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
-        log("== the API under a half-request flood")
-        results["api_flood"] = api_flood(ttcp, workdir, pycache, p["flood_clients"], p["api_seconds"], p["flood"])
-        _groups(results, gen, ttcp, workdir, pycache, p)
-    finally:
-        gen.close()
-        syscalls.close(stats_fd)
+        if "phases" in stages:
+            log("== start-up phases (Python API, fresh processes)")
+            results["phases"] = phases(pycache, p["phase_reps"])
+            results["imports"] = import_profile(pycache)
+        if "tools" in stages:
+            results["tools"] = compare.run(all_tools, gen, workdir, pycache, p["reps"], p["pairs"], p["n"])
+        if "kernel" in stages:
+            log("== kernel cost per run")
+            results["kernel"] = inproc.kernel_cost(gen, p["kcost_n"], p["kcost_rounds"], workdir)
+        if "sampling" in stages:
+            log("== live sampling")
+            results["sampling"] = inproc.sampling_cost(gen, p["bulk_bytes"], p["bulk_pairs"], workdir)
+        if "reader" in stages:
+            log("== reader alone")
+            results["reader"] = inproc.reader_throughput(gen, p["fill"], p["reader_rounds"])
+        if "noloss" in stages:
+            log("== no loss")
+            results["noloss"] = no_loss(ttcp, gen, workdir, pycache, p["noloss_n"])
+        if "api" in stages:
+            log("== API")
+            results["api"] = api(ttcp, workdir, pycache, p["api_clients"], p["api_seconds"], p["api_filters"],
+                                 p["api_rounds"])
+        if "metrics" in stages:
+            log("== /metrics while events flow")
+            results["metrics"] = metrics_under_load(ttcp, gen, workdir, pycache, p["api_filters"],
+                                                    p["metrics_clients"], p["metrics_seconds"])
+        if "metrics_bound" in stages:
+            results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
+        if "api_flood" in stages:
+            log("== the API under a half-request flood")
+            results["api_flood"] = api_flood(ttcp, workdir, pycache, p["flood_clients"], p["api_seconds"],
+                                             p["flood"])
+        if "groups" in stages:
+            _groups(results, gen, ttcp, workdir, pycache, p)
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["elapsed_s"] = time.monotonic() - t_start
     (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     text = report.render(results)
     print(text)
-    if not args.no_write and not q:
+    if not args.no_write and not q and stages == list(STAGES):
         report.write(ROOT / "BENCHMARKS.md", text)
         log("bench: BENCHMARKS.md updated")
     log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
@@ -510,25 +524,6 @@ def _metrics_bound(ttcp: Tool, gen: LoadGen, workdir: Path, pycache: Path, p: di
     return fleet.metrics_bound(lambda extra: metrics_under_load(
         ttcp, gen, workdir, pycache, p["api_filters"], p["metrics_clients"], p["metrics_seconds"], tuple(extra)),
         p["api_filters"])
-
-
-def _fleet_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any],
-                t_start: float) -> int:
-    """--stage fleet: the BPF statistics' cost, then /metrics bounded and not."""
-    log("== BPF statistics' cost")
-    results["bpf_stats"] = fleet.bpf_stats_cost(p["stats_rounds"], p["stats_repeat"])
-    gen = LoadGen(workdir)
-    try:
-        gen.serve(SERVER, PORT_LOAD)
-        ttcp = ttcp_tool()
-        results["metrics_bound"] = _metrics_bound(ttcp, gen, workdir, pycache, p)
-    finally:
-        gen.close()
-    results["elapsed_s"] = time.monotonic() - t_start
-    fleet.write_json(workdir / "results.json", results)
-    print("\n".join(fleet.report(results)))
-    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
-    return 0
 
 
 def _groups(results: dict[str, Any], gen: LoadGen, ttcp: Tool, workdir: Path, pycache: Path,
@@ -543,38 +538,6 @@ def _groups(results: dict[str, Any], gen: LoadGen, ttcp: Tool, workdir: Path, py
         lambda texts, extra, prepare: metrics_under_load(ttcp, gen, workdir, pycache, p["api_filters"],
                                                          p["metrics_clients"], p["metrics_seconds"], tuple(extra),
                                                          texts, prepare), p["api_filters"])
-
-
-def _groups_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any], t_start: float) -> int:
-    """--stage groups: issue 24's measurements, printed."""
-    stats_fd = syscalls.enable_stats()
-    gen = LoadGen(workdir)
-    try:
-        gen.serve(SERVER, PORT_LOAD)
-        gen.serve(OTHER_SERVER, PORT_OTHER)
-        gen.client(2000)  # warm-up, not counted
-        _groups(results, gen, ttcp_tool(), workdir, pycache, p)
-    finally:
-        gen.close()
-        syscalls.close(stats_fd)
-    results["elapsed_s"] = time.monotonic() - t_start
-    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print("\n".join(groups.report(results)))
-    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
-    return 0
-
-
-def _api_flood_only(results: dict[str, Any], workdir: Path, pycache: Path, p: dict[str, Any],
-                    t_start: float) -> int:
-    """--stage api-flood: the API under a flood of half-sent requests."""
-    log("== the API under a half-request flood")
-    results["api_flood"] = api_flood(ttcp_tool(), workdir, pycache, p["flood_clients"], p["api_seconds"],
-                                     p["flood"])
-    results["elapsed_s"] = time.monotonic() - t_start
-    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print("\n".join(report.api_flood(results)))
-    log(f"bench: done in {results['elapsed_s']:.0f} s; raw results in {workdir / 'results.json'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from ttcp.api.metrics import FileCounters, FilterSeries, GroupSeries, ProgramSta
 from ttcp.api.process_metrics import ProcessMetrics, ProcessReader
 from ttcp.api.series_bound import DEFAULT_MAX_SERIES, SeriesBound
 from ttcp.api.token import Token
-from ttcp.errors import BindError, FormatError
+from ttcp.errors import BindError, FormatError, TtcpError
 from ttcp.kernel.bpf_stats import BpfStats
 from ttcp.output import HistogramPrinter, Printer
 from ttcp.rtt import clock, events
@@ -276,7 +276,28 @@ class Agent:
             table = self.tracer.table
             assert self.resolver is not None and table is not None
             for resolution in self.resolver.process():
-                table.resolution_changed(resolution)
+                try:
+                    table.resolution_changed(resolution)
+                except TtcpError as e:  # the kernel refused a write: say so, keep following
+                    log.warning("cgroup %s: %s", resolution.selector[1], e)
+            expire()
+
+        expiry: list[asyncio.TimerHandle] = []  # the one pending expire() call, if any
+
+        def expire() -> None:
+            # A removed cgroup's id selects its sockets a while longer (table_rules.LINGER_S).
+            table = self.tracer.table
+            assert table is not None
+            for handle in expiry:
+                handle.cancel()
+            expiry.clear()
+            try:
+                when = table.expire()
+            except TtcpError as e:
+                log.warning("workload table: %s", e)
+                return
+            if when is not None:
+                expiry.append(loop.call_later(max(when - time.monotonic(), 0.0) + 0.01, expire))
 
         watched = self.resolver.fileno() if self.resolver is not None else -1
         if self.opts.table_header:
@@ -300,6 +321,8 @@ class Agent:
             if watched >= 0:
                 loop.remove_reader(watched)
             unwatch()
+            for handle in expiry:
+                handle.cancel()
             if ticker is not None:
                 ticker.cancel()
             drain()

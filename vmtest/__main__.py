@@ -24,7 +24,7 @@ from pathlib import Path
 from vmtest import boot, kernels, report
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_KERNELS = "5.10 6.1 6.12"
+DEFAULT_KERNELS = "5.10.0-32 5.10 6.1 6.12"  # 5.10.0-32: the last with the union sock_cgroup_data
 SCALE_TCG = 15.0  # software emulation: ttcp starts 20-60x slower than on the host
 SCALE_KVM = 2.0
 

@@ -45,11 +45,17 @@ def test_callback_program_runs(no_bpf_leaks):
         assert syscalls.prog_test_run(prog.fd, bytes(64)) == 13  # 2 * (0+1+2+3) + 1
 
 
+PROCESSED_BOUND = 250_000  # a quarter of the verifier's limit: room for kernels to come
+
+
 @pytest.mark.kernel
 @pytest.mark.matrix
-def test_every_program_of_the_shipped_object_loads(no_bpf_leaks):
+def test_every_program_of_the_shipped_object_loads(no_bpf_leaks, record_property):
     """The verifier of this kernel takes all six programs (the fentry ones where
-    fentry loads at all): what decides whether ttcp runs here."""
+    fentry loads at all): what decides whether ttcp runs here. What it processed
+    for each goes to the report (junit properties `verifier_NAME`), and must stay
+    far from its limit of a million instructions: the newest verifiers explore
+    branchy code far more than the oldest."""
     fentry = kernel.fentry_probe()
     with Collection(str(SHIPPED)) as loader:
         for name in loader.spec.program_names():
@@ -58,8 +64,12 @@ def test_every_program_of_the_shipped_object_loads(no_bpf_leaks):
                     loader.load_program(name)
                 assert errno.errorcode[info.value.errno] in fentry.detail  # refused as the probe was
                 continue
-            prog = loader.load_program(name)
+            prog = loader.load_program(name, stats=True)
             assert syscalls.prog_info(prog.fd).id > 0, name
+            processed = re.search(r"processed (\d+) insns", prog.verifier_stats)
+            assert processed, prog.verifier_stats
+            record_property(f"verifier_{name}", int(processed[1]))
+            assert int(processed[1]) < PROCESSED_BOUND, (name, prog.verifier_stats)
         assert len(loader.programs) == (6 if fentry.supported else 4)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,42 @@ def test_a_cgroup_created_again_is_followed_without_an_api_call(wtracer: Tracer,
         conns = run_in(lambda: connect_many(srv, "127.0.50.12", N), cgroup=cgroups.tree.dir_of(app))
     got = collect(wtracer)
     assert ends(got) == clients(conns) and {e.cgroup_id for e in got} == {second}
+
+
+def test_a_removed_cgroups_sockets_are_still_selected_a_while(wtracer: Tracer, cgroups: Cgroups) -> None:
+    """A socket keeps the id of the cgroup it was made in; a service's connections often
+    end just after its cgroup went (a restart). The old id lingers (LINGER_S)."""
+    app = cgroups.make("app")
+    add(wtracer, f"cgroup {app}")
+    old = cgroups.id_of(app)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    with Server("127.0.50.71") as srv:
+        pid = os.fork()
+        if pid == 0:  # the child: a connection made in the cgroup, held while it goes
+            code = 1
+            try:
+                (cgroups.tree.dir_of(app) / "cgroup.procs").write_text(str(os.getpid()))
+                cli = socket.create_connection(("127.0.50.71", srv.port), source_address=("127.0.50.72", 0))
+                (cgroups.tree.dir_of(cgroups.top) / "cgroup.procs").write_text(str(os.getpid()))
+                os.write(ready_w, str(cli.getsockname()[1]).encode())
+                os.read(go_r, 1)
+                cli.close()
+                code = 0
+            finally:
+                os._exit(code)
+        sport = int(os.read(ready_r, 16))
+        conn, _ = srv.sock.accept()
+        cgroups.remove(app)  # empty now: the process moved out, its socket did not
+        follow(wtracer)
+        assert state(wtracer, f"cgroup {app}") == ("pending", None)
+        os.write(go_w, b"x")
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        conn.close()
+    for fd in (ready_r, ready_w, go_r, go_w):
+        os.close(fd)
+    got = collect(wtracer)
+    assert [(e.sport, e.cgroup_id, e.filter) for e in got] == [(sport, old, f"cgroup {app}")]
 
 
 def test_a_path_that_does_not_exist_yet_is_pending_until_it_does(wtracer: Tracer, cgroups: Cgroups) -> None:

@@ -63,3 +63,19 @@ def filter_texts(draw: st.DrawFn, broken: bool = False, by: bool | None = None) 
 def filter_lines(broken: bool = False) -> st.SearchStrategy[str]:
     """A text body: one filter per line."""
     return st.lists(filter_texts(broken), min_size=1, max_size=5).map(lambda fs: "\n".join(fs) + "\n")
+
+
+_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-@:", min_size=1,
+                max_size=24)
+
+
+def cgroup_paths() -> st.SearchStrategy[str]:
+    """Canonical cgroup-v2 paths below this file's own part of the tree (no cgroup need be
+    there: a path without one is accepted, pending), and the root."""
+    return st.one_of(st.just("/"), st.lists(_NAME, min_size=1, max_size=4).map(
+        lambda names: "/ttcp-contract/" + "/".join(names)))
+
+
+def netns_paths() -> st.SearchStrategy[str]:
+    """Network namespace files that exist wherever ttcp runs: its own."""
+    return st.sampled_from(["/proc/self/ns/net", "/proc/thread-self/ns/net"])

@@ -16,7 +16,14 @@ import os
 
 import schemathesis
 
-from tests.support.filter_texts import addresses, by_keys, filter_lines, filter_texts
+from tests.support.filter_texts import (
+    addresses,
+    by_keys,
+    cgroup_paths,
+    filter_lines,
+    filter_texts,
+    netns_paths,
+)
 
 BROKEN = os.environ.get("TTCP_ST_BROKEN_FILTERS") == "1"
 
@@ -25,3 +32,5 @@ schemathesis.openapi.format("ttcp-filter", filter_texts(BROKEN))
 schemathesis.openapi.format("ttcp-filter-by", filter_texts(BROKEN, by=True))
 schemathesis.openapi.format("ttcp-by", by_keys())
 schemathesis.openapi.format("ttcp-filter-lines", filter_lines(BROKEN))
+schemathesis.openapi.format("ttcp-cgroup-path", cgroup_paths())
+schemathesis.openapi.format("ttcp-netns-path", netns_paths())

@@ -49,6 +49,7 @@ from tests.support.container.seed import (
     wait_proxy_idle,
 )
 from ttcp.rtt import events
+from ttcp.rtt.tracer import PINNED_MAPS
 
 pytestmark = [pytest.mark.container, pytest.mark.kernel]
 
@@ -316,7 +317,7 @@ def test_pinned_filter_table_survives_a_container_restart(engine: Engine, server
             assert first.stop() == 0
         finally:
             first.remove()
-        assert sorted(os.listdir(pin_dir)) == ["hosts", "nets", "stats"]  # on the host, after the container
+        assert sorted(os.listdir(pin_dir)) == sorted(PINNED_MAPS)  # on the host, after the container
         second = TtcpContainer(engine, cmd, say)
         try:
             second.wait_ready()

@@ -156,3 +156,18 @@ def test_a_restart_with_pin_drops_what_the_file_dropped_meanwhile(tmp_path: Path
         entries = {e["filter"]: e["origin"] for e in listing(t)["filters"]}
         t.stop()
     assert entries == {"127.0.77.1": "file"}
+
+
+def test_a_restart_with_pin_without_the_file_hands_its_filters_to_the_api(tmp_path: Path, pin_dir: Path) -> None:
+    """Nothing manages a pinned file filter once ttcp runs without --filters-file: it becomes
+    the API's, so that a DELETE can remove it (a 409 naming an absent file would strand it)."""
+    path = tmp_path / "filters"
+    path.write_text("127.0.78.1\n")
+    with TtcpProcess("--pin", str(pin_dir), "--filters-file", str(path)) as t:
+        assert t.api("DELETE", "/", b"127.0.78.1")[0] == 409
+        assert t.stop() == 0
+    with TtcpProcess("--pin", str(pin_dir)) as t:
+        assert {e["filter"]: e["origin"] for e in listing(t)["filters"]} == {"127.0.78.1": "api"}
+        assert t.api("DELETE", "/", b"127.0.78.1")[0] == 204
+        assert listing(t)["filters"] == []
+        assert t.stop() == 0

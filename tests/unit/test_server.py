@@ -661,3 +661,18 @@ def test_seed_curl_lines(table: FilterTable) -> None:
         assert code == 404 and "192.168.0.1" in json.loads(body)["error"]
 
     run(table, scenario)
+
+
+def test_a_workload_the_table_cannot_resolve_is_400_and_changes_nothing() -> None:
+    """A table without a workload resolver (ttcp.rtt.filter_table.NoWorkloads) refuses
+    workload filters as it would any workload this host cannot give: 400, whole body."""
+    table = MemoryFilterTable()
+
+    async def scenario(c: Client) -> None:
+        r = await c.call("PUT", "/", 400, data="10.0.0.1\ncgroup /system.slice/app.service")
+        assert "cgroup /system.slice/app.service: this filter table takes no workload filters" in r.body["error"]
+        assert len(table) == 0
+        r = await c.call("PUT", "/filters", 400, json={"filters": [{"cgroup": "../x"}]})
+        assert "must be absolute" in r.body["error"]
+
+    run(table, scenario)

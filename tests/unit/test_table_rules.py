@@ -15,6 +15,7 @@ from ttcp.rtt import filters as F
 from ttcp.rtt.filters import Filter
 from ttcp.rtt.table_rules import (
     CONFIG,
+    LINGER_S,
     STALE_HOST_BITS,
     Config,
     CorruptTableError,
@@ -303,12 +304,29 @@ def test_a_pending_cgroup_has_its_keys_and_gets_its_entry_when_it_appears() -> N
                                              entry(rules, "cgroup /a", own="cgroup /a"))]
     assert rules.workloads.state(f("cgroup /a")) == WorkloadState("cgroup", "/a", "resolved", 40)
     assert not rules.workloads.resolved(("cgroup", "/a"), 40)  # no change, nothing to write
-    assert rules.workloads.resolved(("cgroup", "/a"), 41)  # removed and created again
+    assert rules.workloads.resolved(("cgroup", "/a"), 41, now=100.0)  # removed and created again
     writes = rules.workload_writes()
-    assert writes == [Write("cgroups", struct.pack("=Q", 41), entry(rules, "cgroup /a", own="cgroup /a")),
-                      Write("cgroups", struct.pack("=Q", 40), None)]  # the new one in before the old goes
-    assert rules.workloads.resolved(("cgroup", "/a"), None)
+    value = entry(rules, "cgroup /a", own="cgroup /a")
+    assert writes == [Write("cgroups", struct.pack("=Q", 41), value)]  # the old id lingers: its sockets
+    assert rules.workloads.next_expiry() == 100.0 + LINGER_S
+    assert rules.workloads.resolved(("cgroup", "/a"), None, now=105.0)  # removed again, for now
+    assert rules.workload_writes() == []  # both ids linger
+    assert not rules.workloads.expire(100.0 + LINGER_S - 1)
+    assert rules.workloads.expire(100.0 + LINGER_S)
+    assert rules.workload_writes() == [Write("cgroups", struct.pack("=Q", 40), None)]
+    assert rules.workloads.expire(105.0 + LINGER_S)
     assert rules.workload_writes() == [Write("cgroups", struct.pack("=Q", 41), None)]
+    assert rules.workloads.next_expiry() is None and rules.workloads.state(f("cgroup /a")).state == "pending"
+
+
+def test_a_removed_filter_takes_its_lingering_ids_with_it() -> None:
+    rules = TableRules(16, 16)
+    add_w(rules, {"cgroup /a": cg("/a", 40)})
+    rules.workloads.resolved(("cgroup", "/a"), 41, now=0.0)
+    rules.workload_writes()
+    writes = remove_w(rules, "cgroup /a")
+    assert sorted(w.key for w in writes) == [struct.pack("=Q", 40), struct.pack("=Q", 41)]
+    assert all(w.value is None for w in writes) and rules.workloads.next_expiry() is None
 
 
 def test_a_cgroup_entry_points_up_to_the_nearest_cgroup_with_filters() -> None:

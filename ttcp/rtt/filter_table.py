@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import struct
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -508,13 +509,22 @@ class KernelFilterTable(RuledTable):
             if not self.rules.in_use(w):
                 self.resolver.release(w)
 
-    def resolution_changed(self, resolution: Resolution) -> bool:
+    def resolution_changed(self, resolution: Resolution, now: float | None = None) -> bool:
         """A cgroup path's id changed (removed, created, created again: the watcher
-        says so): its entries follow. False when the table had nothing to change."""
-        if not self.rules.workloads.resolved(resolution.selector, resolution.id):
+        says so): its entries follow; the old id lingers (table_rules.LINGER_S,
+        until expire()). False when the table had nothing to change."""
+        when = time.monotonic() if now is None else now
+        if not self.rules.workloads.resolved(resolution.selector, resolution.id, when):
             return False
         self._apply(self.rules.workload_writes())
         return True
+
+    def expire(self, now: float | None = None) -> float | None:
+        """Drop the lingering ids whose time is up; when to call again (None: never)."""
+        workloads = self.rules.workloads
+        if workloads.expire(time.monotonic() if now is None else now):
+            self._apply(self.rules.workload_writes())
+        return workloads.next_expiry()
 
     def _changed(self) -> None:
         self.rules.changed()

@@ -25,7 +25,10 @@ its own filter (the one without an address part) and, for a cgroup, the id of
 the nearest cgroup above it with filters (`up`: where the program goes on when
 this one's filters do not select a socket). Two filters whose kernel keys are
 the same (two names of one namespace) cannot both own it: the first does, the
-other is shadowed until the owner goes. The kernel entries are a function of
+other is shadowed until the owner goes. When a cgroup path's cgroup is removed
+(and maybe created again), its old id stays in the map for LINGER_S more: a
+socket keeps the id of the cgroup it was made in, and a service's connections
+often end just after its cgroup went (a restart). The kernel entries are a function of
 all that; WorkloadRules keeps what was written and answers the writes that
 bring the maps to that function for what changed (workload_writes).
 """
@@ -50,6 +53,7 @@ CONFIG = struct.Struct(f"=III{SIDES * F.HOST_BITS // 8}s")
 TEXT = struct.Struct(f"=IHBx{F.MAX_TEXT}s")  # struct filter_text: gen, len, origin, text
 WORKLOAD_MAPS = {F.CGROUP: "cgroups", F.NETNS: "netns"}  # a workload kind's map
 _WORKLOAD_KEYS = {F.CGROUP: struct.Struct("=Q"), F.NETNS: struct.Struct("=I")}  # cgroup id, netns inode
+LINGER_S = 10.0  # how long a removed cgroup's id still selects its sockets
 
 
 class TableFullError(TtcpError):
@@ -251,6 +255,7 @@ class _Workload:
     id: int | None
     filters: dict[Filter, None] = field(default_factory=dict)  # in the order they came
     written: dict[tuple[str, bytes], bytes] = field(default_factory=dict)  # its kernel entries now
+    lingering: dict[int, float] = field(default_factory=dict)  # ids of a removed cgroup: until when
 
 
 class WorkloadRules:
@@ -359,16 +364,36 @@ class WorkloadRules:
     def holds(self, sel: Selector) -> bool:
         return sel in self._sel
 
-    def resolved(self, sel: Selector, new_id: int | None) -> bool:
+    def resolved(self, sel: Selector, new_id: int | None, now: float = 0.0) -> bool:
         """The selector's id is now `new_id` (a cgroup removed, created, or created
-        again); False when that changes nothing."""
+        again; `now` a monotonic time: the old id lingers until now + LINGER_S);
+        False when that changes nothing."""
         w = self._sel.get(sel)
         if w is None or w.id == new_id:
             return False
+        if w.id is not None and sel[0] == F.CGROUP:
+            w.lingering[w.id] = now + LINGER_S
+        if new_id is not None:
+            w.lingering.pop(new_id, None)
         w.id = new_id
         self._dirty[sel] = None
         self._touch_relatives(sel)
         return True
+
+    def expire(self, now: float) -> bool:
+        """Lingering ids whose time is up go (their entries are among the next writes)."""
+        changed = False
+        for sel, w in self._sel.items():
+            gone = [i for i, until in w.lingering.items() if until <= now]
+            for i in gone:
+                del w.lingering[i]
+                self._dirty[sel] = None
+                changed = True
+        return changed
+
+    def next_expiry(self) -> float | None:
+        """When the next lingering id goes (None: none lingers)."""
+        return min((until for w in self._sel.values() for until in w.lingering.values()), default=None)
 
     def _touch_relatives(self, sel: Selector) -> None:
         """A cgroup selector appeared, went or changed id: the `up` of those below it changes."""
@@ -406,10 +431,11 @@ class WorkloadRules:
                 out["nets", F.net_key(f, w.wid)] = values[f]
             else:
                 own = values[f]
-        if w.id is not None:
-            kind = sel[0]
-            up = self._up(sel) if kind == F.CGROUP else 0
-            out[WORKLOAD_MAPS[kind], _WORKLOAD_KEYS[kind].pack(w.id)] = F.WORKLOAD.pack(up, w.wid, own)
+        kind = sel[0]
+        up = self._up(sel) if kind == F.CGROUP else 0
+        for i in [*w.lingering, w.id]:  # a removed cgroup's sockets keep its id a while
+            if i is not None:
+                out[WORKLOAD_MAPS[kind], _WORKLOAD_KEYS[kind].pack(i)] = F.WORKLOAD.pack(up, w.wid, own)
         return out
 
     def workload_writes(self, values: Mapping[Filter, bytes]) -> list[Write]:

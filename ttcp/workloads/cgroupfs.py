@@ -46,7 +46,10 @@ class CgroupTree:
     @classmethod
     def find(cls, mountinfo_text: str | None = None) -> CgroupTree | str:
         """The host's cgroup2 hierarchy from the mount table, or why there is none to use."""
-        text = MOUNTINFO.read_text() if mountinfo_text is None else mountinfo_text
+        try:
+            text = MOUNTINFO.read_text() if mountinfo_text is None else mountinfo_text
+        except OSError as e:
+            return f"{MOUNTINFO}: {e.strerror}"
         mount = mountinfo.cgroup2_mount(mountinfo.parse(text))
         if mount is None:
             return NO_CGROUP2
@@ -56,7 +59,10 @@ class CgroupTree:
             return f"the cgroup2 mount {mount.mount_point}: {e.strerror}"
         if mount.root != "/" or top.st_ino != ROOT_CGROUP_ID:
             return below_root(mount.mount_point, mount.root if mount.root != "/" else f"cgroup {top.st_ino}")
-        return cls(mount.mount_point)
+        try:
+            return cls(mount.mount_point)
+        except OSError as e:
+            return f"the cgroup2 mount {mount.mount_point}: {e.strerror}"
 
     def dir_of(self, path: str) -> Path:
         """The directory of a cgroup path (canonical, as a filter holds it)."""
