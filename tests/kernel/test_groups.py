@@ -317,3 +317,71 @@ def test_by_workload_the_kernel_keys_cgroup_and_netns_both(make: Make, cgroups: 
     root = os.stat("/proc/self/ns/net").st_ino
     assert {(g.key.cgroup_id, g.key.netns): g.closed.count for g in groups_of(t, f).groups} == {
         (cgroups.id_of(app), netns.inode): 2, (own_cgroup_id(cgroups), root): 1}
+
+
+# ---- breakdowns of workload filters (issue 22's `cgroup PATH`, `netns PATH`) ------------------
+
+
+def test_a_cgroup_filter_by_cgroup_counts_each_cgroup_below_it(make: Make, cgroups: Cgroups) -> None:
+    """`cgroup APP by cgroup`: the kernel matches the cgroup's subtree, one group per
+    cgroup of it; the sockets of cgroups outside (this process's) are not counted."""
+    t = make()
+    app = cgroups.make("app")
+    a, b = cgroups.make("app/a"), cgroups.make("app/b")
+    f = F.parse(f"cgroup {app} by cgroup")
+    assert t.table is not None
+    t.table.add([f])
+    with Server("127.0.94.4") as srv:
+        run_in(lambda: connect_many(srv, "127.0.92.1", 3), cgroup=cgroups.tree.dir_of(a))
+        run_in(lambda: connect_many(srv, "127.0.92.1", 2), cgroup=cgroups.tree.dir_of(b))
+        run_in(lambda: connect_many(srv, "127.0.92.1", 1), cgroup=cgroups.tree.dir_of(app))
+        connect_many(srv, "127.0.92.1", 4)  # this process's own cgroup: outside the filter
+    collect(t)
+    found = groups_of(t, f)
+    assert {g.key.cgroup_id: g.closed.count for g in found.groups} == {
+        cgroups.id_of(a): 3, cgroups.id_of(b): 2, cgroups.id_of(app): 1}
+    assert found.live == 3 and found.evicted == 0
+
+
+def test_a_netns_filter_with_an_address_by_raddr(make: Make, netns: Netns) -> None:
+    """`netns NS dst NET by raddr`: a workload and an address part, broken down by the
+    remote address; the same traffic in this process's namespace is not counted."""
+    t = make()
+    f = F.parse(f"netns {netns.path} dst 127.0.90.0/24 by raddr")
+    assert t.table is not None
+    t.table.add([f])
+
+    def traffic_here() -> list[Conn]:
+        with Server("127.0.90.1") as one, Server("127.0.90.2") as two, Server("127.0.91.1") as other:
+            return (connect_many(one, "127.0.92.1", 3) + connect_many(two, "127.0.92.1", 2)
+                    + connect_many(other, "127.0.92.1", 1))
+
+    run_in(traffic_here, netns=netns.path)
+    traffic_here()  # the root namespace: not counted
+    collect(t)
+    assert counts(t, f) == {"127.0.90.1": 3, "127.0.90.2": 2}
+
+
+def test_a_cgroup_filter_by_netns(make: Make, cgroups: Cgroups, netns: Netns) -> None:
+    """`cgroup APP dst NET port P by netns`: the cgroup's sockets in two namespaces, one
+    group each (the key `by container` merges with the cgroup's, issue 23)."""
+    t = make()
+    port = 24783
+    app = cgroups.make("app")
+    f = F.parse(f"cgroup {app} dst 127.0.0.0/8 port {port} by netns")
+    assert t.table is not None
+    t.table.add([f])
+
+    def inside() -> list[Conn]:
+        with Server("127.0.0.1", port=port) as srv:
+            return connect_many(srv, "127.0.0.1", 2)
+
+    run_in(inside, cgroup=cgroups.tree.dir_of(app), netns=netns.path)
+    with Server("127.0.94.5", port=port) as srv:
+        run_in(lambda: connect_many(srv, "127.0.92.1", 3), cgroup=cgroups.tree.dir_of(app))
+        connect_many(srv, "127.0.92.1", 1)  # not in the cgroup
+    collect(t)
+    root = os.stat("/proc/self/ns/net").st_ino
+    found = groups_of(t, f)
+    assert {g.key.netns: g.closed.count for g in found.groups} == {netns.inode: 2, root: 3}
+    assert all(g.key.cgroup_id == 0 for g in found.groups)
