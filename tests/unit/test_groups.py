@@ -161,6 +161,28 @@ def test_a_groups_count_is_the_sum_of_its_buckets() -> None:
     assert (g.first_ns, g.last_ns, g.closed.count, g.closed.sum_us, g.sampled.count) == (5, 9, 3, 300, 0)
 
 
+def test_groups_merged_in_user_space_sum_their_parts() -> None:
+    """`by container` (issue 23) from the kernel's (cgroup id, netns) groups: the parts of
+    one container summed, the others kept apart."""
+    def one(cgroup_id: int, netns: int, first: int, last: int, rtts: list[int], restarted: bool = False) -> Group:
+        buckets = [0] * BUCKETS
+        for r in rtts:
+            buckets[bucket_of(r)] += 1
+        closed = Histogram(len(rtts), sum(rtts), tuple(buckets))
+        return Group(GroupKey(ByKind.WORKLOAD, cgroup_id=cgroup_id, netns=netns), first, last, closed,
+                     Histogram.empty(), restarted)
+
+    parts = [one(10, 7, 50, 90, [100, 200]), one(11, 7, 30, 60, [5000], restarted=True), one(12, 8, 1, 2, [9])]
+    web, db = GroupKey(ByKind.WORKLOAD, netns=7), GroupKey(ByKind.WORKLOAD, netns=8)
+    got = {g.key: g for g in G.merged(parts, lambda k: web if k.netns == 7 else db)}
+    assert set(got) == {web, db}
+    w = got[web]
+    assert (w.first_ns, w.last_ns, w.closed.count, w.closed.sum_us, w.restarted) == (30, 90, 3, 5300, True)
+    assert w.closed.buckets == tuple(a + b for a, b in zip(parts[0].closed.buckets, parts[1].closed.buckets))
+    assert got[db] == Group(db, 1, 2, parts[2].closed, Histogram.empty(), False)
+    assert G.merged([], lambda k: k) == []
+
+
 def test_a_group_made_again_is_seen_as_restarted_and_stays_so() -> None:
     memory = GroupMemory(limit=3)
     key = GroupKey(ByKind.RPORT, port=1).pack(1, 1)

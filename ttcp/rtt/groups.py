@@ -187,6 +187,19 @@ class Group:
         return self.closed.count + self.sampled.count
 
 
+def merged(groups: Iterable[Group], key_of: Callable[[GroupKey], GroupKey]) -> list[Group]:
+    """The groups whose keys `key_of` maps to one key, summed into one group under it:
+    a breakdown user space makes from the kernel's finer one (`by container`, issue 23:
+    the kernel keys (cgroup id, netns), ByKind.WORKLOAD; a container is a set of them).
+    Its `since` is its oldest part's, `last` its latest's, restarted if any part was."""
+    parts: dict[GroupKey, list[Group]] = {}
+    for g in groups:
+        parts.setdefault(key_of(g.key), []).append(g)
+    return [Group(key, min(g.first_ns for g in gs), max(g.last_ns for g in gs),
+                  Histogram.from_cpus(g.closed for g in gs), Histogram.from_cpus(g.sampled for g in gs),
+                  any(g.restarted for g in gs)) for key, gs in parts.items()]
+
+
 def _counted(raw: bytes, offset: int) -> Histogram:
     """A group's struct hist, its count the sum of its buckets (the kernel leaves it 0)."""
     h = Histogram.unpack(raw, offset)
