@@ -77,7 +77,7 @@ vmtest: deps deps-vm venv
 # installs docker.io, debootstrap, nftables and curl with apt if missing, and removes
 # everything it creates).
 test-container: deps-run venv mounts
-	$(VPY) -m pytest -m container -v -s tests/system/test_container.py $(PYTEST_ARGS)
+	$(VPY) -m pytest -m container -v -s tests/system/test_container.py tests/system/test_container_names.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
