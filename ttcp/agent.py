@@ -145,7 +145,15 @@ class Agent:
             "api_connections": self.connections.counts.open,
             "api_connections_max": self.opts.limits.max_connections,
             "api_connections_rejected": self._rejected(),
+            **({} if self.resolver is None else {"containers": self._containers()}),
         }
+
+    def _containers(self) -> dict[str, Any]:
+        """The container registry's size and bounds (a leak shows here), and the runtimes followed."""
+        assert self.resolver is not None
+        registry = self.resolver.registry
+        return {"running": len(registry), "dropped": registry.dropped, "followed": len(self.resolver.followed),
+                "docker": self.opts.docker_socket, "containerd": self.opts.containerd_state}
 
     def sampling(self) -> dict[str, Any]:
         s = self.tracer.sampling

@@ -98,6 +98,11 @@ def test_a_bad_runtime_costs_one_line_and_events_flow_with_ids_only(behaviour: B
         assert status == 200
         entry = next(e for e in json.loads(body)["filters"] if e["filter"] == "container web")
         assert entry["workload"]["state"] == "pending"
+        assert t.wait_stderr("docker", 6.0)  # a hung engine: once its 3 s bound has passed
+        sent += connect_many(srv, "127.0.61.2", 5)  # after the line too
+        got = [json.loads(line) for line in t.lines_until_quiet()]
+        assert sorted(e["sport"] for e in got) == sorted(c.sport for c in sent[-5:])
+        time.sleep(1.5)  # retries (backoff from 0.2 s) with the same reason: no new line
         assert t.stop() == 0
     docker_lines = [line for line in t.stderr.splitlines() if "docker" in line]
     assert len(docker_lines) == 1 and why in docker_lines[0], t.stderr
