@@ -198,3 +198,20 @@ def test_an_id_in_two_namespaces_is_named_once(shim: FakeShim, watcher: StateWat
     shim.create("k8s.io", "same", spec(POD))
     changes = watcher.scan()
     assert [c.namespace for c in seen(changes)] == ["default"] and len(logged) == 1
+
+
+def test_an_exit_and_a_deletion_read_together(shim: FakeShim, watcher: StateWatcher) -> None:
+    """Both descriptors ready at once (what the CRI does: delete at exit): the exit comes first,
+    and the pidfd the deletion closes is not read again."""
+    for ident in ("a", "b"):
+        shim.create("k8s.io", ident, spec())
+        shim.start("k8s.io", ident)
+    watcher.scan()
+    for ident in ("a", "b"):
+        shim.kill(ident)
+        shim.delete("k8s.io", ident)
+    time.sleep(0.1)
+    changes = watcher.process()
+    assert changes == [Gone("containerd", "a"), Gone("containerd", "b"),
+                       Gone("containerd", "a", removed=True), Gone("containerd", "b", removed=True)]
+    assert not watcher.tasks and not watcher._pidfds and not watcher.process()

@@ -99,12 +99,12 @@ class StateWatcher:
 
     def process(self) -> list[Change]:
         """Follow what happened since (call when `fileno()` is readable; [] when nothing did)."""
+        ready = {fd for fd, _ in self.epoll.poll(0)}
         changes: list[Change] = []
-        for fd, _ in self.epoll.poll(0):
-            if fd == self.inotify:
-                changes += self._inotify()
-            else:
-                changes += self._exit(fd)
+        for fd in sorted(ready & set(self._pidfds)):  # exits first: the inotify part may close pidfds
+            changes += self._exit(fd)
+        if self.inotify in ready:
+            changes += self._inotify()
         return changes
 
     def close(self) -> None:
