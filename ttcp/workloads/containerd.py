@@ -22,6 +22,7 @@ from typing import Any
 from ttcp.errors import TtcpError
 from ttcp.workloads.runtime import Container, Pod
 
+DEFAULT_STATE_DIR = "/run/containerd"  # containerd's `state` (k3s: /run/k3s/containerd)
 TASK_DIR = "io.containerd.runtime.v2.task"
 SKIPPED_NAMESPACES = frozenset({"moby"})
 CRI = "io.kubernetes.cri."
