@@ -215,3 +215,12 @@ def test_an_exit_and_a_deletion_read_together(shim: FakeShim, watcher: StateWatc
     assert changes == [Gone("containerd", "a"), Gone("containerd", "b"),
                        Gone("containerd", "a", removed=True), Gone("containerd", "b", removed=True)]
     assert not watcher.tasks and not watcher._pidfds and not watcher.process()
+
+
+def test_the_task_directory_itself_can_be_named(tmp_path: Path, shim: FakeShim) -> None:
+    shim.create("k8s.io", "a", spec())
+    w = StateWatcher(shim.root, print)
+    try:
+        assert [c.id for c in seen(w.scan())] == ["a"]
+    finally:
+        w.close()

@@ -48,7 +48,8 @@ Key = tuple[str, str]  # (containerd namespace, id)
 
 
 class StateWatcher:
-    """The tasks under `state_dir` (containerd's `state`, /run/containerd by default) as changes.
+    """The tasks under `state_dir` as changes: containerd's `state` (/run/containerd by default) or
+    its io.containerd.runtime.v2.task directory (what a DaemonSet mounts).
 
     `scan()` arms the watches and reports every task (and `Relisted`); `process()`,
     once `fileno()` is readable, reports what changed since. A state directory that
@@ -58,7 +59,8 @@ class StateWatcher:
 
     def __init__(self, state_dir: str | os.PathLike[str], log: Log,
                  skip_namespaces: frozenset[str] = SKIPPED_NAMESPACES) -> None:
-        self.root = Path(state_dir) / TASK_DIR
+        given = Path(state_dir)  # containerd's state directory, or the shim's task directory in it
+        self.root = given if given.name == TASK_DIR else given / TASK_DIR
         self.log = log
         self.skip = skip_namespaces  # Docker's tasks (moby): its API names them
         self.inotify = syscalls.inotify_init()
