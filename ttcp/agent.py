@@ -40,6 +40,7 @@ from ttcp.rtt.filters import Filter
 from ttcp.rtt.filters_sync import SETTLE_S, FiltersFile
 from ttcp.rtt.tracer import Tracer
 from ttcp.workloads.resolver import Resolver
+from ttcp.workloads.runtime import Change
 
 log = logging.getLogger("ttcp")
 
@@ -99,6 +100,8 @@ class Options:
     bpf_stats: BpfStats = field(default_factory=BpfStats)  # the kernel's BPF statistics (--bpf-stats)
     max_series: int = DEFAULT_MAX_SERIES  # bound on /metrics' series (0: none)
     limits: Limits = field(default_factory=Limits)  # connections, request deadline, keep-alive, streams
+    docker_socket: str | None = None  # the Docker engine followed for names (None: none)
+    containerd_state: str | None = None  # containerd's task state directory followed (None: none)
 
 
 class Agent:
@@ -262,6 +265,16 @@ class Agent:
                 loop.add_reader(ring.fileno(), on_readable)
                 drain()
 
+        def follow_runtimes(changes: list[Change]) -> None:
+            # A container started, ended, was renamed or removed: container and pod filters follow.
+            table = self.tracer.table
+            assert self.resolver is not None and table is not None
+            for w, resolution in self.resolver.apply(changes):
+                try:
+                    table.workload_moved(w, resolution)
+                except TtcpError as e:  # the kernel refused a write: say so, keep following
+                    log.warning("%s: %s", w, e)
+
         def follow_workloads() -> None:
             # A cgroup path's cgroup came, went or came back: the table follows (no API call).
             table = self.tracer.table
@@ -303,6 +316,7 @@ class Agent:
         if watched >= 0:
             loop.add_reader(watched, follow_workloads)
         unwatch = self._watch_filters_file(loop)
+        runtimes = self._follow_runtimes(follow_runtimes)
         try:
             drain()
             await start_api()
@@ -312,11 +326,29 @@ class Agent:
             if watched >= 0:
                 loop.remove_reader(watched)
             unwatch()
+            for task in runtimes:
+                task.cancel()
+            await asyncio.gather(*runtimes, return_exceptions=True)
             for handle in expiry:
                 handle.cancel()
             if ticker is not None:
                 ticker.cancel()
             drain()
+
+    def _follow_runtimes(self, emit: Callable[[list[Change]], None]) -> list[asyncio.Task[None]]:
+        """The container runtimes' watchers, as tasks (none without a resolver)."""
+        tasks: list[asyncio.Task[None]] = []
+        if self.resolver is None:
+            return tasks
+        if self.opts.docker_socket is not None:
+            try:
+                from ttcp.workloads.docker_watch import DockerWatcher
+            except ImportError as e:  # aiohttp is optional with --no-api
+                log.warning("docker %s: names from Docker need aiohttp (%s)", self.opts.docker_socket, e)
+            else:
+                watcher = DockerWatcher(self.opts.docker_socket, emit, log.warning)
+                tasks.append(asyncio.create_task(watcher.run(), name="docker"))
+        return tasks
 
     def _watch_filters_file(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         """Read the filters file again SETTLE_S after its directory's first event (a

@@ -36,6 +36,7 @@ kernel still refuses midway is undone before the error surfaces.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import time
@@ -107,6 +108,11 @@ class WorkloadResolver(Protocol):
 
     def release(self, w: Workload) -> None: ...
 
+    def note(self, w: Workload) -> tuple[str, tuple[str, ...]]:
+        """What GET /filters adds about a container or pod: a note ("" none) and the
+        containers sharing its network namespace."""
+        ...
+
 
 class NoWorkloads:
     """The resolver of a table that takes no workload filters."""
@@ -116,6 +122,9 @@ class NoWorkloads:
 
     def release(self, w: Workload) -> None:
         return None
+
+    def note(self, w: Workload) -> tuple[str, tuple[str, ...]]:
+        return "", ()
 
 
 class FilterTable(Protocol):
@@ -168,6 +177,7 @@ class RuledTable:
     version, membership, the listing and workload states. The tables build on it."""
 
     rules: TableRules
+    resolver: WorkloadResolver
 
     @property
     def max_entries(self) -> int:
@@ -187,7 +197,11 @@ class RuledTable:
         return self.rules.filters()
 
     def workload_state(self, f: Filter) -> WorkloadState | None:
-        return self.rules.workloads.state(f)
+        state = self.rules.workloads.state(f)
+        if state is None or f.workload is None or not f.workload.named:
+            return state
+        note, shared = self.resolver.note(f.workload)
+        return dataclasses.replace(state, note=note or None, shared_with=shared)
 
     def origin(self, f: Filter) -> Origin | None:
         return self.rules.origin(f)
@@ -409,6 +423,16 @@ class KernelFilterTable(RuledTable):
         when = time.monotonic() if now is None else now
         if not self.rules.workloads.resolved(resolution.selector, resolution.id, when):
             return False
+        self._apply(self.rules.workload_writes())
+        return True
+
+    def workload_moved(self, w: Workload, resolution: Resolution) -> bool:
+        """Container or pod `w` resolves to `resolution` now: its filters follow (cfg
+        first when the new resolution needs another cgroup level, then the entries:
+        the old ones go in the same pass). False when nothing changed."""
+        if not self.rules.moved(w, resolution):
+            return False
+        self._write_config()
         self._apply(self.rules.workload_writes())
         return True
 

@@ -7,9 +7,18 @@ without an API call. `netns PATH`: the namespace file's inode, the file held
 open while filters name it (ttcp.workloads.netns). `netns INODE`: the number as
 given. Refusals (no cgroup2 mount, a namespace file that does not exist) are
 WorkloadErrors: the API answers 400 with their message.
+
+`container NAME|ID` and `pod NAMESPACE/NAME`: what the registry of running
+containers (ttcp.workloads.registry) selects now, pending while nothing runs
+under the name. The runtime sources' changes come in through apply(), which
+answers the workloads whose resolution changed, for the table to follow
+(KernelFilterTable.workload_moved): ends first, so that a namespace inode
+freed by a container leaves the kernel before another container's can take it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from ttcp.rtt import filters as F
 from ttcp.rtt.filter_table import WorkloadError
@@ -17,6 +26,9 @@ from ttcp.rtt.filters import Workload
 from ttcp.rtt.table_rules import Resolution
 from ttcp.workloads.cgroupfs import CgroupPaths, CgroupTree
 from ttcp.workloads.netns import NetnsHandles
+from ttcp.workloads.placement import Placer
+from ttcp.workloads.registry import Found, Registry
+from ttcp.workloads.runtime import Change
 from ttcp.workloads.watch import PathWatcher
 
 
@@ -35,12 +47,19 @@ class Resolver:
                 self.no_tree = f"cgroup paths cannot be followed without inotify ({e.strerror})"
         self.paths = CgroupPaths(self.tree)
         self.netns = NetnsHandles()
+        self.registry = Registry()
+        self.placer = Placer(self.tree)
+        self.followed: dict[Workload, Resolution] = {}  # container and pod filters' workloads, as resolved
 
     @classmethod
     def for_host(cls) -> Resolver:
         return cls(CgroupTree.find())
 
     def resolve(self, w: Workload) -> Resolution:
+        if w.named:
+            found = self.registry.resolve(w).resolution
+            self.followed[w] = found
+            return found
         if w.kind == F.NETNS:
             return Resolution.netns(w.inode or self.netns.acquire(w.name))
         if self.watcher is None:
@@ -51,11 +70,37 @@ class Resolver:
         return Resolution.cgroup(w.name, cgroup_id)
 
     def release(self, w: Workload) -> None:
-        if w.kind == F.NETNS:
+        if w.named:
+            self.followed.pop(w, None)
+        elif w.kind == F.NETNS:
             if not w.inode:
                 self.netns.release(w.name)
         elif self.watcher is not None:
             self.watcher.unwatch(w.name)
+
+    def note(self, w: Workload) -> tuple[str, tuple[str, ...]]:
+        found = self.found(w)
+        return found.note, found.shared_with
+
+    def found(self, w: Workload) -> Found:
+        return self.registry.resolve(w)
+
+    def apply(self, changes: Iterable[Change]) -> list[tuple[Workload, Resolution]]:
+        """Runtime changes in; the followed workloads whose resolution changed out, those
+        that no longer select anything (or select something else) first."""
+        before = self.registry.version
+        for change in changes:
+            self.registry.apply(change, self.placer)
+        if self.registry.version == before:
+            return []
+        moves = []
+        for w, old in self.followed.items():
+            new = self.registry.resolve(w).resolution
+            if new != old:
+                self.followed[w] = new
+                moves.append((w, new))
+        moves.sort(key=lambda m: m[1].id is not None)
+        return moves
 
     def fileno(self) -> int:
         """What to wait on for cgroup changes (-1: nothing ever changes)."""
