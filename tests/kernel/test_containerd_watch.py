@@ -5,6 +5,8 @@ tests/system/test_containerd.py runs the same watcher against a real containerd.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import select
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ttcp.workloads.containerd import TASK_DIR
-from ttcp.workloads.containerd_watch import StateWatcher
+from ttcp.workloads.containerd_watch import StateWatcher, follow
 from ttcp.workloads.runtime import Change, Container, Gone, Pod, Relisted, Seen
 
 POD = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-name": "web-0",
@@ -224,3 +226,26 @@ def test_the_task_directory_itself_can_be_named(tmp_path: Path, shim: FakeShim) 
         assert [c.id for c in seen(w.scan())] == ["a"]
     finally:
         w.close()
+
+
+def test_follow_runs_the_watcher_in_a_loop_and_leaves_no_descriptor(shim: FakeShim) -> None:
+    got: list[Change] = []
+
+    async def scenario() -> None:
+        task = asyncio.create_task(follow(shim.root.parent, got.extend, print))
+        await asyncio.sleep(0.05)
+        shim.create("k8s.io", "a", spec(POD))
+        shim.start("k8s.io", "a")
+        for _ in range(100):
+            if any(isinstance(c, Seen) and c.container.pid for c in got):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    before = len(os.listdir("/proc/self/fd"))
+    asyncio.run(scenario())
+    assert got[0] == Relisted("containerd", frozenset())
+    assert any(isinstance(c, Seen) and c.container.pid and c.container.name == "app" for c in got)
+    assert len(os.listdir("/proc/self/fd")) == before

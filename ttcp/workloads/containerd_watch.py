@@ -16,6 +16,7 @@ state directory gives the same facts through a truly read-only mount.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -38,6 +39,7 @@ from ttcp.workloads.containerd import (
 from ttcp.workloads.runtime import Change, Container, Gone, Relisted, Seen
 
 Log = Callable[[str], None]
+Emit = Callable[[list[Change]], None]
 MAX_TASKS = 16384  # a node runs a few hundred; a bound on memory, pidfds and watches
 MAX_LOGGED = 1024  # bad bundles remembered so each is logged once
 DIR_MASK = (Inotify.CREATE | Inotify.DELETE | Inotify.MOVED_TO | Inotify.MOVED_FROM | Inotify.DELETE_SELF
@@ -313,3 +315,34 @@ def _subdirs(path: Path) -> list[str]:
                       and not e.name.startswith("."))
     except OSError:
         return []
+
+
+async def follow(state_dir: str | os.PathLike[str], emit: Emit, log: Log) -> None:
+    """Report containerd's tasks to `emit` until cancelled: what the agent runs as a task.
+
+    The watcher is fd-driven (the loop calls `process()` when it is readable), so
+    this only sets it up, waits, and takes it down. A watcher that cannot start
+    (no inotify instance left) or fails later costs one line: names from
+    containerd are missing, events go out with ids only.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        watcher = StateWatcher(state_dir, log)
+    except OSError as e:
+        log(f"containerd {state_dir}: cannot watch ({e.strerror}); no names from containerd")
+        return
+
+    def readable() -> None:
+        try:
+            emit(watcher.process())
+        except OSError as e:
+            log(f"containerd {state_dir}: {e.strerror}; no more names from containerd")
+            loop.remove_reader(watcher.fileno())
+
+    try:
+        emit(watcher.scan())
+        loop.add_reader(watcher.fileno(), readable)
+        await asyncio.Event().wait()
+    finally:
+        loop.remove_reader(watcher.fileno())
+        watcher.close()
