@@ -78,7 +78,8 @@ vmtest: deps deps-vm venv
 # and ctr, debootstrap, nftables and curl with apt if missing, and remove everything
 # they create).
 test-container: deps-run venv mounts
-	$(VPY) -m pytest -m container -v -s tests/system/test_container.py tests/system/test_containerd.py $(PYTEST_ARGS)
+	$(VPY) -m pytest -m container -v -s tests/system/test_container.py tests/system/test_container_names.py \
+		tests/system/test_containerd.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

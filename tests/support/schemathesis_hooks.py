@@ -15,7 +15,15 @@ import os
 
 import schemathesis
 
-from tests.support.filter_texts import addresses, cgroup_paths, filter_lines, filter_texts, netns_paths
+from tests.support.filter_texts import (
+    addresses,
+    cgroup_paths,
+    container_names,
+    filter_lines,
+    filter_texts,
+    netns_paths,
+    pod_names,
+)
 
 BROKEN = os.environ.get("TTCP_ST_BROKEN_FILTERS") == "1"
 
@@ -24,3 +32,5 @@ schemathesis.openapi.format("ttcp-filter", filter_texts(BROKEN))
 schemathesis.openapi.format("ttcp-filter-lines", filter_lines(BROKEN))
 schemathesis.openapi.format("ttcp-cgroup-path", cgroup_paths())
 schemathesis.openapi.format("ttcp-netns-path", netns_paths())
+schemathesis.openapi.format("ttcp-container-name", container_names())
+schemathesis.openapi.format("ttcp-pod-name", pod_names())

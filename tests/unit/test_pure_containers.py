@@ -276,3 +276,16 @@ def test_a_cgroup_resolution_counts_its_level_in_cfg() -> None:
     state = rules.workloads.state(F.parse("container hostnet"))
     assert state is not None and state.to_json() == {"kind": "container", "container": "hostnet",
                                                      "state": "pending"}
+
+
+def test_an_ended_containers_name_stays_by_cgroup_not_by_namespace() -> None:
+    web = ctr("web", pid=100)
+    reg, places = setup((web, own(70, 700)))
+    reg.apply(Gone("docker", web.id), places)
+    assert reg.names(70, 700) == Names("web", web.id)  # its last events, read after it ended
+    assert reg.names(70, 0) is None  # the inode may be another container's already
+    for i in range(1100):
+        places.by_pid[1000 + i] = own(80, 1000 + i)
+        reg.apply(Seen(ctr(f"c{i}", pid=1000 + i)), places)
+        reg.apply(Gone("docker", ctr(f"c{i}").id), places)
+    assert len(reg._recent) == 1024 and reg.names(70, 700) is None and len(reg) == 0

@@ -213,7 +213,7 @@ class Lines:
                  workloads: WorkloadNames | None = None) -> None:
         self.names = names
         self.cgroup_path = cgroup_path
-        self.workloads: WorkloadNames = workloads or NoNames()
+        self.workloads: WorkloadNames = NoNames() if workloads is None else workloads  # a registry may be empty
         self._json = _Memo[tuple[bytes, bytes, int, int]](self._json_template, 4096)
         self._paths = _Memo[int](lambda cg: cgroup_path(cg) or "-", 4096)  # the Workload column
 

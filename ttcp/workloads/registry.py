@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from ttcp.workloads.runtime import Change, Container, Gone, Pod, Relisted, Seen
 
 MAX_CONTAINERS = 16384  # running containers kept (a node runs a few hundred)
 MAX_CACHED_NAMES = 4096  # (netns, cgroup id) -> names, cleared on every change
+MAX_RECENT = 1024  # names of ended containers kept by cgroup id, for their last events still in the ring
 _HEX = frozenset("0123456789abcdef")
 
 Key = tuple[str, str]  # (runtime, id)
@@ -119,6 +121,9 @@ class Registry:
         self._by_netns: dict[int, dict[Key, None]] = {}  # own namespaces (not the host's)
         self._by_cgroup: dict[int, Key] = {}
         self._names: dict[tuple[int, int], Names | None] = {}
+        # Ended containers' names by cgroup id (never reused, unlike a netns inode): the
+        # events of their last connections are often read just after the runtime said so.
+        self._recent: OrderedDict[int, Names] = OrderedDict()
         self.version = 0  # changes whenever what a lookup answers may
         self.dropped = 0  # containers not kept: the registry was full
 
@@ -173,6 +178,9 @@ class Registry:
                 del self._by_netns[e.place.netns]
         if e.place.cgroup_id is not None and self._by_cgroup.get(e.place.cgroup_id) == key:
             del self._by_cgroup[e.place.cgroup_id]
+            self._recent[e.place.cgroup_id] = _names_of(e.container)
+            if len(self._recent) > MAX_RECENT:
+                self._recent.popitem(last=False)
         self._changed()
 
     def _changed(self) -> None:
@@ -257,6 +265,9 @@ class Registry:
         key = self._by_cgroup.get(cgroup_id)
         if key is not None:
             return _names_of(self._entries[key].container)
+        recent = self._recent.get(cgroup_id)
+        if recent is not None:
+            return recent
         keys = self._by_netns.get(netns)
         if not keys:
             return None
