@@ -356,6 +356,10 @@ class Agent:
             else:
                 watcher = DockerWatcher(self.opts.docker_socket, emit, log.warning)
                 tasks.append(asyncio.create_task(watcher.run(), name="docker"))
+        if self.opts.containerd_state is not None:
+            from ttcp.workloads.containerd_watch import follow as follow_containerd
+            tasks.append(asyncio.create_task(
+                follow_containerd(self.opts.containerd_state, emit, log.warning), name="containerd"))
         return tasks
 
     def _watch_filters_file(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
