@@ -282,6 +282,7 @@ class Agent:
                     table.workload_moved(w, resolution)
                 except TtcpError as e:  # the kernel refused a write: say so, keep following
                     log.warning("%s: %s", w, e)
+            self.resolver.settle()  # namespaces the table no longer selects may be freed now
 
         def follow_workloads() -> None:
             # A cgroup path's cgroup came, went or came back: the table follows (no API call).

@@ -289,6 +289,7 @@ def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None
         time.sleep(1.0)  # the initial listing
         base = json.loads(t.api("GET", "/healthz")[1])["containers"]
         maps0, rss0 = _map_entries(t.proc.pid), _rss_kib(t.proc.pid)
+        fds0 = len(list(Path(f"/proc/{t.proc.pid}/fd").iterdir()))
         t0 = time.monotonic()
 
         def one(name: str) -> int:
@@ -312,14 +313,16 @@ def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None
             assert time.monotonic() < deadline, f"registry not back to {base}: {now}"
             time.sleep(0.1)
         maps1, rss1 = _map_entries(t.proc.pid), _rss_kib(t.proc.pid)
+        fds1 = len(list(Path(f"/proc/{t.proc.pid}/fd").iterdir()))
         states = [e["workload"]["state"] for e in json.loads(t.api("GET", "/filters")[1])["filters"]
                   if e["filter"].startswith("container ttcp-load-")]
         say(f"load: {LOAD} containers ({PARALLEL} at once) in {took:.1f} s; {len(got)} events, {named} named, "
             f"{by_filter} by their container filter; ttcp RSS {rss0 // 1024} -> peak {peak // 1024} -> "
-            f"{rss1 // 1024} MiB; maps {maps0} -> {maps1}; registry {base} -> {now}")
+            f"{rss1 // 1024} MiB; fds {fds0} -> {fds1}; maps {maps0} -> {maps1}; registry {base} -> {now}")
         assert len(got) == LOAD  # every request reported (by one filter or the other)
         assert states == ["pending"] * LOAD and now["dropped"] == 0 and now["followed"] == LOAD
         assert maps1 == maps0, "kernel entries left behind"
+        assert fds1 <= fds0, "namespaces held after their containers ended"
         assert peak - rss0 < 32 * 1024 and rss1 - rss0 < 16 * 1024
         assert t.stop() == 0
     assert "Traceback" not in t.stderr and "docker" not in t.stderr, t.stderr
