@@ -280,7 +280,7 @@ def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None
     """LOAD short-lived containers, PARALLEL at a time, each named by a filter and making one
     request: afterwards the registry, the followed names and the kernel maps are back where
     they were, and memory is bounded."""
-    names = [f"ttcp-load-{i}" for i in range(LOAD)]
+    names = [f"ttcp-Load.{i}_x-{i}" for i in range(LOAD)]  # odd but valid: dots, underscores, upper case
     code = net.request_code(False).replace(f"time.sleep({DELAY_S})", "time.sleep(0.5)")
     with TtcpProcess("--format", "json", "--docker-socket", f"{engine.run_dir}/docker.sock") as t:
         body = "\n".join([f"dst {net.gateway} port {PORT}", *(f"container {n}" for n in names)]).encode()
@@ -306,8 +306,8 @@ def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None
         took = time.monotonic() - t0
         assert codes.count(0) == LOAD, codes
         got = [json.loads(line) for line in t.lines_until_quiet(quiet=1.0)]
-        named = sum(1 for e in got if str(e.get("container", "")).startswith("ttcp-load-"))
-        by_filter = sum(1 for e in got if str(e["filter"]).startswith("container ttcp-load-"))
+        named = sum(1 for e in got if str(e.get("container", "")).startswith("ttcp-Load."))
+        by_filter = sum(1 for e in got if str(e["filter"]).startswith("container ttcp-Load."))
         deadline = time.monotonic() + 10
         while (now := json.loads(t.api("GET", "/healthz")[1])["containers"])["running"] != base["running"]:
             assert time.monotonic() < deadline, f"registry not back to {base}: {now}"
@@ -315,7 +315,7 @@ def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None
         maps1, rss1 = _map_entries(t.proc.pid), _rss_kib(t.proc.pid)
         fds1 = len(list(Path(f"/proc/{t.proc.pid}/fd").iterdir()))
         states = [e["workload"]["state"] for e in json.loads(t.api("GET", "/filters")[1])["filters"]
-                  if e["filter"].startswith("container ttcp-load-")]
+                  if e["filter"].startswith("container ttcp-Load.")]
         say(f"load: {LOAD} containers ({PARALLEL} at once) in {took:.1f} s; {len(got)} events, {named} named, "
             f"{by_filter} by their container filter; ttcp RSS {rss0 // 1024} -> peak {peak // 1024} -> "
             f"{rss1 // 1024} MiB; fds {fds0} -> {fds1}; maps {maps0} -> {maps1}; registry {base} -> {now}")
