@@ -263,6 +263,15 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _netns_fds(pid: int) -> int:
+    """ttcp's fds on network namespaces (the resolver's holds)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("net:[")
+    return count
+
+
 def _map_entries(pid: int) -> dict[str, int]:
     """Entries of the workload and address maps ttcp's process holds (bpftool)."""
     out: dict[str, int] = {}
@@ -289,7 +298,7 @@ def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None
         time.sleep(1.0)  # the initial listing
         base = json.loads(t.api("GET", "/healthz")[1])["containers"]
         maps0, rss0 = _map_entries(t.proc.pid), _rss_kib(t.proc.pid)
-        fds0 = len(list(Path(f"/proc/{t.proc.pid}/fd").iterdir()))
+        fds0 = _netns_fds(t.proc.pid)
         t0 = time.monotonic()
 
         def one(name: str) -> int:
@@ -313,16 +322,16 @@ def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None
             assert time.monotonic() < deadline, f"registry not back to {base}: {now}"
             time.sleep(0.1)
         maps1, rss1 = _map_entries(t.proc.pid), _rss_kib(t.proc.pid)
-        fds1 = len(list(Path(f"/proc/{t.proc.pid}/fd").iterdir()))
+        fds1 = _netns_fds(t.proc.pid)
         states = [e["workload"]["state"] for e in json.loads(t.api("GET", "/filters")[1])["filters"]
                   if e["filter"].startswith("container ttcp-Load.")]
         say(f"load: {LOAD} containers ({PARALLEL} at once) in {took:.1f} s; {len(got)} events, {named} named, "
             f"{by_filter} by their container filter; ttcp RSS {rss0 // 1024} -> peak {peak // 1024} -> "
-            f"{rss1 // 1024} MiB; fds {fds0} -> {fds1}; maps {maps0} -> {maps1}; registry {base} -> {now}")
+            f"{rss1 // 1024} MiB; namespace fds {fds0} -> {fds1}; maps {maps0} -> {maps1}; registry {base} -> {now}")
         assert len(got) == LOAD  # every request reported (by one filter or the other)
         assert states == ["pending"] * LOAD and now["dropped"] == 0 and now["followed"] == LOAD
         assert maps1 == maps0, "kernel entries left behind"
-        assert fds1 <= fds0, "namespaces held after their containers ended"
+        assert fds1 == fds0 == 0, "namespaces held after their containers ended"
         assert peak - rss0 < 32 * 1024 and rss1 - rss0 < 16 * 1024
         assert t.stop() == 0
     assert "Traceback" not in t.stderr and "docker" not in t.stderr, t.stderr
