@@ -253,7 +253,7 @@ def test_a_container_by_name_from_the_image(engine: Engine, net: Net) -> None:  
     assert API_PORT == 8090
 
 
-LOAD, PARALLEL = 100, 10  # short-lived containers, and how many start at once
+LOAD, PARALLEL = 200, 12  # short-lived containers, and how many start at once
 
 
 def _rss_kib(pid: int) -> int:
