@@ -73,11 +73,13 @@ test: deps venv mounts
 vmtest: deps deps-vm venv
 	KERNELS="$(KERNELS)" FULL="$(FULL)" $(VPY) -m vmtest $(VMTEST_ARGS)
 
-# README's Docker commands against a private dockerd with real containers (the test
-# installs docker.io, debootstrap, nftables and curl with apt if missing, and removes
-# everything it creates).
+# README's Docker commands against a private dockerd with real containers, and pods
+# made with a private containerd (the tests install docker.io, which brings containerd
+# and ctr, debootstrap, nftables and curl with apt if missing, and remove everything
+# they create).
 test-container: deps-run venv mounts
-	$(VPY) -m pytest -m container -v -s tests/system/test_container.py $(PYTEST_ARGS)
+	$(VPY) -m pytest -m container -v -s tests/system/test_container.py tests/system/test_container_names.py \
+		tests/system/test_containerd.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

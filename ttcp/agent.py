@@ -41,6 +41,7 @@ from ttcp.rtt.filters_sync import SETTLE_S, FiltersFile
 from ttcp.rtt.groups import GroupSet, Lazy, no_paths
 from ttcp.rtt.tracer import Tracer
 from ttcp.workloads.resolver import Resolver
+from ttcp.workloads.runtime import Change
 
 log = logging.getLogger("ttcp")
 
@@ -102,6 +103,8 @@ class Options:
     max_series: int = DEFAULT_MAX_SERIES  # bound on /metrics' series (0: none)
     metrics_groups: int = DEFAULT_METRICS_GROUPS  # the top groups of a filter with a breakdown in /metrics
     limits: Limits = field(default_factory=Limits)  # connections, request deadline, keep-alive, streams
+    docker_socket: str | None = None  # the Docker engine followed for names (None: none)
+    containerd_state: str | None = None  # containerd's task state directory followed (None: none)
 
 
 class Agent:
@@ -145,7 +148,15 @@ class Agent:
             "api_connections": self.connections.counts.open,
             "api_connections_max": self.opts.limits.max_connections,
             "api_connections_rejected": self._rejected(),
+            **({} if self.resolver is None else {"containers": self._containers()}),
         }
+
+    def _containers(self) -> dict[str, Any]:
+        """The container registry's size and bounds (a leak shows here), and the runtimes followed."""
+        assert self.resolver is not None
+        registry = self.resolver.registry
+        return {"running": len(registry), "dropped": registry.dropped, "followed": len(self.resolver.followed),
+                "docker": self.opts.docker_socket, "containerd": self.opts.containerd_state}
 
     def sampling(self) -> dict[str, Any]:
         s = self.tracer.sampling
@@ -271,6 +282,17 @@ class Agent:
                 loop.add_reader(ring.fileno(), on_readable)
                 drain()
 
+        def follow_runtimes(changes: list[Change]) -> None:
+            # A container started, ended, was renamed or removed: container and pod filters follow.
+            table = self.tracer.table
+            assert self.resolver is not None and table is not None
+            for w, resolution in self.resolver.apply(changes):
+                try:
+                    table.workload_moved(w, resolution)
+                except TtcpError as e:  # the kernel refused a write: say so, keep following
+                    log.warning("%s: %s", w, e)
+            self.resolver.settle()  # namespaces the table no longer selects may be freed now
+
         def follow_workloads() -> None:
             # A cgroup path's cgroup came, went or came back: the table follows (no API call).
             table = self.tracer.table
@@ -312,6 +334,7 @@ class Agent:
         if watched >= 0:
             loop.add_reader(watched, follow_workloads)
         unwatch = self._watch_filters_file(loop)
+        runtimes = self._follow_runtimes(follow_runtimes)
         try:
             drain()
             await start_api()
@@ -321,11 +344,33 @@ class Agent:
             if watched >= 0:
                 loop.remove_reader(watched)
             unwatch()
+            for task in runtimes:
+                task.cancel()
+            await asyncio.gather(*runtimes, return_exceptions=True)
             for handle in expiry:
                 handle.cancel()
             if ticker is not None:
                 ticker.cancel()
             drain()
+
+    def _follow_runtimes(self, emit: Callable[[list[Change]], None]) -> list[asyncio.Task[None]]:
+        """The container runtimes' watchers, as tasks (none without a resolver)."""
+        tasks: list[asyncio.Task[None]] = []
+        if self.resolver is None:
+            return tasks
+        if self.opts.docker_socket is not None:
+            try:
+                from ttcp.workloads.docker_watch import DockerWatcher
+            except ImportError as e:  # aiohttp is optional with --no-api
+                log.warning("docker %s: names from Docker need aiohttp (%s)", self.opts.docker_socket, e)
+            else:
+                watcher = DockerWatcher(self.opts.docker_socket, emit, log.warning)
+                tasks.append(asyncio.create_task(watcher.run(), name="docker"))
+        if self.opts.containerd_state is not None:
+            from ttcp.workloads.containerd_watch import follow as follow_containerd
+            tasks.append(asyncio.create_task(
+                follow_containerd(self.opts.containerd_state, emit, log.warning), name="containerd"))
+        return tasks
 
     def _watch_filters_file(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         """Read the filters file again SETTLE_S after its directory's first event (a

@@ -47,6 +47,9 @@ from ttcp.rtt.table_rules import CorruptTableError, Origin
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
 from ttcp.workloads.resolver import Resolver
 
+DOCKER_SOCKET = "/var/run/docker.sock"
+CONTAINERD_STATE = "/run/containerd/io.containerd.runtime.v2.task"
+
 EPILOG = """\
 filters ([WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]] [by KEY]; a connection is
 reported when any matches):
@@ -58,7 +61,8 @@ reported when any matches):
                                 dual-stack sockets (::ffff:a.b.c.d)
   src is the socket's local side (the "Src addr" column), dst the remote one;
   `port N` applies to the same side. Host bits under a prefix are an error.
-workloads (WORKLOAD := cgroup PATH | netns PATH | netns INODE):
+workloads (WORKLOAD := cgroup PATH | netns PATH | netns INODE | container NAME|ID
+           | pod NAMESPACE/NAME):
   cgroup /system.slice/app.service dst 10.20.0.0/16 port 5432
                                 that service's connections to the database
                                 (its cgroup and those below; PATH as the 0:: line
@@ -67,6 +71,13 @@ workloads (WORKLOAD := cgroup PATH | netns PATH | netns INODE):
   netns /run/netns/web          everything in that network namespace (a file:
                                 /run/netns/NAME, /proc/PID/ns/net; or its inode,
                                 the JSON netns field)
+  container web                 that Docker or containerd container, by name or
+                                id (12+ hex digits); followed across restarts and
+                                a new container of that name; pending until one runs
+  pod shop/web-0 dst 10.20.0.0/16 port 5432
+                                that Kubernetes pod's connections to the database
+                                (names from the runtime: --docker-socket,
+                                --containerd-state; no Kubernetes API)
   Workload filters first (the deepest cgroup, then netns), then the others.
 breakdowns (by KEY := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns):
   dst 10.20.0.0/16 port 5432 by raddr
@@ -87,11 +98,12 @@ output (stdout), one line per TCP connection that ended, that a filter selects:
   --format json each line is an object with every field (rtt_us, rttvar_us,
   retrans, bytes_acked, bytes_received, netns, hook, filter, ...). A loopback
   connection has two local sockets: a filter on its address reports both.
-  JSON also has cgroup_id and cgroup (the socket's cgroup-v2 id and path); -w
-  adds a Workload column (the cgroup path) to the table. --format histogram
-  prints at exit (and with --histogram N every N seconds) a log2 RTT histogram
-  per filter, one per group for a filter with `by` (bcc style), instead of the
-  lines.
+  JSON also has cgroup_id and cgroup (the socket's cgroup-v2 id and path) and,
+  where known, container, container_id, pod and pod_namespace; -w adds a
+  Workload column (pod, else container, else the cgroup path) to the table.
+  --format histogram prints at exit (and with --histogram N every N seconds) a
+  log2 RTT histogram per filter, one per group for a filter with `by` (bcc
+  style), instead of the lines.
 
 API (see README / GET /openapi.json): the original ttcp's three curl lines,
 with plain addresses, work as they did, and any filter does too:
@@ -258,7 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "RTT histograms per filter (per group with `by`) at exit, or every --histogram "
                         "SECONDS, instead of the lines (default: %(default)s)")
     p.add_argument("-w", "--wide", action="store_true",
-                   help="the table gets a Workload column: the cgroup path of each connection's socket")
+                   help="the table gets a Workload column: the pod, container or cgroup path of each "
+                        "connection's socket")
+    p.add_argument("--docker-socket", metavar="PATH", default=None,
+                   help="the Docker engine whose containers are named (container NAME, names on events; "
+                        f"default: {DOCKER_SOCKET} when it exists)")
+    p.add_argument("--containerd-state", metavar="DIR", default=None,
+                   help="containerd's task state directory, followed for containers and pods (default: "
+                        f"{CONTAINERD_STATE} when it exists)")
+    p.add_argument("--no-runtimes", action="store_true",
+                   help="follow no container runtime (container and pod filters then stay pending)")
     p.add_argument("--ringbuf-size", type=_size, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
                    help=f"kernel ring buffer for events, a power of two (default: {DEFAULT_RINGBUF_SIZE >> 20}M)")
     p.add_argument("--btf", type=Path, default=VMLINUX_BTF, metavar="PATH",
@@ -508,7 +529,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
             timings.phase("object")
             table = _open_table(tracer, args)
             printer = Printer(args.format, out, show=not histogram_mode,
-                              lines=Lines(table.names, resolver.paths), wide=args.wide)
+                              lines=Lines(table.names, resolver.paths, resolver.registry), wide=args.wide)
             wanted = list(dict.fromkeys(args.filters))
             if len(wanted) > args.max_filters:
                 raise TtcpError(f"{len(wanted)} --filter filters exceed --max-filters {args.max_filters}")
@@ -532,13 +553,15 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                 logging.getLogger("ttcp").warning(
                     "the API on %s has no token: whoever reaches port %d can change what ttcp reports; "
                     "give --token-file (or %s)", args.host, args.port, TOKEN_FILE_ENV)
+            docker, containerd = _runtimes(args)
             opts = Options(host=args.host, port=args.port, api=not args.no_api,
                            table_header=args.format == "table" and histograms is None,
                            histogram_s=args.histogram, table_full_hint=TABLE_FULL_HINT,
                            stream_backlog=args.stream_backlog, token=token,
                            allowed_hosts=tuple(args.allowed_hosts), sockets=sockets, filters_file=source,
                            bpf_stats=stats, max_series=args.metrics_max_series,
-                           metrics_groups=args.metrics_groups, limits=_limits(args))
+                           metrics_groups=args.metrics_groups, limits=_limits(args),
+                           docker_socket=docker, containerd_state=containerd)
             agent = Agent(tracer, printer, opts, histograms, resolver)
 
             def header_out() -> None:
@@ -562,6 +585,16 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
         stats.close()
     print(f"ttcp: {_summary(printer, dropped, histograms is not None)}", file=sys.stderr)
     return 0
+
+
+def _runtimes(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The runtimes to follow (Docker's socket, containerd's state directory): those
+    given, else the defaults that exist here."""
+    if args.no_runtimes:
+        return None, None
+    docker = args.docker_socket or (DOCKER_SOCKET if os.path.exists(DOCKER_SOCKET) else None)
+    containerd = args.containerd_state or (CONTAINERD_STATE if os.path.isdir(CONTAINERD_STATE) else None)
+    return docker, containerd
 
 
 def _limits(args: argparse.Namespace) -> Limits:

@@ -79,3 +79,16 @@ def cgroup_paths() -> st.SearchStrategy[str]:
 def netns_paths() -> st.SearchStrategy[str]:
     """Network namespace files that exist wherever ttcp runs: its own."""
     return st.sampled_from(["/proc/self/ns/net", "/proc/thread-self/ns/net"])
+
+
+def container_names() -> st.SearchStrategy[str]:
+    """Container names (Docker's rule) and id-like hex strings: accepted whether or not a
+    container runs (pending)."""
+    return st.one_of(st.from_regex(r"\A[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}\Z"),
+                     st.text("0123456789abcdef", min_size=12, max_size=64))
+
+
+def pod_names() -> st.SearchStrategy[str]:
+    """NAMESPACE/NAME of pods that need not exist (pending)."""
+    label = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?\Z")
+    return st.tuples(label, label).map("/".join)

@@ -20,9 +20,11 @@ from tests.support.filter_texts import (
     addresses,
     by_keys,
     cgroup_paths,
+    container_names,
     filter_lines,
     filter_texts,
     netns_paths,
+    pod_names,
 )
 
 BROKEN = os.environ.get("TTCP_ST_BROKEN_FILTERS") == "1"
@@ -34,3 +36,5 @@ schemathesis.openapi.format("ttcp-by", by_keys())
 schemathesis.openapi.format("ttcp-filter-lines", filter_lines(BROKEN))
 schemathesis.openapi.format("ttcp-cgroup-path", cgroup_paths())
 schemathesis.openapi.format("ttcp-netns-path", netns_paths())
+schemathesis.openapi.format("ttcp-container-name", container_names())
+schemathesis.openapi.format("ttcp-pod-name", pod_names())

@@ -31,12 +31,14 @@ from ttcp.api.host_names import is_loopback
 from ttcp.cli import build_parser
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.rtt import filters_file
+from ttcp.workloads.containerd import DEFAULT_STATE_DIR, TASK_DIR
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]'")
 
 DEPLOY = REPO / "deploy" / "kubernetes"
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 Doc = dict[str, Any]
+DOCKER_SOCKET = "/var/run/docker.sock"  # the Engine's default socket, where ttcp looks for it
 
 
 @cache
@@ -141,7 +143,7 @@ def test_the_command_line_parses_and_serves_the_pod_network_with_a_token() -> No
     assert args.token_file and args.pin is not None and not args.pin_reset
     assert [p["containerPort"] for p in container()["ports"]] == [args.port]
     assert f"EXPOSE {args.port}" in (REPO / "Dockerfile").read_text()
-    assert not pod().get("hostNetwork") and not pod().get("hostPID")
+    assert not pod().get("hostNetwork")
 
 
 def test_probes_call_the_open_health_route_on_the_api_port() -> None:
@@ -191,6 +193,23 @@ def test_the_filters_file_is_the_configmap_mounted_as_a_directory() -> None:
     assert len(filters_file.parse("\n".join(examples).encode()).filters) == len(examples) == 3  # each one parses
 
 
+def test_the_runtimes_are_reachable_where_ttcp_looks() -> None:
+    """Names come from the runtimes: the node's pids (hostPID, SYS_PTRACE for /proc/PID/ns/net),
+    containerd's task directory where the default state directory puts it, read-only, and
+    Docker's socket (whose readOnly restricts nothing: the README says so)."""
+    assert pod()["hostPID"] is True
+    assert "SYS_PTRACE" in container()["securityContext"]["capabilities"]["add"]
+    tasks = PurePosixPath(DEFAULT_STATE_DIR) / TASK_DIR
+    mount, volume = mount_of(tasks)
+    assert PurePosixPath(mount["mountPath"]) == tasks and mount.get("readOnly") is True
+    assert volume["hostPath"]["path"] == str(tasks) and volume["hostPath"]["type"] in ("Directory", "DirectoryOrCreate")
+    mount, volume = mount_of(DOCKER_SOCKET)
+    assert mount["mountPath"] == volume["hostPath"]["path"] == DOCKER_SOCKET
+    assert volume["hostPath"]["type"] == "Socket"
+    readme = (REPO / "README.md").read_text()
+    assert "protects nothing" in readme and str(tasks) in readme
+
+
 def test_the_image_is_the_one_make_build_tags() -> None:
     makefile = (REPO / "Makefile").read_text()
     image = re.search(r"^IMAGE\s*\?=\s*(\S+)", makefile, re.MULTILINE)
@@ -203,7 +222,7 @@ def test_the_image_is_the_one_make_build_tags() -> None:
 def test_least_privilege() -> None:
     sc = container()["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"]
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON"]}
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]}
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert one("Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     assert one("ServiceAccount")["automountServiceAccountToken"] is False

@@ -52,7 +52,7 @@ class Rule:
 
 # Rules apart from I/O: bytes in, decisions out (the modules that act on them are the edges).
 PURE = ("ttcp.rtt.filters", "ttcp.rtt.events", "ttcp.rtt.histogram", "ttcp.rtt.clock", "ttcp.rtt.table_rules",
-        "ttcp.rtt.filters_file", "ttcp.api.series_bound", "ttcp.api.metrics")
+        "ttcp.rtt.filters_file", "ttcp.api.series_bound", "ttcp.api.metrics", "ttcp.workloads.containerd")
 
 RULES = (
     Rule("generic", GENERIC, ("ttcp.rtt", "ttcp.workloads", "ttcp.api", *FACES),

@@ -4,7 +4,8 @@ The layout mirrors `struct event` in bpf/tcprtt.bpf.c; RTTs are kept in
 microseconds end to end and only formatted as milliseconds at the edge. An
 event names its filter by the generation stamped on the filter's slot
 (FilterNames answers its text) and its socket's cgroup by id (a CgroupPath
-callable answers the path, ttcp.workloads' cache).
+callable answers the path, ttcp.workloads' cache); its container and pod come
+from its netns and cgroup id (WorkloadNames: ttcp.workloads.registry).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 from ttcp.errors import FormatError
 from ttcp.rtt.filters import address_text
@@ -28,12 +29,12 @@ REMEMBERED_NAMES = 4096  # names of removed filters kept, for their events still
 # struct event, every field. The print path reads the same 96 bytes other ways:
 # TABLE_FIELDS, what a table line shows (saddr, daddr, ts_ns, srtt_us, sport, dport) and
 # the filter's generation, which must name a filter as in every format; WIDE_FIELDS, the
-# same and the cgroup id (-w); JSON_FIELDS, the two addresses as one field, family and
+# same and the cgroup id and netns (-w); JSON_FIELDS, the two addresses as one field, family and
 # hook as another (what stays the same from event to event), then the rest. No byte
 # order: the reader's run layout (ttcp.maps.run_layout) and the Structs below add it.
 EVENT_FIELDS = "16s16sQQQQIIIIIHHHB5x"
 TABLE_FIELDS = "16s16sQ24xI12xIHH8x"
-WIDE_FIELDS = "16s16sQ16xQI12xIHH8x"
+WIDE_FIELDS = "16s16sQ16xQI8xIIHH8x"
 JSON_FIELDS = "32sQQQQIIIIIHH3s5x"
 _EVENT = struct.Struct("<" + EVENT_FIELDS)
 _TABLE = struct.Struct("<" + TABLE_FIELDS)
@@ -51,6 +52,26 @@ CgroupPath = Callable[[int], "str | None"]  # a cgroup id's path on cgroup2; Non
 
 def no_paths(cgroup_id: int) -> str | None:
     return None
+
+
+class WorkloadNames(Protocol):
+    """The container and pod of a socket, by its netns inode and cgroup id."""
+
+    def fragment(self, netns: int, cgroup_id: int) -> str:
+        """The event's JSON members (`,"container":...`), "" when none is known."""
+        ...
+
+    def label(self, netns: int, cgroup_id: int) -> str | None:
+        """The Workload column's text (None: fall back to the cgroup path)."""
+        ...
+
+
+class NoNames:
+    def fragment(self, netns: int, cgroup_id: int) -> str:
+        return ""
+
+    def label(self, netns: int, cgroup_id: int) -> str | None:
+        return None
 
 
 class FilterNames:
@@ -188,9 +209,11 @@ class Lines:
     """The lines of records, for one table's filter names and one cgroup path source
     (its memos of JSON templates belong to them)."""
 
-    def __init__(self, names: FilterNames, cgroup_path: CgroupPath = no_paths) -> None:
+    def __init__(self, names: FilterNames, cgroup_path: CgroupPath = no_paths,
+                 workloads: WorkloadNames | None = None) -> None:
         self.names = names
         self.cgroup_path = cgroup_path
+        self.workloads: WorkloadNames = NoNames() if workloads is None else workloads  # a registry may be empty
         self._json = _Memo[tuple[bytes, bytes, int, int]](self._json_template, 4096)
         self._paths = _Memo[int](lambda cg: cgroup_path(cg) or "-", 4096)  # the Workload column
 
@@ -214,7 +237,7 @@ class Lines:
         return ('{"time":"%s.%06dZ","family":"' + family_text + '","saddr":"' + saddr_text + '","sport":%d,'
                 '"daddr":"' + daddr_text + '","dport":%d,"rtt_us":%d,"rtt_ms":%s,"rttvar_us":%d,"retrans":%d,'
                 '"bytes_acked":%d,"bytes_received":%d,"netns":%d,"cgroup_id":' + str(cgroup_id)
-                + ',"cgroup":' + cgroup_text + ',"hook":"' + hook_text + '","filter":' + filter_text + '}')
+                + ',"cgroup":' + cgroup_text + '%s,"hook":"' + hook_text + '","filter":' + filter_text + '}')
 
     def table(self, rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
         """The table's lines (time, source, ports, destination, RTT in ms) of records
@@ -226,23 +249,27 @@ class Lines:
                 if gen in live or names.get(gen) is not None or _unnamed(gen)]
 
     def wide(self, rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
-        """The table's lines with the Workload column (the socket's cgroup path), of
-        records unpacked with WIDE_FIELDS."""
+        """The table's lines with the Workload column (the socket's pod, else its
+        container, else its cgroup path), of records unpacked with WIDE_FIELDS."""
         self._trim()
         col, local, port, ms, live, names, paths = _column, _local, _port, _ms, self.names.live, self.names, \
             self._paths
+        label = self.workloads.label
         return [f"{local[(ts + offset_ns) // _NS]} {col[saddr]} {port[sport]} -> {col[daddr]} {port[dport]} "
-                f"{ms[srtt]:<7} {paths[cgroup_id]}" for saddr, daddr, ts, cgroup_id, srtt, gen, sport, dport in rows
+                f"{ms[srtt]:<7} {label(netns, cgroup_id) or paths[cgroup_id]}"
+                for saddr, daddr, ts, cgroup_id, srtt, netns, gen, sport, dport in rows
                 if gen in live or names.get(gen) is not None or _unnamed(gen)]
 
     def json(self, rows: Iterable[tuple[Any, ...]], offset_ns: int) -> list[str]:
         """The JSON lines of records unpacked with JSON_FIELDS, written by hand: each
         line is its context's template (what the addresses, family, hook, filter and
-        cgroup fix) filled in. FormatError for a record that names no filter."""
+        cgroup fix) filled in, and the container and pod of its netns and cgroup.
+        FormatError for a record that names no filter."""
         self._trim()
-        template, utc, json_ms = self._json, _utc, _json_ms
+        template, utc, json_ms, workload = self._json, _utc, _json_ms, self.workloads.fragment
         return [template[addrs, context, gen, cgroup_id]
-                % (utc[sec], ns // 1000, sport, dport, srtt, json_ms[srtt], rttvar, retrans, acked, received, netns)
+                % (utc[sec], ns // 1000, sport, dport, srtt, json_ms[srtt], rttvar, retrans, acked, received, netns,
+                   workload(netns, cgroup_id))
                 for (addrs, ts, acked, received, cgroup_id, srtt, rttvar, retrans, netns, gen, sport, dport,
                      context) in rows
                 for sec, ns in (divmod(ts + offset_ns, _NS),)]

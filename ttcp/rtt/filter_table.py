@@ -114,6 +114,11 @@ class WorkloadResolver(Protocol):
 
     def release(self, w: Workload) -> None: ...
 
+    def note(self, w: Workload) -> tuple[str, tuple[str, ...]]:
+        """What GET /filters adds about a container or pod: a note ("" none) and the
+        containers sharing its network namespace."""
+        ...
+
 
 class NoWorkloads:
     """The resolver of a table that takes no workload filters."""
@@ -123,6 +128,9 @@ class NoWorkloads:
 
     def release(self, w: Workload) -> None:
         return None
+
+    def note(self, w: Workload) -> tuple[str, tuple[str, ...]]:
+        return "", ()
 
 
 class FilterTable(Protocol):
@@ -184,6 +192,7 @@ class RuledTable:
     version, membership, the listing and workload states. The tables build on it."""
 
     rules: TableRules
+    resolver: WorkloadResolver
 
     @property
     def max_entries(self) -> int:
@@ -203,7 +212,11 @@ class RuledTable:
         return self.rules.filters()
 
     def workload_state(self, f: Filter) -> WorkloadState | None:
-        return self.rules.workloads.state(f)
+        state = self.rules.workloads.state(f)
+        if state is None or f.workload is None or not f.workload.named:
+            return state
+        note, shared = self.resolver.note(f.workload)
+        return dataclasses.replace(state, note=note or None, shared_with=shared)
 
     def origin(self, f: Filter) -> Origin | None:
         return self.rules.origin(f)
@@ -516,6 +529,16 @@ class KernelFilterTable(RuledTable):
         when = time.monotonic() if now is None else now
         if not self.rules.workloads.resolved(resolution.selector, resolution.id, when):
             return False
+        self._apply(self.rules.workload_writes())
+        return True
+
+    def workload_moved(self, w: Workload, resolution: Resolution) -> bool:
+        """Container or pod `w` resolves to `resolution` now: its filters follow (cfg
+        first when the new resolution needs another cgroup level, then the entries:
+        the old ones go in the same pass). False when nothing changed."""
+        if not self.rules.moved(w, resolution):
+            return False
+        self._write_config()
         self._apply(self.rules.workload_writes())
         return True
 

@@ -1,7 +1,7 @@
 """The filter language: parse, print and encode filters (pure).
 
     [WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]] [by KEY]   (a workload or an address, or both)
-    WORKLOAD := cgroup PATH | netns PATH | netns INODE
+    WORKLOAD := cgroup PATH | netns PATH | netns INODE | container NAME|ID | pod NAMESPACE/NAME
     KEY      := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns
 
 A workload part selects the sockets of a cgroup-v2 cgroup (PATH as
@@ -11,6 +11,13 @@ number); with an address part too, a socket must match both. Paths are
 canonical: absolute, no `.` or empty components, no trailing `/`; `..`,
 control characters and whitespace are refused. A cgroup deeper than
 MAX_CGROUP_LEVEL levels is refused: the kernel's walk does not reach it.
+
+`container NAME|ID` names a Docker or containerd container (a name as the
+runtime spells it, case-sensitive: Docker's rule [a-zA-Z0-9][a-zA-Z0-9_.-]*;
+or an id: 64 hex digits, or a prefix of at least 12), `pod NAMESPACE/NAME` a
+Kubernetes pod (an RFC 1123 label and subdomain). They name the workload, not
+its process: ttcp.workloads resolves them to the netns (or cgroup) the kernel
+matches, again after every restart; the text keeps the name as given.
 
 `src` is the socket's local side (the table's "Src addr" column), `dst` the
 remote one; a bare ADDRESS means `src ADDRESS` (a plain address, as the original
@@ -76,7 +83,16 @@ class Side(IntEnum):
 
 CGROUP = "cgroup"
 NETNS = "netns"
-WORKLOAD_KINDS = (CGROUP, NETNS)
+CONTAINER = "container"
+POD = "pod"
+WORKLOAD_KINDS = (CGROUP, NETNS, CONTAINER, POD)
+NAMED_KINDS = (CONTAINER, POD)  # resolved through a container runtime, to a netns or a cgroup
+# Docker's names ([a-zA-Z0-9][a-zA-Z0-9_.-]+) and containerd's ids ([A-Za-z0-9]+([._-][A-Za-z0-9]+)*,
+# which may be one character): what either runtime accepts.
+CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+CONTAINER_ID_PREFIX = 12  # the shortest id prefix accepted (Docker's short id)
+_RFC1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_RFC1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class ByKind(IntEnum):
@@ -106,10 +122,11 @@ class FilterError(TtcpError, ValueError):
 
 @dataclass(frozen=True, order=True)
 class Workload:
-    """A filter's workload part: a cgroup (`name` its canonical path) or a network
-    namespace (`name` a canonical path, or the decimal inode number)."""
+    """A filter's workload part: a cgroup (`name` its canonical path), a network
+    namespace (`name` a canonical path, or the decimal inode number), a container
+    (its name or id) or a pod (NAMESPACE/NAME)."""
 
-    kind: str  # CGROUP or NETNS
+    kind: str  # one of WORKLOAD_KINDS
     name: str
 
     def __str__(self) -> str:
@@ -127,7 +144,16 @@ class Workload:
 
     @property
     def kind_bit(self) -> int:
+        """The kinds of lookup it needs; a container or pod resolves to either (the
+        cgroup level comes with its resolution: table_rules)."""
+        if self.kind in NAMED_KINDS:
+            return KIND_CGROUP | KIND_NETNS
         return KIND_CGROUP if self.kind == CGROUP else KIND_NETNS
+
+    @property
+    def named(self) -> bool:
+        """A container or a pod: resolved through a runtime, followed across restarts."""
+        return self.kind in NAMED_KINDS
 
     def to_json(self) -> dict[str, Any]:
         return {self.kind: self.inode or self.name}
@@ -314,8 +340,7 @@ def _selector(text: str, tokens: list[str]) -> Filter:
     if tokens[0].lower() in WORKLOAD_KINDS:
         kind = tokens.pop(0).lower()
         if not tokens:
-            raise FilterError(f"{_shown(text)}: a {'path' if kind == CGROUP else 'path or inode number'} "
-                              f"must follow {kind!r}")
+            raise FilterError(f"{_shown(text)}: {_WANTED[kind].replace(' an ', ' ')} must follow {kind!r}")
         workload = parse_workload(kind, tokens.pop(0))
         if not tokens:
             return Filter.of_workload(workload)
@@ -343,8 +368,17 @@ def _selector(text: str, tokens: list[str]) -> Filter:
     return Filter(side, addr, bits, port, workload)
 
 
+_WANTED = {CGROUP: "a path", NETNS: "a path or an inode number", CONTAINER: "a container name or id",
+           POD: "NAMESPACE/NAME"}
+
+
 def parse_workload(kind: str, text: str) -> Workload:
-    """The workload of `kind` a token names: a cgroup's path, a netns path or inode number."""
+    """The workload of `kind` a token names: a cgroup's path, a netns path or inode
+    number, a container's name or id, a pod's NAMESPACE/NAME."""
+    if kind == CONTAINER:
+        return Workload(CONTAINER, container_name(text))
+    if kind == POD:
+        return Workload(POD, pod_name(text))
     if kind == NETNS and text[:1].isdigit():
         if not text.isascii() or not text.isdigit() or text[0] == "0" or not 0 < int(text) <= 0xFFFFFFFF:
             raise FilterError(f"netns {_shown(text)}: an inode number is a whole number from 1 to 4294967295")
@@ -354,6 +388,35 @@ def parse_workload(kind: str, text: str) -> Workload:
         raise FilterError(f"cgroup {_shown(text)} is {Workload(CGROUP, path).level} levels deep; the kernel "
                           f"side follows cgroups down to level {MAX_CGROUP_LEVEL}")
     return Workload(kind, path)
+
+
+def container_name(text: str) -> str:
+    """A container's name or id as given (names are case-sensitive); FilterError naming
+    the first character no runtime allows in a name."""
+    if CONTAINER_NAME.fullmatch(text):
+        return text
+    if not text:
+        raise FilterError("container: the name is empty")
+    bad = text[0] if not text[0].isascii() or not text[0].isalnum() else \
+        next(c for c in text if not (c.isascii() and (c.isalnum() or c in "_.-")))
+    raise FilterError(f"container {_shown(text)}: {bad!r} is not allowed in a container name "
+                      "(a letter or digit first, then letters, digits, '_', '.', '-')")
+
+
+def pod_name(text: str) -> str:
+    """NAMESPACE/NAME of a Kubernetes pod; FilterError naming the part that breaks its rule
+    (the namespace an RFC 1123 label of at most 63 characters, the name an RFC 1123
+    subdomain of at most 253)."""
+    namespace, slash, name = text.partition("/")
+    if not slash or not namespace or not name:
+        raise FilterError(f"pod {_shown(text)}: expected NAMESPACE/NAME")
+    if len(namespace) > 63 or not _RFC1123_LABEL.fullmatch(namespace):
+        raise FilterError(f"pod {_shown(text)}: the namespace {_shown(namespace)} is not a DNS label "
+                          "(at most 63 lower-case letters, digits and '-', starting and ending alphanumeric)")
+    if len(name) > 253 or not _RFC1123_SUBDOMAIN.fullmatch(name):
+        raise FilterError(f"pod {_shown(text)}: the name {_shown(name)} is not a DNS subdomain "
+                          "(at most 253 lower-case letters, digits, '-' and '.')")
+    return text
 
 
 def canonical_path(text: str, what: str) -> str:
@@ -470,7 +533,7 @@ def from_json(item: object) -> Filter:
     unknown = set(item) - {"side", "address", "port", "by", *WORKLOAD_KINDS}
     if unknown:
         raise FilterError(f"unknown filter field(s) {', '.join(sorted(map(str, unknown)))} "
-                          "(expected cgroup or netns, side, address, port, by)")
+                          "(expected cgroup, netns, container or pod, side, address, port, by)")
     if "by" not in item:
         return _selector_from_json(item)
     by = item["by"]
@@ -484,7 +547,7 @@ def from_json(item: object) -> Filter:
 def _selector_from_json(item: dict[str, Any]) -> Filter:
     kinds = [k for k in WORKLOAD_KINDS if k in item]
     if len(kinds) > 1:
-        raise FilterError("a filter names one workload: cgroup or netns, not both")
+        raise FilterError(f"a filter names one workload, not {' and '.join(kinds)}")
     workload = _workload_from_json(kinds[0], item[kinds[0]]) if kinds else None
     if workload is not None and not ({"side", "address", "port"} & set(item)):
         return Filter.of_workload(workload)
@@ -494,7 +557,7 @@ def _selector_from_json(item: dict[str, Any]) -> Filter:
     address = item.get("address")
     if not isinstance(address, str):
         raise FilterError("a filter object needs \"address\": \"ADDRESS[/PREFIX]\" (or a workload: "
-                          "\"cgroup\" or \"netns\")")
+                          "\"cgroup\", \"netns\", \"container\" or \"pod\")")
     addr, bits = _parse_address(address.strip())
     port = item.get("port", 0)
     if "port" in item and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFF):
@@ -506,8 +569,7 @@ def _workload_from_json(kind: str, value: object) -> Workload:
     if kind == NETNS and isinstance(value, int) and not isinstance(value, bool):
         return parse_workload(kind, str(value))
     if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise FilterError(f"{kind} must be a path{' or an inode number' if kind == NETNS else ''}, "
-                          f"not {json_repr(value)}")
+        raise FilterError(f"{kind} must be {_WANTED[kind]}, not {json_repr(value)}")
     return parse_workload(kind, value)
 
 

@@ -215,6 +215,16 @@ class Resolution:
         opened any more (a pinned table's, after a restart)."""
         return cls((F.NETNS, str(inode) if inode else f"?{name}"), inode)
 
+    @classmethod
+    def pending(cls, w: Workload) -> Resolution:
+        """A container or pod with nothing running under its name now."""
+        return cls.netns(None, str(w))
+
+    @property
+    def level(self) -> int | None:
+        """The cgroup level it selects (None: not a cgroup)."""
+        return Workload(F.CGROUP, self.selector[1]).level if self.selector[0] == F.CGROUP else None
+
 
 @dataclass(frozen=True)
 class WorkloadState:
@@ -225,10 +235,22 @@ class WorkloadState:
     state: str  # "resolved", "pending" or "shadowed"
     id: int | None  # the cgroup id or netns inode it resolves to
     shadowed_by: str | None = None
+    via: Selector | None = None  # a container's or pod's: the selector it resolves to now
+    note: str | None = None  # a container's or pod's: what the kernel cannot tell apart, or why pending
+    shared_with: tuple[str, ...] = ()  # the containers sharing its network namespace
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"kind": self.kind}
-        if self.kind == F.CGROUP:
+        if self.kind in F.NAMED_KINDS:
+            out.update({self.kind: self.name, "state": self.state})
+            if self.via is not None and self.id is not None:
+                out["resolved_to"] = ({"cgroup": self.via[1], "cgroup_id": self.id} if self.via[0] == F.CGROUP
+                                      else {"netns": self.id})
+            if self.shared_with:
+                out["shared_with"] = list(self.shared_with)
+            if self.note:
+                out["note"] = self.note
+        elif self.kind == F.CGROUP:
             out.update(path=self.name, state=self.state, cgroup_id=self.id)
         else:
             out.update(**({"inode": int(self.name)} if self.name.isdigit() else {"path": self.name}),
@@ -304,9 +326,11 @@ class WorkloadRules:
             return None
         w = self._sel[sel]
         owner = self.owner(f)
+        via = sel if f.workload.named else None
         if owner != f:
-            return WorkloadState(f.workload.kind, f.workload.name, "shadowed", w.id, str(owner))
-        return WorkloadState(f.workload.kind, f.workload.name, "pending" if w.id is None else "resolved", w.id)
+            return WorkloadState(f.workload.kind, f.workload.name, "shadowed", w.id, str(owner), via)
+        return WorkloadState(f.workload.kind, f.workload.name, "pending" if w.id is None else "resolved", w.id,
+                             via=via)
 
     def wid(self, sel: Selector) -> int:
         return self._sel[sel].wid
@@ -462,7 +486,10 @@ class WorkloadRules:
                 if (name, key) not in want:
                     (keys_out if name in ("hosts", "nets") else entries_out).append(Write(name, key, None))
             w.written = want
-        return keys_in + entries_in + entries_out + keys_out
+        # A filter moved to another selector may get the wid its old one freed: a key
+        # written again in this batch is not deleted after.
+        put = {(w.map, w.key) for w in keys_in + entries_in}
+        return keys_in + entries_in + [w for w in entries_out + keys_out if (w.map, w.key) not in put]
 
     def forget_written(self) -> None:
         """Every selector's entries are to be written again (the maps were emptied)."""
@@ -497,6 +524,7 @@ class TableRules:
         self._kinds: Counter[int] = Counter()  # filters of each kind bit (a workload's kind for theirs)
         self._wkinds: Counter[int] = Counter()  # filters with a workload, of each address kind bit
         self._levels: Counter[int] = Counter()  # cgroup filters of each level
+        self._named_levels: dict[Workload, int] = {}  # a container's or pod's cgroup level, resolved to one
         self._uses: Counter[Workload] = Counter()  # filters of each workload part
         self._hosts = HostBitmap()
         self.workloads = WorkloadRules(max_entries)
@@ -588,6 +616,8 @@ class TableRules:
             raise ValueError(f"{f}: a resolution goes with a workload, and only with one")
         self._free.pop()
         self._next_gen += 1
+        if f.workload is not None and resolution is not None and f.workload.named and not self.in_use(f.workload):
+            self._relevel(f.workload, resolution, [])  # the cgroup level it counts at
         self._hold(f, slot, origin)
         if resolution is not None:
             self.workloads.add(f, resolution)
@@ -611,6 +641,31 @@ class TableRules:
         if self.workloads.selector(f) is not None:
             self.workloads.remove(f)
         return slot
+
+    def moved(self, w: Workload, resolution: Resolution) -> bool:
+        """Container or pod `w` resolves to `resolution` now (it started, restarted, ended,
+        or another container took its name): its filters move there. False when
+        that changes nothing. The kernel writes are workload_writes(), cfg config_to_write()."""
+        fs = [f for f in self._slots if f.workload == w]
+        if not fs or self.workloads.resolution_of(w) == resolution:
+            return False
+        self._relevel(w, resolution, fs)
+        for f in fs:
+            self.workloads.remove(f)
+        for f in fs:
+            self.workloads.add(f, resolution)
+        return True
+
+    def _relevel(self, w: Workload, resolution: Resolution, fs: list[Filter]) -> None:
+        for f in fs:
+            self._count(f, -1)
+        level = resolution.level
+        if level is None:
+            self._named_levels.pop(w, None)
+        else:
+            self._named_levels[w] = level
+        for f in fs:
+            self._count(f, 1)
 
     def in_use(self, w: Workload) -> bool:
         """Whether a filter held names this workload part."""
@@ -636,7 +691,7 @@ class TableRules:
         kinds, wkinds = _in_use(self._kinds), _in_use(self._wkinds)
         levels = _in_use(Counter({1 << level: n for level, n in self._levels.items()}))
         for f in adding:
-            k, w, level = _counts(f)
+            k, w, level = _counts(f, self._named_levels)
             kinds |= k
             wkinds |= w
             levels |= 0 if level is None else 1 << level
@@ -665,12 +720,15 @@ class TableRules:
     def _count(self, f: Filter, step: int) -> None:
         """Keep the filters of each kind, and of each host bit, counted (a change
         costs the same whatever the table's size)."""
-        kind, wkind, level = _counts(f)
+        kind, wkind, level = _counts(f, self._named_levels)
         self._kinds[kind] += step
         if f.workload is None:
             self._hosts.count(f, step)
             return
         self._uses[f.workload] += step
+        if not self._uses[f.workload]:
+            del self._uses[f.workload]
+            self._named_levels.pop(f.workload, None)
         if wkind:
             self._wkinds[wkind] += step
         if level is not None:
@@ -686,12 +744,13 @@ def _in_use(counter: Counter[int]) -> int:
     return bits
 
 
-def _counts(f: Filter) -> tuple[int, int, int | None]:
+def _counts(f: Filter, named_levels: Mapping[Workload, int]) -> tuple[int, int, int | None]:
     """What f adds to cfg: its bit of cfg.kinds (a workload's kind for a filter with
-    one), its address kind among cfg.wkinds, and its cgroup level (None: no cgroup)."""
+    one), its address kind among cfg.wkinds, and its cgroup level (None: no cgroup;
+    a container's or pod's is its resolution's, in `named_levels`)."""
     if f.workload is None:
         return f.kind_bit, 0, None
-    level = f.workload.level if f.workload.kind == F.CGROUP else None
+    level = f.workload.level if f.workload.kind == F.CGROUP else named_levels.get(f.workload)
     return f.workload.kind_bit, f.kind_bit, level
 
 
