@@ -45,6 +45,7 @@ from ttcp.rtt.groups import DEFAULT_MAX_GROUPS
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
 from ttcp.rtt.table_rules import CorruptTableError, Origin
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
+from ttcp.workloads.group_names import namer
 from ttcp.workloads.resolver import Resolver
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -79,12 +80,19 @@ workloads (WORKLOAD := cgroup PATH | netns PATH | netns INODE | container NAME|I
                                 (names from the runtime: --docker-socket,
                                 --containerd-state; no Kubernetes API)
   Workload filters first (the deepest cgroup, then netns), then the others.
-breakdowns (by KEY := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns):
+breakdowns (by KEY := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns |
+                     container | pod):
   dst 10.20.0.0/16 port 5432 by raddr
                                 which database replica is slow: one RTT histogram
                                 per remote address, kept by the kernel
       ttcp --sample --format histogram --filter 'dst 10.20.0.0/16 port 5432 by raddr'
       curl 'http://localhost:8090/filters/dst%2010.20.0.0%2F16%20port%205432%20by%20raddr/groups?sort=p99&histogram=sampled'
+  dst 10.20.0.0/16 port 5432 by container
+                                which client container sees the database slow:
+                                a group per container (NAME, or NS/POD/NAME in a
+                                pod; by pod: NS/POD); a socket of no container
+                                the runtimes name is a group per cgroup and netns
+                                ("cgroup PATH netns INODE")
   by raddr/24 groups remote IPv4 peers by /24 network (IPv6 ones by /24 too: use
   /64 for those; an IPv4 address keeps at most 32 bits). At most --max-groups
   groups for all filters together (an LRU in the kernel: the least recently used
@@ -528,6 +536,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                     btf_path=args.btf, pin_dir=args.pin, pin_reset=args.pin_reset, resolver=resolver) as tracer:
             timings.phase("object")
             table = _open_table(tracer, args)
+            table.workload_names = namer(resolver.registry)  # by container, by pod
             printer = Printer(args.format, out, show=not histogram_mode,
                               lines=Lines(table.names, resolver.paths, resolver.registry), wide=args.wide)
             wanted = list(dict.fromkeys(args.filters))

@@ -35,8 +35,8 @@ def addresses(draw: st.DrawFn, broken: bool = False) -> str:
 
 @st.composite
 def by_keys(draw: st.DrawFn) -> str:
-    """A `by` clause's key: raddr[/N], laddr[/N], rport, lport, cgroup, netns."""
-    word = draw(st.sampled_from(["raddr", "laddr", "rport", "lport", "cgroup", "netns"]))
+    """A `by` clause's key: raddr[/N], laddr[/N], rport, lport, cgroup, netns, container, pod."""
+    word = draw(st.sampled_from(["raddr", "laddr", "rport", "lport", "cgroup", "netns", "container", "pod"]))
     text = draw(_any_case(word))
     if word.endswith("addr") and draw(st.booleans()):
         text += f"/{draw(st.integers(1, 128))}"

@@ -184,10 +184,18 @@ def test_bad_json_forms(item: object, why: str) -> None:
     ("src 10.0.0.5 by rport", "10.0.0.5 by rport"),  # a plain address keeps its plain form
     ("cgroup /system.slice by cgroup", "cgroup /system.slice by cgroup"),
     ("netns 4026531840 dst 10.0.0.0/8 by netns", "netns 4026531840 dst 10.0.0.0/8 by netns"),
+    ("dst 10.20.0.0/16 port 5432 by Container", "dst 10.20.0.0/16 port 5432 by container"),
+    ("pod shop/web-0 BY POD", "pod shop/web-0 by pod"),
+    ("container web by container", "container web by container"),
+    ("container by by pod", "container by by pod"),  # a container may be named "by"
+    ("container By", "container By"),
 ])
 def test_by_canonical_text(text: str, canonical: str) -> None:
     f = F.parse(text)
     assert str(f) == canonical and F.parse(canonical) == f
+    if " by " not in canonical:
+        assert f.by is None
+        return
     assert f.by is not None and f.selector == F.parse(canonical.rsplit(" by ", 1)[0])
     assert f != f.selector and hash(f) != hash(f.selector)  # the clause is part of the identity
     assert F.key_of(f) == F.key_of(f.selector) if f.has_address and f.workload is None else True
@@ -201,6 +209,8 @@ def test_by_canonical_text(text: str, canonical: str) -> None:
     ("10.0.0.1 by raddr/129", "from 1 to 128"), ("10.0.0.1 by raddr/024", "from 1 to 128"),
     ("10.0.0.1 by raddr/", "from 1 to 128"), ("10.0.0.1 by raddr/x", "from 1 to 128"),
     ("10.0.0.1 port by rport", "must follow 'port'"), ("by raddr 10.0.0.1", "`by` follows"),
+    ("10.0.0.1 by container/24", "the key is raddr"), ("10.0.0.1 by pods", "the key is raddr"),
+    ("container by raddr", "'raddr' is not an IPv4 or IPv6 address"),
 ])
 def test_malformed_by_clauses_are_refused_naming_the_part(text: str, why: str) -> None:
     with pytest.raises(FilterError, match=why.replace("(", r"\(").replace(")", r"\)")):
@@ -230,7 +240,7 @@ def test_the_value_carries_the_breakdown_with_each_familys_prefix() -> None:
     cases = {"10.0.0.1": (0, 0, 0), "10.0.0.1 by raddr": (1, 128, 128), "10.0.0.1 by raddr/24": (1, 120, 24),
              "10.0.0.1 by laddr/64": (2, 128, 64), "10.0.0.1 by laddr/33": (2, 128, 33),
              "10.0.0.1 by rport": (3, 0, 0), "10.0.0.1 by lport": (4, 0, 0), "10.0.0.1 by cgroup": (5, 0, 0),
-             "10.0.0.1 by netns": (6, 0, 0)}
+             "10.0.0.1 by netns": (6, 0, 0), "10.0.0.1 by container": (7, 0, 0), "10.0.0.1 by pod": (7, 0, 1)}
     for text, (kind, bits4, bits6) in cases.items():
         f = F.parse(text)
         raw = F.value_of(f, 7, 9)
@@ -238,9 +248,12 @@ def test_the_value_carries_the_breakdown_with_each_familys_prefix() -> None:
         assert F.by_of_value(raw) == f.by  # a restarted ttcp reads it back from a pinned key's value
     assert F.by_of_value(F.VALUE.pack(1, 1, 128, 9, 0, 0)) is None  # bytes ttcp never writes
     assert F.by_of_value(F.VALUE.pack(1, 1, 128, 1, 100, 24)) is None
-    assert str(F.By(F.ByKind.WORKLOAD)) == "workload"  # the kernel's; no word of the language yet
+    assert F.by_of_value(F.VALUE.pack(1, 1, 128, 7, 0, 2)) is None
+    assert str(F.By(F.ByKind.WORKLOAD)) == "container" and str(F.By(F.ByKind.WORKLOAD, pod=True)) == "pod"
     with pytest.raises(FilterError):
-        F.parse("10.0.0.1 by workload")
+        F.By(F.ByKind.CGROUP, pod=True)
+    with pytest.raises(FilterError):
+        F.parse("10.0.0.1 by workload")  # the kernel's name, no word of the language
 
 
 _v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
@@ -272,7 +285,8 @@ def filters(draw: st.DrawFn) -> Filter:
     workload = draw(st.one_of(st.just(""), workloads()))
     if workload and draw(st.booleans()):
         text = ""  # the workload alone
-    by = draw(st.sampled_from(["", "raddr", "laddr", "rport", "lport", "cgroup", "netns", "raddr/", "laddr/"]))
+    by = draw(st.sampled_from(["", "raddr", "laddr", "rport", "lport", "cgroup", "netns", "container", "pod",
+                               "raddr/", "laddr/"]))
     if by.endswith("/"):
         by += str(draw(st.integers(1, 128)))
     return F.parse(f"{workload} {text}" + (f" by {by}" if by else ""))
@@ -291,7 +305,7 @@ def test_canonical_round_trip(f: Filter, wid: int) -> None:
         assert decode(F.key_of(f, wid)) == (wid, f.address_part())
         assert F.key_of(f, wid) == F.key_of(f.selector, wid)
     if f.side == Side.SRC and f.is_host and not f.port and f.workload is None:
-        assert " " not in text  # the plain form
+        assert " " not in text.removesuffix(f" by {f.by}")  # the plain form
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

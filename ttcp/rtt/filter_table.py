@@ -53,7 +53,7 @@ from ttcp.maps import Array, HashMap, KeyExistsError, LpmTrie, MapFullError, Per
 from ttcp.rtt import filters as F
 from ttcp.rtt import groups as G
 from ttcp.rtt.events import FilterNames
-from ttcp.rtt.filters import Filter, FilterError, Workload
+from ttcp.rtt.filters import By, ByKind, Filter, FilterError, Workload
 from ttcp.rtt.groups import Group, GroupKey, GroupMemory, GroupSet
 from ttcp.rtt.histogram import HIST, Histogram, summed
 from ttcp.rtt.table_rules import (
@@ -282,6 +282,9 @@ class KernelFilterTable(RuledTable):
         self.memory = GroupMemory(4 * group_maps.groups.max_entries if group_maps is not None else 1)
         self._decoded: dict[bytes, tuple[bytes, Group]] = {}  # a group's key: its last value, decoded
         self._evicted: dict[tuple[int, int], int] = {}  # a filter's slot and gen: the evictions last answered
+        # The container and pod of a (netns, cgroup id): `by container` and `by pod` name and
+        # merge the kernel's groups with it (the command sets the container registry's).
+        self.workload_names: G.Namer = G.no_names
         self.names = FilterNames()
         if config.value_size != CONFIG.size or stats.value_size != STATS_SIZE or texts.value_size != TEXT.size:
             raise TtcpError(f"the program's config ({config.value_size} bytes), stats ({stats.value_size} "
@@ -484,10 +487,20 @@ class KernelFilterTable(RuledTable):
             assert f.by is not None
             live = rows.count(index, gen)
             lost = before[index, gen] = G.evicted(G.created(made[index], gen), live, before.get((index, gen), 0))
+            if f.by.kind == ByKind.WORKLOAD:  # named and merged: all of its entries decoded now
+                merged = self._merged(rows, index, gen, f.by)
+                out[f] = GroupSet(f.by, merged if top is None else merged[:top], len(merged), lost, size)
+                continue
             shown = live if top is None else min(top, live)
             out[f] = GroupSet(f.by, G.Lazy(shown, self._decoder(rows, index, gen, shown)), live, lost, size)
         self._sweep(rows)
         return out
+
+    def _merged(self, rows: G.GroupRows, slot: int, gen: int, by: By) -> list[Group]:
+        """A `by container` or `by pod` filter's groups: every kernel entry of it (one per
+        cgroup and netns) named, those of one container or pod summed, busiest first."""
+        parts = [self._group(rows.key(i), rows.value(i)) for i in rows.indices(slot, gen)]
+        return G.busiest(G.merged(parts, G.workload_key(by, self.workload_names)))
 
     def _sweep(self, rows: G.GroupRows | None = None) -> None:
         """Delete the groups of filters no longer held (a late update racing a removal,

@@ -2,7 +2,7 @@
 
     [WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]] [by KEY]   (a workload or an address, or both)
     WORKLOAD := cgroup PATH | netns PATH | netns INODE | container NAME|ID | pod NAMESPACE/NAME
-    KEY      := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns
+    KEY      := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns | container | pod
 
 A workload part selects the sockets of a cgroup-v2 cgroup (PATH as
 /proc/PID/cgroup's `0::` line shows it; its sub-cgroups too) or of a network
@@ -34,9 +34,12 @@ its own histograms, kept by the kernel (ttcp.rtt.groups): by remote or local
 address (`/N`: by network; an IPv4 or v4-mapped address keeps min(N, 32) of
 its bits, an IPv6 one N, so `by raddr/24` groups IPv4 peers by /24 and `by
 raddr/64` IPv6 peers by /64), by remote or local port, by the socket's cgroup
-or network namespace. The clause is part of the filter's identity and text
-("dst 10.20.0.0/16 port 5432 by raddr"), not of its kernel key: the table
-holds one filter per key, with or without a breakdown.
+or network namespace, or by container or pod: the kernel keys those groups by
+the socket's cgroup id and netns both (ByKind.WORKLOAD), and user space names
+them and merges those of one container or pod (ttcp.rtt.groups.workload_key).
+The clause is part of the filter's identity and text ("dst 10.20.0.0/16 port
+5432 by raddr"), not of its kernel key: the table holds one filter per key,
+with or without a breakdown.
 
 Every address is stored in 16 bytes, IPv4 as ::ffff:a.b.c.d, so an IPv4
 filter (host or network) also matches dual-stack sockets, and a prefix
@@ -97,8 +100,8 @@ _RFC1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 
 class ByKind(IntEnum):
     """enum by_kind in bpf/tcprtt.bpf.c: what a filter's groups are keyed by. WORKLOAD
-    (the cgroup id and the netns both) has no word of the language yet: containers
-    and pods (issue 23) are named from it in user space."""
+    (the cgroup id and the netns both) is `by container` and `by pod`: user space
+    names the kernel's groups and merges those of one container or pod."""
 
     RADDR = 1
     LADDR = 2
@@ -110,9 +113,10 @@ class ByKind(IntEnum):
 
 
 BY_WORDS = {"raddr": ByKind.RADDR, "laddr": ByKind.LADDR, "rport": ByKind.RPORT, "lport": ByKind.LPORT,
-            "cgroup": ByKind.CGROUP, "netns": ByKind.NETNS}  # the `by` clause's keys
+            "cgroup": ByKind.CGROUP, "netns": ByKind.NETNS, "container": ByKind.WORKLOAD,
+            "pod": ByKind.WORKLOAD}  # the `by` clause's keys
 ADDRESS_KEYS = (ByKind.RADDR, ByKind.LADDR)
-_BY_HELP = "raddr, raddr/N, laddr, laddr/N, rport, lport, cgroup or netns"
+_BY_HELP = "raddr, raddr/N, laddr, laddr/N, rport, lport, cgroup, netns, container or pod"
 
 
 class FilterError(TtcpError, ValueError):
@@ -162,16 +166,21 @@ class Workload:
 @dataclass(frozen=True, order=True)
 class By:
     """A filter's breakdown: the key of its groups, and for an address key the prefix
-    N kept of each address (128: the address itself)."""
+    N kept of each address (128: the address itself). `pod`: WORKLOAD groups named
+    by pod rather than by container (the kernel keys both alike)."""
 
     kind: ByKind
     bits: int = ADDR_BITS
+    pod: bool = False
 
     def __post_init__(self) -> None:
-        if not 1 <= self.bits <= ADDR_BITS or (self.kind not in ADDRESS_KEYS and self.bits != ADDR_BITS):
+        if not 1 <= self.bits <= ADDR_BITS or (self.kind not in ADDRESS_KEYS and self.bits != ADDR_BITS) \
+                or (self.pod and self.kind != ByKind.WORKLOAD):
             raise FilterError(f"malformed breakdown {self.kind.name.lower()}/{self.bits}")
 
     def __str__(self) -> str:
+        if self.kind == ByKind.WORKLOAD:
+            return "pod" if self.pod else "container"
         word = self.kind.name.lower()
         return f"{word}/{self.bits}" if self.kind in ADDRESS_KEYS and self.bits != ADDR_BITS else word
 
@@ -182,7 +191,10 @@ class By:
 
     @property
     def bits6(self) -> int:
-        """... of an IPv6 address."""
+        """... of an IPv6 address. The kernel reads neither for other keys; for WORKLOAD
+        this byte tells `by pod` (1) from `by container` (0) in a pinned table's value."""
+        if self.kind == ByKind.WORKLOAD:
+            return int(self.pod)
         return self.bits if self.kind in ADDRESS_KEYS else 0
 
 
@@ -299,7 +311,8 @@ def parse(text: str) -> Filter:
     if not tokens:
         raise FilterError("empty filter")
     by = None
-    at = next((i for i, t in enumerate(tokens) if t.lower() == "by"), None)
+    start = 2 if tokens[0].lower() in WORKLOAD_KINDS else 0  # a container may be named "by"
+    at = next((i for i in range(start, len(tokens)) if tokens[i].lower() == "by"), None)
     if at == 0:
         raise FilterError(f"{_shown(text)}: `by` follows what it breaks down (a workload or an address: "
                           "dst 10.20.0.0/16 port 5432 by raddr)")
@@ -321,13 +334,14 @@ def _by_clause(text: str, tokens: list[str]) -> By:
 
 
 def parse_by(text: str) -> By:
-    """A `by` clause's key: raddr[/N], laddr[/N] (N from 1 to 128), rport, lport, cgroup, netns."""
+    """A `by` clause's key: raddr[/N], laddr[/N] (N from 1 to 128), rport, lport, cgroup, netns,
+    container, pod."""
     word, slash, prefix = text.lower().partition("/")
     kind = BY_WORDS.get(word)
     if kind is None or (slash and kind not in ADDRESS_KEYS):
         raise FilterError(f"by {_shown(text)}: the key is {_BY_HELP}")
     if not slash:
-        return By(kind)
+        return By(kind, pod=word == "pod")
     if not prefix.isdigit() or not prefix.isascii() or prefix[0] == "0" or not 1 <= int(prefix) <= ADDR_BITS:
         raise FilterError(f"by {_shown(text)}: the prefix must be a number from 1 to {ADDR_BITS} (it applies "
                           "to IPv6 addresses; IPv4 ones keep at most 32 bits)")
@@ -601,7 +615,8 @@ def by_of_value(raw: bytes) -> By | None:
     if not kind:
         return None
     try:
-        by = By(ByKind(kind), bits6) if kind in ADDRESS_KEYS else By(ByKind(kind))
+        by = (By(ByKind(kind), bits6) if kind in ADDRESS_KEYS
+              else By(ByKind(kind), pod=kind == ByKind.WORKLOAD and bits6 == 1))
     except (ValueError, FilterError):
         return None
     return by if (by.bits4, by.bits6) == (bits4, bits6) else None

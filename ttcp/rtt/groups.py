@@ -57,6 +57,39 @@ _V4_PREFIX = bytes(10) + b"\xff\xff"
 CgroupPath = Callable[[int], str | None]  # a cgroup id's path, None when unknown
 
 
+@dataclass(frozen=True, order=True)
+class Named:
+    """The container and pod a socket's (netns, cgroup id) belongs to, as the container
+    runtimes name them (ttcp.workloads.registry); "" where unknown. A key of `by
+    container` or `by pod`: its text is the most precise name known."""
+
+    container: str = ""  # the runtime's name for it
+    pod_namespace: str = ""
+    pod: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.container or self.pod)
+
+    def __str__(self) -> str:
+        """NAME (a container outside any pod), NAMESPACE/POD/NAME (a pod's container),
+        NAMESPACE/POD (a pod, or a socket of a pod whose container is not known):
+        names allow no `/` and no space, so these never collide."""
+        pod = f"{self.pod_namespace}/{self.pod}" if self.pod else ""
+        if pod and self.container:
+            return f"{pod}/{self.container}"
+        return pod or self.container
+
+
+Namer = Callable[[int, int], Named | None]  # (netns inode, cgroup id): the names of that workload
+
+
+def no_names(netns: int, cgroup_id: int) -> Named | None:
+    return None
+
+
+NO_NAME = Named()
+
+
 RESTARTS = ("the kernel keeps at most --max-groups groups for all filters together and evicts the least "
             "recently used one to make room: a group evicted and seen again starts from zero (its counts are "
             "since `since`; `restarted`: true when this ttcp saw it before with an earlier `since`)")
@@ -68,13 +101,16 @@ def no_paths(cgroup_id: int) -> str | None:
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
-    """What one group of a filter stands for (the fields its kind does not use are 0)."""
+    """What one group of a filter stands for (the fields its kind does not use are 0).
+    `named`: a WORKLOAD group user space named and merged (`by container`, `by pod`:
+    its cgroup_id and netns are then 0; the kernel's keys never carry a name)."""
 
     kind: ByKind
     addr: bytes = bytes(16)  # RADDR, LADDR: the masked address, 16-byte form
     cgroup_id: int = 0  # CGROUP, WORKLOAD
     netns: int = 0  # NETNS, WORKLOAD
     port: int = 0  # RPORT, LPORT
+    named: Named = NO_NAME  # WORKLOAD, named by user space
 
     @classmethod
     def unpack(cls, raw: bytes) -> tuple[int, int, GroupKey]:
@@ -88,8 +124,11 @@ class GroupKey:
     def text(self, by: By | None = None, cgroup_path: CgroupPath = no_paths) -> str:
         """The canonical text (the `group` label): an address, a network (a prefix shorter
         than the address), a port, a cgroup's path (its id when the path is unknown, "-"
-        for a socket without a cgroup-v2 cgroup), a netns inode."""
+        for a socket without a cgroup-v2 cgroup), a netns inode; a container's or pod's
+        name (Named), and for a socket of no known one "cgroup PATH netns INODE"."""
         k = self.kind
+        if self.named:
+            return str(self.named)
         if k in F.ADDRESS_KEYS:
             return _address(self.addr, by.bits if by is not None else F.ADDR_BITS)
         if k in (ByKind.RPORT, ByKind.LPORT):
@@ -101,8 +140,13 @@ class GroupKey:
 
     def to_json(self, by: By | None = None, cgroup_path: CgroupPath = no_paths) -> dict[str, Any]:
         """The key's own fields: {"raddr"/"laddr": address or network}, {"rport"/"lport": N},
-        {"cgroup_id", "cgroup": path or null}, {"netns": inode}."""
+        {"cgroup_id", "cgroup": path or null}, {"netns": inode}; a named WORKLOAD group's
+        {"container", "pod_namespace", "pod"} (each where known)."""
         k = self.kind
+        if self.named:
+            n = self.named
+            return {name: value for name, value in (("container", n.container), ("pod_namespace", n.pod_namespace),
+                                                    ("pod", n.pod)) if value}
         if k in F.ADDRESS_KEYS:
             return {k.name.lower(): self.text(by)}
         if k in (ByKind.RPORT, ByKind.LPORT):
@@ -198,6 +242,27 @@ def merged(groups: Iterable[Group], key_of: Callable[[GroupKey], GroupKey]) -> l
     return [Group(key, min(g.first_ns for g in gs), max(g.last_ns for g in gs),
                   Histogram.from_cpus(g.closed for g in gs), Histogram.from_cpus(g.sampled for g in gs),
                   any(g.restarted for g in gs)) for key, gs in parts.items()]
+
+
+def workload_key(by: By, names: Namer) -> Callable[[GroupKey], GroupKey]:
+    """What `merged` sums a WORKLOAD filter's kernel groups under: the container's (or
+    with `by pod` the pod's) name, where the runtimes know one; otherwise the kernel's
+    own (cgroup id, netns) key, so that sockets of no known container stay apart
+    (the host's services, a container ended long ago, a runtime ttcp does not follow).
+    Keyed by name, not id: a container removed and run again under its name (the
+    workload, not its process) stays one group."""
+    def key_of(k: GroupKey) -> GroupKey:
+        found = names(k.netns, k.cgroup_id)
+        if found is None:
+            return k
+        named = Named("", found.pod_namespace, found.pod) if by.pod else found
+        return GroupKey(ByKind.WORKLOAD, named=named) if named else k
+    return key_of
+
+
+def busiest(groups: Iterable[Group]) -> list[Group]:
+    """Most RTTs (closed and sampled) first, ties by key: the order of GroupRows.top."""
+    return sorted(groups, key=lambda g: (-g.total, g.key))
 
 
 def _counted(raw: bytes, offset: int) -> Histogram:
@@ -336,8 +401,9 @@ class GroupSet(NamedTuple):  # a tuple: a scrape makes one per filter with a bre
 
     by: By
     groups: Sequence[Group]  # those asked for (maybe Lazy: decoded when read)
-    live: int  # entries the kernel holds for the filter (groups may hold only some)
-    evicted: int  # entries made and gone: the LRU made room with them
+    live: int  # its groups now (groups may hold only some): the kernel's entries; `by container` and
+    # `by pod`: the named and merged groups (the kernel's entries being one per cgroup and netns)
+    evicted: int  # kernel entries made and gone (the LRU made room with them), whatever the kind
     max_groups: int  # --max-groups: entries for every filter together
 
 
