@@ -94,9 +94,9 @@ breakdowns (by KEY := raddr[/N] | laddr[/N] | rport | lport | cgroup | netns |
                                 the runtimes name is a group per cgroup and netns
                                 ("cgroup PATH netns INODE")
   by raddr/24 groups remote IPv4 peers by /24 network (IPv6 ones by /24 too: use
-  /64 for those; an IPv4 address keeps at most 32 bits). At most --max-groups
-  groups for all filters together (an LRU in the kernel: the least recently used
-  goes, counted as evicted; one seen again starts from zero). The clause is part
+  /64 for those; an IPv4 address keeps at most 32 bits). The kernel holds
+  --max-groups groups of all filters together before its LRU evicts the least
+  recently used (counted as evicted; one seen again starts from zero). The clause is part
   of the filter: a selector has one filter (adding it with another `by` is 409).
   With --sample, connections that never close (a pool's) count too.
 
@@ -267,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-filters", type=_positive, default=DEFAULT_MAX_FILTERS, metavar="N",
                    help="size of the filter table (default: %(default)s)")
     p.add_argument("--max-groups", type=_positive, default=DEFAULT_MAX_GROUPS, metavar="N",
-                   help="groups the kernel keeps for all filters with a `by` clause together, the least "
-                        "recently used evicted first (default: %(default)s: 4.4 MiB of kernel memory, 568 bytes a "
-                        "group, whatever the CPUs)")
+                   help="groups of all filters with a `by` clause together the kernel holds before it evicts "
+                        "the least recently used (default: %(default)s; its map has N + 128 x possible CPUs "
+                        "entries, for the LRU's per-CPU batches: 4.7 MiB of kernel memory at the default on 2 "
+                        "CPUs, 8.9 MiB on 64)")
     p.add_argument("--attach", choices=("auto",) + MODES, default="auto",
                    help="kernel hook: auto tries fentry, tp_btf, tracepoint in order "
                         "(default: %(default)s)")

@@ -24,13 +24,16 @@ from tests.support.kernel import mode_probe, require
 from tests.support.tracing import collect
 from tests.support.traffic import Conn, LongLived, Server, connect_many
 from tests.support.workloads import Cgroups, Netns, run_in
-from ttcp import syscalls
+from ttcp.kernel import lru
 from ttcp.rtt import filters as F
 from ttcp.rtt import groups as G
 from ttcp.rtt.filters import By, ByKind, Filter
 from ttcp.rtt.groups import GroupSet
 from ttcp.rtt.tracer import MODES, Tracer
+from ttcp.workloads.group_names import namer
+from ttcp.workloads.registry import Placement, Registry
 from ttcp.workloads.resolver import Resolver
+from ttcp.workloads.runtime import Container, Seen
 
 pytestmark = [pytest.mark.kernel, pytest.mark.matrix]
 
@@ -38,12 +41,6 @@ REMOTES = ["127.0.90.1", "127.0.90.2", "127.0.90.3", "127.0.91.1", "127.0.91.2"]
 LOCALS = ["127.0.92.1", "127.0.92.2", "127.0.92.3"]
 
 
-# Room in the groups map for the tests that count exactly: the kernel's common LRU hands
-# each CPU up to 128 free entries at a time (LOCAL_FREE_TARGET) and, before that target
-# was scaled to the map (the kernel's "global starvation" fix), evicted live entries to
-# make up the 128 when the global free list had fewer: a 64-entry map lost groups with 3
-# in it (seen on Debian's 6.1 under vmtest). Only the eviction test runs tight.
-LRU_ROOM = 64 + 2 * 128 * syscalls.possible_cpus()
 
 
 def times(i: int, j: int) -> int:
@@ -61,7 +58,7 @@ def make(request: pytest.FixtureRequest, no_bpf_leaks: None) -> Iterator[Make]:
     made: list[Tracer] = []
     resolver = Resolver.for_host()
 
-    def tracer(max_groups: int = LRU_ROOM) -> Tracer:
+    def tracer(max_groups: int = 64) -> Tracer:
         t = Tracer(max_filters=16, max_groups=max_groups, resolver=resolver)
         made.append(t)
         t.open_maps()
@@ -156,29 +153,56 @@ def test_the_top_groups_in_order_over_the_api(make: Make) -> None:
     run(t.table, scenario)
 
 
-def test_under_a_small_max_groups_evictions_are_counted_and_survivors_exact(make: Make) -> None:
-    t = make(max_groups=4)
+def test_max_groups_n_holds_n_groups(make: Make) -> None:
+    """--max-groups N: N groups are held before any eviction, on every kernel (the map
+    has room for each CPU's batch of free LRU entries: ttcp.kernel.lru)."""
+    t = make(max_groups=10)
     f = F.parse("dst 127.0.93.0/24 by raddr")
-    assert t.table is not None
+    assert t.table is not None and t.table.group_maps is not None
+    assert t.table.group_maps.groups.max_entries == lru.entries_to_hold(10)
     t.table.add([f])
-    remotes = [f"127.0.93.{i}" for i in range(1, 11)]
-    with Server("127.0.93.1") as first:
-        connect_many(first, "127.0.92.1", 1)
-        assert counts(t, f) == {"127.0.93.1": 1}  # seen once: this ttcp remembers when it was made
-        for i, addr in enumerate(remotes[1:], start=2):  # 10 groups, one after the other
-            with Server(addr) as srv:
-                connect_many(srv, "127.0.92.1", i)
+    for i in range(1, 11):
+        with Server(f"127.0.93.{i}") as srv:
+            connect_many(srv, "127.0.92.1", i)
+    found = groups_of(t, f)
+    assert (found.live, found.evicted, found.max_groups) == (10, 0, 10)
+    assert counts(t, f) == {f"127.0.93.{i}": i for i in range(1, 11)}
+
+
+def local(k: int) -> str:
+    """The k-th source address of the eviction test (k from 1)."""
+    return f"127.1.{k // 250}.{k % 250 + 1}"
+
+
+def test_past_the_map_evictions_are_counted_and_survivors_exact(make: Make) -> None:
+    """More groups than the map holds (--max-groups 4, plus the LRU's room): the kernel
+    evicts, every eviction is counted, and what survives is exact."""
+    t = make(max_groups=4)
+    f = F.parse("dst 127.0.93.1 by laddr")
+    assert t.table is not None and t.table.group_maps is not None
+    made = t.table.group_maps.groups.max_entries + 10
+
+    def n(k: int) -> int:
+        return k % 3 + 1  # connections from local(k): the groups' counts differ
+
+    with Server("127.0.93.1") as srv:
+        t.table.add([f])
+        connect_many(srv, local(1), n(1))
+        assert counts(t, f) == {local(1): n(1)}  # seen once: this ttcp remembers when it was made
+        for k in range(2, made + 1):  # one group after the other
+            connect_many(srv, local(k), n(k))
         found = groups_of(t, f)
         survivors = counts(t, f)
-        assert 1 <= found.live <= 4 and found.live == len(survivors)
-        assert found.evicted == 10 - found.live  # made and gone: evicted
-        assert all(survivors[a] == remotes.index(a) + 1 for a in survivors), survivors  # exact
-        assert "127.0.93.10" in survivors  # the most recent stays
-        if "127.0.93.1" not in survivors:  # evicted: seen again, it starts from zero, and says so
-            connect_many(first, "127.0.92.1", 2)
-            again = next(g for g in groups_of(t, f).groups if g.key.text(f.by) == "127.0.93.1")
+        assert 4 <= found.live < made and found.live == len(survivors)
+        assert found.evicted == made - found.live  # made and gone: evicted
+        assert all(survivors[a] == n(k) for k in range(1, made + 1) if (a := local(k)) in survivors), survivors
+        assert local(made) in survivors  # the most recent stays
+        if local(1) not in survivors:  # evicted: seen again, it starts from zero, and says so
+            connect_many(srv, local(1), 2)
+            again = next(g for g in groups_of(t, f).groups if g.key.text(f.by) == local(1))
             assert again.closed.count == 2 and again.restarted
-    assert t.table.stats([f])[f].matches == sum(range(1, 11)) + (2 if "127.0.93.1" not in survivors else 0)
+    assert t.table.stats([f])[f].matches == sum(n(k) for k in range(1, made + 1)) + (
+        2 if local(1) not in survivors else 0)
 
 
 def test_removing_the_filter_removes_its_groups(make: Make) -> None:
@@ -326,6 +350,55 @@ def test_by_workload_the_kernel_keys_cgroup_and_netns_both(make: Make, cgroups: 
     root = os.stat("/proc/self/ns/net").st_ino
     assert {(g.key.cgroup_id, g.key.netns): g.closed.count for g in groups_of(t, f).groups} == {
         (cgroups.id_of(app), netns.inode): 2, (own_cgroup_id(cgroups), root): 1}
+
+
+def test_by_container_merges_a_containers_cgroups_into_one_named_group(make: Make, cgroups: Cgroups,
+                                                                       netns: Netns) -> None:
+    """`by container` (issue 23): a container whose processes use two cgroups of its own
+    namespace is two kernel groups and one named group; a socket of no container (this
+    process's) keeps its own (cgroup, netns) group. The registry is filled from
+    runtime records placed in the namespace and cgroup the test made."""
+    t = make()
+    port = 24783
+    app, worker = cgroups.make("ctr"), cgroups.make("ctr/worker")
+    registry = Registry()
+    web = Container("docker", "e" * 64, "ttcp-web", pid=os.getpid())
+    assert registry.apply(Seen(web), lambda c: Placement(netns.inode, app, cgroups.id_of(app), False))
+    f = F.parse(f"dst 127.0.0.0/8 port {port} by container")
+    assert t.table is not None
+    t.table.add([f])
+    t.table.workload_names = namer(registry)
+
+    def inside(n: int) -> Callable[[], list[Conn]]:
+        def work() -> list[Conn]:
+            with Server("127.0.0.1", port=port) as srv:
+                return connect_many(srv, "127.0.0.1", n)
+        return work
+
+    run_in(inside(2), cgroup=cgroups.tree.dir_of(app), netns=netns.path)
+    run_in(inside(3), cgroup=cgroups.tree.dir_of(worker), netns=netns.path)  # by the namespace it owns
+    with Server("127.0.94.3", port=port) as srv:
+        connect_many(srv, "127.0.92.1", 1)
+    collect(t)
+    root = os.stat("/proc/self/ns/net").st_ino
+    found = groups_of(t, f)
+    assert [(g.key.text(found.by), g.closed.count) for g in found.groups] == [
+        ("ttcp-web", 5), (f"cgroup {own_cgroup_id(cgroups)} netns {root}", 1)]
+    assert found.live == 2 and found.evicted == 0
+    assert t.table.group_maps is not None
+    assert G.GroupRows(*t.table.group_maps.groups.dump()).count(*_slot_gen(t, f)) == 3  # the kernel's: 3
+    assert found.groups[0].key.to_json(found.by) == {"container": "ttcp-web"}
+    assert t.table.groups([f], top=1)[f].groups == found.groups[:1]
+    t.table.workload_names = G.no_names  # no runtime: the kernel's groups as they are
+    assert {(g.key.cgroup_id, g.key.netns): g.closed.count for g in groups_of(t, f).groups} == {
+        (cgroups.id_of(app), netns.inode): 2, (cgroups.id_of(worker), netns.inode): 3,
+        (own_cgroup_id(cgroups), root): 1}
+
+
+def _slot_gen(t: Tracer, f: Filter) -> tuple[int, int]:
+    assert t.table is not None
+    slot = t.table.rules.slots[f]
+    return slot.index, slot.gen
 
 
 # ---- breakdowns of workload filters (issue 22's `cgroup PATH`, `netns PATH`) ------------------

@@ -23,6 +23,7 @@ from tests.support.traffic import Server, connect_many
 from tests.support.workloads import Cgroups, Netns, run_in
 from ttcp import syscalls
 from ttcp.elf_loader import Collection
+from ttcp.kernel import lru
 from ttcp.kernel.uapi import MapFlag, MapType
 from ttcp.maps import PerCpuArray
 from ttcp.obj.map_compat import IncompatibleMapError
@@ -359,7 +360,7 @@ def test_another_max_groups_migrates_the_groups(no_bpf_leaks: None, pin_dir: Pat
     seeded_groups(pin_dir)
     with Tracer(max_filters=8, max_groups=16, ringbuf_size=4096, pin_dir=pin_dir) as t:
         table = t.open_maps()
-        assert syscalls.map_info(t.collection.map_fds["groups"]).max_entries == 16
+        assert syscalls.map_info(t.collection.map_fds["groups"]).max_entries == lru.entries_to_hold(16)
         assert group_counts(table, GROUPED) == {"127.0.15.5": 2, "127.0.15.6": 1}
 
 

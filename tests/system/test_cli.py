@@ -178,7 +178,8 @@ def test_help_explains_everything():
                    "--ringbuf-size", "--btf", "--no-api", "--sample", "--histogram", "--ms", "RTT(ms)",
                    "curl", "SIGTERM", "dst 10.20.0.0/16 port 5432", "/metrics", "/events", "/sampling",
                    "dst 10.20.0.0/16 port 5432 by raddr", "which database replica is slow", "--max-groups",
-                   "--metrics-groups", "/groups?", "--format histogram"):
+                   "--metrics-groups", "/groups?", "--format histogram", "by container", "NS/POD/NAME",
+                   "128 x possible CPUs"):
         assert option in r.stdout
 
 

@@ -234,6 +234,12 @@ class GroupMaps:
 
     groups: HashMap[bytes, bytes]
     stats: PerCpuArray
+    max_groups: int = 0  # --max-groups: the groups the map holds before it evicts (0: its max_entries)
+
+    @property
+    def held(self) -> int:
+        """The groups of all filters together the kernel holds before it evicts one."""
+        return self.max_groups or self.groups.max_entries
 
     def read(self) -> G.GroupRows:
         """The whole map, in one batched read where the kernel has them."""
@@ -481,7 +487,7 @@ class KernelFilterTable(RuledTable):
         maps = self.group_maps
         rows = maps.read()
         made = maps.stats.rows_of(index for index, _ in wanted)
-        before, size = self._evicted, maps.groups.max_entries
+        before, size = self._evicted, maps.held
         out: dict[Filter, GroupSet] = {}
         for (index, gen), f in wanted.items():  # once per filter a scrape: kept lean
             assert f.by is not None

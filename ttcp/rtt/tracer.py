@@ -20,7 +20,7 @@ from typing import Self
 from ttcp import syscalls
 from ttcp.elf_loader import Collection
 from ttcp.errors import BpfError, TtcpError
-from ttcp.kernel import features
+from ttcp.kernel import features, lru
 from ttcp.kernel.attach import Link, attach
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.maps import Array, HashMap, LpmTrie, PerCpuArray, RawCodec, RingBuffer
@@ -94,7 +94,9 @@ class Tracer:
         """`pin_dir`: keep the filter table's maps pinned there (ttcp.rtt.pinning), reusing
         what an earlier run left; `pin_reset` drops that first. `resolver` resolves the
         workload parts of filters (ttcp.workloads); without one, the table takes none.
-        `max_groups`: the groups of every filter with a breakdown together (an LRU)."""
+        `max_groups`: the groups of every filter with a breakdown together that the kernel's
+        LRU holds before it evicts one (its map has room for each CPU's batch of free
+        entries too: ttcp.kernel.lru)."""
         if max_filters < 1:
             raise TtcpError(f"max_filters must be at least 1 (got {max_filters})")
         if max_groups < 1:
@@ -102,7 +104,8 @@ class Tracer:
         spec = CollectionSpec(str(obj_path or default_object()))
         for name in TABLE_MAPS:
             spec.set_max_entries(name, max_filters)
-        spec.set_max_entries("groups", max_groups)
+        spec.set_max_entries("groups", lru.entries_to_hold(max_groups))
+        self.max_groups = max_groups
         spec.set_max_entries("events", check_ringbuf_size(ringbuf_size))
         self.collection = Collection(spec, btf_path=btf_path)
         self.report = AttachReport()
@@ -150,7 +153,7 @@ class Tracer:
             HashMap(fds["groups"], RawCodec(spec["groups"].key_size), RawCodec(spec["groups"].value_size),
                     spec["groups"].max_entries, "groups", owns_fd=False),
             PerCpuArray(fds["group_stats"], spec["group_stats"].value_size, spec["group_stats"].max_entries,
-                        "group_stats", owns_fd=False))
+                        "group_stats", owns_fd=False), self.max_groups)
         self.table = KernelFilterTable(hosts, nets, stats, config, texts, workloads, self.resolver, groups)
         self._drops = PerCpuArray(fds["drops"], 8, 1, "drops", owns_fd=False)
         self.ring = RingBuffer(fds["events"], spec["events"].max_entries)
