@@ -192,11 +192,11 @@ class HistogramPrinter:
                 before = self._last_groups.get((f, g.key))
                 h = g.histogram(attr)
                 delta = _minus(h, before.histogram(attr)) if before is not None and \
-                    before.first_ns == g.first_ns else h
+                    before.first_ns == g.first_ns and _grew(h, before.histogram(attr)) else h
                 if delta.count:
                     deltas.append((g.key.text(found.by, self.cgroup_path), delta))
             for text, delta in sorted(deltas, key=lambda d: (-d[1].count, d[0])):
-                blocks.append(self._block(f, what, delta, f"{found.by.kind.name.lower()} {text}"))
+                blocks.append(self._block(f, what, delta, f"{str(found.by).partition('/')[0]} {text}"))
         return blocks
 
     def _block(self, f: Filter, what: str, h: Histogram, group: str = "") -> str:
@@ -224,6 +224,12 @@ def to_devnull(out: TextIO) -> None:
         os.dup2(null, out.fileno())
     finally:
         os.close(null)
+
+
+def _grew(h: Histogram, before: Histogram) -> bool:
+    """Whether no bucket went down: a merged group (by container) whose part the kernel
+    evicted may go down; it then counts from its start, as a restarted group does."""
+    return all(a >= b for a, b in zip(h.buckets, before.buckets, strict=True))
 
 
 def _minus(h: Histogram, before: Histogram) -> Histogram:

@@ -3,13 +3,17 @@ container registry and merged, on bytes as the `groups` map holds them."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from ttcp.output import HistogramPrinter
 from ttcp.rtt import filters as F
 from ttcp.rtt import groups as G
+from ttcp.rtt.filter_table import FilterStats
 from ttcp.rtt.filters import By, ByKind
-from ttcp.rtt.groups import GroupKey, Named
-from ttcp.rtt.histogram import BUCKETS, HIST, bucket_of
+from ttcp.rtt.groups import Group, GroupKey, GroupSet, Named
+from ttcp.rtt.histogram import BUCKETS, HIST, Histogram, bucket_of
 from ttcp.workloads.group_names import namer
 from ttcp.workloads.registry import Placement, Registry
 from ttcp.workloads.runtime import Container, Gone, Pod, Seen
@@ -27,6 +31,13 @@ def entry(cgroup_id: int, netns: int, first_ns: int, closed: list[int], sampled:
         return HIST.pack(0, sum(rtts), *buckets)
     key = GroupKey(ByKind.WORKLOAD, cgroup_id=cgroup_id, netns=netns).pack(SLOT, GEN)
     return key, G.GROUP_HEAD.pack(first_ns, first_ns + 1000) + hist(closed) + hist(sampled)
+
+
+def hist(*rtts: int) -> Histogram:
+    buckets = [0] * BUCKETS
+    for r in rtts:
+        buckets[bucket_of(r)] += 1
+    return Histogram(len(rtts), sum(rtts), tuple(buckets))
 
 
 def read(rows: list[tuple[bytes, bytes]], by: By, names: G.Namer) -> list[G.Group]:
@@ -117,3 +128,24 @@ def test_a_named_groups_text_is_the_most_precise_name_known(named: Named, text: 
     assert key.text(CONTAINER) == text and str(named) == text and bool(named)
     assert not Named() and GroupKey(ByKind.WORKLOAD, cgroup_id=5, netns=6).text(CONTAINER) == "cgroup 5 netns 6"
     assert F.parse(f"dst 10.0.0.0/8 by {'pod' if text.count('/') == 1 else 'container'}").by is not None
+
+
+def test_the_histogram_printer_names_containers_and_a_merged_group_that_shrank_counts_from_its_start() -> None:
+    out = io.StringIO()
+    printer = HistogramPrinter(out)
+    f = F.parse("dst 10.20.0.0/16 port 5432 by container")
+    assert f.by is not None
+    web = GroupKey(ByKind.WORKLOAD, named=Named("web"))
+
+    def interval(n: int, *rtts: int) -> str:
+        out.seek(0)
+        out.truncate(0)
+        g = Group(web, 1, 2, hist(*rtts), Histogram.empty())
+        printer.interval({f: FilterStats(n, hist(*range(1, n + 1)), Histogram.empty())},
+                         {f: GroupSet(f.by, [g], 1, 0, 64)})
+        return out.getvalue()
+
+    assert "by container, container web: RTT at close, 2 samples" in interval(2, 100, 100)
+    assert "container web: RTT at close, 1 samples" in interval(3, 100, 100, 100)
+    # A part of it evicted by the kernel: fewer than before, so the group counts from its start.
+    assert "container web: RTT at close, 1 samples" in interval(4, 900)
