@@ -79,7 +79,7 @@ vmtest: deps deps-vm venv
 # they create).
 test-container: deps-run venv mounts
 	$(VPY) -m pytest -m container -v -s tests/system/test_container.py tests/system/test_container_names.py \
-		tests/system/test_containerd.py $(PYTEST_ARGS)
+		tests/system/test_containerd.py tests/system/test_container_groups.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
