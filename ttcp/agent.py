@@ -145,7 +145,15 @@ class Agent:
             "api_connections": self.connections.counts.open,
             "api_connections_max": self.opts.limits.max_connections,
             "api_connections_rejected": self._rejected(),
+            **({} if self.resolver is None else {"containers": self._containers()}),
         }
+
+    def _containers(self) -> dict[str, Any]:
+        """The container registry's size and bounds (a leak shows here), and the runtimes followed."""
+        assert self.resolver is not None
+        registry = self.resolver.registry
+        return {"running": len(registry), "dropped": registry.dropped, "followed": len(self.resolver.followed),
+                "docker": self.opts.docker_socket, "containerd": self.opts.containerd_state}
 
     def sampling(self) -> dict[str, Any]:
         s = self.tracer.sampling
@@ -274,6 +282,7 @@ class Agent:
                     table.workload_moved(w, resolution)
                 except TtcpError as e:  # the kernel refused a write: say so, keep following
                     log.warning("%s: %s", w, e)
+            self.resolver.settle()  # namespaces the table no longer selects may be freed now
 
         def follow_workloads() -> None:
             # A cgroup path's cgroup came, went or came back: the table follows (no API call).
@@ -348,6 +357,10 @@ class Agent:
             else:
                 watcher = DockerWatcher(self.opts.docker_socket, emit, log.warning)
                 tasks.append(asyncio.create_task(watcher.run(), name="docker"))
+        if self.opts.containerd_state is not None:
+            from ttcp.workloads.containerd_watch import follow as follow_containerd
+            tasks.append(asyncio.create_task(
+                follow_containerd(self.opts.containerd_state, emit, log.warning), name="containerd"))
         return tasks
 
     def _watch_filters_file(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:

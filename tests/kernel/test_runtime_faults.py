@@ -6,7 +6,9 @@ this test, removed with it)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -18,6 +20,11 @@ import pytest
 
 from tests.support.cli_process import TtcpProcess
 from tests.support.traffic import Server, connect_many
+from ttcp.rtt import filters as F
+from ttcp.rtt.filters import Workload
+from ttcp.rtt.table_rules import Resolution
+from ttcp.workloads.resolver import Resolver
+from ttcp.workloads.runtime import Container, Gone, Seen
 
 pytestmark = pytest.mark.kernel
 
@@ -98,6 +105,11 @@ def test_a_bad_runtime_costs_one_line_and_events_flow_with_ids_only(behaviour: B
         assert status == 200
         entry = next(e for e in json.loads(body)["filters"] if e["filter"] == "container web")
         assert entry["workload"]["state"] == "pending"
+        assert t.wait_stderr("docker", 6.0)  # a hung engine: once its 3 s bound has passed
+        sent += connect_many(srv, "127.0.61.2", 5)  # after the line too
+        got = [json.loads(line) for line in t.lines_until_quiet()]
+        assert sorted(e["sport"] for e in got) == sorted(c.sport for c in sent[-5:])
+        time.sleep(1.5)  # retries (backoff from 0.2 s) with the same reason: no new line
         assert t.stop() == 0
     docker_lines = [line for line in t.stderr.splitlines() if "docker" in line]
     assert len(docker_lines) == 1 and why in docker_lines[0], t.stderr
@@ -108,3 +120,46 @@ def test_a_bad_runtime_costs_one_line_and_events_flow_with_ids_only(behaviour: B
 def _absent() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="ttcp-fake-docker-") as d:
         yield str(Path(d) / "docker.sock")
+
+
+def _fds_to(inode: int) -> int:
+    """This process's fds open on the network namespace `inode`."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += os.readlink(fd) == f"net:[{inode}]"
+        except OSError:
+            pass
+    return count
+
+
+def test_a_named_namespace_is_held_until_the_table_has_moved_away() -> None:
+    """The kernel reuses a freed namespace's inode at once, and the runtime says a container
+    ended only after it did: the resolver keeps the namespace alive (an fd) until settle()."""
+    child = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 5
+        while (inode := os.stat(f"/proc/{child.pid}/ns/net").st_ino) == os.stat("/proc/self/ns/net").st_ino:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        resolver = Resolver("no cgroup2 in this test")
+        fds = len(list(Path("/proc/self/fd").iterdir()))
+        web = Workload(F.CONTAINER, "web")
+        assert resolver.resolve(web) == Resolution.pending(web)
+        c = Container("docker", "c" * 64, "web", pid=child.pid)
+        assert resolver.apply([Seen(c)]) == [(web, Resolution.netns(inode))]
+        resolver.settle()
+        assert _fds_to(inode) == 1
+        child.kill()
+        child.wait()
+        assert _fds_to(inode) == 1  # the namespace outlives its last process: its inode is not free
+        assert resolver.apply([Gone("docker", c.id)]) == [(web, Resolution.pending(web))]
+        assert _fds_to(inode) == 1  # until the table has followed
+        resolver.settle()
+        assert _fds_to(inode) == 0
+        resolver.release(web)
+        resolver.close()
+        assert len(list(Path("/proc/self/fd").iterdir())) == fds
+    finally:
+        child.kill()
+        child.wait()

@@ -24,7 +24,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,7 @@ from tests.support.cli_process import TtcpProcess
 from tests.support.container import images
 from tests.support.container.engine import Engine
 from tests.support.container.seed import API_PORT, TtcpContainer, curl, readme_command
+from tests.support.kernel_objects import held_ids
 from tests.system.test_container import engine, say  # noqa: F401 - the module's private engine
 from ttcp.rtt import events
 
@@ -248,3 +251,78 @@ def test_a_container_by_name_from_the_image(engine: Engine, net: Net) -> None:  
         ttcp.remove()
         _quiet(engine, "rm", "-f", CLIENT)
     assert API_PORT == 8090
+
+
+LOAD, PARALLEL = 100, 10  # short-lived containers, and how many start at once
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _map_entries(pid: int) -> dict[str, int]:
+    """Entries of the workload and address maps ttcp's process holds (bpftool)."""
+    out: dict[str, int] = {}
+    for map_id in held_ids(pid)["map"]:
+        show = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)], capture_output=True,
+                                         text=True, check=True).stdout)
+        if show.get("name") in ("netns", "cgroups", "nets", "hosts"):
+            dump = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)], capture_output=True,
+                                  text=True, check=True).stdout
+            out[show["name"]] = len(json.loads(dump))
+    return out
+
+
+def test_hundreds_of_containers_start_and_stop(engine: Engine, net: Net) -> None:  # noqa: F811
+    """LOAD short-lived containers, PARALLEL at a time, each named by a filter and making one
+    request: afterwards the registry, the followed names and the kernel maps are back where
+    they were, and memory is bounded."""
+    names = [f"ttcp-Load.{i}_x-{i}" for i in range(LOAD)]  # odd but valid: dots, underscores, upper case
+    code = net.request_code(False).replace(f"time.sleep({DELAY_S})", "time.sleep(0.5)")
+    with TtcpProcess("--format", "json", "--docker-socket", f"{engine.run_dir}/docker.sock") as t:
+        body = "\n".join([f"dst {net.gateway} port {PORT}", *(f"container {n}" for n in names)]).encode()
+        status, answer = t.api("PUT", "/", body)
+        assert status in (200, 201, 204), answer
+        time.sleep(1.0)  # the initial listing
+        base = json.loads(t.api("GET", "/healthz")[1])["containers"]
+        maps0, rss0 = _map_entries(t.proc.pid), _rss_kib(t.proc.pid)
+        fds0 = len(list(Path(f"/proc/{t.proc.pid}/fd").iterdir()))
+        t0 = time.monotonic()
+
+        def one(name: str) -> int:
+            return subprocess.run([engine.client, "run", "--rm", "--name", name, "--network", NETWORK,
+                                   images.BASE_IMAGE, "python3", "-c", code], capture_output=True,
+                                  env=engine.env, timeout=120, check=False).returncode
+        peak = rss0
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            futures = [pool.submit(one, n) for n in names]
+            while not all(f.done() for f in futures):
+                peak = max(peak, _rss_kib(t.proc.pid))
+                time.sleep(0.2)
+        codes = [f.result() for f in futures]
+        took = time.monotonic() - t0
+        assert codes.count(0) == LOAD, codes
+        got = [json.loads(line) for line in t.lines_until_quiet(quiet=1.0)]
+        named = sum(1 for e in got if str(e.get("container", "")).startswith("ttcp-Load."))
+        by_filter = sum(1 for e in got if str(e["filter"]).startswith("container ttcp-Load."))
+        deadline = time.monotonic() + 10
+        while (now := json.loads(t.api("GET", "/healthz")[1])["containers"])["running"] != base["running"]:
+            assert time.monotonic() < deadline, f"registry not back to {base}: {now}"
+            time.sleep(0.1)
+        maps1, rss1 = _map_entries(t.proc.pid), _rss_kib(t.proc.pid)
+        fds1 = len(list(Path(f"/proc/{t.proc.pid}/fd").iterdir()))
+        states = [e["workload"]["state"] for e in json.loads(t.api("GET", "/filters")[1])["filters"]
+                  if e["filter"].startswith("container ttcp-Load.")]
+        say(f"load: {LOAD} containers ({PARALLEL} at once) in {took:.1f} s; {len(got)} events, {named} named, "
+            f"{by_filter} by their container filter; ttcp RSS {rss0 // 1024} -> peak {peak // 1024} -> "
+            f"{rss1 // 1024} MiB; fds {fds0} -> {fds1}; maps {maps0} -> {maps1}; registry {base} -> {now}")
+        assert len(got) == LOAD  # every request reported (by one filter or the other)
+        assert states == ["pending"] * LOAD and now["dropped"] == 0 and now["followed"] == LOAD
+        assert maps1 == maps0, "kernel entries left behind"
+        assert fds1 <= fds0, "namespaces held after their containers ended"
+        assert peak - rss0 < 32 * 1024 and rss1 - rss0 < 16 * 1024
+        assert t.stop() == 0
+    assert "Traceback" not in t.stderr and "docker" not in t.stderr, t.stderr

@@ -346,3 +346,12 @@ async def test_a_containers_garbage_costs_only_it_and_one_line() -> None:
         w, log = await run_watcher(path, 1.0, changes)
     assert changes == [] and w.stats["connects"] == 1 and w.stats["unreadable"] == 1
     assert len(log) == 1 and "unreadable" in log[0] and "bbbbbbbbbbbb" in log[0]
+
+
+def test_odd_but_valid_names_round_trip() -> None:
+    c = json.loads((FIX / "docker-20.10-inspect-pod.json").read_bytes())
+    for name in ("ab", "0web", "web.1", "web_1-x", "ttcp-ctr-WEB", "a" * 2000):  # Docker accepts these (measured)
+        c["Name"] = "/" + name
+        assert parse_inspect(json.dumps(c).encode()).name == name
+    c["Config"]["Labels"]["io.kubernetes.pod.name"] = "web\n0\t\x1b[31mred"  # labels are free text
+    assert parse_inspect(json.dumps(c).encode()).pod == Pod("shop", "web\n0\t\x1b[31mred")  # the registry vets it

@@ -58,6 +58,7 @@ class Found:
     resolution: Resolution
     note: str = ""
     shared_with: tuple[str, ...] = ()
+    pid: int = 0  # a process in the namespace it resolves to (the resolver holds that namespace open)
 
 
 @dataclass(frozen=True)
@@ -222,13 +223,13 @@ class Registry:
                          f"{e.label} is on the host's network: selected by its cgroup")
         others = sorted(self._entries[k].label for k in self._by_netns.get(place.netns, {}) if k != e.container.key)
         if not others:
-            return Found(Resolution.netns(place.netns))
+            return Found(Resolution.netns(place.netns), pid=e.container.pid)
         shared = tuple(others[:16])
         if place.cgroup is not None and place.cgroup_id is not None:
             return Found(Resolution.cgroup(place.cgroup, place.cgroup_id),
                          f"{e.label} shares its network namespace: selected by its cgroup", shared)
         return Found(Resolution.netns(place.netns), f"{e.label} shares its network namespace and has no "
-                     "cgroup-v2 cgroup: the others' connections are selected too", shared)
+                     "cgroup-v2 cgroup: the others' connections are selected too", shared, e.container.pid)
 
     def _resolve_pod(self, w: Workload) -> Found:
         namespace, _, name = w.name.partition("/")
@@ -244,7 +245,7 @@ class Registry:
         strays = sorted(self._entries[k].label for k in self._by_netns.get(place.netns, {})
                         if self._entries[k].container.pod != pod)
         note = "other containers share its network namespace" if strays else ""
-        return Found(Resolution.netns(place.netns), note, tuple(strays[:16]))
+        return Found(Resolution.netns(place.netns), note, tuple(strays[:16]), members[0].container.pid)
 
     # ---- names of a socket ----
 

@@ -12,12 +12,18 @@ WorkloadErrors: the API answers 400 with their message.
 containers (ttcp.workloads.registry) selects now, pending while nothing runs
 under the name. The runtime sources' changes come in through apply(), which
 answers the workloads whose resolution changed, for the table to follow
-(KernelFilterTable.workload_moved): ends first, so that a namespace inode
-freed by a container leaves the kernel before another container's can take it.
+(KernelFilterTable.workload_moved): ends first. A namespace a name resolves
+to is held open (/proc/PID/ns/net) until the table has moved away from it
+(settle()): the kernel reuses a namespace's inode as soon as it is freed, and
+the runtime's event that the container ended comes after its end, so without
+the hold a new container could take the inode and match the old name's
+filters in between.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable
 
 from ttcp.rtt import filters as F
@@ -50,6 +56,8 @@ class Resolver:
         self.registry = Registry()
         self.placer = Placer(self.tree)
         self.followed: dict[Workload, Resolution] = {}  # container and pod filters' workloads, as resolved
+        self._holds: dict[Workload, tuple[int, int]] = {}  # a followed workload's namespace: fd, inode
+        self._stale: list[int] = []  # holds to close once the table has moved
 
     @classmethod
     def for_host(cls) -> Resolver:
@@ -57,9 +65,11 @@ class Resolver:
 
     def resolve(self, w: Workload) -> Resolution:
         if w.named:
-            found = self.registry.resolve(w).resolution
-            self.followed[w] = found
-            return found
+            found = self.registry.resolve(w)
+            self.followed[w] = found.resolution
+            self._hold(w, found)
+            self.settle()
+            return found.resolution
         if w.kind == F.NETNS:
             return Resolution.netns(w.inode or self.netns.acquire(w.name))
         if self.watcher is None:
@@ -72,6 +82,9 @@ class Resolver:
     def release(self, w: Workload) -> None:
         if w.named:
             self.followed.pop(w, None)
+            held = self._holds.pop(w, None)
+            if held is not None:
+                os.close(held[0])
         elif w.kind == F.NETNS:
             if not w.inode:
                 self.netns.release(w.name)
@@ -95,12 +108,40 @@ class Resolver:
             return []
         moves = []
         for w, old in self.followed.items():
-            new = self.registry.resolve(w).resolution
-            if new != old:
-                self.followed[w] = new
-                moves.append((w, new))
+            found = self.registry.resolve(w)
+            if found.resolution != old:
+                self.followed[w] = found.resolution
+                self._hold(w, found)
+                moves.append((w, found.resolution))
         moves.sort(key=lambda m: m[1].id is not None)
         return moves
+
+    def _hold(self, w: Workload, found: Found) -> None:
+        """Hold the namespace `w` resolves to now (the one held before goes at settle())."""
+        inode = found.resolution.id if found.resolution.selector[0] == F.NETNS else None
+        held = self._holds.get(w)
+        if held is not None and held[1] == inode:
+            return
+        if held is not None:
+            self._stale.append(held[0])
+            del self._holds[w]
+        if inode is None or not found.pid:
+            return
+        try:
+            fd = os.open(f"{self.placer.proc}/{found.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # it ended already: its end is the next change
+            return
+        if os.fstat(fd).st_ino != inode:  # the pid is another process's now
+            os.close(fd)
+            return
+        self._holds[w] = (fd, inode)
+
+    def settle(self) -> None:
+        """The table has followed apply()'s moves: namespaces no longer selected are let go."""
+        stale, self._stale = self._stale, []
+        for fd in stale:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def fileno(self) -> int:
         """What to wait on for cgroup changes (-1: nothing ever changes)."""
@@ -118,6 +159,10 @@ class Resolver:
         return out
 
     def close(self) -> None:
+        self.settle()
+        for fd, _ in self._holds.values():
+            os.close(fd)
+        self._holds.clear()
         self.netns.close()
         if self.watcher is not None:
             self.watcher.close()
