@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ttcp.workloads.containerd import TASK_DIR
-from ttcp.workloads.containerd_watch import StateWatcher, follow
+from ttcp.workloads.containerd_watch import StateWatcher, follow, started_after
 from ttcp.workloads.runtime import Change, Container, Gone, Pod, Relisted, Seen
 
 POD = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-name": "web-0",
@@ -249,3 +249,15 @@ def test_follow_runs_the_watcher_in_a_loop_and_leaves_no_descriptor(shim: FakeSh
     assert got[0] == Relisted("containerd", frozenset())
     assert any(isinstance(c, Seen) and c.container.pid and c.container.name == "app" for c in got)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_pid_given_to_a_newer_process_is_not_the_tasks(shim: FakeShim, watcher: StateWatcher) -> None:
+    """init.pid written an hour ago names a process that started just now: the task's init exited
+    before ttcp looked and the kernel reused its number; that process is not the task."""
+    shim.create("default", "old", spec())
+    pid = shim.start("default", "old")
+    os.utime(shim.root / "default" / "old" / "init.pid", (time.time() - 3600, time.time() - 3600))
+    assert started_after(pid, time.time() - 3600) and not started_after(pid, time.time())
+    assert not started_after(os.getpid(), time.time()) and not started_after(1 << 30, 0.0)
+    [task] = seen(watcher.scan())
+    assert task.pid == 0 and not watcher._pidfds

@@ -22,6 +22,7 @@ import dataclasses
 import errno
 import os
 import select
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,8 +193,10 @@ class StateWatcher:
         self._tasks[key] = _stopped(task)
         return [Gone("containerd", key[1])]
 
-    def _follow(self, key: Key, pid: int) -> bool:
-        """A pidfd on the task's init, readable when it exits; False if it is gone already."""
+    def _follow(self, key: Key, pid: int, written: float) -> bool:
+        """A pidfd on the task's init, readable when it exits; False if it is gone already, or
+        if the pid now names a process that started after init.pid was `written` (the init
+        exited before ttcp looked, and the kernel gave its number to another process)."""
         held = self._pidfd_of.get(key)
         if held is not None and held[1] == pid:
             return True
@@ -207,6 +210,9 @@ class StateWatcher:
             self._log_once(key, f"containerd {key[0]}/{key[1]}: no pidfd ({errno.errorcode.get(e.errno or 0, e)}); "
                                 "its exit is seen when the task is deleted")
             return True
+        if started_after(pid, written):  # checked with the pidfd open: the pid cannot move meanwhile
+            os.close(fd)
+            return False
         self._pidfds[fd] = key
         self._pidfd_of[key] = (fd, pid)
         self.epoll.register(fd, select.EPOLLIN)
@@ -265,8 +271,9 @@ class StateWatcher:
             try:
                 with open(bundle / "init.pid", "rb") as f:
                     init_pid: bytes | None = f.read(MAX_INIT_PID)
+                    written = os.fstat(f.fileno()).st_mtime
             except FileNotFoundError:
-                init_pid = None
+                init_pid, written = None, 0.0
             task = parse_bundle(ns, ident, config, init_pid)
         except FileNotFoundError:
             return None  # deleted meanwhile, or config.json not there yet: its own event comes
@@ -284,7 +291,7 @@ class StateWatcher:
             self._log_once(key, f"containerd: more than {MAX_TASKS} tasks; {ns}/{ident} is not named")
             return None
         self._owner[ident] = ns
-        if task.pid and (self._exited.get(key) == task.pid or not self._follow(key, task.pid)):
+        if task.pid and (self._exited.get(key) == task.pid or not self._follow(key, task.pid, written)):
             return _stopped(task)  # init.pid names a process that exited (and whose pid may be reused)
         return task
 
@@ -303,6 +310,19 @@ class StateWatcher:
         if key not in self._logged and len(self._logged) < MAX_LOGGED:
             self._logged.add(key)
             self.log(text)
+
+
+def started_after(pid: int, written: float, slack: float = 1.0) -> bool:
+    """Process `pid` started more than `slack` s after the wall-clock time `written`
+    (runc starts a task's init before the shim writes init.pid). False when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read(4096)
+        ticks = int(stat[stat.rindex(b")") + 2:].split()[19])  # field 22, starttime: since boot
+    except (OSError, ValueError, IndexError):
+        return False
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > written + slack
 
 
 def _stopped(task: Container) -> Container:
