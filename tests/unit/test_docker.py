@@ -348,6 +348,46 @@ async def test_a_containers_garbage_costs_only_it_and_one_line() -> None:
     assert len(log) == 1 and "unreadable" in log[0] and "bbbbbbbbbbbb" in log[0]
 
 
+def engine_with_hanging_inspects(count: int) -> Handler:
+    """An engine listing `count` containers whose inspects never answer (dockerd holding
+    their locks); its /_ping and /events work."""
+    listing = json.dumps([{"Id": f"{i:064x}"} for i in range(count)]).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                req = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            path = req.split(b" ")[1]
+            if b"/events" in path:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(3600)
+            if b"/containers/json" not in path and b"/containers/" in path:
+                await asyncio.sleep(3600)
+            body = listing if b"/containers/json" in path else b"OK"
+            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+    return handle
+
+
+@run
+async def test_hanging_inspects_do_not_starve_the_stream_or_the_ping() -> None:
+    log: list[str] = []
+    t = Timeouts(connect=0.3, request=0.5, headers=0.5, inspect=0.8, ping_every=0.3, healthy_after=1.0)
+    async with server(engine_with_hanging_inspects(10)) as path:
+        w = DockerWatcher(path, [].extend, log.append, t)
+        task = asyncio.create_task(w.run())
+        await asyncio.sleep(3.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert w.stats["slow"] >= 8 and w.stats["connects"] == 1 and w.stats["failures"] == 0
+    assert not any("_ping" in line for line in log), log
+
+
 def test_odd_but_valid_names_round_trip() -> None:
     c = json.loads((FIX / "docker-20.10-inspect-pod.json").read_bytes())
     for name in ("ab", "0web", "web.1", "web_1-x", "ttcp-ctr-WEB", "a" * 2000):  # Docker accepts these (measured)

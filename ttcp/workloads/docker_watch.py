@@ -58,24 +58,34 @@ class Timeouts:
 
 
 class DockerClient:
-    """One aiohttp session on the engine's unix socket."""
+    """Two aiohttp sessions on the engine's unix socket: one for the events stream, the
+    ping and the listing, one for inspects. Inspects can hang for seconds (dockerd holds
+    a starting container's lock); in a shared pool they would make the ping wait for a
+    connection and a live engine look hung."""
 
-    def __init__(self, socket_path: str, timeouts: Timeouts = Timeouts()) -> None:
+    def __init__(self, socket_path: str, timeouts: Timeouts = Timeouts(), lookups: int = 4) -> None:
         self.socket_path = socket_path
         self.t = timeouts
+        self.lookups = lookups  # inspects at once (DockerWatcher's workers)
         self.version: ApiVersion | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._lookup_session: aiohttp.ClientSession | None = None
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.socket_path, limit=limit), base_url="http://docker",
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.t.connect))
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.UnixConnector(path=self.socket_path, limit=4)
-        self._session = aiohttp.ClientSession(
-            connector=connector, base_url="http://docker",
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.t.connect))
+        # the stream, a ping and a relisting's list at once: 3 never wait for each other
+        self._session = self._new_session(limit=3)
+        self._lookup_session = self._new_session(limit=self.lookups)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._lookup_session):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -85,11 +95,12 @@ class DockerClient:
     def _path(self, path: str) -> str:
         return f"/v{self.version}{path}" if self.version else path
 
-    async def _get(self, path: str, what: str, timeout: float | None = None) -> tuple[int, bytes, Mapping[str, str]]:
+    async def _get(self, path: str, what: str, timeout: float | None = None,
+                   session: aiohttp.ClientSession | None = None) -> tuple[int, bytes, Mapping[str, str]]:
         timeout = timeout or self.t.request
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.get(path) as r:
+                async with (session or self.session).get(path) as r:
                     body = bytearray()
                     async for chunk in r.content.iter_any():
                         body += chunk
@@ -136,7 +147,8 @@ class DockerClient:
     async def inspect(self, ident: str) -> Container | None:
         """None when the container is gone (404): it was removed after the event."""
         path = self._path(f"/containers/{urllib.parse.quote(ident, safe='')}/json")
-        status, body, _ = await self._get(path, "containers/{id}/json", self.t.inspect)
+        assert self._lookup_session is not None, "use `async with DockerClient(...)`"
+        status, body, _ = await self._get(path, "containers/{id}/json", self.t.inspect, self._lookup_session)
         if status == 404:
             return None
         if status != 200:
@@ -256,7 +268,7 @@ class DockerWatcher:
         self._wake.set()
 
     async def _session(self) -> None:
-        async with DockerClient(self.socket_path, self.t) as client:
+        async with DockerClient(self.socket_path, self.t, lookups=self.workers) as client:
             version = await client.negotiate()
             since = self.last_event[0] if self.last_event else None
             async with client.events(since) as stream:
