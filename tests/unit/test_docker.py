@@ -386,6 +386,62 @@ async def test_hanging_inspects_do_not_starve_the_stream_or_the_ping() -> None:
             await task
     assert w.stats["slow"] >= 8 and w.stats["connects"] == 1 and w.stats["failures"] == 0
     assert not any("_ping" in line for line in log), log
+    # one line for the whole episode (10 containers, each retried), and /healthz shows it
+    assert len(log) == 1 and "inspects failing" in log[0] and "no answer within 0.8 s" in log[0], log
+    health = w.health()
+    assert health["lookups_failing"] == 10 and health["connected"] and health["problem"] is None
+
+
+def engine_listing(count: int) -> Handler:
+    """An engine listing `count` containers, each inspect answering (the pod fixture, its Id
+    replaced); an events stream that stays open."""
+    template = json.loads((FIX / "docker-20.10-inspect-pod.json").read_bytes())
+    listing = json.dumps([{"Id": f"{i:064x}"} for i in range(count)]).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                req = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            path = req.split(b" ")[1].decode()
+            if "/events" in path:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(3600)
+            if "/containers/json" in path:
+                body = listing
+            elif "/containers/" in path:
+                body = json.dumps({**template, "Id": path.split("/")[-2], "Name": "/c" + path.split("/")[-2][-2:]}
+                                  ).encode()
+            else:
+                body = b"OK"
+            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+    return handle
+
+
+@run
+async def test_a_failing_emit_costs_one_line_not_the_workers() -> None:
+    emitted: list[Change] = []
+
+    def emit(changes: list[Change]) -> None:
+        emitted.extend(changes)
+        if len(emitted) <= 4:  # as many failures as workers: each would have ended one
+            raise AssertionError("a bug in the registry")
+
+    log: list[str] = []
+    async with server(engine_listing(8)) as path:
+        w = DockerWatcher(path, emit, log.append, FAST)
+        task = asyncio.create_task(w.run())
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(emitted) == 8 and w.stats["connects"] == 1
+    assert len(log) == 1 and "AssertionError: a bug in the registry" in log[0], log
 
 
 def test_odd_but_valid_names_round_trip() -> None:

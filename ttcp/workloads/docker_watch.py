@@ -42,6 +42,7 @@ from ttcp.workloads.docker import (
 from ttcp.workloads.runtime import Change, Container, Gone, Seen
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
+MAX_SLOW = 1024  # containers whose failing inspects are counted; bugs logged once each
 
 
 
@@ -246,6 +247,9 @@ class DockerWatcher:
         self._wake = asyncio.Event()
         self._unreadable: set[str] = set()  # ids whose inspect is garbage: logged once, skipped
         self._relisting = False
+        self._slow: set[str] = set()  # ids whose last inspect timed out or failed (retried)
+        self._slow_reason = ""  # the reason logged for this episode of failing inspects
+        self._bugs: set[str] = set()  # unexpected exceptions logged (once each)
         self.stats = {"connects": 0, "failures": 0, "events": 0, "inspects": 0, "slow": 0,
                       "oversized": 0, "unreadable": 0}
 
@@ -254,13 +258,22 @@ class DockerWatcher:
             try:
                 await self._session()
             except DockerError as e:
-                self.stats["failures"] += 1
-                self.connected.clear()
-                reason = str(e)
-                if reason != self._last_problem:
-                    self.log(f"docker {self.socket_path}: {reason}; names from Docker paused, retrying")
-                    self._last_problem = reason
+                self._failed(str(e))
+            except Exception as e:  # noqa: BLE001 -- a bug (here or in `emit`): one line, then a new session
+                self._failed(f"unexpected {e.__class__.__name__}: {str(e)[:160]}")
             await asyncio.sleep(self.backoff.next())
+
+    def _failed(self, reason: str) -> None:
+        self.stats["failures"] += 1
+        self.connected.clear()
+        if reason != self._last_problem:
+            self.log(f"docker {self.socket_path}: {reason}; names from Docker paused, retrying")
+            self._last_problem = reason
+
+    def health(self) -> dict[str, object]:
+        """What GET /healthz shows: followed or not, why not, and lookups failing now."""
+        return {"connected": self.connected.is_set(), "problem": self._last_problem or None,
+                "lookups_failing": len(self._slow), "lookups_problem": self._slow_reason or None}
 
     def _mark(self, ident: str, removed: bool = False) -> None:
         self._dirty[ident] = removed or self._dirty.get(ident, False)
@@ -282,8 +295,8 @@ class DockerWatcher:
                 watch = [asyncio.create_task(self._read(client, stream)),
                          asyncio.create_task(self._pinger(client))]
                 workers = [asyncio.create_task(self._worker(client)) for _ in range(self.workers)]
-                try:
-                    done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+                try:  # a worker ends only by a bug: that ends the session too, not in silence
+                    done, _ = await asyncio.wait(watch + workers, return_when=asyncio.FIRST_COMPLETED)
                     for t in done:
                         t.result()  # the DockerError that ends the session
                     raise DockerError("events: stream ended")
@@ -348,13 +361,15 @@ class DockerWatcher:
             ident, removed = job
             try:
                 c = None if removed else await self._inspect(client, ident)
+                if c is not _SLOW:
+                    self._answered(ident)
                 if c is None:
                     if ident in self.known:
                         self.known.discard(ident)
-                        self.emit([Gone("docker", ident, removed=True)])
+                        self._emit([Gone("docker", ident, removed=True)])
                 elif isinstance(c, Container):
                     self.known.add(c.id)
-                    self.emit([Seen(c)])
+                    self._emit([Seen(c)])
             finally:
                 self._inflight.discard(ident)
                 self._wake.set()
@@ -371,10 +386,35 @@ class DockerWatcher:
                 self._unreadable.add(ident)
                 self.log(f"docker {self.socket_path}: container {ident[:12]} unreadable ({e}); it has no name")
             return None
-        except DockerError:
+        except DockerError as e:
             self.stats["slow"] += 1
+            self._slow_inspect(ident, str(e))
             asyncio.get_running_loop().call_later(1.0, self._mark, ident)
             return _SLOW
+
+    def _slow_inspect(self, ident: str, reason: str) -> None:
+        """One line per episode of failing inspects (and per change of its reason)."""
+        if len(self._slow) < MAX_SLOW:
+            self._slow.add(ident)
+        if reason != self._slow_reason:
+            self._slow_reason = reason
+            self.log(f"docker {self.socket_path}: inspects failing ({reason}); "
+                     "those containers keep their last state, retried every 1 s")
+
+    def _answered(self, ident: str) -> None:
+        self._slow.discard(ident)
+        if not self._slow and self._slow_reason:
+            self._slow_reason = ""  # the episode is over: the next failure is a new one
+
+    def _emit(self, changes: list[Change]) -> None:
+        """`emit`, whose bugs cost one line each and not the worker."""
+        try:
+            self.emit(changes)
+        except Exception as e:  # noqa: BLE001 -- a bug must not end the worker
+            text = f"{e.__class__.__name__}: {str(e)[:160]}"
+            if text not in self._bugs and len(self._bugs) < MAX_SLOW:
+                self._bugs.add(text)
+                self.log(f"docker {self.socket_path}: following a change failed: {text}")
 
     async def _pinger(self, client: DockerClient) -> None:
         while True:
