@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import select
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,57 @@ def test_a_pid_given_to_a_newer_process_is_not_the_tasks(shim: FakeShim, watcher
     assert not started_after(os.getpid(), time.time()) and not started_after(1 << 30, 0.0)
     [task] = seen(watcher.scan())
     assert task.pid == 0 and not watcher._pidfds
+
+
+def test_a_failing_watcher_costs_a_line_drops_its_tasks_and_starts_again(shim: FakeShim) -> None:
+    """A bug in the first scan, then an I/O error on a later event: each is one line, the
+    tasks are reported gone (no stale names or namespaces) and a new watcher takes over."""
+    shim.create("k8s.io", "a", spec(POD))
+    shim.start("k8s.io", "a")
+    made: list[StateWatcher] = []
+
+    class Failing(StateWatcher):
+        def __init__(self, state_dir: str | os.PathLike[str], log: Callable[[str], None]) -> None:
+            super().__init__(state_dir, log)
+            made.append(self)
+
+        def scan(self) -> list[Change]:
+            if len(made) == 1:
+                raise AssertionError("a bug")
+            return super().scan()
+
+        def process(self) -> list[Change]:
+            if len(made) == 2:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().process()
+
+    got: list[Change] = []
+    log: list[str] = []
+    health: dict[str, object] = {}
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"not within 5 s: {got} {log}")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(follow(shim.root.parent, got.extend, log.append, health, Failing))
+        await until(lambda: len(made) == 2 and health["followed"] is True)
+        assert [c.id for c in seen(got)] == ["a"]
+        shim.create("k8s.io", "b", spec())  # an event: the second watcher's process() fails
+        await until(lambda: len(made) == 3 and health["followed"] is True)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    before = len(os.listdir("/proc/self/fd"))
+    asyncio.run(scenario())
+    assert len(log) == 2 and "unexpected AssertionError: a bug" in log[0] and "Input/output error" in log[1], log
+    empty = Relisted("containerd", frozenset())
+    first_seen = next(i for i, c in enumerate(got) if isinstance(c, Seen))
+    assert got[0] == empty and empty in got[first_seen:]  # the failure after a scan drops its tasks
+    last_empty = len(got) - 1 - got[::-1].index(empty)
+    assert Relisted("containerd", frozenset({"a", "b"})) in got[last_empty:]  # the new watcher's scan
+    assert len(os.listdir("/proc/self/fd")) == before

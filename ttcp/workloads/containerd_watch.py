@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import random
 import select
 import time
 from collections.abc import Callable
@@ -337,32 +338,71 @@ def _subdirs(path: Path) -> list[str]:
         return []
 
 
-async def follow(state_dir: str | os.PathLike[str], emit: Emit, log: Log) -> None:
+RETRY_FIRST, RETRY_CAP = 0.5, 30.0  # s between attempts after a failure (doubling)
+HEALTHY_AFTER = 30.0  # s a watcher must have run for its end to start a new episode
+
+
+async def follow(state_dir: str | os.PathLike[str], emit: Emit, log: Log,
+                 health: dict[str, object] | None = None,
+                 make: Callable[[str | os.PathLike[str], Log], StateWatcher] = StateWatcher) -> None:
     """Report containerd's tasks to `emit` until cancelled: what the agent runs as a task.
 
     The watcher is fd-driven (the loop calls `process()` when it is readable), so
-    this only sets it up, waits, and takes it down. A watcher that cannot start
-    (no inotify instance left) or fails later costs one line: names from
-    containerd are missing, events go out with ids only.
+    this sets it up, waits, and takes it down. A watcher that cannot start (no
+    inotify instance left) or fails later costs one line per change of reason;
+    its tasks are then reported gone (`Relisted` with none: no stale names, no
+    filter left on an old namespace) and it starts again with backoff. `health`
+    (what GET /healthz shows) says whether it is followed, and why not.
     """
+    health = {} if health is None else health
+    health.update(followed=False, problem=None)
+    delay, last = 0.0, ""
+    while True:
+        started = time.monotonic()
+        reason = await _watch(state_dir, emit, log, health, make)
+        health.update(followed=False, problem=reason)
+        emit([Relisted("containerd", frozenset())])  # nothing known of its tasks any more
+        if time.monotonic() - started > HEALTHY_AFTER:
+            delay, last = 0.0, ""
+        if reason != last:
+            log(f"containerd {state_dir}: {reason}; names from containerd paused, retrying")
+            last = reason
+        delay = min(RETRY_CAP, delay * 2 or RETRY_FIRST)
+        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return f"unexpected {e.__class__.__name__}: {str(e)[:160]}"
+
+
+async def _watch(state_dir: str | os.PathLike[str], emit: Emit, log: Log, health: dict[str, object],
+                 make: Callable[[str | os.PathLike[str], Log], StateWatcher]) -> str:
+    """One watcher's life: why it ended."""
     loop = asyncio.get_running_loop()
     try:
-        watcher = StateWatcher(state_dir, log)
+        watcher = make(state_dir, log)
     except OSError as e:
-        log(f"containerd {state_dir}: cannot watch ({e.strerror}); no names from containerd")
-        return
+        return f"cannot watch ({_reason(e)})"
+    failed: asyncio.Future[str] = loop.create_future()
 
     def readable() -> None:
         try:
             emit(watcher.process())
-        except OSError as e:
-            log(f"containerd {state_dir}: {e.strerror}; no more names from containerd")
+        except Exception as e:  # noqa: BLE001 -- an I/O error or a bug: one line, a new watcher
             loop.remove_reader(watcher.fileno())
+            if not failed.done():
+                failed.set_result(_reason(e))
 
     try:
-        emit(watcher.scan())
+        try:
+            emit(watcher.scan())
+        except Exception as e:  # noqa: BLE001 -- as in readable()
+            return _reason(e)
         loop.add_reader(watcher.fileno(), readable)
-        await asyncio.Event().wait()
+        health.update(followed=True, problem=None)
+        return await failed
     finally:
         loop.remove_reader(watcher.fileno())
         watcher.close()
