@@ -44,10 +44,11 @@ from ttcp.rtt.filters_sync import FiltersFile
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
 from ttcp.rtt.table_rules import CorruptTableError, Origin
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
+from ttcp.workloads.containerd import DEFAULT_TASK_DIR
 from ttcp.workloads.resolver import Resolver
 
 DOCKER_SOCKET = "/var/run/docker.sock"
-CONTAINERD_STATE = "/run/containerd/io.containerd.runtime.v2.task"
+CONTAINERD_STATE = DEFAULT_TASK_DIR
 
 EPILOG = """\
 filters ([WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]]; a connection is reported
@@ -254,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Docker engine whose containers are named (container NAME, names on events; "
                         f"default: {DOCKER_SOCKET} when it exists)")
     p.add_argument("--containerd-state", metavar="DIR", default=None,
-                   help="containerd's task state directory, followed for containers and pods (default: "
-                        f"{CONTAINERD_STATE} when it exists)")
+                   help="containerd's task directory (the runc v2 shim's state: one directory per "
+                        f"task), followed for containers and pods; containerd's state directory above it "
+                        f"is taken too (default: {CONTAINERD_STATE} when it exists)")
     p.add_argument("--no-runtimes", action="store_true",
                    help="follow no container runtime (container and pod filters then stay pending)")
     p.add_argument("--ringbuf-size", type=_size, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",

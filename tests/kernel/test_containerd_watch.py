@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from ttcp.workloads.containerd import TASK_DIR
-from ttcp.workloads.containerd_watch import StateWatcher, follow, started_after
+from ttcp.cli import CONTAINERD_STATE
+from ttcp.workloads.containerd import DEFAULT_TASK_DIR, TASK_DIR
+from ttcp.workloads.containerd_watch import StateWatcher, follow, started_after, task_dir
 from ttcp.workloads.runtime import Change, Container, Gone, Pod, Relisted, Seen
 
 POD = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-name": "web-0",
@@ -100,7 +101,7 @@ def logged() -> list[str]:
 
 @pytest.fixture
 def watcher(tmp_path: Path, logged: list[str]) -> Iterator[StateWatcher]:
-    w = StateWatcher(tmp_path, logged.append)
+    w = StateWatcher(tmp_path / TASK_DIR, logged.append)
     yield w
     w.close()
 
@@ -229,11 +230,56 @@ def test_the_task_directory_itself_can_be_named(tmp_path: Path, shim: FakeShim) 
         w.close()
 
 
+def test_one_meaning_of_the_state_path(tmp_path: Path, shim: FakeShim) -> None:
+    """The task directory, under any name; containerd's state directory holding one; a path not
+    there yet by its name only."""
+    shim.create("k8s.io", "a", spec())
+    elsewhere = tmp_path / "tasks"  # a DaemonSet mounting the task directory as /host/tasks
+    os.rename(shim.root, elsewhere)
+    assert task_dir(elsewhere) == elsewhere and task_dir(tmp_path) == tmp_path  # tmp_path has no task dir now
+    w = StateWatcher(elsewhere, print)
+    try:
+        assert [c.id for c in seen(w.scan())] == ["a"]
+    finally:
+        w.close()
+    os.rename(elsewhere, shim.root)
+    assert task_dir(tmp_path) == shim.root and task_dir(shim.root) == shim.root
+    assert task_dir(tmp_path / "later") == tmp_path / "later" / TASK_DIR
+    assert task_dir(tmp_path / "x" / TASK_DIR) == tmp_path / "x" / TASK_DIR
+    assert CONTAINERD_STATE == DEFAULT_TASK_DIR and task_dir(Path(CONTAINERD_STATE)) == Path(CONTAINERD_STATE)
+
+
+def test_a_missing_directory_costs_one_line_and_is_not_followed_until_it_comes(tmp_path: Path) -> None:
+    log: list[str] = []
+    got: list[Change] = []
+    health: dict[str, object] = {}
+    typo = tmp_path / "run" / "containred"
+    shim = FakeShim(typo)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(follow(typo, got.extend, log.append, health))
+        await asyncio.sleep(0.2)
+        assert health == {"followed": False, "problem": f"{shim.root}: no such directory, waiting for it"}
+        assert len(log) == 1 and "does not exist" in log[0] and str(shim.root) in log[0]
+        shim.create("k8s.io", "a", spec())  # the directory comes (containerd started): followed
+        for _ in range(100):
+            if health["followed"]:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert health == {"followed": True, "problem": None} and len(log) == 1
+    assert [c.id for c in seen(got)] == ["a"]
+
+
 def test_follow_runs_the_watcher_in_a_loop_and_leaves_no_descriptor(shim: FakeShim) -> None:
     got: list[Change] = []
 
     async def scenario() -> None:
-        task = asyncio.create_task(follow(shim.root.parent, got.extend, print))
+        task = asyncio.create_task(follow(shim.root, got.extend, print))
         await asyncio.sleep(0.05)
         shim.create("k8s.io", "a", spec(POD))
         shim.start("k8s.io", "a")

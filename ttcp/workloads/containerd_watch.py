@@ -51,9 +51,19 @@ ANCESTOR_MASK = Inotify.CREATE | Inotify.MOVED_TO | Inotify.ONLYDIR
 Key = tuple[str, str]  # (containerd namespace, id)
 
 
+def task_dir(given: Path) -> Path:
+    """What --containerd-state names: the runc v2 shim's task directory (DEFAULT_TASK_DIR,
+    what a DaemonSet mounts, possibly under another name), or containerd's state directory
+    that holds it. Unambiguous: a directory named TASK_DIR, or holding one, or any other
+    existing directory (a task directory mounted elsewhere). Only a path that does not exist
+    yet is guessed at by its name: containerd's state directory unless named TASK_DIR."""
+    if given.name == TASK_DIR or (given.is_dir() and not (given / TASK_DIR).is_dir()):
+        return given
+    return given / TASK_DIR
+
+
 class StateWatcher:
-    """The tasks under `state_dir` as changes: containerd's `state` (/run/containerd by default) or
-    its io.containerd.runtime.v2.task directory (what a DaemonSet mounts).
+    """The tasks under containerd's task directory (`task_dir(state_dir)`) as changes.
 
     `scan()` arms the watches and reports every task (and `Relisted`); `process()`,
     once `fileno()` is readable, reports what changed since. A state directory that
@@ -63,8 +73,7 @@ class StateWatcher:
 
     def __init__(self, state_dir: str | os.PathLike[str], log: Log,
                  skip_namespaces: frozenset[str] = SKIPPED_NAMESPACES) -> None:
-        given = Path(state_dir)  # containerd's state directory, or the shim's task directory in it
-        self.root = given if given.name == TASK_DIR else given / TASK_DIR
+        self.root = task_dir(Path(state_dir))
         self.log = log
         self.skip = skip_namespaces  # Docker's tasks (moby): its API names them
         self.inotify = syscalls.inotify_init()
@@ -390,18 +399,32 @@ async def _watch(state_dir: str | os.PathLike[str], emit: Emit, log: Log, health
     def readable() -> None:
         try:
             emit(watcher.process())
+            present()
         except Exception as e:  # noqa: BLE001 -- an I/O error or a bug: one line, a new watcher
             loop.remove_reader(watcher.fileno())
             if not failed.done():
                 failed.set_result(_reason(e))
+
+    missing = [False]
+
+    def present() -> None:
+        """Followed while the task directory is there; a missing one costs a line, once."""
+        if watcher.root.is_dir():
+            missing[0] = False
+            health.update(followed=True, problem=None)
+        elif not missing[0]:
+            missing[0] = True
+            health.update(followed=False, problem=f"{watcher.root}: no such directory, waiting for it")
+            log(f"containerd {state_dir}: {watcher.root} does not exist (a mistyped --containerd-state, "
+                "or containerd not started yet); waiting for it, no names from containerd meanwhile")
 
     try:
         try:
             emit(watcher.scan())
         except Exception as e:  # noqa: BLE001 -- as in readable()
             return _reason(e)
+        present()
         loop.add_reader(watcher.fileno(), readable)
-        health.update(followed=True, problem=None)
         return await failed
     finally:
         loop.remove_reader(watcher.fileno())
