@@ -27,6 +27,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ttcp.rtt import filters as F
 from ttcp.rtt.filters import FilterError, Workload
@@ -39,6 +40,7 @@ MAX_RECENT = 1024  # names of ended containers kept by cgroup id, for their last
 _HEX = frozenset("0123456789abcdef")
 
 Key = tuple[str, str]  # (runtime, id)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,11 @@ class Registry:
         self._entries: dict[Key, _Entry] = {}
         self._by_netns: dict[int, dict[Key, None]] = {}  # own namespaces (not the host's)
         self._by_cgroup: dict[int, Key] = {}
+        # what a filter's text finds without a scan: full id, name, pod ("NS/NAME")
+        self._by_id: dict[str, dict[Key, None]] = {}
+        self._by_name: dict[str, dict[Key, None]] = {}
+        self._by_pod: dict[Pod, dict[Key, None]] = {}
+        self._touched: set[str] = set()  # ids, names and pod texts whose resolution may have changed
         self._names: dict[tuple[int, int], Names | None] = {}
         # Ended containers' names by cgroup id (never reused, unlike a netns inode): the
         # events of their last connections are often read just after the runtime said so.
@@ -160,9 +167,12 @@ class Registry:
             return False
         self._drop(c.key)
         c = dataclasses.replace(c, labels={}, pod=valid_pod(c.pod))
-        self._entries[c.key] = _Entry(c, place)
+        e = self._entries[c.key] = _Entry(c, place)
+        self._index(e, add=True)
         if place.netns and not place.host_network:
+            self._touch_netns(place.netns)  # its neighbours now share their namespace
             self._by_netns.setdefault(place.netns, {})[c.key] = None
+        self._touch(e)
         if place.cgroup_id is not None:
             self._by_cgroup[place.cgroup_id] = c.key
         self._changed()
@@ -172,11 +182,14 @@ class Registry:
         e = self._entries.pop(key, None)
         if e is None:
             return
+        self._index(e, add=False)
+        self._touch(e)
         keys = self._by_netns.get(e.place.netns)
         if keys is not None:
             keys.pop(key, None)
             if not keys:
                 del self._by_netns[e.place.netns]
+            self._touch_netns(e.place.netns)  # its neighbours may have it to themselves now
         if e.place.cgroup_id is not None and self._by_cgroup.get(e.place.cgroup_id) == key:
             del self._by_cgroup[e.place.cgroup_id]
             self._recent[e.place.cgroup_id] = _names_of(e.container)
@@ -187,6 +200,29 @@ class Registry:
     def _changed(self) -> None:
         self.version += 1
         self._names.clear()
+
+    def _index(self, e: _Entry, add: bool) -> None:
+        c = e.container
+        _indexed(self._by_id, c.id, c.key, add)
+        _indexed(self._by_name, c.name, c.key, add)
+        if c.pod is not None:
+            _indexed(self._by_pod, c.pod, c.key, add)
+
+    def _touch(self, e: _Entry) -> None:
+        c = e.container
+        self._touched.update((c.id, c.name))
+        if c.pod is not None:
+            self._touched.add(str(c.pod))
+
+    def _touch_netns(self, netns: int) -> None:
+        for key in self._by_netns.get(netns, {}):
+            self._touch(self._entries[key])
+
+    def touched(self) -> set[str]:
+        """The ids, names and pod texts ("NS/NAME") whose filters may resolve differently since
+        the last call: only those need resolving again (an id's prefixes are the caller's)."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     # ---- what a filter selects ----
 
@@ -204,14 +240,13 @@ class Registry:
 
     def _matching(self, name: str) -> list[_Entry]:
         """Docker's order: a full id, then an exact name, then a unique id prefix (≥ 12 hex)."""
-        entries = self._entries.values()
-        by_id = [e for e in entries if e.container.id == name]
+        by_id = [self._entries[k] for k in self._by_id.get(name, {})]
         if by_id:
             return by_id
-        by_name = [e for e in entries if e.container.name == name]
+        by_name = [self._entries[k] for k in self._by_name.get(name, {})]
         if by_name or len(name) < F.CONTAINER_ID_PREFIX or not set(name) <= _HEX:
             return by_name
-        return [e for e in entries if e.container.id.startswith(name)]
+        return [e for e in self._entries.values() if e.container.id.startswith(name)]
 
     def _resolve_container(self, w: Workload, e: _Entry) -> Found:
         place = e.place
@@ -234,7 +269,7 @@ class Registry:
     def _resolve_pod(self, w: Workload) -> Found:
         namespace, _, name = w.name.partition("/")
         pod = Pod(namespace, name)
-        members = [e for e in self._entries.values() if e.container.pod == pod]
+        members = [self._entries[k] for k in self._by_pod.get(pod, {})]
         if not members:
             return Found(Resolution.pending(w), f"no running container belongs to pod {pod}")
         members.sort(key=lambda e: not e.container.sandbox)  # the sandbox holds the pod's namespace
@@ -288,6 +323,17 @@ class Registry:
     def label(self, netns: int, cgroup_id: int) -> str | None:
         found = self.names(netns, cgroup_id)
         return found.label() if found is not None else None
+
+
+def _indexed(index: dict[T, dict[Key, None]], value: T, key: Key, add: bool) -> None:
+    if add:
+        index.setdefault(value, {})[key] = None
+        return
+    keys = index.get(value)
+    if keys is not None:
+        keys.pop(key, None)
+        if not keys:
+            del index[value]
 
 
 def _names_of(c: Container) -> Names:

@@ -56,6 +56,7 @@ class Resolver:
         self.registry = Registry()
         self.placer = Placer(self.tree)
         self.followed: dict[Workload, Resolution] = {}  # container and pod filters' workloads, as resolved
+        self._by_text: dict[str, dict[Workload, None]] = {}  # followed, by their name or id text
         self._holds: dict[Workload, tuple[int, int]] = {}  # a followed workload's namespace: fd, inode
         self._stale: list[int] = []  # holds to close once the table has moved
 
@@ -67,6 +68,7 @@ class Resolver:
         if w.named:
             found = self.registry.resolve(w)
             self.followed[w] = found.resolution
+            self._by_text.setdefault(w.name, {})[w] = None
             self._hold(w, found)
             self.settle()
             return found.resolution
@@ -82,6 +84,10 @@ class Resolver:
     def release(self, w: Workload) -> None:
         if w.named:
             self.followed.pop(w, None)
+            same = self._by_text.get(w.name, {})
+            same.pop(w, None)
+            if not same:
+                self._by_text.pop(w.name, None)
             held = self._holds.pop(w, None)
             if held is not None:
                 os.close(held[0])
@@ -104,10 +110,12 @@ class Resolver:
         before = self.registry.version
         for change in changes:
             self.registry.apply(change, self.placer)
+        touched = self.registry.touched()
         if self.registry.version == before:
             return []
         moves = []
-        for w, old in self.followed.items():
+        for w in self._touching(touched):
+            old = self.followed[w]
             found = self.registry.resolve(w)
             if found.resolution != old:
                 self.followed[w] = found.resolution
@@ -115,6 +123,18 @@ class Resolver:
                 moves.append((w, found.resolution))
         moves.sort(key=lambda m: m[1].id is not None)
         return moves
+
+    def _touching(self, touched: set[str]) -> list[Workload]:
+        """The followed workloads a change to these ids, names and pods may move: by the
+        text itself, or an id's prefix (≥ 12 hex digits). Not a scan of every filter: with
+        a thousand of them, a runtime's change must not hold up the event loop."""
+        out: dict[Workload, None] = {}
+        for text in touched:
+            out.update(self._by_text.get(text, {}))
+            if len(text) > F.CONTAINER_ID_PREFIX:
+                for n in range(F.CONTAINER_ID_PREFIX, len(text)):
+                    out.update(self._by_text.get(text[:n], {}))
+        return list(out)
 
     def _hold(self, w: Workload, found: Found) -> None:
         """Hold the namespace `w` resolves to now (the one held before goes at settle())."""
