@@ -14,7 +14,7 @@ from ttcp.rtt import filters as F
 from ttcp.rtt.filters import Filter, FilterError, Workload
 from ttcp.rtt.table_rules import Resolution, TableRules, Write
 from ttcp.workloads.registry import Names, Placement, Registry, escaped
-from ttcp.workloads.runtime import Container, Gone, Pod, Relisted, Seen
+from ttcp.workloads.runtime import Container, Gone, Lost, Pod, Relisted, Seen
 
 # ---- the language ----------------------------------------------------------------------
 
@@ -325,3 +325,19 @@ def test_a_change_touches_every_filter_whose_resolution_it_changes() -> None:
             for x in workloads:
                 if reg.resolve(x).resolution != before[x]:
                     assert x.name in touched or any(t.startswith(x.name) for t in touched), (x, touched)
+
+
+def test_a_namespace_names_only_containers_known_to_run() -> None:
+    """Gone drops the namespace's name at once; while a runtime is out of sight (Lost) its
+    namespaces name nothing (an inode freed meanwhile may be another's), cgroup ids still do,
+    and what filters select stays; its next listing brings the names back."""
+    web, other = ctr("web", pid=100), ctr("other", pid=101)
+    reg, places = setup((web, own(11, 700)), (other, own(12)))
+    assert reg.label(11, 0) == "container web" and reg.label(12, 0) == "container other"
+    reg.apply(Lost("docker"), places)
+    assert reg.label(11, 0) is None and reg.label(12, 0) is None and reg.label(11, 700) == "container web"
+    assert reg.resolve(w("container other")).resolution == Resolution.netns(12)
+    reg.apply(Relisted("docker", frozenset({web.id, other.id})), places)
+    assert reg.label(11, 0) == "container web" and reg.label(12, 0) == "container other"
+    reg.apply(Gone("docker", other.id), places)  # stopped, not removed: its inode may be reused now
+    assert reg.label(12, 0) is None

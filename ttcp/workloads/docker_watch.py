@@ -39,7 +39,7 @@ from ttcp.workloads.docker import (
     parse_version,
     since_param,
 )
-from ttcp.workloads.runtime import Change, Container, Gone, Seen
+from ttcp.workloads.runtime import Change, Container, Gone, Lost, Relisted, Seen
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 MAX_SLOW = 1024  # containers whose failing inspects are counted; bugs logged once each
@@ -250,6 +250,7 @@ class DockerWatcher:
         self._slow: set[str] = set()  # ids whose last inspect timed out or failed (retried)
         self._slow_reason = ""  # the reason logged for this episode of failing inspects
         self._bugs: set[str] = set()  # unexpected exceptions logged (once each)
+        self._in_sight = True  # since the last listing (nothing known before the first)
         self.stats = {"connects": 0, "failures": 0, "events": 0, "inspects": 0, "slow": 0,
                       "oversized": 0, "unreadable": 0}
 
@@ -265,6 +266,9 @@ class DockerWatcher:
 
     def _failed(self, reason: str) -> None:
         self.stats["failures"] += 1
+        if self._in_sight:
+            self._in_sight = False
+            self._emit([Lost("docker")])  # out of sight: no names by namespace until relisted
         self.connected.clear()
         if reason != self._last_problem:
             self.log(f"docker {self.socket_path}: {reason}; names from Docker paused, retrying")
@@ -320,6 +324,8 @@ class DockerWatcher:
             ids = set(await client.list_ids())
         finally:
             self._relisting = False
+        self._emit([Relisted("docker", frozenset(ids))])  # in sight again; what is not listed is gone
+        self._in_sight = True
         for gone in self.known - ids:
             self._mark(gone, removed=True)
         for ident in ids:

@@ -32,7 +32,7 @@ from typing import TypeVar
 from ttcp.rtt import filters as F
 from ttcp.rtt.filters import FilterError, Workload
 from ttcp.rtt.table_rules import Resolution
-from ttcp.workloads.runtime import Change, Container, Gone, Pod, Relisted, Seen
+from ttcp.workloads.runtime import Change, Container, Gone, Lost, Pod, Relisted, Seen
 
 MAX_CONTAINERS = 16384  # running containers kept (a node runs a few hundred)
 MAX_CACHED_NAMES = 4096  # (netns, cgroup id) -> names, cleared on every change
@@ -128,6 +128,7 @@ class Registry:
         self._by_name: dict[str, dict[Key, None]] = {}
         self._by_pod: dict[Pod, dict[Key, None]] = {}
         self._touched: set[str] = set()  # ids, names and pod texts whose resolution may have changed
+        self._lost: set[str] = set()  # runtimes out of sight: their namespaces name nothing (Lost)
         self._names: dict[tuple[int, int], Names | None] = {}
         # Ended containers' names by cgroup id (never reused, unlike a netns inode): the
         # events of their last connections are often read just after the runtime said so.
@@ -159,6 +160,12 @@ class Registry:
         elif isinstance(change, Relisted):
             for key in [k for k in self._entries if k[0] == change.runtime and k[1] not in change.ids]:
                 self._drop(key)
+            if change.runtime in self._lost:
+                self._lost.discard(change.runtime)
+                self._changed()
+        elif isinstance(change, Lost) and change.runtime not in self._lost:
+            self._lost.add(change.runtime)
+            self._changed()  # names by namespace pause (the cache goes); what filters select stays
         return True
 
     def _put(self, c: Container, place: Placement) -> bool:
@@ -308,6 +315,8 @@ class Registry:
         if not keys:
             return None
         members = [self._entries[k].container for k in keys]
+        if any(c.runtime in self._lost for c in members):
+            return None  # its namespace may have ended and its inode gone to another meanwhile
         if len(members) == 1:
             return _names_of(members[0])
         pods = {c.pod for c in members}
