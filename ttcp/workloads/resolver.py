@@ -67,11 +67,11 @@ class Resolver:
     def resolve(self, w: Workload) -> Resolution:
         if w.named:
             found = self.registry.resolve(w)
-            self.followed[w] = found.resolution
+            resolution = found.resolution if self._hold(w, found) else Resolution.pending(w)
+            self.followed[w] = resolution
             self._by_text.setdefault(w.name, {})[w] = None
-            self._hold(w, found)
             self.settle()
-            return found.resolution
+            return resolution
         if w.kind == F.NETNS:
             return Resolution.netns(w.inode or self.netns.acquire(w.name))
         if self.watcher is None:
@@ -117,10 +117,10 @@ class Resolver:
         for w in self._touching(touched):
             old = self.followed[w]
             found = self.registry.resolve(w)
-            if found.resolution != old:
-                self.followed[w] = found.resolution
-                self._hold(w, found)
-                moves.append((w, found.resolution))
+            new = found.resolution if self._hold(w, found) else Resolution.pending(w)
+            if new != old:
+                self.followed[w] = new
+                moves.append((w, new))
         moves.sort(key=lambda m: m[1].id is not None)
         return moves
 
@@ -136,25 +136,28 @@ class Resolver:
                     out.update(self._by_text.get(text[:n], {}))
         return list(out)
 
-    def _hold(self, w: Workload, found: Found) -> None:
-        """Hold the namespace `w` resolves to now (the one held before goes at settle())."""
+    def _hold(self, w: Workload, found: Found) -> bool:
+        """Hold the namespace `w` resolves to now (the one held before goes at settle());
+        False when it cannot be held: `w` stays pending, since the kernel would select an
+        inode nobody holds (free for another namespace) until the container's end event."""
         inode = found.resolution.id if found.resolution.selector[0] == F.NETNS else None
         held = self._holds.get(w)
         if held is not None and held[1] == inode:
-            return
+            return True
         if held is not None:
             self._stale.append(held[0])
             del self._holds[w]
-        if inode is None or not found.pid:
-            return
+        if inode is None:
+            return True
         try:
             fd = os.open(f"{self.placer.proc}/{found.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # it ended already: its end is the next change
-            return
+            return False
         if os.fstat(fd).st_ino != inode:  # the pid is another process's now
             os.close(fd)
-            return
+            return False
         self._holds[w] = (fd, inode)
+        return True
 
     def settle(self) -> None:
         """The table has followed apply()'s moves: namespaces no longer selected are let go."""
