@@ -51,6 +51,7 @@ class Placement:
     cgroup: str | None  # its cgroup-v2 path (None: not placed in cgroup v2, or no cgroup2 here)
     cgroup_id: int | None  # that cgroup's id
     host_network: bool  # in the host's network namespace
+    no_cgroup: str = ""  # why `cgroup` is None although it has one (too deep for the kernel's walk)
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ class Registry:
         if place.host_network:
             if place.cgroup is None or place.cgroup_id is None:
                 return Found(Resolution.pending(w), f"{e.label} is on the host's network and in no cgroup-v2 "
-                             "cgroup: the kernel cannot tell its sockets from the host's")
+                             "cgroup: the kernel cannot tell its sockets from the host's" + _why(place))
             return Found(Resolution.cgroup(place.cgroup, place.cgroup_id),
                          f"{e.label} is on the host's network: selected by its cgroup")
         others = sorted(self._entries[k].label for k in self._by_netns.get(place.netns, {}) if k != e.container.key)
@@ -271,7 +272,8 @@ class Registry:
             return Found(Resolution.cgroup(place.cgroup, place.cgroup_id),
                          f"{e.label} shares its network namespace: selected by its cgroup", shared)
         return Found(Resolution.netns(place.netns), f"{e.label} shares its network namespace and has no "
-                     "cgroup-v2 cgroup: the others' connections are selected too", shared, e.container.pid)
+                     "cgroup-v2 cgroup: the others' connections are selected too" + _why(place), shared,
+                     e.container.pid)
 
     def _resolve_pod(self, w: Workload) -> Found:
         namespace, _, name = w.name.partition("/")
@@ -343,6 +345,10 @@ def _indexed(index: dict[T, dict[Key, None]], value: T, key: Key, add: bool) -> 
         keys.pop(key, None)
         if not keys:
             del index[value]
+
+
+def _why(place: Placement) -> str:
+    return f" ({place.no_cgroup})" if place.no_cgroup else ""
 
 
 def _names_of(c: Container) -> Names:
