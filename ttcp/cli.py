@@ -34,6 +34,7 @@ from ttcp.api.limits import Limits
 from ttcp.api.series_bound import DEFAULT_MAX_SERIES
 from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
 from ttcp.errors import BindError, TtcpError
+from ttcp.kernel import rlimit
 from ttcp.kernel.bpf_stats import BpfStats
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.output import HistogramPrinter, Printer, to_devnull
@@ -494,6 +495,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                         "(or run with --no-api)")
     sockets = [] if args.no_api else _listen(args.host, args.port)
     timings.phase("listen")
+    rlimit.raise_nofile()  # pidfds and namespaces held for containers, beside the API's sockets
     resolver = Resolver.for_host()
     source: FiltersFile | None = None
     stats = BpfStats()
