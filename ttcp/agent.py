@@ -124,6 +124,8 @@ class Agent:
         with contextlib.suppress(OSError, FormatError):  # no /proc: no process metrics
             self.process = ProcessReader()
         self._runner: Any = None  # the API's aiohttp runner, once it serves
+        self._runtime_health: dict[str, Callable[[], dict[str, object]]] = {}  # runtime -> its state
+        self._bugs: set[str] = set()  # unexpected exceptions following the runtimes, logged once each
 
     @property
     def version(self) -> str:
@@ -156,7 +158,8 @@ class Agent:
         assert self.resolver is not None
         registry = self.resolver.registry
         return {"running": len(registry), "dropped": registry.dropped, "followed": len(self.resolver.followed),
-                "docker": self.opts.docker_socket, "containerd": self.opts.containerd_state}
+                "docker": self.opts.docker_socket, "containerd": self.opts.containerd_state,
+                **{f"{name}_status": health() for name, health in self._runtime_health.items()}}
 
     def sampling(self) -> dict[str, Any]:
         s = self.tracer.sampling
@@ -286,12 +289,15 @@ class Agent:
             # A container started, ended, was renamed or removed: container and pod filters follow.
             table = self.tracer.table
             assert self.resolver is not None and table is not None
-            for w, resolution in self.resolver.apply(changes):
-                try:
-                    table.workload_moved(w, resolution)
-                except TtcpError as e:  # the kernel refused a write: say so, keep following
-                    log.warning("%s: %s", w, e)
-            self.resolver.settle()  # namespaces the table no longer selects may be freed now
+            try:
+                for w, resolution in self.resolver.apply(changes):
+                    try:
+                        table.workload_moved(w, resolution)
+                    except TtcpError as e:  # the kernel refused a write: say so, keep following
+                        log.warning("%s: %s", w, e)
+                self.resolver.settle()  # namespaces the table no longer selects may be freed now
+            except Exception as e:  # noqa: BLE001 -- a bug: one line per kind, the watchers keep going
+                self._bug("following the container runtimes", e)
 
         def follow_workloads() -> None:
             # A cgroup path's cgroup came, went or came back: the table follows (no API call).
@@ -353,6 +359,25 @@ class Agent:
                 ticker.cancel()
             drain()
 
+    def _bug(self, where: str, e: BaseException) -> None:
+        text = f"{where}: unexpected {e.__class__.__name__}: {str(e)[:200]}"
+        if text not in self._bugs and len(self._bugs) < 1024:
+            self._bugs.add(text)
+            log.error("%s", text)
+
+    def _watch_task(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """A runtime watcher runs until cancelled: an end before that is logged at once."""
+        def ended(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                return
+            e = t.exception()
+            if e is not None:
+                self._bug(f"{t.get_name()} watcher died; no more names from it", e)
+            else:
+                log.error("%s watcher ended; no more names from it", t.get_name())
+        task.add_done_callback(ended)
+        return task
+
     def _follow_runtimes(self, emit: Callable[[list[Change]], None]) -> list[asyncio.Task[None]]:
         """The container runtimes' watchers, as tasks (none without a resolver)."""
         tasks: list[asyncio.Task[None]] = []
@@ -365,11 +390,14 @@ class Agent:
                 log.warning("docker %s: names from Docker need aiohttp (%s)", self.opts.docker_socket, e)
             else:
                 watcher = DockerWatcher(self.opts.docker_socket, emit, log.warning)
-                tasks.append(asyncio.create_task(watcher.run(), name="docker"))
+                self._runtime_health["docker"] = watcher.health
+                tasks.append(self._watch_task(asyncio.create_task(watcher.run(), name="docker")))
         if self.opts.containerd_state is not None:
             from ttcp.workloads.containerd_watch import follow as follow_containerd
-            tasks.append(asyncio.create_task(
-                follow_containerd(self.opts.containerd_state, emit, log.warning), name="containerd"))
+            health: dict[str, object] = {}
+            self._runtime_health["containerd"] = lambda: dict(health)
+            tasks.append(self._watch_task(asyncio.create_task(
+                follow_containerd(self.opts.containerd_state, emit, log.warning, health), name="containerd")))
         return tasks
 
     def _watch_filters_file(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:

@@ -34,6 +34,7 @@ from ttcp.api.limits import Limits
 from ttcp.api.series_bound import DEFAULT_MAX_SERIES
 from ttcp.api.token import TOKEN_FILE_ENV, Token, read_token_file
 from ttcp.errors import BindError, TtcpError
+from ttcp.kernel import rlimit
 from ttcp.kernel.bpf_stats import BpfStats
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.output import HistogramPrinter, Printer, to_devnull
@@ -45,11 +46,12 @@ from ttcp.rtt.groups import DEFAULT_MAX_GROUPS
 from ttcp.rtt.pinning import IncompatiblePinError, PinLockedError, PinnedTableTooBigError
 from ttcp.rtt.table_rules import CorruptTableError, Origin
 from ttcp.rtt.tracer import DEFAULT_MAX_FILTERS, DEFAULT_RINGBUF_SIZE, MODES, Tracer
+from ttcp.workloads.containerd import DEFAULT_TASK_DIR
 from ttcp.workloads.group_names import namer
 from ttcp.workloads.resolver import Resolver
 
 DOCKER_SOCKET = "/var/run/docker.sock"
-CONTAINERD_STATE = "/run/containerd/io.containerd.runtime.v2.task"
+CONTAINERD_STATE = DEFAULT_TASK_DIR
 
 EPILOG = """\
 filters ([WORKLOAD] [[src|dst] ADDRESS[/PREFIX] [port N]] [by KEY]; a connection is
@@ -285,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Docker engine whose containers are named (container NAME, names on events; "
                         f"default: {DOCKER_SOCKET} when it exists)")
     p.add_argument("--containerd-state", metavar="DIR", default=None,
-                   help="containerd's task state directory, followed for containers and pods (default: "
-                        f"{CONTAINERD_STATE} when it exists)")
+                   help="containerd's task directory (the runc v2 shim's state: one directory per "
+                        f"task), followed for containers and pods; containerd's state directory above it "
+                        f"is taken too (default: {CONTAINERD_STATE} when it exists)")
     p.add_argument("--no-runtimes", action="store_true",
                    help="follow no container runtime (container and pod filters then stay pending)")
     p.add_argument("--ringbuf-size", type=_size, default=DEFAULT_RINGBUF_SIZE, metavar="BYTES",
@@ -526,6 +529,7 @@ def _run(args: argparse.Namespace, out: TextIO, timings: Timings, signals: _Sign
                         "(or run with --no-api)")
     sockets = [] if args.no_api else _listen(args.host, args.port)
     timings.phase("listen")
+    rlimit.raise_nofile()  # pidfds and namespaces held for containers, beside the API's sockets
     resolver = Resolver.for_host()
     histograms = HistogramPrinter(out, ms=args.ms, cgroup_path=resolver.paths) if histogram_mode else None
     source: FiltersFile | None = None

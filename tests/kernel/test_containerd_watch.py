@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import select
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ttcp.workloads.containerd import TASK_DIR
-from ttcp.workloads.containerd_watch import StateWatcher, follow, started_after
+from ttcp.cli import CONTAINERD_STATE
+from ttcp.workloads.containerd import DEFAULT_TASK_DIR, TASK_DIR
+from ttcp.workloads.containerd_watch import StateWatcher, follow, started_after, task_dir
 from ttcp.workloads.runtime import Change, Container, Gone, Pod, Relisted, Seen
 
 POD = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-name": "web-0",
@@ -99,7 +101,7 @@ def logged() -> list[str]:
 
 @pytest.fixture
 def watcher(tmp_path: Path, logged: list[str]) -> Iterator[StateWatcher]:
-    w = StateWatcher(tmp_path, logged.append)
+    w = StateWatcher(tmp_path / TASK_DIR, logged.append)
     yield w
     w.close()
 
@@ -228,11 +230,56 @@ def test_the_task_directory_itself_can_be_named(tmp_path: Path, shim: FakeShim) 
         w.close()
 
 
+def test_one_meaning_of_the_state_path(tmp_path: Path, shim: FakeShim) -> None:
+    """The task directory, under any name; containerd's state directory holding one; a path not
+    there yet by its name only."""
+    shim.create("k8s.io", "a", spec())
+    elsewhere = tmp_path / "tasks"  # a DaemonSet mounting the task directory as /host/tasks
+    os.rename(shim.root, elsewhere)
+    assert task_dir(elsewhere) == elsewhere and task_dir(tmp_path) == tmp_path  # tmp_path has no task dir now
+    w = StateWatcher(elsewhere, print)
+    try:
+        assert [c.id for c in seen(w.scan())] == ["a"]
+    finally:
+        w.close()
+    os.rename(elsewhere, shim.root)
+    assert task_dir(tmp_path) == shim.root and task_dir(shim.root) == shim.root
+    assert task_dir(tmp_path / "later") == tmp_path / "later" / TASK_DIR
+    assert task_dir(tmp_path / "x" / TASK_DIR) == tmp_path / "x" / TASK_DIR
+    assert CONTAINERD_STATE == DEFAULT_TASK_DIR and task_dir(Path(CONTAINERD_STATE)) == Path(CONTAINERD_STATE)
+
+
+def test_a_missing_directory_costs_one_line_and_is_not_followed_until_it_comes(tmp_path: Path) -> None:
+    log: list[str] = []
+    got: list[Change] = []
+    health: dict[str, object] = {}
+    typo = tmp_path / "run" / "containred"
+    shim = FakeShim(typo)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(follow(typo, got.extend, log.append, health))
+        await asyncio.sleep(0.2)
+        assert health == {"followed": False, "problem": f"{shim.root}: no such directory, waiting for it"}
+        assert len(log) == 1 and "does not exist" in log[0] and str(shim.root) in log[0]
+        shim.create("k8s.io", "a", spec())  # the directory comes (containerd started): followed
+        for _ in range(100):
+            if health["followed"]:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert health == {"followed": True, "problem": None} and len(log) == 1
+    assert [c.id for c in seen(got)] == ["a"]
+
+
 def test_follow_runs_the_watcher_in_a_loop_and_leaves_no_descriptor(shim: FakeShim) -> None:
     got: list[Change] = []
 
     async def scenario() -> None:
-        task = asyncio.create_task(follow(shim.root.parent, got.extend, print))
+        task = asyncio.create_task(follow(shim.root, got.extend, print))
         await asyncio.sleep(0.05)
         shim.create("k8s.io", "a", spec(POD))
         shim.start("k8s.io", "a")
@@ -261,3 +308,57 @@ def test_a_pid_given_to_a_newer_process_is_not_the_tasks(shim: FakeShim, watcher
     assert not started_after(os.getpid(), time.time()) and not started_after(1 << 30, 0.0)
     [task] = seen(watcher.scan())
     assert task.pid == 0 and not watcher._pidfds
+
+
+def test_a_failing_watcher_costs_a_line_drops_its_tasks_and_starts_again(shim: FakeShim) -> None:
+    """A bug in the first scan, then an I/O error on a later event: each is one line, the
+    tasks are reported gone (no stale names or namespaces) and a new watcher takes over."""
+    shim.create("k8s.io", "a", spec(POD))
+    shim.start("k8s.io", "a")
+    made: list[StateWatcher] = []
+
+    class Failing(StateWatcher):
+        def __init__(self, state_dir: str | os.PathLike[str], log: Callable[[str], None]) -> None:
+            super().__init__(state_dir, log)
+            made.append(self)
+
+        def scan(self) -> list[Change]:
+            if len(made) == 1:
+                raise AssertionError("a bug")
+            return super().scan()
+
+        def process(self) -> list[Change]:
+            if len(made) == 2:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().process()
+
+    got: list[Change] = []
+    log: list[str] = []
+    health: dict[str, object] = {}
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"not within 5 s: {got} {log}")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(follow(shim.root.parent, got.extend, log.append, health, Failing))
+        await until(lambda: len(made) == 2 and health["followed"] is True)
+        assert [c.id for c in seen(got)] == ["a"]
+        shim.create("k8s.io", "b", spec())  # an event: the second watcher's process() fails
+        await until(lambda: len(made) == 3 and health["followed"] is True)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    before = len(os.listdir("/proc/self/fd"))
+    asyncio.run(scenario())
+    assert len(log) == 2 and "unexpected AssertionError: a bug" in log[0] and "Input/output error" in log[1], log
+    empty = Relisted("containerd", frozenset())
+    first_seen = next(i for i, c in enumerate(got) if isinstance(c, Seen))
+    assert got[0] == empty and empty in got[first_seen:]  # the failure after a scan drops its tasks
+    last_empty = len(got) - 1 - got[::-1].index(empty)
+    assert Relisted("containerd", frozenset({"a", "b"})) in got[last_empty:]  # the new watcher's scan
+    assert len(os.listdir("/proc/self/fd")) == before

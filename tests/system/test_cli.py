@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,8 +50,16 @@ def assert_none_left(before: set[int]) -> None:
 
 @pytest.mark.matrix
 def test_header_lines_and_clean_sigterm():
-    with TtcpProcess("--filter", "127.0.1.2") as t:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # a shell's low soft limit, inherited
+    try:
+        t = TtcpProcess("--filter", "127.0.1.2")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with t:
         assert t.header == "YYYY/MM/DD HH:MM:SS Src addr        Port   -> Dest addr       Port   RTT(ms)"
+        limits = Path(f"/proc/{t.proc.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+(\d+)\s+\1\s", limits), limits  # raised to the hard limit
         assert t.wait_stderr("attached via"), t.stderr
         with Server("127.0.0.1") as srv:
             conns = connect_many(srv, "127.0.1.2", 5)

@@ -28,17 +28,16 @@ from tests.support.api import OPENAPI
 from tests.support.paths import REPO
 from ttcp.api.guards import OPEN_ROUTES
 from ttcp.api.host_names import is_loopback
-from ttcp.cli import build_parser
+from ttcp.cli import CONTAINERD_STATE, DOCKER_SOCKET, build_parser
 from ttcp.kernel.btf import VMLINUX_BTF
 from ttcp.rtt import filters_file
-from ttcp.workloads.containerd import DEFAULT_STATE_DIR, TASK_DIR
+from ttcp.workloads.containerd import TASK_DIR
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]'")
 
 DEPLOY = REPO / "deploy" / "kubernetes"
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 Doc = dict[str, Any]
-DOCKER_SOCKET = "/var/run/docker.sock"  # the Engine's default socket, where ttcp looks for it
 
 
 @cache
@@ -199,7 +198,8 @@ def test_the_runtimes_are_reachable_where_ttcp_looks() -> None:
     Docker's socket (whose readOnly restricts nothing: the README says so)."""
     assert pod()["hostPID"] is True
     assert "SYS_PTRACE" in container()["securityContext"]["capabilities"]["add"]
-    tasks = PurePosixPath(DEFAULT_STATE_DIR) / TASK_DIR
+    tasks = PurePosixPath(CONTAINERD_STATE)  # the CLI's default
+    assert tasks.name == TASK_DIR
     mount, volume = mount_of(tasks)
     assert PurePosixPath(mount["mountPath"]) == tasks and mount.get("readOnly") is True
     assert volume["hostPath"]["path"] == str(tasks) and volume["hostPath"]["type"] in ("Directory", "DirectoryOrCreate")

@@ -31,7 +31,7 @@ from ttcp.workloads.docker import (
     since_param,
 )
 from ttcp.workloads.docker_watch import DockerClient, DockerWatcher, Timeouts
-from ttcp.workloads.runtime import Change, Gone, Pod, Seen
+from ttcp.workloads.runtime import Change, Gone, Lost, Pod, Relisted, Seen
 
 FIX = Path(__file__).parents[1] / "support" / "runtimes"
 
@@ -290,7 +290,9 @@ async def test_idle_stream_with_hung_engine_is_noticed_by_ping() -> None:
 
 @run
 async def test_absent_socket_backs_off() -> None:
-    w, log = await run_watcher("/nonexistent/docker.sock", 2.0)
+    changes: list[Change] = []
+    w, log = await run_watcher("/nonexistent/docker.sock", 2.0, changes)
+    assert changes == [Lost("docker")]  # once: nothing of Docker names a namespace until it lists again
     assert 3 <= w.stats["failures"] <= 10 and len(log) == 1  # backoff 0.2, 0.4, 0.8 ... not a spin
 
 
@@ -333,6 +335,8 @@ async def test_watcher_reports_a_listed_container_then_its_removal() -> None:
     changes: list[Change] = []
     async with server(engine_with(inspect, [destroy])) as path:
         _, log = await run_watcher(path, 1.0, changes)
+    assert changes[0] == Relisted("docker", frozenset({ident}))
+    changes = changes[1:]
     assert [type(c) for c in changes] == [Seen, Gone] and not log
     seen, gone = changes
     assert isinstance(seen, Seen) and seen.container.name == "ttcp-ctr-pod" and seen.container.id == ident
@@ -344,8 +348,105 @@ async def test_a_containers_garbage_costs_only_it_and_one_line() -> None:
     changes: list[Change] = []
     async with server(engine_with(b'{"Id": "' + b"b" * 64 + b'", "Name": 7}', [])) as path:
         w, log = await run_watcher(path, 1.0, changes)
-    assert changes == [] and w.stats["connects"] == 1 and w.stats["unreadable"] == 1
+    assert changes == [Relisted("docker", frozenset({"b" * 64}))] and w.stats["connects"] == 1
+    assert w.stats["unreadable"] == 1
     assert len(log) == 1 and "unreadable" in log[0] and "bbbbbbbbbbbb" in log[0]
+
+
+def engine_with_hanging_inspects(count: int) -> Handler:
+    """An engine listing `count` containers whose inspects never answer (dockerd holding
+    their locks); its /_ping and /events work."""
+    listing = json.dumps([{"Id": f"{i:064x}"} for i in range(count)]).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                req = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            path = req.split(b" ")[1]
+            if b"/events" in path:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(3600)
+            if b"/containers/json" not in path and b"/containers/" in path:
+                await asyncio.sleep(3600)
+            body = listing if b"/containers/json" in path else b"OK"
+            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+    return handle
+
+
+@run
+async def test_hanging_inspects_do_not_starve_the_stream_or_the_ping() -> None:
+    log: list[str] = []
+    t = Timeouts(connect=0.3, request=0.5, headers=0.5, inspect=0.8, ping_every=0.3, healthy_after=1.0)
+    async with server(engine_with_hanging_inspects(10)) as path:
+        w = DockerWatcher(path, [].extend, log.append, t)
+        task = asyncio.create_task(w.run())
+        await asyncio.sleep(3.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert w.stats["slow"] >= 8 and w.stats["connects"] == 1 and w.stats["failures"] == 0
+    assert not any("_ping" in line for line in log), log
+    # one line for the whole episode (10 containers, each retried), and /healthz shows it
+    assert len(log) == 1 and "inspects failing" in log[0] and "no answer within 0.8 s" in log[0], log
+    health = w.health()
+    assert health["lookups_failing"] == 10 and health["connected"] and health["problem"] is None
+
+
+def engine_listing(count: int) -> Handler:
+    """An engine listing `count` containers, each inspect answering (the pod fixture, its Id
+    replaced); an events stream that stays open."""
+    template = json.loads((FIX / "docker-20.10-inspect-pod.json").read_bytes())
+    listing = json.dumps([{"Id": f"{i:064x}"} for i in range(count)]).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                req = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            path = req.split(b" ")[1].decode()
+            if "/events" in path:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(3600)
+            if "/containers/json" in path:
+                body = listing
+            elif "/containers/" in path:
+                body = json.dumps({**template, "Id": path.split("/")[-2], "Name": "/c" + path.split("/")[-2][-2:]}
+                                  ).encode()
+            else:
+                body = b"OK"
+            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+    return handle
+
+
+@run
+async def test_a_failing_emit_costs_one_line_not_the_workers() -> None:
+    emitted: list[Change] = []
+
+    def emit(changes: list[Change]) -> None:
+        emitted.extend(c for c in changes if isinstance(c, Seen))
+        if changes and isinstance(changes[0], Seen) and len(emitted) <= 4:  # as many failures as workers: each would have ended one
+            raise AssertionError("a bug in the registry")
+
+    log: list[str] = []
+    async with server(engine_listing(8)) as path:
+        w = DockerWatcher(path, emit, log.append, FAST)
+        task = asyncio.create_task(w.run())
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(emitted) == 8 and w.stats["connects"] == 1
+    assert len(log) == 1 and "AssertionError: a bug in the registry" in log[0], log
 
 
 def test_odd_but_valid_names_round_trip() -> None:

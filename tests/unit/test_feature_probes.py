@@ -4,6 +4,9 @@ arguments, and an inconclusive one is never kept (cilium/ebpf's FeatureCache).""
 from __future__ import annotations
 
 import errno
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 from ttcp.errors import BpfError
@@ -59,3 +62,13 @@ def test_sysfs_btf_mmap_answers_for_the_path_asked(tmp_path: Path) -> None:
     assert features.sysfs_btf_mmap(empty).supported is False  # nothing to map
     assert features.sysfs_btf_mmap(full).supported is True  # not the first path's answer
     assert features.sysfs_btf_mmap(empty).supported is False
+
+
+def test_the_open_files_soft_limit_is_raised_to_the_hard_one() -> None:
+    code = ("import resource; from ttcp.kernel.rlimit import raise_nofile; "
+            "print(raise_nofile(), resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                               (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard > 256 and out.stdout.strip() == f"(256, {hard}) ({hard}, {hard})"

@@ -6,6 +6,7 @@ restarts or is replaced (ordering, wid reuse, cgroup levels)."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -13,7 +14,7 @@ from ttcp.rtt import filters as F
 from ttcp.rtt.filters import Filter, FilterError, Workload
 from ttcp.rtt.table_rules import Resolution, TableRules, Write
 from ttcp.workloads.registry import Names, Placement, Registry, escaped
-from ttcp.workloads.runtime import Container, Gone, Pod, Relisted, Seen
+from ttcp.workloads.runtime import Container, Gone, Lost, Pod, Relisted, Seen
 
 # ---- the language ----------------------------------------------------------------------
 
@@ -289,3 +290,54 @@ def test_an_ended_containers_name_stays_by_cgroup_not_by_namespace() -> None:
         reg.apply(Seen(ctr(f"c{i}", pid=1000 + i)), places)
         reg.apply(Gone("docker", ctr(f"c{i}").id), places)
     assert len(reg._recent) == 1024 and reg.names(70, 700) is None and len(reg) == 0
+
+
+def test_a_change_touches_every_filter_whose_resolution_it_changes() -> None:
+    """The resolver re-resolves only the filters whose text a change touched (or an id's
+    prefix): on random changes, every filter that resolves differently after must be among
+    them (names, ids, prefixes, pods; shared namespaces, host network, rm and relist)."""
+    rng = random.Random(23)
+    names = ["a", "b", "c", "d"]
+    ids = {n: (f"{i:x}" * 64)[:64] for i, n in enumerate(["a", "b", "c", "d"], start=10)}
+    pods = [Pod("shop", "web-0"), Pod("shop", "web-1"), None]
+    texts = ([f"container {n}" for n in names] + [f"container {i}" for i in ids.values()]
+             + [f"container {i[:12]}" for i in ids.values()] + [f"container {i[:20]}" for i in ids.values()]
+             + ["pod shop/web-0", "pod shop/web-1"])
+    workloads = [w(t) for t in texts]
+    for _ in range(200):
+        reg, places = Registry(), Places()
+        for step in range(30):
+            before = {x: reg.resolve(x).resolution for x in workloads}
+            n = rng.choice(names)
+            roll = rng.random()
+            pid = 100 + step
+            if roll < 0.6:
+                netns, cgroup = rng.choice([11, 12, 13]), rng.choice([None, 500 + step])
+                places.by_pid[pid] = Placement(netns, None if cgroup is None else f"/x/{cgroup}", cgroup,
+                                               rng.random() < 0.15)
+                reg.apply(Seen(Container("docker", ids[n], rng.choice([n, n + "x"]), pid=pid,
+                                         pod=rng.choice(pods))), places)
+            elif roll < 0.9:
+                reg.apply(Gone("docker", ids[n], removed=rng.random() < 0.5), places)
+            else:
+                reg.apply(Relisted("docker", frozenset(rng.sample(list(ids.values()), 2))), places)
+            touched = reg.touched()
+            for x in workloads:
+                if reg.resolve(x).resolution != before[x]:
+                    assert x.name in touched or any(t.startswith(x.name) for t in touched), (x, touched)
+
+
+def test_a_namespace_names_only_containers_known_to_run() -> None:
+    """Gone drops the namespace's name at once; while a runtime is out of sight (Lost) its
+    namespaces name nothing (an inode freed meanwhile may be another's), cgroup ids still do,
+    and what filters select stays; its next listing brings the names back."""
+    web, other = ctr("web", pid=100), ctr("other", pid=101)
+    reg, places = setup((web, own(11, 700)), (other, own(12)))
+    assert reg.label(11, 0) == "container web" and reg.label(12, 0) == "container other"
+    reg.apply(Lost("docker"), places)
+    assert reg.label(11, 0) is None and reg.label(12, 0) is None and reg.label(11, 700) == "container web"
+    assert reg.resolve(w("container other")).resolution == Resolution.netns(12)
+    reg.apply(Relisted("docker", frozenset({web.id, other.id})), places)
+    assert reg.label(11, 0) == "container web" and reg.label(12, 0) == "container other"
+    reg.apply(Gone("docker", other.id), places)  # stopped, not removed: its inode may be reused now
+    assert reg.label(12, 0) is None

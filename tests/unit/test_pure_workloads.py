@@ -4,17 +4,23 @@ refusals that need no file system."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
+from pathlib import Path
 
 import pytest
 
 from ttcp import syscalls
 from ttcp.rtt import filters as F
 from ttcp.rtt.filter_table import WorkloadError
+from ttcp.rtt.table_rules import Resolution
 from ttcp.workloads import mountinfo
 from ttcp.workloads.cgroupfs import NO_CGROUP2, CgroupTree
+from ttcp.workloads.placement import Placer
+from ttcp.workloads.registry import Placement, Registry
 from ttcp.workloads.resolver import Resolver
+from ttcp.workloads.runtime import Container, Seen
 from ttcp.workloads.watch import ancestors, child_below
 
 HYBRID = """\
@@ -75,3 +81,57 @@ def test_inotify_records_are_read_from_their_bytes() -> None:
     assert syscalls.parse_inotify(data) == [(1, 0x40000100, "app.service"), (2, 0x8000, ""), (3, 0x200, "x")]
     with pytest.raises(ValueError):  # a torn record: the kernel only ever returns whole ones
         syscalls.parse_inotify(data[:10])
+
+
+def test_a_namespace_that_cannot_be_held_stays_pending() -> None:
+    """The container's process ended between its placement and the hold: no move to an
+    inode nobody holds; the next change resolves it again."""
+    places: dict[int, Placement] = {}
+
+    class Given(Placer):
+        def __call__(self, c: Container) -> Placement | None:
+            return places.get(c.pid)
+
+    resolver = Resolver(NO_CGROUP2)
+    resolver.placer = Given(None)
+    mine = os.stat("/proc/self/ns/net").st_ino
+    gone_pid = 1 << 30  # above pid_max: its /proc/PID/ns/net cannot be opened
+    places[gone_pid] = places[os.getpid()] = Placement(mine, None, None, False)
+    web = F.parse("container web").workload
+    assert web is not None
+    assert resolver.resolve(web) == Resolution.pending(web)
+    assert resolver.apply([Seen(Container("docker", "a" * 64, "web", pid=gone_pid))]) == []  # still pending
+    assert resolver.followed[web] == Resolution.pending(web) and not resolver._holds
+    assert resolver.apply([Seen(Container("docker", "a" * 64, "web", pid=os.getpid()))]) == [
+        (web, Resolution.netns(mine))]
+    assert resolver._holds[web][1] == mine
+    resolver.close()
+
+
+@pytest.mark.parametrize("depth", [F.MAX_CGROUP_LEVEL, F.MAX_CGROUP_LEVEL + 1, 40])
+def test_a_cgroup_deeper_than_the_kernel_walk_counts_as_none(tmp_path: Path, depth: int) -> None:
+    """A tree and a /proc laid out in directories: a cgroup past MAX_CGROUP_LEVEL is no cgroup
+    (its note says why), never a resolution the table cannot pack."""
+    path = "/" + "/".join(f"l{i}" for i in range(1, depth + 1))
+    (tmp_path / "tree" / path.lstrip("/")).mkdir(parents=True)
+    for pid in (1, 7):  # the host's (pid 1's) namespace and the container's
+        (tmp_path / "proc" / str(pid) / "ns").mkdir(parents=True)
+        (tmp_path / "proc" / str(pid) / "ns" / "net").write_bytes(b"")
+    (tmp_path / "proc" / "7" / "cgroup").write_text(f"0::{path}\n")
+    tree = CgroupTree(tmp_path / "tree")
+    try:
+        c = Container("docker", "a" * 64, "web", pid=7, host_network=True)
+        place = Placer(tree, str(tmp_path / "proc"))(c)
+        assert place is not None
+        registry = Registry()
+        registry.apply(Seen(c), lambda _: place)
+        web = F.parse("container web").workload
+        assert web is not None
+        found = registry.resolve(web)
+        if depth <= F.MAX_CGROUP_LEVEL:
+            assert place.cgroup == path and found.resolution.level == depth
+        else:
+            assert place.cgroup is None and place.cgroup_id is None
+            assert found.resolution == Resolution.pending(web) and "deeper than level 31" in found.note
+    finally:
+        tree.close()

@@ -40,6 +40,26 @@ class Memlock:
 _memlock: Memlock | None = None
 
 
+def raise_nofile() -> tuple[int, int]:
+    """RLIMIT_NOFILE's soft limit up to its hard limit (no privilege needed): ttcp holds a
+    pidfd per containerd task and a namespace per followed container besides the API's
+    sockets, and a shell's soft limit is often 1024. Returns the soft limit (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # Linux caps it at fs.nr_open
+        try:
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+                hard = int(f.read())
+        except (OSError, ValueError):
+            return soft, soft
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
 def ensure_memlock() -> Memlock:
     """Lift RLIMIT_MEMLOCK where the kernel still charges BPF memory to it,
     as libbpf does before it creates maps; once per process."""

@@ -24,6 +24,7 @@ from ttcp.workloads.runtime import Container, Pod
 
 DEFAULT_STATE_DIR = "/run/containerd"  # containerd's `state` (k3s: /run/k3s/containerd)
 TASK_DIR = "io.containerd.runtime.v2.task"
+DEFAULT_TASK_DIR = f"{DEFAULT_STATE_DIR}/{TASK_DIR}"  # what --containerd-state names by default
 SKIPPED_NAMESPACES = frozenset({"moby"})
 CRI = "io.kubernetes.cri."
 CONTAINER_TYPE = CRI + "container-type"  # "sandbox" | "container"

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import random
 import select
 import time
 from collections.abc import Callable
@@ -50,9 +51,19 @@ ANCESTOR_MASK = Inotify.CREATE | Inotify.MOVED_TO | Inotify.ONLYDIR
 Key = tuple[str, str]  # (containerd namespace, id)
 
 
+def task_dir(given: Path) -> Path:
+    """What --containerd-state names: the runc v2 shim's task directory (DEFAULT_TASK_DIR,
+    what a DaemonSet mounts, possibly under another name), or containerd's state directory
+    that holds it. Unambiguous: a directory named TASK_DIR, or holding one, or any other
+    existing directory (a task directory mounted elsewhere). Only a path that does not exist
+    yet is guessed at by its name: containerd's state directory unless named TASK_DIR."""
+    if given.name == TASK_DIR or (given.is_dir() and not (given / TASK_DIR).is_dir()):
+        return given
+    return given / TASK_DIR
+
+
 class StateWatcher:
-    """The tasks under `state_dir` as changes: containerd's `state` (/run/containerd by default) or
-    its io.containerd.runtime.v2.task directory (what a DaemonSet mounts).
+    """The tasks under containerd's task directory (`task_dir(state_dir)`) as changes.
 
     `scan()` arms the watches and reports every task (and `Relisted`); `process()`,
     once `fileno()` is readable, reports what changed since. A state directory that
@@ -62,8 +73,7 @@ class StateWatcher:
 
     def __init__(self, state_dir: str | os.PathLike[str], log: Log,
                  skip_namespaces: frozenset[str] = SKIPPED_NAMESPACES) -> None:
-        given = Path(state_dir)  # containerd's state directory, or the shim's task directory in it
-        self.root = given if given.name == TASK_DIR else given / TASK_DIR
+        self.root = task_dir(Path(state_dir))
         self.log = log
         self.skip = skip_namespaces  # Docker's tasks (moby): its API names them
         self.inotify = syscalls.inotify_init()
@@ -337,32 +347,85 @@ def _subdirs(path: Path) -> list[str]:
         return []
 
 
-async def follow(state_dir: str | os.PathLike[str], emit: Emit, log: Log) -> None:
+RETRY_FIRST, RETRY_CAP = 0.5, 30.0  # s between attempts after a failure (doubling)
+HEALTHY_AFTER = 30.0  # s a watcher must have run for its end to start a new episode
+
+
+async def follow(state_dir: str | os.PathLike[str], emit: Emit, log: Log,
+                 health: dict[str, object] | None = None,
+                 make: Callable[[str | os.PathLike[str], Log], StateWatcher] = StateWatcher) -> None:
     """Report containerd's tasks to `emit` until cancelled: what the agent runs as a task.
 
     The watcher is fd-driven (the loop calls `process()` when it is readable), so
-    this only sets it up, waits, and takes it down. A watcher that cannot start
-    (no inotify instance left) or fails later costs one line: names from
-    containerd are missing, events go out with ids only.
+    this sets it up, waits, and takes it down. A watcher that cannot start (no
+    inotify instance left) or fails later costs one line per change of reason;
+    its tasks are then reported gone (`Relisted` with none: no stale names, no
+    filter left on an old namespace) and it starts again with backoff. `health`
+    (what GET /healthz shows) says whether it is followed, and why not.
     """
+    health = {} if health is None else health
+    health.update(followed=False, problem=None)
+    delay, last = 0.0, ""
+    while True:
+        started = time.monotonic()
+        reason = await _watch(state_dir, emit, log, health, make)
+        health.update(followed=False, problem=reason)
+        emit([Relisted("containerd", frozenset())])  # nothing known of its tasks any more
+        if time.monotonic() - started > HEALTHY_AFTER:
+            delay, last = 0.0, ""
+        if reason != last:
+            log(f"containerd {state_dir}: {reason}; names from containerd paused, retrying")
+            last = reason
+        delay = min(RETRY_CAP, delay * 2 or RETRY_FIRST)
+        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return f"unexpected {e.__class__.__name__}: {str(e)[:160]}"
+
+
+async def _watch(state_dir: str | os.PathLike[str], emit: Emit, log: Log, health: dict[str, object],
+                 make: Callable[[str | os.PathLike[str], Log], StateWatcher]) -> str:
+    """One watcher's life: why it ended."""
     loop = asyncio.get_running_loop()
     try:
-        watcher = StateWatcher(state_dir, log)
+        watcher = make(state_dir, log)
     except OSError as e:
-        log(f"containerd {state_dir}: cannot watch ({e.strerror}); no names from containerd")
-        return
+        return f"cannot watch ({_reason(e)})"
+    failed: asyncio.Future[str] = loop.create_future()
 
     def readable() -> None:
         try:
             emit(watcher.process())
-        except OSError as e:
-            log(f"containerd {state_dir}: {e.strerror}; no more names from containerd")
+            present()
+        except Exception as e:  # noqa: BLE001 -- an I/O error or a bug: one line, a new watcher
             loop.remove_reader(watcher.fileno())
+            if not failed.done():
+                failed.set_result(_reason(e))
+
+    missing = [False]
+
+    def present() -> None:
+        """Followed while the task directory is there; a missing one costs a line, once."""
+        if watcher.root.is_dir():
+            missing[0] = False
+            health.update(followed=True, problem=None)
+        elif not missing[0]:
+            missing[0] = True
+            health.update(followed=False, problem=f"{watcher.root}: no such directory, waiting for it")
+            log(f"containerd {state_dir}: {watcher.root} does not exist (a mistyped --containerd-state, "
+                "or containerd not started yet); waiting for it, no names from containerd meanwhile")
 
     try:
-        emit(watcher.scan())
+        try:
+            emit(watcher.scan())
+        except Exception as e:  # noqa: BLE001 -- as in readable()
+            return _reason(e)
+        present()
         loop.add_reader(watcher.fileno(), readable)
-        await asyncio.Event().wait()
+        return await failed
     finally:
         loop.remove_reader(watcher.fileno())
         watcher.close()

@@ -39,9 +39,10 @@ from ttcp.workloads.docker import (
     parse_version,
     since_param,
 )
-from ttcp.workloads.runtime import Change, Container, Gone, Seen
+from ttcp.workloads.runtime import Change, Container, Gone, Lost, Relisted, Seen
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
+MAX_SLOW = 1024  # containers whose failing inspects are counted; bugs logged once each
 
 
 
@@ -58,24 +59,34 @@ class Timeouts:
 
 
 class DockerClient:
-    """One aiohttp session on the engine's unix socket."""
+    """Two aiohttp sessions on the engine's unix socket: one for the events stream, the
+    ping and the listing, one for inspects. Inspects can hang for seconds (dockerd holds
+    a starting container's lock); in a shared pool they would make the ping wait for a
+    connection and a live engine look hung."""
 
-    def __init__(self, socket_path: str, timeouts: Timeouts = Timeouts()) -> None:
+    def __init__(self, socket_path: str, timeouts: Timeouts = Timeouts(), lookups: int = 4) -> None:
         self.socket_path = socket_path
         self.t = timeouts
+        self.lookups = lookups  # inspects at once (DockerWatcher's workers)
         self.version: ApiVersion | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._lookup_session: aiohttp.ClientSession | None = None
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.socket_path, limit=limit), base_url="http://docker",
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.t.connect))
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.UnixConnector(path=self.socket_path, limit=4)
-        self._session = aiohttp.ClientSession(
-            connector=connector, base_url="http://docker",
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.t.connect))
+        # the stream, a ping and a relisting's list at once: 3 never wait for each other
+        self._session = self._new_session(limit=3)
+        self._lookup_session = self._new_session(limit=self.lookups)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._lookup_session):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -85,11 +96,12 @@ class DockerClient:
     def _path(self, path: str) -> str:
         return f"/v{self.version}{path}" if self.version else path
 
-    async def _get(self, path: str, what: str, timeout: float | None = None) -> tuple[int, bytes, Mapping[str, str]]:
+    async def _get(self, path: str, what: str, timeout: float | None = None,
+                   session: aiohttp.ClientSession | None = None) -> tuple[int, bytes, Mapping[str, str]]:
         timeout = timeout or self.t.request
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.get(path) as r:
+                async with (session or self.session).get(path) as r:
                     body = bytearray()
                     async for chunk in r.content.iter_any():
                         body += chunk
@@ -136,7 +148,8 @@ class DockerClient:
     async def inspect(self, ident: str) -> Container | None:
         """None when the container is gone (404): it was removed after the event."""
         path = self._path(f"/containers/{urllib.parse.quote(ident, safe='')}/json")
-        status, body, _ = await self._get(path, "containers/{id}/json", self.t.inspect)
+        assert self._lookup_session is not None, "use `async with DockerClient(...)`"
+        status, body, _ = await self._get(path, "containers/{id}/json", self.t.inspect, self._lookup_session)
         if status == 404:
             return None
         if status != 200:
@@ -234,6 +247,10 @@ class DockerWatcher:
         self._wake = asyncio.Event()
         self._unreadable: set[str] = set()  # ids whose inspect is garbage: logged once, skipped
         self._relisting = False
+        self._slow: set[str] = set()  # ids whose last inspect timed out or failed (retried)
+        self._slow_reason = ""  # the reason logged for this episode of failing inspects
+        self._bugs: set[str] = set()  # unexpected exceptions logged (once each)
+        self._in_sight = True  # since the last listing (nothing known before the first)
         self.stats = {"connects": 0, "failures": 0, "events": 0, "inspects": 0, "slow": 0,
                       "oversized": 0, "unreadable": 0}
 
@@ -242,13 +259,25 @@ class DockerWatcher:
             try:
                 await self._session()
             except DockerError as e:
-                self.stats["failures"] += 1
-                self.connected.clear()
-                reason = str(e)
-                if reason != self._last_problem:
-                    self.log(f"docker {self.socket_path}: {reason}; names from Docker paused, retrying")
-                    self._last_problem = reason
+                self._failed(str(e))
+            except Exception as e:  # noqa: BLE001 -- a bug (here or in `emit`): one line, then a new session
+                self._failed(f"unexpected {e.__class__.__name__}: {str(e)[:160]}")
             await asyncio.sleep(self.backoff.next())
+
+    def _failed(self, reason: str) -> None:
+        self.stats["failures"] += 1
+        if self._in_sight:
+            self._in_sight = False
+            self._emit([Lost("docker")])  # out of sight: no names by namespace until relisted
+        self.connected.clear()
+        if reason != self._last_problem:
+            self.log(f"docker {self.socket_path}: {reason}; names from Docker paused, retrying")
+            self._last_problem = reason
+
+    def health(self) -> dict[str, object]:
+        """What GET /healthz shows: followed or not, why not, and lookups failing now."""
+        return {"connected": self.connected.is_set(), "problem": self._last_problem or None,
+                "lookups_failing": len(self._slow), "lookups_problem": self._slow_reason or None}
 
     def _mark(self, ident: str, removed: bool = False) -> None:
         self._dirty[ident] = removed or self._dirty.get(ident, False)
@@ -256,7 +285,7 @@ class DockerWatcher:
         self._wake.set()
 
     async def _session(self) -> None:
-        async with DockerClient(self.socket_path, self.t) as client:
+        async with DockerClient(self.socket_path, self.t, lookups=self.workers) as client:
             version = await client.negotiate()
             since = self.last_event[0] if self.last_event else None
             async with client.events(since) as stream:
@@ -270,8 +299,8 @@ class DockerWatcher:
                 watch = [asyncio.create_task(self._read(client, stream)),
                          asyncio.create_task(self._pinger(client))]
                 workers = [asyncio.create_task(self._worker(client)) for _ in range(self.workers)]
-                try:
-                    done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+                try:  # a worker ends only by a bug: that ends the session too, not in silence
+                    done, _ = await asyncio.wait(watch + workers, return_when=asyncio.FIRST_COMPLETED)
                     for t in done:
                         t.result()  # the DockerError that ends the session
                     raise DockerError("events: stream ended")
@@ -295,6 +324,8 @@ class DockerWatcher:
             ids = set(await client.list_ids())
         finally:
             self._relisting = False
+        self._emit([Relisted("docker", frozenset(ids))])  # in sight again; what is not listed is gone
+        self._in_sight = True
         for gone in self.known - ids:
             self._mark(gone, removed=True)
         for ident in ids:
@@ -336,13 +367,15 @@ class DockerWatcher:
             ident, removed = job
             try:
                 c = None if removed else await self._inspect(client, ident)
+                if c is not _SLOW:
+                    self._answered(ident)
                 if c is None:
                     if ident in self.known:
                         self.known.discard(ident)
-                        self.emit([Gone("docker", ident, removed=True)])
+                        self._emit([Gone("docker", ident, removed=True)])
                 elif isinstance(c, Container):
                     self.known.add(c.id)
-                    self.emit([Seen(c)])
+                    self._emit([Seen(c)])
             finally:
                 self._inflight.discard(ident)
                 self._wake.set()
@@ -359,10 +392,35 @@ class DockerWatcher:
                 self._unreadable.add(ident)
                 self.log(f"docker {self.socket_path}: container {ident[:12]} unreadable ({e}); it has no name")
             return None
-        except DockerError:
+        except DockerError as e:
             self.stats["slow"] += 1
+            self._slow_inspect(ident, str(e))
             asyncio.get_running_loop().call_later(1.0, self._mark, ident)
             return _SLOW
+
+    def _slow_inspect(self, ident: str, reason: str) -> None:
+        """One line per episode of failing inspects (and per change of its reason)."""
+        if len(self._slow) < MAX_SLOW:
+            self._slow.add(ident)
+        if reason != self._slow_reason:
+            self._slow_reason = reason
+            self.log(f"docker {self.socket_path}: inspects failing ({reason}); "
+                     "those containers keep their last state, retried every 1 s")
+
+    def _answered(self, ident: str) -> None:
+        self._slow.discard(ident)
+        if not self._slow and self._slow_reason:
+            self._slow_reason = ""  # the episode is over: the next failure is a new one
+
+    def _emit(self, changes: list[Change]) -> None:
+        """`emit`, whose bugs cost one line each and not the worker."""
+        try:
+            self.emit(changes)
+        except Exception as e:  # noqa: BLE001 -- a bug must not end the worker
+            text = f"{e.__class__.__name__}: {str(e)[:160]}"
+            if text not in self._bugs and len(self._bugs) < MAX_SLOW:
+                self._bugs.add(text)
+                self.log(f"docker {self.socket_path}: following a change failed: {text}")
 
     async def _pinger(self, client: DockerClient) -> None:
         while True:

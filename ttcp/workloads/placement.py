@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from ttcp.rtt import filters as F
+from ttcp.rtt.filters import Workload
 from ttcp.workloads.cgroupfs import CgroupTree
 from ttcp.workloads.registry import Placement
 from ttcp.workloads.runtime import Container
@@ -52,6 +54,10 @@ class Placer:
         except OSError:  # it exited, or no ptrace access to its ns (SYS_PTRACE: README)
             return None
         path = cgroup_v2_path(text)
+        why = ""
+        if path is not None and Workload(F.CGROUP, path).level > F.MAX_CGROUP_LEVEL:
+            why = f"its cgroup is deeper than level {F.MAX_CGROUP_LEVEL}, where the kernel's walk stops"
+            path = None  # no filter could select it: as if in no cgroup
         cgroup_id = self.tree.id_of(path) if path is not None and self.tree is not None else None
         return Placement(netns, path if cgroup_id is not None else None, cgroup_id,
-                         c.host_network or netns == self.host_netns)
+                         c.host_network or netns == self.host_netns, why)

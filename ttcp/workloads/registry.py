@@ -27,11 +27,12 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ttcp.rtt import filters as F
 from ttcp.rtt.filters import FilterError, Workload
 from ttcp.rtt.table_rules import Resolution
-from ttcp.workloads.runtime import Change, Container, Gone, Pod, Relisted, Seen
+from ttcp.workloads.runtime import Change, Container, Gone, Lost, Pod, Relisted, Seen
 
 MAX_CONTAINERS = 16384  # running containers kept (a node runs a few hundred)
 MAX_CACHED_NAMES = 4096  # (netns, cgroup id) -> names, cleared on every change
@@ -39,6 +40,7 @@ MAX_RECENT = 1024  # names of ended containers kept by cgroup id, for their last
 _HEX = frozenset("0123456789abcdef")
 
 Key = tuple[str, str]  # (runtime, id)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Placement:
     cgroup: str | None  # its cgroup-v2 path (None: not placed in cgroup v2, or no cgroup2 here)
     cgroup_id: int | None  # that cgroup's id
     host_network: bool  # in the host's network namespace
+    no_cgroup: str = ""  # why `cgroup` is None although it has one (too deep for the kernel's walk)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,12 @@ class Registry:
         self._entries: dict[Key, _Entry] = {}
         self._by_netns: dict[int, dict[Key, None]] = {}  # own namespaces (not the host's)
         self._by_cgroup: dict[int, Key] = {}
+        # what a filter's text finds without a scan: full id, name, pod ("NS/NAME")
+        self._by_id: dict[str, dict[Key, None]] = {}
+        self._by_name: dict[str, dict[Key, None]] = {}
+        self._by_pod: dict[Pod, dict[Key, None]] = {}
+        self._touched: set[str] = set()  # ids, names and pod texts whose resolution may have changed
+        self._lost: set[str] = set()  # runtimes out of sight: their namespaces name nothing (Lost)
         self._names: dict[tuple[int, int], Names | None] = {}
         # Ended containers' names by cgroup id (never reused, unlike a netns inode): the
         # events of their last connections are often read just after the runtime said so.
@@ -152,6 +161,12 @@ class Registry:
         elif isinstance(change, Relisted):
             for key in [k for k in self._entries if k[0] == change.runtime and k[1] not in change.ids]:
                 self._drop(key)
+            if change.runtime in self._lost:
+                self._lost.discard(change.runtime)
+                self._changed()
+        elif isinstance(change, Lost) and change.runtime not in self._lost:
+            self._lost.add(change.runtime)
+            self._changed()  # names by namespace pause (the cache goes); what filters select stays
         return True
 
     def _put(self, c: Container, place: Placement) -> bool:
@@ -160,9 +175,12 @@ class Registry:
             return False
         self._drop(c.key)
         c = dataclasses.replace(c, labels={}, pod=valid_pod(c.pod))
-        self._entries[c.key] = _Entry(c, place)
+        e = self._entries[c.key] = _Entry(c, place)
+        self._index(e, add=True)
         if place.netns and not place.host_network:
+            self._touch_netns(place.netns)  # its neighbours now share their namespace
             self._by_netns.setdefault(place.netns, {})[c.key] = None
+        self._touch(e)
         if place.cgroup_id is not None:
             self._by_cgroup[place.cgroup_id] = c.key
         self._changed()
@@ -172,11 +190,14 @@ class Registry:
         e = self._entries.pop(key, None)
         if e is None:
             return
+        self._index(e, add=False)
+        self._touch(e)
         keys = self._by_netns.get(e.place.netns)
         if keys is not None:
             keys.pop(key, None)
             if not keys:
                 del self._by_netns[e.place.netns]
+            self._touch_netns(e.place.netns)  # its neighbours may have it to themselves now
         if e.place.cgroup_id is not None and self._by_cgroup.get(e.place.cgroup_id) == key:
             del self._by_cgroup[e.place.cgroup_id]
             self._recent[e.place.cgroup_id] = _names_of(e.container)
@@ -187,6 +208,29 @@ class Registry:
     def _changed(self) -> None:
         self.version += 1
         self._names.clear()
+
+    def _index(self, e: _Entry, add: bool) -> None:
+        c = e.container
+        _indexed(self._by_id, c.id, c.key, add)
+        _indexed(self._by_name, c.name, c.key, add)
+        if c.pod is not None:
+            _indexed(self._by_pod, c.pod, c.key, add)
+
+    def _touch(self, e: _Entry) -> None:
+        c = e.container
+        self._touched.update((c.id, c.name))
+        if c.pod is not None:
+            self._touched.add(str(c.pod))
+
+    def _touch_netns(self, netns: int) -> None:
+        for key in self._by_netns.get(netns, {}):
+            self._touch(self._entries[key])
+
+    def touched(self) -> set[str]:
+        """The ids, names and pod texts ("NS/NAME") whose filters may resolve differently since
+        the last call: only those need resolving again (an id's prefixes are the caller's)."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     # ---- what a filter selects ----
 
@@ -204,21 +248,20 @@ class Registry:
 
     def _matching(self, name: str) -> list[_Entry]:
         """Docker's order: a full id, then an exact name, then a unique id prefix (≥ 12 hex)."""
-        entries = self._entries.values()
-        by_id = [e for e in entries if e.container.id == name]
+        by_id = [self._entries[k] for k in self._by_id.get(name, {})]
         if by_id:
             return by_id
-        by_name = [e for e in entries if e.container.name == name]
+        by_name = [self._entries[k] for k in self._by_name.get(name, {})]
         if by_name or len(name) < F.CONTAINER_ID_PREFIX or not set(name) <= _HEX:
             return by_name
-        return [e for e in entries if e.container.id.startswith(name)]
+        return [e for e in self._entries.values() if e.container.id.startswith(name)]
 
     def _resolve_container(self, w: Workload, e: _Entry) -> Found:
         place = e.place
         if place.host_network:
             if place.cgroup is None or place.cgroup_id is None:
                 return Found(Resolution.pending(w), f"{e.label} is on the host's network and in no cgroup-v2 "
-                             "cgroup: the kernel cannot tell its sockets from the host's")
+                             "cgroup: the kernel cannot tell its sockets from the host's" + _why(place))
             return Found(Resolution.cgroup(place.cgroup, place.cgroup_id),
                          f"{e.label} is on the host's network: selected by its cgroup")
         others = sorted(self._entries[k].label for k in self._by_netns.get(place.netns, {}) if k != e.container.key)
@@ -229,12 +272,13 @@ class Registry:
             return Found(Resolution.cgroup(place.cgroup, place.cgroup_id),
                          f"{e.label} shares its network namespace: selected by its cgroup", shared)
         return Found(Resolution.netns(place.netns), f"{e.label} shares its network namespace and has no "
-                     "cgroup-v2 cgroup: the others' connections are selected too", shared, e.container.pid)
+                     "cgroup-v2 cgroup: the others' connections are selected too" + _why(place), shared,
+                     e.container.pid)
 
     def _resolve_pod(self, w: Workload) -> Found:
         namespace, _, name = w.name.partition("/")
         pod = Pod(namespace, name)
-        members = [e for e in self._entries.values() if e.container.pod == pod]
+        members = [self._entries[k] for k in self._by_pod.get(pod, {})]
         if not members:
             return Found(Resolution.pending(w), f"no running container belongs to pod {pod}")
         members.sort(key=lambda e: not e.container.sandbox)  # the sandbox holds the pod's namespace
@@ -273,6 +317,8 @@ class Registry:
         if not keys:
             return None
         members = [self._entries[k].container for k in keys]
+        if any(c.runtime in self._lost for c in members):
+            return None  # its namespace may have ended and its inode gone to another meanwhile
         if len(members) == 1:
             return _names_of(members[0])
         pods = {c.pod for c in members}
@@ -288,6 +334,21 @@ class Registry:
     def label(self, netns: int, cgroup_id: int) -> str | None:
         found = self.names(netns, cgroup_id)
         return found.label() if found is not None else None
+
+
+def _indexed(index: dict[T, dict[Key, None]], value: T, key: Key, add: bool) -> None:
+    if add:
+        index.setdefault(value, {})[key] = None
+        return
+    keys = index.get(value)
+    if keys is not None:
+        keys.pop(key, None)
+        if not keys:
+            del index[value]
+
+
+def _why(place: Placement) -> str:
+    return f" ({place.no_cgroup})" if place.no_cgroup else ""
 
 
 def _names_of(c: Container) -> Names:

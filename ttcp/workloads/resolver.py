@@ -56,6 +56,7 @@ class Resolver:
         self.registry = Registry()
         self.placer = Placer(self.tree)
         self.followed: dict[Workload, Resolution] = {}  # container and pod filters' workloads, as resolved
+        self._by_text: dict[str, dict[Workload, None]] = {}  # followed, by their name or id text
         self._holds: dict[Workload, tuple[int, int]] = {}  # a followed workload's namespace: fd, inode
         self._stale: list[int] = []  # holds to close once the table has moved
 
@@ -66,10 +67,11 @@ class Resolver:
     def resolve(self, w: Workload) -> Resolution:
         if w.named:
             found = self.registry.resolve(w)
-            self.followed[w] = found.resolution
-            self._hold(w, found)
+            resolution = found.resolution if self._hold(w, found) else Resolution.pending(w)
+            self.followed[w] = resolution
+            self._by_text.setdefault(w.name, {})[w] = None
             self.settle()
-            return found.resolution
+            return resolution
         if w.kind == F.NETNS:
             return Resolution.netns(w.inode or self.netns.acquire(w.name))
         if self.watcher is None:
@@ -82,6 +84,10 @@ class Resolver:
     def release(self, w: Workload) -> None:
         if w.named:
             self.followed.pop(w, None)
+            same = self._by_text.get(w.name, {})
+            same.pop(w, None)
+            if not same:
+                self._by_text.pop(w.name, None)
             held = self._holds.pop(w, None)
             if held is not None:
                 os.close(held[0])
@@ -104,37 +110,54 @@ class Resolver:
         before = self.registry.version
         for change in changes:
             self.registry.apply(change, self.placer)
+        touched = self.registry.touched()
         if self.registry.version == before:
             return []
         moves = []
-        for w, old in self.followed.items():
+        for w in self._touching(touched):
+            old = self.followed[w]
             found = self.registry.resolve(w)
-            if found.resolution != old:
-                self.followed[w] = found.resolution
-                self._hold(w, found)
-                moves.append((w, found.resolution))
+            new = found.resolution if self._hold(w, found) else Resolution.pending(w)
+            if new != old:
+                self.followed[w] = new
+                moves.append((w, new))
         moves.sort(key=lambda m: m[1].id is not None)
         return moves
 
-    def _hold(self, w: Workload, found: Found) -> None:
-        """Hold the namespace `w` resolves to now (the one held before goes at settle())."""
+    def _touching(self, touched: set[str]) -> list[Workload]:
+        """The followed workloads a change to these ids, names and pods may move: by the
+        text itself, or an id's prefix (≥ 12 hex digits). Not a scan of every filter: with
+        a thousand of them, a runtime's change must not hold up the event loop."""
+        out: dict[Workload, None] = {}
+        for text in touched:
+            out.update(self._by_text.get(text, {}))
+            if len(text) > F.CONTAINER_ID_PREFIX:
+                for n in range(F.CONTAINER_ID_PREFIX, len(text)):
+                    out.update(self._by_text.get(text[:n], {}))
+        return list(out)
+
+    def _hold(self, w: Workload, found: Found) -> bool:
+        """Hold the namespace `w` resolves to now (the one held before goes at settle());
+        False when it cannot be held: `w` stays pending, since the kernel would select an
+        inode nobody holds (free for another namespace) until the container's end event."""
         inode = found.resolution.id if found.resolution.selector[0] == F.NETNS else None
         held = self._holds.get(w)
         if held is not None and held[1] == inode:
-            return
+            return True
         if held is not None:
             self._stale.append(held[0])
             del self._holds[w]
-        if inode is None or not found.pid:
-            return
+        if inode is None:
+            return True
         try:
             fd = os.open(f"{self.placer.proc}/{found.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # it ended already: its end is the next change
-            return
+            return False
         if os.fstat(fd).st_ino != inode:  # the pid is another process's now
             os.close(fd)
-            return
+            return False
         self._holds[w] = (fd, inode)
+        return True
 
     def settle(self) -> None:
         """The table has followed apply()'s moves: namespaces no longer selected are let go."""

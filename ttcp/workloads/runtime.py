@@ -77,4 +77,14 @@ class Relisted:
     ids: frozenset[str]
 
 
-Change = Seen | Gone | Relisted
+@dataclass(frozen=True)
+class Lost:
+    """A source lost sight of its runtime (a Docker engine not answering): its containers
+    stay for the filters (a followed namespace is held, its inode cannot be reused), but
+    a namespace inode no longer names them, since one that ended meanwhile could be
+    another's now; until the next `Relisted`. Cgroup ids still name them (never reused)."""
+
+    runtime: Runtime
+
+
+Change = Seen | Gone | Relisted | Lost
