@@ -279,6 +279,9 @@ class KernelFilterTable(RuledTable):
         self._index: G.GroupIndex | None = None
         self._held: tuple[int, frozenset[int]] = (-1, frozenset())
         self._made: dict[int, tuple[int, bytes, int, int]] = {}
+        self._made_rows: tuple[bytes | None, object] = (None, None)  # group_stats as last read whole
+        # (PerCpuArray.rows), and for which filters (_wanted_slots' list)
+        self._wanted: tuple[int, list[Filter], list[tuple[int, int, int, Filter]]] = (-1, [], [])
         self.names = FilterNames()
         if config.value_size != CONFIG.size or stats.value_size != STATS_SIZE or texts.value_size != TEXT.size:
             raise TtcpError(f"the program's config ({config.value_size} bytes), stats ({stats.value_size} "
@@ -469,26 +472,47 @@ class KernelFilterTable(RuledTable):
     def groups(self, fs: Iterable[Filter], top: int | None = None) -> dict[Filter, GroupSet]:
         """One read of the whole `groups` map (a few batched calls) for every filter asked
         for; the groups of filters no longer held are deleted on the way."""
-        slots = self.rules.slots
-        wanted = {(slots[f].index, slots[f].gen): f for f in fs if f in slots and f.by is not None}
+        wanted = self._wanted_slots(fs)
         if not wanted or self.group_maps is None:
             return {}
         maps = self.group_maps
         rows = maps.read(self._index)
         self._index = rows.index
-        made = maps.stats.rows_of(index for index, _ in wanted)
-        last, size = self._made, maps.groups.max_entries
+        # group_stats changes only when a group is made: read whole and unchanged since the
+        # last call for the same filters, no slot's evictions need summing again unless its
+        # live count changed.
+        whole = maps.stats.rows()
+        same = whole is not None and self._made_rows[1] is wanted and whole == self._made_rows[0]
+        self._made_rows = (whole, wanted)
+        width = len(whole) // maps.stats.max_entries if whole is not None else 0
+        made = maps.stats.rows_of(index for index, *_ in wanted) if whole is None else {}
+        last, counts, size = self._made, rows.index.counts, maps.groups.max_entries
         out: dict[Filter, GroupSet] = {}
-        for (index, gen), f in wanted.items():  # once per filter a scrape: kept lean
+        for index, gen, filter_id, f in wanted:  # once per filter a scrape: kept lean
             assert f.by is not None
-            live, row, known = rows.count(index, gen), made[index], last.get(index)
-            if known is None or known[0] != gen or known[2] != live or known[1] != row:
-                before = known[3] if known is not None and known[0] == gen else 0
-                known = last[index] = (gen, row, live, G.evicted(G.created(row, gen), live, before))
+            live, known = counts.get(filter_id, 0), last.get(index)
+            if known is None or known[0] != gen or known[2] != live or not same:
+                row = made[index] if whole is None else whole[index * width:(index + 1) * width]
+                if known is None or known[0] != gen or known[2] != live or known[1] != row:
+                    before = known[3] if known is not None and known[0] == gen else 0
+                    known = last[index] = (gen, row, live, G.evicted(G.created(row, gen), live, before))
             shown = live if top is None else min(top, live)
             out[f] = GroupSet(f.by, G.Lazy(shown, self._decoder(rows, index, gen, shown)), live, known[3], size)
         self._sweep(rows)
         return out
+
+    def _wanted_slots(self, fs: Iterable[Filter]) -> list[tuple[int, int, int, Filter]]:
+        """(slot, gen, filter_id, filter) of those of `fs` held with a breakdown; the
+        last answer's again for the same filters (a scrape asks for the same list)."""
+        fs = list(fs)
+        version, asked, known = self._wanted
+        if version == self.rules.version and asked == fs:
+            return known
+        slots = self.rules.slots
+        known = [(slots[f].index, slots[f].gen, G.filter_id(slots[f].index, slots[f].gen), f) for f in fs
+                 if f in slots and f.by is not None]
+        self._wanted = (self.rules.version, fs, known)
+        return known
 
     def _sweep(self, rows: G.GroupRows | None = None) -> None:
         """Delete the groups of filters no longer held (a late update racing a removal,
