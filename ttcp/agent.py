@@ -455,10 +455,14 @@ def _series(f: Filter, s: FilterStats, groups: GroupSet | None,
     """A filter's series for /metrics; with a breakdown, its top groups too."""
     if groups is None:
         return FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns)
-
-    def top() -> list[GroupSeries]:  # only for the filters the bound shows: decoding costs
-        return [GroupSeries(g.key.text(groups.by, cgroup_path), g.closed, g.sampled) for g in groups.groups]
+    # Decoded only for the filters the bound shows (decoding costs); a partial, not a
+    # closure: one object per filter a scrape.
+    top = functools.partial(_group_series, groups, cgroup_path)
     return FilterSeries(str(f), s.closed, s.sampled, s.last_match_ns, Lazy(len(groups.groups), top), groups.live,
                         groups.evicted)
+
+
+def _group_series(groups: GroupSet, cgroup_path: Callable[[int], str | None]) -> list[GroupSeries]:
+    return [GroupSeries(g.key.text(groups.by, cgroup_path), g.closed, g.sampled) for g in groups.groups]
 
 

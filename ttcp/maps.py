@@ -321,6 +321,17 @@ class PerCpuArray(_MapHandle):
             return {i: every[i] for i in wanted}
         return {i: self._raw(i) for i in wanted}
 
+    def rows(self) -> bytes | None:
+        """Every index's value on each CPU (rows_of's pieces) one after the other, in index
+        order: the whole array as one blob in a few batched reads (a reader that only
+        asks whether anything changed compares it whole). None where the kernel has no
+        batched reads."""
+        if not features.batch_map_ops().supported:
+            return None
+        slot = syscalls.percpu_value_size(self.value_size)
+        _, values = syscalls.map_dump(self.fd, 4, slot, min(self.max_entries, 1024), name=self.name)
+        return values if len(values) == slot * self.max_entries else None  # an array's walk: every index, in order
+
     def put_all(self, index: int, value: bytes) -> None:
         """Set `index` to `value` on every CPU (e.g. reset a counter)."""
         self.put_each(index, [value] * syscalls.possible_cpus())

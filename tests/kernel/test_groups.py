@@ -24,11 +24,13 @@ from tests.support.kernel import mode_probe, require
 from tests.support.tracing import collect
 from tests.support.traffic import Conn, LongLived, Server, connect_many
 from tests.support.workloads import Cgroups, Netns, run_in
+from ttcp import syscalls
 from ttcp.kernel import lru
 from ttcp.rtt import filters as F
 from ttcp.rtt import groups as G
 from ttcp.rtt.filters import By, ByKind, Filter
 from ttcp.rtt.groups import GroupSet
+from ttcp.rtt.histogram import HIST
 from ttcp.rtt.tracer import MODES, Tracer
 from ttcp.workloads.group_names import namer
 from ttcp.workloads.registry import Placement, Registry
@@ -39,8 +41,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.matrix]
 
 REMOTES = ["127.0.90.1", "127.0.90.2", "127.0.90.3", "127.0.91.1", "127.0.91.2"]
 LOCALS = ["127.0.92.1", "127.0.92.2", "127.0.92.3"]
-
-
 
 
 def times(i: int, j: int) -> int:
@@ -467,3 +467,72 @@ def test_a_cgroup_filter_by_netns(make: Make, cgroups: Cgroups, netns: Netns) ->
     found = groups_of(t, f)
     assert {g.key.netns: g.closed.count for g in found.groups} == {netns.inode: 2, root: 3}
     assert all(g.key.cgroup_id == 0 for g in found.groups)
+
+
+# ---- what a scrape keeps between reads (the kernel's maps written as the program would) ----
+
+
+@pytest.fixture
+def table_maps(no_bpf_leaks: None) -> Iterator[Tracer]:
+    t = Tracer(max_filters=16, max_groups=64)
+    t.open_maps()
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def put_groups(t: Tracer, f: Filter, ports: dict[int, int], made: int) -> None:
+    """The groups the program would hold for `f` (port: connections), `made` of them
+    made in all (group_stats on CPU 0)."""
+    assert t.table is not None and t.table.group_maps is not None
+    maps, slot = t.table.group_maps, t.table.rules.slots[f]
+    for port, n in ports.items():
+        buckets = [0] * 26
+        buckets[7] = n
+        value = G.GROUP_HEAD.pack(1, 1) + HIST.pack(0, 200 * n, *buckets) + bytes(HIST.size)
+        maps.groups.put(G.GroupKey(ByKind.RPORT, port=port).pack(slot.index, slot.gen), value)
+    cpus = syscalls.possible_cpus()
+    maps.stats.put_each(slot.index, [G.GROUP_STAT.pack(slot.gen, made)] + [G.GROUP_STAT.pack(slot.gen, 0)] * (cpus - 1))
+
+
+def scrape(t: Tracer, *fs: Filter) -> dict[Filter, tuple[int, int, dict[int, int]]]:
+    assert t.table is not None
+    return {f: (s.live, s.evicted, {g.key.port: g.closed.count for g in s.groups})
+            for f, s in t.table.groups(fs, top=2).items()}
+
+
+def test_a_scrapes_evictions_and_top_groups_follow_every_change(table_maps: Tracer) -> None:
+    t, f, other = table_maps, F.parse("dst 127.0.95.0/24 by rport"), F.parse("dst 127.0.96.0/24 by rport")
+    assert t.table is not None and t.table.group_maps is not None
+    t.table.add([f, other])
+    put_groups(t, f, {1: 3, 2: 2, 3: 1}, made=3)
+    put_groups(t, other, {9: 1}, made=1)
+    assert scrape(t, f, other) == {f: (3, 0, {1: 3, 2: 2}), other: (1, 0, {9: 1})}
+    assert scrape(t, f, other) == {f: (3, 0, {1: 3, 2: 2}), other: (1, 0, {9: 1})}  # nothing changed
+    put_groups(t, f, {3: 9}, made=3)  # a group's count: no key, no group_stats changed
+    assert scrape(t, f, other)[f] == (3, 0, {3: 9, 1: 3})
+    put_groups(t, f, {}, made=5)  # two made and evicted meanwhile: group_stats alone changed
+    assert scrape(t, f, other)[f] == (3, 2, {3: 9, 1: 3})
+    t.table.group_maps.groups.delete(G.GroupKey(ByKind.RPORT, port=3).pack(t.table.rules.slots[f].index,
+                                                                          t.table.rules.slots[f].gen))
+    assert scrape(t, f, other)[f] == (2, 3, {1: 3, 2: 2})  # one more evicted: the live count alone changed
+    put_groups(t, f, {}, made=7)  # two more made and evicted, then another filter read alone
+    assert scrape(t, other)[other] == (1, 0, {9: 1})
+    assert scrape(t, f, other)[f] == (2, 5, {1: 3, 2: 2})
+
+
+def test_a_slot_taken_again_by_a_filter_with_the_same_groups_starts_from_zero(table_maps: Tracer) -> None:
+    t, f = table_maps, F.parse("dst 127.0.95.0/24 by rport")
+    assert t.table is not None
+    t.table.add([f])
+    put_groups(t, f, {1: 3, 2: 2}, made=6)
+    assert scrape(t, f)[f] == (2, 4, {1: 3, 2: 2})
+    before = t.table.rules.slots[f]
+    t.table.remove([f])
+    t.table.add([f])  # the same slot, a new generation
+    after = t.table.rules.slots[f]
+    assert after.index == before.index and after.gen != before.gen
+    assert scrape(t, f)[f] == (0, 0, {})
+    put_groups(t, f, {1: 1, 2: 2}, made=2)  # the same groups again, as the program makes them anew
+    assert scrape(t, f)[f] == (2, 0, {2: 2, 1: 1})

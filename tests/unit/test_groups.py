@@ -155,6 +155,20 @@ def test_one_read_of_the_map_by_filter_and_the_busiest_by_their_counts_alone() -
     assert len(G.GroupRows(b"", b"")) == 0 and G.GroupRows(b"", b"").filters() == []
 
 
+def test_a_later_read_takes_the_index_over_only_when_its_keys_are_the_same_bytes() -> None:
+    def value(n: int) -> bytes:
+        return bytes(G.GROUP_HEAD.size) + HIST.pack(0, 100 * n, *hist(*[100] * n).buckets) + bytes(HIST.size)
+    keys = [GroupKey(ByKind.RPORT, port=p).pack(1, 1) for p in (1, 2)]
+    first = G.GroupRows(b"".join(keys), value(1) + value(2))
+    assert first.top(1, 1, 1) == [1]
+    again = G.GroupRows(b"".join(keys), value(5) + value(2), first.index)  # counts changed, keys did not
+    assert again.index is first.index and again.top(1, 1, 1) == [0] and [again.total(i) for i in (0, 1)] == [5, 2]
+    moved = [keys[1], GroupKey(ByKind.RPORT, port=1).pack(3, 2)]  # a group made, another gone
+    other = G.GroupRows(b"".join(moved), value(1) + value(2), first.index)
+    assert other.index is not first.index and (other.indices(1, 1), other.indices(3, 2)) == ([0], [1])
+    assert other.others(frozenset({G.filter_id(1, 1)})) == [(3, 2)] and other.count(3, 2) == 1
+
+
 def test_a_groups_count_is_the_sum_of_its_buckets() -> None:
     raw = G.GROUP_HEAD.pack(5, 9) + HIST.pack(0, 300, 0, 0, 0, 0, 0, 0, 2, 1, *[0] * 18) + HIST.pack(0, 0, *[0] * 26)
     g = Group.unpack(GroupKey(ByKind.RPORT, port=1), raw)
@@ -231,6 +245,31 @@ def test_groups_have_families_of_their_own_with_a_group_label() -> None:
     assert "ttcp_group_rtt_sample_seconds" not in families  # sampling off
     assert "ttcp_group_rtt_sample_seconds" in {f.name for f in text_string_to_metric_families(
         metrics.render(snapshot(grouped("x by rport", 1), sampling=True)))}
+
+
+def test_a_filters_groups_are_rendered_again_when_one_changes() -> None:
+    """The rendered blocks are kept between answers: a change of a group's counts, of
+    which groups are the top ones, of the groups' count or evictions shows at once."""
+    def families(s: Snapshot) -> dict[str, dict[tuple[str, str], float]]:
+        out: dict[str, dict[tuple[str, str], float]] = {}
+        for fam in text_string_to_metric_families(metrics.render(s)):
+            for x in fam.samples:
+                if x.name.endswith("_count") or not x.name.endswith(("_bucket", "_sum")):
+                    out.setdefault(x.name, {})[x.labels.get("filter", ""), x.labels.get("group", "")] = x.value
+        return out
+    name = "dst 10.0.0.0/8 by raddr"
+    first = families(snapshot(grouped(name, 2)))
+    assert first["ttcp_group_connection_rtt_seconds_count"] == {(name, "10.0.0.1"): 3, (name, "10.0.1.1"): 3}
+    busier = grouped(name, 2)._replace(groups=(GroupSeries("10.0.0.1", hist(*[100] * 7), Histogram.empty()),
+                                                GroupSeries("10.0.1.1", hist(100, 100, 100), Histogram.empty())))
+    assert families(snapshot(busier))["ttcp_group_connection_rtt_seconds_count"][name, "10.0.0.1"] == 7
+    other = busier._replace(groups=(GroupSeries("10.0.2.1", hist(100), Histogram.empty()),))
+    assert families(snapshot(other))["ttcp_group_connection_rtt_seconds_count"] == {(name, "10.0.2.1"): 1}
+    more = families(snapshot(other._replace(group_count=9, groups_evicted=5)))
+    assert more["ttcp_filter_groups"] == {(name, ""): 9} and more["ttcp_groups_evicted_total"] == {(name, ""): 5}
+    none = families(snapshot(other._replace(groups=(), group_count=0)))
+    assert "ttcp_group_connection_rtt_seconds_count" not in none and none["ttcp_filter_groups"] == {(name, ""): 0}
+    assert families(snapshot(grouped(name, 2))) == first
 
 
 def series_count(text: str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 import logging
 import shlex
@@ -676,3 +677,20 @@ def test_a_workload_the_table_cannot_resolve_is_400_and_changes_nothing() -> Non
         assert "must be absolute" in r.body["error"]
 
     run(table, scenario)
+
+
+def test_the_cycle_collector_is_held_off_while_metrics_are_made_and_only_then() -> None:
+    assert gc.isenabled()
+    with server.gc_held_off():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), server.gc_held_off():
+        1 / 0  # noqa: B018
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with server.gc_held_off():
+            pass
+        assert not gc.isenabled()  # held off by someone else: left so
+    finally:
+        gc.enable()

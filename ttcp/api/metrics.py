@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 from ttcp.api import process_metrics
 from ttcp.api.process_metrics import ProcessMetrics
 from ttcp.api.series_bound import HISTOGRAM_SERIES, SeriesBound
-from ttcp.rtt.histogram import Histogram, cumulative
+from ttcp.rtt.histogram import BUCKETS, Histogram, cumulative
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DROP_REASONS = ("ring_full", "recursion")  # ttcp_events_dropped_total{reason}
@@ -109,28 +110,40 @@ _Key = tuple[str, str]  # metric name, filter text
 _blocks: dict[_Key, tuple[object, bytes]] = {}
 
 
-def _block(name: str, label: str, h: Histogram) -> bytes:
-    f = f'filter="{escape_label(label)}"'
-    lines = [f'{name}_bucket{{{f},le="{_num(le)}"}} {count}' for le, count in cumulative(h)]
-    lines.append(f"{name}_sum{{{f}}} {_num(h.sum_us / 1e6)}")
-    lines.append(f"{name}_count{{{f}}} {h.count}")
-    return "\n".join(lines).encode()
+_LE = tuple(_num(le) for le, _ in cumulative(Histogram.empty()))  # each bucket's `le`, as text
 
 
-def _matches(name: str, label: str, count: int) -> bytes:
-    return f'{name}{{filter="{escape_label(label)}"}} {count}'.encode()
-
-
-def _group_block(name: str, labels: str, h: Histogram) -> bytes:
-    """A group's histogram; `labels` the filter and group labels, ready."""
-    lines = [f'{name}_bucket{{{labels},le="{_num(le)}"}} {count}' for le, count in cumulative(h)]
+def _histogram(name: str, labels: str, h: Histogram) -> bytes:
+    """A histogram's lines; `labels` ready (ttcp.rtt.histogram.cumulative's buckets)."""
+    head = f'{name}_bucket{{{labels},le="'
+    lines = [f'{head}{le}"}} {count}' for le, count in zip(_LE, accumulate(h.buckets[:BUCKETS - 1]))]
+    lines.append(f'{head}+Inf"}} {h.count}')
     lines.append(f"{name}_sum{{{labels}}} {_num(h.sum_us / 1e6)}")
     lines.append(f"{name}_count{{{labels}}} {h.count}")
     return "\n".join(lines).encode()
 
 
+def _block(name: str, label: str, h: Histogram) -> bytes:
+    return _histogram(name, f'filter="{escape_label(label)}"', h)
+
+
+def _matches(name: str, label: str, count: int) -> bytes:
+    """A filter's counter or gauge (its matches, its groups, their evictions)."""
+    return f'{name}{{filter="{escape_label(label)}"}} {count}'.encode()
+
+
+def _group_block(name: str, labels: str, h: Histogram) -> bytes:
+    """A group's histogram; `labels` the filter and group labels, ready."""
+    return _histogram(name, labels, h)
+
+
 def group_labels(f: str, group: str) -> str:
     return f'filter="{escape_label(f)}",group="{escape_label(group)}"'
+
+
+def _groups_block(name: str, label: str, groups: tuple[tuple[str, Histogram], ...]) -> bytes:
+    """A filter's top groups' histograms (group text, histogram), one after the other."""
+    return b"\n".join(_group_block(name, group_labels(label, g), h) for g, h in groups)
 
 
 
@@ -190,19 +203,34 @@ def _group_parts(grouped: Sequence[FilterSeries], histograms: Sequence[tuple[str
                  shown: set[str] | None, used: dict[_Key, tuple[object, bytes]]) -> list[bytes]:
     """The groups' histograms (of the filters shown), their counts and evictions."""
     parts: list[bytes] = []
+    # Each filter's groups as one block, rendered again only when one of its top groups'
+    # text or histogram changed (the table hands back the very same Histogram while a
+    # group's counters stand still); a filter without groups shows no line.
+    visible = [f for f in grouped if (shown is None or f.filter in shown) and f.groups]
     for name, help_text, which in _GROUP_HISTOGRAMS[:len(histograms)]:
         parts.append(_text(_head(name, "histogram", help_text)))
-        parts += [_cached(used, _group_block, name, group_labels(f.filter, g.group), getattr(g, which))
-                  for f in grouped if shown is None or f.filter in shown for g in f.groups]
-    parts.append(_text(_family("ttcp_filter_groups", "gauge",
-                               "Groups the kernel holds for each filter with a breakdown (at most --max-groups "
-                               "for all filters together).",
-                               [(f'{{filter="{escape_label(f.filter)}"}}', f.group_count) for f in grouped])))
-    parts.append(_text(_family("ttcp_groups_evicted_total", "counter",
-                               "Groups of each filter with a breakdown that the kernel evicted to make room for "
-                               "others (--max-groups); one seen again starts from zero.",
-                               [(f'{{filter="{escape_label(f.filter)}"}}', f.groups_evicted) for f in grouped])))
+        parts += [_cached(used, _groups_block, name, f.filter, tuple((g.group, getattr(g, which)) for g in f.groups))
+                  for f in visible]
+    # Their counts and evictions: both families as one block, made again only when one changed.
+    parts.append(_cached(used, _group_counts, "ttcp_filter_groups", "",
+                         tuple((f.filter, f.group_count, f.groups_evicted) for f in grouped)))
     return parts
+
+
+def _group_counts(name: str, label: str, counts: tuple[tuple[str, int, int], ...]) -> bytes:
+    """ttcp_filter_groups and ttcp_groups_evicted_total of (filter, groups, evicted)."""
+    lines: list[str] = []
+    for i, (family, kind, help_text) in enumerate(_GROUP_COUNTS):
+        lines += _family(family, kind, help_text, [(f'{{filter="{escape_label(f)}"}}', c[i]) for f, *c in counts])
+    return _text(lines)
+
+
+_GROUP_COUNTS = (
+    ("ttcp_filter_groups", "gauge",
+     "Groups the kernel holds for each filter with a breakdown (at most --max-groups for all filters together)."),
+    ("ttcp_groups_evicted_total", "counter",
+     ("Groups of each filter with a breakdown that the kernel evicted to make room for others (--max-groups); "
+      "one seen again starts from zero.")))
 
 
 def _cost(f: FilterSeries, histograms: int) -> int:

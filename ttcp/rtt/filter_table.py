@@ -41,6 +41,7 @@ kernel still refuses midway is undone before the error surfaces.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import struct
 import time
@@ -241,9 +242,11 @@ class GroupMaps:
         """The groups of all filters together the kernel holds before it evicts one."""
         return self.max_groups or self.groups.max_entries
 
-    def read(self) -> G.GroupRows:
-        """The whole map, in one batched read where the kernel has them."""
-        return G.GroupRows(*self.groups.dump())
+    def read(self, like: G.GroupIndex | None = None) -> G.GroupRows:
+        """The whole map, in one batched read where the kernel has them; `like`: an
+        earlier read's index, taken over if the keys did not change."""
+        keys, values = self.groups.dump()
+        return G.GroupRows(keys, values, like)
 
 
 def resolve_all(resolver: WorkloadResolver, rules: TableRules,
@@ -287,10 +290,20 @@ class KernelFilterTable(RuledTable):
         self.group_maps = group_maps
         self.memory = GroupMemory(4 * group_maps.groups.max_entries if group_maps is not None else 1)
         self._decoded: dict[bytes, tuple[bytes, Group]] = {}  # a group's key: its last value, decoded
-        self._evicted: dict[tuple[int, int], int] = {}  # a filter's slot and gen: the evictions last answered
         # The container and pod of a (netns, cgroup id): `by container` and `by pod` name and
         # merge the kernel's groups with it (the command sets the container registry's).
         self.workload_names: G.Namer = G.no_names
+        # Between scrapes: the last read's index (which entry is whose, kept while no group is
+        # made or evicted), the held filters with a breakdown (filter_id; for the table's
+        # version) and each slot's evictions as last answered, with what they came from
+        # (gen, group_stats row, live entries, evicted): a slot whose row and count did not
+        # change is not summed again (group_stats changes only when a group is made).
+        self._index: G.GroupIndex | None = None
+        self._held: tuple[int, frozenset[int]] = (-1, frozenset())
+        self._made: dict[int, tuple[int, bytes, int, int]] = {}
+        self._made_rows: tuple[bytes | None, object] = (None, None)  # group_stats as last read whole
+        # (PerCpuArray.rows), and for which filters (_wanted_slots' list)
+        self._wanted: tuple[int, list[Filter], list[tuple[int, int, int, Filter]]] = (-1, [], [])
         self.names = FilterNames()
         if config.value_size != CONFIG.size or stats.value_size != STATS_SIZE or texts.value_size != TEXT.size:
             raise TtcpError(f"the program's config ({config.value_size} bytes), stats ({stats.value_size} "
@@ -471,8 +484,9 @@ class KernelFilterTable(RuledTable):
         rows = self.group_maps.read() if rows is None else rows
         keys = [rows.key(i) for slot, gen in gone for i in rows.indices(slot, gen)]
         self.memory.forget(gone)
-        for filter_key in gone:
-            self._evicted.pop(filter_key, None)
+        for slot, gen in gone:
+            if self._made.get(slot, (-1,))[0] == gen:
+                del self._made[slot]
         for k in keys:
             self._decoded.pop(k, None)
         return self.group_maps.groups.delete_many(keys)
@@ -480,25 +494,36 @@ class KernelFilterTable(RuledTable):
     def groups(self, fs: Iterable[Filter], top: int | None = None) -> dict[Filter, GroupSet]:
         """One read of the whole `groups` map (a few batched calls) for every filter asked
         for; the groups of filters no longer held are deleted on the way."""
-        slots = self.rules.slots
-        wanted = {(slots[f].index, slots[f].gen): f for f in fs if f in slots and f.by is not None}
+        wanted = self._wanted_slots(fs)
         if not wanted or self.group_maps is None:
             return {}
         maps = self.group_maps
-        rows = maps.read()
-        made = maps.stats.rows_of(index for index, _ in wanted)
-        before, size = self._evicted, maps.held
+        rows = maps.read(self._index)
+        self._index = rows.index
+        # group_stats changes only when a group is made: read whole and unchanged since the
+        # last call for the same filters, no slot's evictions need summing again unless its
+        # live count changed.
+        whole = maps.stats.rows()
+        same = whole is not None and self._made_rows[1] is wanted and whole == self._made_rows[0]
+        self._made_rows = (whole, wanted)
+        width = len(whole) // maps.stats.max_entries if whole is not None else 0
+        made = maps.stats.rows_of(index for index, *_ in wanted) if whole is None else {}
+        last, counts, size = self._made, rows.index.counts, maps.held
         out: dict[Filter, GroupSet] = {}
-        for (index, gen), f in wanted.items():  # once per filter a scrape: kept lean
+        for index, gen, filter_id, f in wanted:  # once per filter a scrape: kept lean
             assert f.by is not None
-            live = rows.count(index, gen)
-            lost = before[index, gen] = G.evicted(G.created(made[index], gen), live, before.get((index, gen), 0))
+            live, known = counts.get(filter_id, 0), last.get(index)
+            if known is None or known[0] != gen or known[2] != live or not same:
+                row = made[index] if whole is None else whole[index * width:(index + 1) * width]
+                if known is None or known[0] != gen or known[2] != live or known[1] != row:
+                    before = known[3] if known is not None and known[0] == gen else 0
+                    known = last[index] = (gen, row, live, G.evicted(G.created(row, gen), live, before))
             if f.by.kind == ByKind.WORKLOAD:  # named and merged: all of its entries decoded now
                 merged = self._merged(rows, index, gen, f.by)
-                out[f] = GroupSet(f.by, merged if top is None else merged[:top], len(merged), lost, size)
+                out[f] = GroupSet(f.by, merged if top is None else merged[:top], len(merged), known[3], size)
                 continue
             shown = live if top is None else min(top, live)
-            out[f] = GroupSet(f.by, G.Lazy(shown, self._decoder(rows, index, gen, shown)), live, lost, size)
+            out[f] = GroupSet(f.by, G.Lazy(shown, self._decoder(rows, index, gen, shown)), live, known[3], size)
         self._sweep(rows)
         return out
 
@@ -508,22 +533,41 @@ class KernelFilterTable(RuledTable):
         parts = [self._group(rows.key(i), rows.value(i)) for i in rows.indices(slot, gen)]
         return G.busiest(G.merged(parts, G.workload_key(by, self.workload_names)))
 
+    def _wanted_slots(self, fs: Iterable[Filter]) -> list[tuple[int, int, int, Filter]]:
+        """(slot, gen, filter_id, filter) of those of `fs` held with a breakdown; the
+        last answer's again for the same filters (a scrape asks for the same list)."""
+        fs = list(fs)
+        version, asked, known = self._wanted
+        if version == self.rules.version and asked == fs:
+            return known
+        slots = self.rules.slots
+        known = [(slots[f].index, slots[f].gen, G.filter_id(slots[f].index, slots[f].gen), f) for f in fs
+                 if f in slots and f.by is not None]
+        self._wanted = (self.rules.version, fs, known)
+        return known
+
     def _sweep(self, rows: G.GroupRows | None = None) -> None:
         """Delete the groups of filters no longer held (a late update racing a removal,
         a pinned table's leftovers); `rows`: a read of the map."""
         if self.group_maps is None:
             return
         rows = self.group_maps.read() if rows is None else rows
-        held = {(s.index, s.gen) for f, s in self.rules.slots.items() if f.by is not None}
-        strays = [k for k in rows.filters() if k not in held]
+        if self._held[0] != self.rules.version:
+            self._held = (self.rules.version, frozenset(G.filter_id(s.index, s.gen)
+                                                        for f, s in self.rules.slots.items() if f.by is not None))
+        strays = rows.others(self._held[1])
         if strays:
             log.info("deleting the groups of %d filters no longer held", len(strays))
             self._drop_groups(strays, rows)
 
     def _decoder(self, rows: G.GroupRows, slot: int, gen: int, k: int) -> Callable[[], list[Group]]:
         """What picks a filter's `k` busiest entries of `rows` and decodes them, once they
-        are read (GroupSet.groups is Lazy: a scrape shows the groups of few filters)."""
-        return lambda: [self._group(rows.key(i), rows.value(i)) for i in rows.top(slot, gen, k)]
+        are read (GroupSet.groups is Lazy: a scrape shows the groups of few filters); a
+        partial, not a closure: one object per filter a scrape."""
+        return functools.partial(self._top, rows, slot, gen, k)
+
+    def _top(self, rows: G.GroupRows, slot: int, gen: int, k: int) -> list[Group]:
+        return [self._group(rows.key(i), rows.value(i)) for i in rows.top(slot, gen, k)]
 
     def _group(self, key: bytes, value: bytes) -> Group:
         """A row as a Group (decoded again only when its value changed), its restart noted."""

@@ -29,6 +29,7 @@ import struct
 import sys
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, overload
 
@@ -290,19 +291,40 @@ def ordered(groups: Iterable[Group], sort: str = "count", which: str = "closed",
     return sorted(groups, key=lambda g: (-rank_value(g, sort, which), text(g.key)))
 
 
-class GroupRows:
-    """One read of the `groups` map: its keys and values as two blobs (HashMap.dump).
-    Each entry's filter is the first 8 bytes of its key, read for all entries at once
-    as one strided memoryview (in C: thousands of entries cost a fraction of a
-    millisecond), and counted with a Counter; the indices of a filter's entries,
-    their RTT counts and the entries themselves are found or sliced out only when
-    asked for. A filter is named by its (slot, generation)."""
+class GroupIndex:
+    """Which entries of a read of the `groups` map are whose: each entry's filter (the
+    first 8 bytes of its key, read for all entries at once as one strided memoryview:
+    in C, thousands of entries cost a fraction of a millisecond), counted with a
+    Counter, and the indices of each filter's entries (built on first use). It
+    depends on the keys alone: a later read whose keys are the same bytes (no group
+    made or evicted since: a scrape after a scrape, mostly) takes it over whole."""
 
-    def __init__(self, keys: bytes, values: bytes) -> None:
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self.ids: list[int] = memoryview(keys).cast("Q")[::GROUP_KEY.size // 8].tolist() if keys else []
+        self.counts: Counter[int] = Counter(self.ids)
+        self.of: dict[int, list[int]] | None = None
+
+    def indices(self, of_filter: int) -> list[int]:
+        if self.of is None:
+            of: defaultdict[int, list[int]] = defaultdict(list)
+            for i, f in enumerate(self.ids):
+                of[f].append(i)
+            self.of = dict(of)
+        return self.of.get(of_filter, [])
+
+
+class GroupRows:
+    """One read of the `groups` map: its keys and values as two blobs (HashMap.dump),
+    and its GroupIndex (`like`'s, an earlier read's, when the keys are the same
+    bytes). The indices of a filter's entries, their RTT counts and the entries
+    themselves are found or sliced out only when asked for. A filter is named by
+    its (slot, generation)."""
+
+    def __init__(self, keys: bytes, values: bytes, like: GroupIndex | None = None) -> None:
         self.keys, self.values = keys, values
-        self._ids: list[int] = memoryview(keys).cast("Q")[::GROUP_KEY.size // 8].tolist() if keys else []
-        self._counts: Counter[int] = Counter(self._ids)
-        self._of: dict[int, list[int]] | None = None
+        self.index = like if like is not None and like.keys == keys else GroupIndex(keys)
+        self._ids, self._counts = self.index.ids, self.index.counts
         self._totals: dict[int, int] = {}
 
     def count(self, slot: int, gen: int) -> int:
@@ -313,14 +335,13 @@ class GroupRows:
         """Every filter that has entries."""
         return [_slot_gen(i) for i in self._counts]
 
+    def others(self, held: AbstractSet[int]) -> list[tuple[int, int]]:
+        """The filters that have entries and are not `held` (by filter_id)."""
+        return [_slot_gen(i) for i in self._counts.keys() - held]
+
     def indices(self, slot: int, gen: int) -> list[int]:
         """The indices of the filter's entries."""
-        if self._of is None:
-            of: defaultdict[int, list[int]] = defaultdict(list)
-            for i, filter_id in enumerate(self._ids):
-                of[filter_id].append(i)
-            self._of = dict(of)
-        return self._of.get(_id(slot, gen), [])
+        return self.index.indices(_id(slot, gen))
 
     def __len__(self) -> int:
         return len(self.keys) // GROUP_KEY.size
@@ -346,13 +367,17 @@ class GroupRows:
         return heapq.nsmallest(k, mine, key=lambda i: (-self.total(i), self.key(i)))
 
 
-def _id(slot: int, gen: int) -> int:
-    """A key's first 8 bytes, (slot, gen), read as one native u64."""
+def filter_id(slot: int, gen: int) -> int:
+    """How GroupRows and GroupIndex name a filter: a key's first 8 bytes, (slot, gen),
+    read as one native u64."""
     return slot | gen << 32 if _LITTLE else slot << 32 | gen
 
 
-def _slot_gen(filter_id: int) -> tuple[int, int]:
-    low, high = filter_id & 0xFFFFFFFF, filter_id >> 32
+_id = filter_id
+
+
+def _slot_gen(of_filter: int) -> tuple[int, int]:
+    low, high = of_filter & 0xFFFFFFFF, of_filter >> 32
     return (low, high) if _LITTLE else (high, low)
 
 
@@ -368,6 +393,8 @@ T = TypeVar("T")
 class Lazy(Sequence[T]):
     """A sequence of known length made on first use: a filter's groups are decoded only
     when shown (a scrape of 1,000 filters shows the groups of a few dozen)."""
+
+    __slots__ = ("_items", "_length", "_make")  # one per filter a scrape: no __dict__
 
     def __init__(self, length: int, make: Callable[[], Sequence[T]]) -> None:
         self._length = length
