@@ -298,7 +298,7 @@ def delete_link(name: str) -> None:
         run(["ip", "link", "delete", name])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -316,7 +316,7 @@ def remove_leftovers(tag: str, log: Log) -> None:
     for names, pattern, delete in ((namespaces(), ns_re, delete_namespace), (links(), link_re, delete_link)):
         for name in names:
             m = pattern.match(name)
-            if m and (m.group(1) == tag or not _pid_alive(int(m.group(1)))):
+            if m and (m.group(1) == tag or not pid_alive(int(m.group(1)))):
                 log(f"removing leftover {name} of an aborted run")
                 delete(name)
 

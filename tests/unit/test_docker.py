@@ -147,6 +147,12 @@ def test_list() -> None:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+async def ok(writer: asyncio.StreamWriter, body: bytes) -> None:
+    """A fake engine's 200 answer, with the API version a real 20.10 sends."""
+    writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+
+
 @contextlib.asynccontextmanager
 async def server(handler: Handler) -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="ttcp-ctr-") as d:
@@ -320,9 +326,7 @@ def engine_with(inspect: bytes, events: list[bytes]) -> Handler:
                     writer.write(f"{len(e):x}\r\n".encode() + e + b"\r\n")
                 await writer.drain()
                 await asyncio.sleep(3600)
-            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await writer.drain()
+            await ok(writer, body)
     return handle
 
 
@@ -372,9 +376,7 @@ def engine_with_hanging_inspects(count: int) -> Handler:
             if b"/containers/json" not in path and b"/containers/" in path:
                 await asyncio.sleep(3600)
             body = listing if b"/containers/json" in path else b"OK"
-            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await writer.drain()
+            await ok(writer, body)
     return handle
 
 
@@ -421,9 +423,7 @@ def engine_listing(count: int) -> Handler:
                                   ).encode()
             else:
                 body = b"OK"
-            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await writer.drain()
+            await ok(writer, body)
     return handle
 
 

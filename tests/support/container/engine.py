@@ -264,11 +264,11 @@ def remove_leftovers(log: Log, base: Path | None = None) -> None:
         except (OSError, ValueError, TypeError):
             # Killed before its state was written: nothing outside the directory exists yet.
             m = re.match(rf"{RUN_PREFIX}(\d+)-", run_dir.name)
-            if m and not scenario._pid_alive(int(m.group(1))) and not _mounts_under(run_dir):
+            if m and not scenario.pid_alive(int(m.group(1))) and not _mounts_under(run_dir):
                 log(f"container: removing {run_dir} of an aborted run")
                 shutil.rmtree(run_dir, ignore_errors=True)
             continue
-        if scenario._pid_alive(state.owner_pid) and state.owner_pid != os.getpid():
+        if scenario.pid_alive(state.owner_pid) and state.owner_pid != os.getpid():
             continue
         log(f"container: removing leftovers of an aborted run ({run_dir})")
         teardown = scenario.Teardown(log)

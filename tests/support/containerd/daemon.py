@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
+from scripts.netns_scenario import pid_alive
 from tests.support.containerd import oci_image
 
 Log = Callable[[str], None]
@@ -93,16 +94,6 @@ def _tree(root: Path) -> list[str]:
     if not root.exists():
         return []
     return [str(root), *(str(p) for p in root.rglob("*"))]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Containerd:
@@ -296,7 +287,7 @@ def remove_leftovers(log: Log, base: Path = Path("/var/tmp")) -> None:
     """Undo runs whose owner process is gone (killed before it could clean up)."""
     for run_dir in sorted(base.glob(f"{PREFIX}*")):
         owner = re.match(rf"{PREFIX}(\d+)-", run_dir.name)
-        if owner is None or not run_dir.is_dir() or _pid_alive(int(owner.group(1))):
+        if owner is None or not run_dir.is_dir() or pid_alive(int(owner.group(1))):
             continue
         log(f"ctrd: removing leftovers of an aborted run ({run_dir})")
         failed = Containerd(log, run_dir).cleanup()
