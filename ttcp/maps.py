@@ -105,6 +105,7 @@ class HashMap(_MapHandle, Generic[K, V]):
     """A BPF_MAP_TYPE_HASH seen through key/value codecs."""
 
     batchable = True  # the kernel reads the whole map with BPF_MAP_LOOKUP_BATCH
+    batch_type = MapType.HASH  # the map type whose batch reads decide (the hash family has them together)
 
     def __init__(
         self,
@@ -163,7 +164,7 @@ class HashMap(_MapHandle, Generic[K, V]):
         raw = [self.key_codec.encode(k) for k in keys]
         if not raw:
             return 0
-        if self.batchable and features.batch_map_ops().supported:
+        if self.batchable and features.batch_map_ops(self.batch_type).supported:
             return syscalls.map_delete_batch(self.fd, raw, name=self.name)
         return sum(syscalls.map_delete(self.fd, k, name=self.name) for k in raw)
 
@@ -188,7 +189,7 @@ class HashMap(_MapHandle, Generic[K, V]):
         """A snapshot of every entry: one batched walk where the kernel has
         BPF_MAP_LOOKUP_BATCH (5.6+), else key by key."""
         raw_items: Iterable[tuple[bytes, bytes]]
-        if self.batchable and features.batch_map_ops().supported:
+        if self.batchable and features.batch_map_ops(self.batch_type).supported:
             raw_items = syscalls.map_lookup_batch(self.fd, self.key_codec.size, self.value_codec.size,
                                                   min(self._max_entries, 4096), name=self.name)
         else:
@@ -200,7 +201,7 @@ class HashMap(_MapHandle, Generic[K, V]):
         """Every entry as two blobs, the keys and the values in the same order (a reader
         of many entries unpacks them with struct.iter_unpack): one batched read of the
         whole map where the kernel has BPF_MAP_LOOKUP_BATCH, else key by key."""
-        if self.batchable and features.batch_map_ops().supported:
+        if self.batchable and features.batch_map_ops(self.batch_type).supported:
             return syscalls.map_dump(self.fd, self.key_codec.size, self.value_codec.size, self._max_entries,
                                      name=self.name)
         rows = list(self._items_one_by_one())
@@ -271,7 +272,7 @@ class Array(_MapHandle):
     def values(self) -> list[bytes]:
         """Every index's value, in index order: a few batched reads where the kernel
         has them, else one lookup per index."""
-        if self.max_entries > 8 and features.batch_map_ops().supported:
+        if self.max_entries > 8 and features.batch_map_ops(MapType.ARRAY).supported:
             rows = syscalls.map_lookup_batch(self.fd, 4, self.value_size, min(self.max_entries, 1024),
                                              name=self.name)
             every = {struct.unpack("=I", k)[0]: v for k, v in rows}
@@ -314,7 +315,7 @@ class PerCpuArray(_MapHandle):
         cuts it): the whole array in a few batched reads where the kernel has them
         (and many indices are wanted), else one lookup per index."""
         wanted = sorted(set(indices))
-        if len(wanted) > 8 and features.batch_map_ops().supported:
+        if len(wanted) > 8 and features.batch_map_ops(MapType.PERCPU_ARRAY).supported:
             slot = syscalls.percpu_value_size(self.value_size)
             rows = syscalls.map_lookup_batch(self.fd, 4, slot, min(self.max_entries, 1024), name=self.name)
             every = {struct.unpack("=I", k)[0]: v for k, v in rows}
@@ -326,7 +327,7 @@ class PerCpuArray(_MapHandle):
         order: the whole array as one blob in a few batched reads (a reader that only
         asks whether anything changed compares it whole). None where the kernel has no
         batched reads."""
-        if not features.batch_map_ops().supported:
+        if not features.batch_map_ops(MapType.PERCPU_ARRAY).supported:
             return None
         slot = syscalls.percpu_value_size(self.value_size)
         _, values = syscalls.map_dump(self.fd, 4, slot, min(self.max_entries, 1024), name=self.name)

@@ -17,6 +17,7 @@ from tests.support.kernel_objects import readable
 from tests.support.standalone_maps import StructCodec, new_hash, new_percpu_array
 from ttcp import syscalls
 from ttcp.errors import BpfError, TtcpError
+from ttcp.kernel import features
 from ttcp.kernel.uapi import MapType, ProgType
 from ttcp.maps import (
     HashMap,
@@ -195,6 +196,23 @@ def test_percpu_array_counts_per_cpu() -> None:
         with pytest.raises(IndexError):
             arr.values(1)
 
+
+
+def test_percpu_array_whole_reads_follow_the_per_type_probe() -> None:
+    """rows() and rows_of() read a per-CPU array whole only where the kernel batches that
+    map type (5.10 batches hash maps, not per-CPU arrays: ENOTSUPP), and agree with lookups."""
+    batched = features.batch_map_ops(MapType.PERCPU_ARRAY).supported
+    with new_percpu_array(8, 16, name="t_rows") as arr:
+        for i in range(16):
+            arr.put_all(i, struct.pack("<Q", i + 1))
+        every = arr.rows()
+        assert (every is not None) == bool(batched)
+        one = [v for i in range(16) for v in arr.values(i)]
+        slot = syscalls.percpu_value_size(8) // syscalls.possible_cpus()
+        if every is not None:
+            assert [every[k:k + 8] for k in range(0, len(every), slot)] == one
+        rows = arr.rows_of(range(16))
+        assert [arr.split(rows[i]) for i in range(16)] == [arr.values(i) for i in range(16)]
 
 # ---- RingBuffer ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from ttcp.errors import TtcpError
 from ttcp.kernel import btf as kernel_btf
 from ttcp.kernel import features
 from ttcp.kernel.features import Probe
-from ttcp.kernel.uapi import AttachType
+from ttcp.kernel.uapi import AttachType, MapType
 from ttcp.obj.btf import KIND_FUNC, KIND_TYPEDEF, Btf
 from ttcp.obj.spec import CollectionSpec
 
@@ -32,7 +32,8 @@ def probes(btf_ids: dict[str, int]) -> list[Probe]:
     """Every probe that needs no BTF, plus those whose target ids are given
     (`fentry` -> a FUNC id of tcp_close, `tp_btf` -> btf_trace_tcp_destroy_sock)."""
     found = [features.memcg_accounting(), features.sysfs_btf_mmap(kernel_btf.VMLINUX_BTF),
-             features.batch_map_ops(), features.recursion_misses(), features.perf_event_link()]
+             features.batch_map_ops(), features.batch_map_ops(MapType.ARRAY),
+             features.batch_map_ops(MapType.PERCPU_ARRAY), features.recursion_misses(), features.perf_event_link()]
     if "tp_btf" in btf_ids:
         found.append(features.tracing_link_create(AttachType.TRACE_RAW_TP, btf_ids["tp_btf"]))
     if "fentry" in btf_ids:

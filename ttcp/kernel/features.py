@@ -143,21 +143,28 @@ def perf_event_link() -> Probe:
     return _once("perf_event_link", (), probe)
 
 
-def batch_map_ops() -> Probe:
-    """BPF_MAP_LOOKUP_BATCH (5.6): a whole map in a few syscalls."""
+def batch_map_ops(map_type: MapType = MapType.HASH) -> Probe:
+    """BPF_MAP_LOOKUP_BATCH on a map of `map_type`: a whole map in a few syscalls.
+
+    Per map type, since the kernel gave the types their batch operations in
+    different releases (hash maps 5.6; per-CPU arrays later: 5.10 answers
+    ENOTSUPP for them)."""
+    feature = "batch_map_ops" if map_type == MapType.HASH else f"batch_map_ops_{map_type.name.lower()}"
+
     def probe() -> Probe:
         try:
-            fd = syscalls.map_create(MapType.HASH, 4, 4, 1, name="ttcp_batch")
+            fd = syscalls.map_create(map_type, 4, 4, 1, name="ttcp_batch")
         except BpfError as e:
-            return _refused("batch_map_ops", e)
+            return _refused(feature, e)
+        per_cpu = map_type in (MapType.PERCPU_ARRAY, MapType.PERCPU_HASH)
         try:
-            syscalls.map_lookup_batch(fd, 4, 4, 1)
+            syscalls.map_lookup_batch(fd, 4, syscalls.percpu_value_size(4) if per_cpu else 4, 1)
         except BpfError as e:
-            return _refused("batch_map_ops", e)
+            return _refused(feature, e)
         finally:
             syscalls.close(fd)
-        return Probe("batch_map_ops", True)
-    return _once("batch_map_ops", (), probe)
+        return Probe(feature, True)
+    return _once(feature, (map_type,), probe)
 
 
 def recursion_misses() -> Probe:
