@@ -147,6 +147,15 @@ def test_list() -> None:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+async def request_path(reader: asyncio.StreamReader) -> bytes | None:
+    """The path of a fake engine's next request (its head read whole); None once the client is gone."""
+    try:
+        req = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return req.split(b" ")[1]
+
+
 async def ok(writer: asyncio.StreamWriter, body: bytes) -> None:
     """A fake engine's 200 answer, with the API version a real 20.10 sends."""
     writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -233,12 +242,7 @@ def fake_engine(events: list[bytes], *, then_hang: bool = True, ping_hangs_after
     t0 = time.monotonic()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                req = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            path = req.split(b" ")[1]
+        while (path := await request_path(reader)) is not None:
             if path.startswith(b"/_ping"):
                 if ping_hangs_after is not None and time.monotonic() - t0 > ping_hangs_after:
                     await asyncio.sleep(3600)
@@ -310,12 +314,7 @@ def engine_with(inspect: bytes, events: list[bytes]) -> Handler:
     listing = json.dumps([{"Id": ident}]).encode()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                req = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            path = req.split(b" ")[1]
+        while (path := await request_path(reader)) is not None:
             body = b"OK" if path.startswith(b"/_ping") else listing if b"/containers/json" in path \
                 else inspect if b"/containers/" in path else b""
             if b"/events" in path:
@@ -363,12 +362,7 @@ def engine_with_hanging_inspects(count: int) -> Handler:
     listing = json.dumps([{"Id": f"{i:064x}"} for i in range(count)]).encode()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                req = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            path = req.split(b" ")[1]
+        while (path := await request_path(reader)) is not None:
             if b"/events" in path:
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                 await writer.drain()
@@ -406,12 +400,8 @@ def engine_listing(count: int) -> Handler:
     listing = json.dumps([{"Id": f"{i:064x}"} for i in range(count)]).encode()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                req = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            path = req.split(b" ")[1].decode()
+        while (raw := await request_path(reader)) is not None:
+            path = raw.decode()
             if "/events" in path:
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                 await writer.drain()
