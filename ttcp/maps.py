@@ -315,11 +315,10 @@ class PerCpuArray(_MapHandle):
         cuts it): the whole array in a few batched reads where the kernel has them
         (and many indices are wanted), else one lookup per index."""
         wanted = sorted(set(indices))
-        if len(wanted) > 8 and features.batch_map_ops(MapType.PERCPU_ARRAY).supported:
+        every = self.rows() if len(wanted) > 8 else None
+        if every is not None:
             slot = syscalls.percpu_value_size(self.value_size)
-            rows = syscalls.map_lookup_batch(self.fd, 4, slot, min(self.max_entries, 1024), name=self.name)
-            every = {struct.unpack("=I", k)[0]: v for k, v in rows}
-            return {i: every[i] for i in wanted}
+            return {i: every[i * slot:(i + 1) * slot] for i in wanted}
         return {i: self._raw(i) for i in wanted}
 
     def rows(self) -> bytes | None:
